@@ -1,0 +1,98 @@
+// Torch-free helpers shared by the CPU and the CUDA kernels.
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__CUDACC__)
+#define NOISY_HD __host__ __device__ __forceinline__
+#else
+#define NOISY_HD inline
+#endif
+
+namespace noisy {
+
+// Overloads so that one template body works for float and double, on host and device.
+NOISY_HD float math_exp(float x) { return expf(x); }
+NOISY_HD double math_exp(double x) { return exp(x); }
+NOISY_HD float math_log(float x) { return logf(x); }
+NOISY_HD double math_log(double x) { return log(x); }
+NOISY_HD float math_log1p(float x) { return log1pf(x); }
+NOISY_HD double math_log1p(double x) { return log1p(x); }
+
+template <class T>
+NOISY_HD T neg_infinity() { return -static_cast<T>(INFINITY); }
+
+// True for finite values; written without std:: so it also compiles for the device.
+template <class T>
+NOISY_HD bool is_finite(T x) { return x - x == T(0); }
+
+// 16-bit storage types with the same bits as torch's bfloat16 / float16. The conversions
+// are written out (round to nearest even) so CPU and CUDA round identically.
+struct bf16_t { uint16_t bits; };
+struct f16_t { uint16_t bits; };
+
+NOISY_HD uint32_t float_bits(float f) { uint32_t u; memcpy(&u, &f, sizeof u); return u; }
+NOISY_HD float bits_float(uint32_t u) { float f; memcpy(&f, &u, sizeof f); return f; }
+
+NOISY_HD float to_float(bf16_t h) { return bits_float(static_cast<uint32_t>(h.bits) << 16); }
+
+NOISY_HD bf16_t to_bf16(float f) {
+  const uint32_t u = float_bits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return bf16_t{static_cast<uint16_t>((u >> 16) | 0x40u)};  // quiet NaN
+  return bf16_t{static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};
+}
+
+NOISY_HD float to_float(f16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h.bits & 0x8000u) << 16;
+  const uint32_t exponent = (h.bits >> 10) & 0x1fu;
+  const uint32_t mantissa = h.bits & 0x3ffu;
+  if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24
+    const float magnitude = static_cast<float>(mantissa) * 5.9604644775390625e-8f;
+    return bits_float(float_bits(magnitude) | sign);
+  }
+  if (exponent == 31) return bits_float(sign | 0x7f800000u | (mantissa << 13));
+  return bits_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+}
+
+NOISY_HD f16_t to_f16(float f) {
+  uint32_t u = float_bits(f);
+  const uint32_t sign = u & 0x80000000u;
+  u ^= sign;
+  uint32_t out;
+  if (u >= (143u << 23)) {  // >= 2^16 (overflow), inf or NaN
+    out = u > 0x7f800000u ? 0x7e00u : 0x7c00u;
+  } else if (u < (113u << 23)) {  // below 2^-14: the float adder rounds into the subnormal
+    const uint32_t magic = 126u << 23;
+    out = float_bits(bits_float(u) + bits_float(magic)) - magic;
+  } else {
+    const uint32_t mantissa_odd = (u >> 13) & 1u;
+    u += (static_cast<uint32_t>(15 - 127) << 23) + 0xfffu + mantissa_odd;
+    out = u >> 13;
+  }
+  return f16_t{static_cast<uint16_t>(out | (sign >> 16))};
+}
+
+// Load a stored value in the accumulation type Acc, and store one back.
+template <class Acc> NOISY_HD Acc load_as(float x) { return static_cast<Acc>(x); }
+template <class Acc> NOISY_HD Acc load_as(double x) { return static_cast<Acc>(x); }
+template <class Acc> NOISY_HD Acc load_as(bf16_t x) { return static_cast<Acc>(to_float(x)); }
+template <class Acc> NOISY_HD Acc load_as(f16_t x) { return static_cast<Acc>(to_float(x)); }
+
+template <class Scalar> struct Store;
+template <> struct Store<float> { template <class A> NOISY_HD static float from(A x) { return static_cast<float>(x); } };
+template <> struct Store<double> { template <class A> NOISY_HD static double from(A x) { return static_cast<double>(x); } };
+template <> struct Store<bf16_t> { template <class A> NOISY_HD static bf16_t from(A x) { return to_bf16(static_cast<float>(x)); } };
+template <> struct Store<f16_t> { template <class A> NOISY_HD static f16_t from(A x) { return to_f16(static_cast<float>(x)); } };
+
+// A strided 2-D view.
+template <class Scalar>
+struct Matrix {
+  Scalar* data;
+  int64_t row_stride;
+  int64_t col_stride;
+  NOISY_HD Scalar& at(int64_t row, int64_t col) const { return data[row * row_stride + col * col_stride]; }
+};
+
+}  // namespace noisy

@@ -1,0 +1,79 @@
+// Raw-pointer problems and the kernel entry points, shared by csrc/cpu and csrc/cuda.
+// Torch-free: csrc/cuda/*.cu include it and compile with nvcc alone.
+#pragma once
+
+#include "noisy/loss_row.h"
+#include "noisy/normalize.h"
+
+namespace noisy {
+
+struct SamplingProblem {
+  int64_t rows;
+  int64_t classes;
+  const int64_t* labels;
+  int64_t label_stride;
+  Matrix<const bool> exclude;  // data may be null
+  int64_t k;
+  bool replacement;
+  uint64_t seed;
+  uint64_t offset;
+  int64_t* out;                // [rows, k] contiguous
+};
+
+template <class Scalar, class Acc>
+struct SelectProblem {
+  int64_t rows;
+  int64_t classes;
+  Matrix<const Scalar> logits;
+  uint64_t seed;
+  uint64_t offset;
+  bool* keep;                  // [rows]
+  int64_t* argmax;             // [rows]
+};
+
+template <class Scalar, class Acc>
+struct NormalizeProblem {
+  int64_t size;
+  const Scalar* x;
+  int64_t stride;
+  NormMode mode;
+  Acc temperature;
+  Scalar* out;                 // [size] contiguous
+};
+
+template <class Scalar>
+struct HistoryProblem {
+  int64_t rows;
+  int64_t classes;
+  Matrix<const Scalar> logits;
+  const int64_t* indices;
+  int64_t index_stride;
+  Matrix<bool> history;
+};
+
+// CPU kernels: csrc/cpu/kernels.cpp. CUDA kernels: csrc/cuda/kernels.cu; `stream` is a
+// cudaStream_t and the result the cudaError_t of the launch (0: success).
+namespace cpu {
+template <class Scalar, class Acc> void row_loss(const RowLossProblem<Scalar, Acc>& p);
+void sample_complementary(const SamplingProblem& p);
+template <class Scalar, class Acc> void jnpl_select(const SelectProblem<Scalar, Acc>& p);
+template <class Scalar, class Acc> void normalize_weights(const NormalizeProblem<Scalar, Acc>& p);
+template <class Scalar> void update_history(const HistoryProblem<Scalar>& p);
+}  // namespace cpu
+
+namespace cuda {
+template <class Scalar, class Acc> int row_loss(const RowLossProblem<Scalar, Acc>& p, void* stream);
+int sample_complementary(const SamplingProblem& p, void* stream);
+template <class Scalar, class Acc> int jnpl_select(const SelectProblem<Scalar, Acc>& p, void* stream);
+template <class Scalar, class Acc> int normalize_weights(const NormalizeProblem<Scalar, Acc>& p, void* stream);
+template <class Scalar> int update_history(const HistoryProblem<Scalar>& p, void* stream);
+}  // namespace cuda
+
+// Calls F with every (storage, accumulation) type pair the ops support.
+#define NOISY_FOR_EACH_FLOAT_TYPE(F) \
+  F(float, float)                    \
+  F(double, double)                  \
+  F(::noisy::bf16_t, float)          \
+  F(::noisy::f16_t, float)
+
+}  // namespace noisy

@@ -1,0 +1,164 @@
+// The whole negative-learning loss family as one per-row formula:
+//
+//   L = c_pos * (-log p_y) + sum_k n_k * a_k * (-log(1 - p_k))
+//
+// c_pos = 0 (pure negative losses), 1 (cross-entropy, PM) or the detached PL+ weight
+// prod_{i=0..N} (1 + p_y^(2^i)); n_k = how often class k is a negative (complementary)
+// label of the row; a_k = 1 (NL) or the detached 1 - p_k (NL+). With an optional clamp
+// eps the log uses max(1 - p_k, eps) and a clamped term has no gradient (as torch.clamp).
+//
+// Gradient, with B = sum over non-arg negatives of n_k a_k p_k / (1 - p_k) and
+// A = n_arg a_arg p_arg (arg = arg-max class, handled apart so nothing overflows):
+//   dL/dz_i = c_pos (p_i - [i = y]) - p_i B + [i = arg] A
+//             + [i != arg] (n_i a_i p_i / (1 - p_i) - A p_i / (1 - p_arg))
+#pragma once
+
+#include "noisy/softmax_row.h"
+
+namespace noisy {
+
+enum class PositiveTerm : int32_t { none = 0, cross_entropy = 1, pl_plus = 2 };
+enum class NegativeSet : int32_t { none = 0, listed = 1, all_but_label = 2 };
+
+struct LossSpec {
+  PositiveTerm positive;
+  int32_t pl_plus_n;     // N of PL+
+  NegativeSet negatives;
+  bool plus;             // NL+ weights a_k = 1 - p_k
+  double clamp_eps;      // 0: exact log(1 - p)
+};
+
+// Detached PL+ weight prod_{i=0..n} (1 + p^(2^i)) = sum_{k < 2^(n+1)} p^k.
+template <class T>
+NOISY_HD T pl_plus_weight(T p, int32_t n) {
+  T weight = 1;
+  T power = p;
+  for (int32_t i = 0; i <= n; ++i) {
+    weight *= T(1) + power;
+    power *= power;
+  }
+  return weight;
+}
+
+// a_k p_k / (1 - p_k) for a non-arg class k; zero when the clamp is active.
+template <class T>
+NOISY_HD T negative_odds(const SoftmaxRow<T>& s, T rel, bool plus, T clamp_eps) {
+  const T p = rel * s.ref_prob;
+  const T one_minus_p = T(1) - p;
+  if (one_minus_p < clamp_eps) return T(0);
+  return plus ? p : p / one_minus_p;
+}
+
+template <class T>
+struct NegativeSums {
+  T loss = 0;
+  T odds_sum = 0;   // B above
+  T arg_coef = 0;   // A above
+
+  NOISY_HD void add(const SoftmaxRow<T>& s, T rel, int64_t k, T count, bool plus, T clamp_eps) {
+    const T one_minus_p = s.one_minus_prob(rel, k);
+    const T a = plus ? one_minus_p : T(1);
+    if (one_minus_p < clamp_eps) {
+      loss -= count * a * math_log(clamp_eps);
+      return;
+    }
+    loss -= count * a * s.log1m_prob(rel, k);
+    if (k == s.arg) {
+      arg_coef += count * a * s.p_arg;
+    } else {
+      odds_sum += count * negative_odds(s, rel, plus, clamp_eps);
+    }
+  }
+
+  // Gradient of the negative terms wrt z_i; `count` = n_i.
+  NOISY_HD T grad(const SoftmaxRow<T>& s, T rel, int64_t i, T count, bool plus, T clamp_eps) const {
+    T g = -s.prob(rel, i) * odds_sum;
+    if (i == s.arg) return g + arg_coef;
+    if (arg_coef != T(0)) g -= arg_coef * s.prob_without_arg(rel);
+    if (count != T(0)) g += count * negative_odds(s, rel, plus, clamp_eps);
+    return g;
+  }
+};
+
+template <class Scalar, class Acc>
+struct RowLossProblem {
+  int64_t rows;
+  int64_t classes;
+  Matrix<const Scalar> logits;
+  const int64_t* labels;          // [rows] (positive term, and the label left out of all_but_label)
+  int64_t label_stride;
+  Matrix<const int64_t> negatives;  // [rows, num_negatives] for NegativeSet::listed
+  int64_t num_negatives;
+  Matrix<const bool> exclude;     // [rows, classes] for NegativeSet::all_but_label; data may be null
+  Acc* loss;                      // [rows]
+  Scalar* grad;                   // [rows, classes] contiguous; null: loss only
+  LossSpec spec;
+};
+
+// How often class j is a negative label of the row.
+template <class Scalar, class Acc>
+NOISY_HD Acc negative_count(const RowLossProblem<Scalar, Acc>& P, int64_t row, int64_t j, int64_t y) {
+  switch (P.spec.negatives) {
+    case NegativeSet::listed: {
+      Acc count = 0;
+      for (int64_t t = 0; t < P.num_negatives; ++t) count += P.negatives.at(row, t) == j ? Acc(1) : Acc(0);
+      return count;
+    }
+    case NegativeSet::all_but_label:
+      return (j != y && !(P.exclude.data && P.exclude.at(row, j))) ? Acc(1) : Acc(0);
+    default:
+      return Acc(0);
+  }
+}
+
+// Loss (and gradient) of one row, computed by a Group of threads (see softmax_row).
+template <class Scalar, class Acc, class Group>
+NOISY_HD void row_loss(const RowLossProblem<Scalar, Acc>& P, int64_t row, const Group& group) {
+  const int64_t C = P.classes;
+  const LossSpec& spec = P.spec;
+  const Acc clamp_eps = static_cast<Acc>(spec.clamp_eps);
+  auto logit = [&](int64_t j) { return load_as<Acc>(P.logits.at(row, j)); };
+
+  const SoftmaxRow<Acc> s = softmax_row<Acc>(logit, C, group);
+
+  const bool uses_label = spec.positive != PositiveTerm::none || spec.negatives == NegativeSet::all_but_label;
+  const int64_t y = uses_label ? P.labels[row * P.label_stride] : -1;
+
+  NegativeSums<Acc> neg;
+  if (spec.negatives == NegativeSet::listed) {
+    for (int64_t t = group.lane; t < P.num_negatives; t += Group::width) {
+      const int64_t k = P.negatives.at(row, t);
+      neg.add(s, s.rel_exp(logit(k), k), k, Acc(1), spec.plus, clamp_eps);
+    }
+  } else if (spec.negatives == NegativeSet::all_but_label) {
+    for (int64_t j = group.lane; j < C; j += Group::width) {
+      if (negative_count(P, row, j, y) != Acc(0)) neg.add(s, s.rel_exp(logit(j), j), j, Acc(1), spec.plus, clamp_eps);
+    }
+  }
+  neg.loss = group.sum(neg.loss);
+  neg.odds_sum = group.sum(neg.odds_sum);
+  neg.arg_coef = group.sum(neg.arg_coef);
+
+  Acc positive_coef = 0;
+  Acc loss = neg.loss;
+  if (spec.positive != PositiveTerm::none) {
+    const Acc z_y = logit(y);
+    positive_coef = spec.positive == PositiveTerm::pl_plus
+        ? pl_plus_weight(s.prob(s.rel_exp(z_y, y), y), spec.pl_plus_n)
+        : Acc(1);
+    loss += positive_coef * s.neg_log_prob(z_y);
+  }
+  if (group.lane == 0) P.loss[row] = loss;
+  if (P.grad == nullptr) return;
+
+  for (int64_t j = group.lane; j < C; j += Group::width) {
+    const Acc rel = s.rel_exp(logit(j), j);
+    Acc g = neg.grad(s, rel, j, negative_count(P, row, j, y), spec.plus, clamp_eps);
+    if (positive_coef != Acc(0)) {
+      g += positive_coef * (j == y ? -s.one_minus_prob(rel, j) : s.prob(rel, j));
+    }
+    P.grad[row * C + j] = Store<Scalar>::from(g);
+  }
+}
+
+}  // namespace noisy

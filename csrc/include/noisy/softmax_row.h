@@ -1,0 +1,110 @@
+// Softmax statistics of one row of logits, arranged so that p_k, 1 - p_k and
+// log(1 - p_k) stay accurate when one class takes (almost) all the mass.
+//
+// Two reductions over the row: TopTwo (max, its first index, second largest value),
+// then rest_sum = sum_{j != arg} exp(z_j - ref) with ref = the second largest value.
+// Every other quantity follows from these without cancellation:
+//   rest   = sum_{j != arg} p_j / p_arg = exp(ref - max) * rest_sum
+//   p_arg  = 1 / (1 + rest),  1 - p_arg = rest / (1 + rest)
+//   p_j    = exp(z_j - ref) * exp(ref - lse)            (j != arg)
+//   log(1 - p_arg) = ref - max + log(rest_sum) - log1p(rest)   (finite for any gap)
+#pragma once
+
+#include "noisy/common.h"
+
+namespace noisy {
+
+template <class T>
+struct TopTwo {
+  T max1 = neg_infinity<T>();
+  T max2 = neg_infinity<T>();
+  int64_t arg = -1;  // first index of the maximum; -1 until a value beats -inf
+
+  NOISY_HD void add(T z, int64_t index) {
+    if (z > max1) {
+      max2 = max1;
+      max1 = z;
+      arg = index;
+    } else if (z > max2) {
+      max2 = z;
+    }
+  }
+
+  // Combines partial results over disjoint column sets; ties keep the lower index,
+  // so every split of the row gives the same arg as a sequential scan.
+  NOISY_HD void merge(const TopTwo& other) {
+    const bool other_wins = other.max1 > max1 ||
+        (other.max1 == max1 && other.arg >= 0 && (arg < 0 || other.arg < arg));
+    if (other_wins) {
+      max2 = max1 > other.max2 ? max1 : other.max2;
+      max1 = other.max1;
+      arg = other.arg;
+    } else if (other.max1 > max2) {
+      max2 = other.max1;
+    }
+  }
+
+  // Reference point for the sum over the non-arg classes (the max when all of them are -inf).
+  NOISY_HD T rest_reference() const { return is_finite(max2) ? max2 : max1; }
+};
+
+template <class T>
+struct SoftmaxRow {
+  T max1;
+  T max2;
+  T ref;
+  int64_t arg;
+  T rest_sum;      // sum_{j != arg} exp(z_j - ref)
+  T rest;          // sum_{j != arg} p_j / p_arg
+  T lse;           // log sum_j exp(z_j)
+  T ref_prob;      // exp(ref - lse): p_j = exp(z_j - ref) * ref_prob for j != arg
+  T p_arg;
+  T log1m_p_arg;   // log(1 - p_arg)
+
+  NOISY_HD SoftmaxRow(const TopTwo<T>& top, T rest_sum_)
+      : max1(top.max1), max2(top.max2), ref(top.rest_reference()), arg(top.arg), rest_sum(rest_sum_) {
+    rest = math_exp(ref - max1) * rest_sum;
+    const T log1p_rest = math_log1p(rest);
+    lse = max1 + log1p_rest;
+    ref_prob = math_exp(ref - lse);
+    p_arg = T(1) / (T(1) + rest);
+    log1m_p_arg = ref - max1 + math_log(rest_sum) - log1p_rest;
+  }
+
+  // The term of rest_sum contributed by column j (zero for the arg column).
+  NOISY_HD T rel_exp(T z, int64_t j) const { return j == arg ? T(0) : math_exp(z - ref); }
+
+  // p_j from rel = rel_exp(z_j, j).
+  NOISY_HD T prob(T rel, int64_t j) const { return j == arg ? p_arg : rel * ref_prob; }
+
+  NOISY_HD T one_minus_prob(T rel, int64_t j) const {
+    return j == arg ? rest * p_arg : T(1) - rel * ref_prob;
+  }
+
+  NOISY_HD T log1m_prob(T rel, int64_t j) const {
+    return j == arg ? log1m_p_arg : math_log1p(-rel * ref_prob);
+  }
+
+  // p_j / (1 - p_arg) for j != arg: the softmax over the row without the arg class.
+  NOISY_HD T prob_without_arg(T rel) const { return rel / rest_sum; }
+
+  NOISY_HD T neg_log_prob(T z) const { return lse - z; }
+};
+
+// The two reductions over a row of `classes` logits, logit(j) -> Acc, split over a
+// Group of threads: `lane`, a static `width`, and all-reduces `sum` and `top_two`
+// (one thread on the CPU, a warp on CUDA). Every thread of the group gets the result.
+template <class Acc, class Group, class Logit>
+NOISY_HD SoftmaxRow<Acc> softmax_row(const Logit& logit, int64_t classes, const Group& group) {
+  TopTwo<Acc> top;
+  for (int64_t j = group.lane; j < classes; j += Group::width) top.add(logit(j), j);
+  top = group.top_two(top);
+  const Acc ref = top.rest_reference();
+  Acc rest_sum = 0;
+  for (int64_t j = group.lane; j < classes; j += Group::width) {
+    if (j != top.arg) rest_sum += math_exp(logit(j) - ref);
+  }
+  return SoftmaxRow<Acc>(top, group.sum(rest_sum));
+}
+
+}  // namespace noisy

@@ -1,0 +1,319 @@
+// Op schemas (TORCH_LIBRARY), input validation, and dispatch to the CPU / CUDA kernels.
+// The same entry points serve both devices; only the kernel call differs.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <string>
+#include <tuple>
+
+#include "noisy/kernels.h"
+
+#ifdef WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#endif
+
+namespace noisy {
+namespace {
+
+using at::Tensor;
+
+// ---------------------------------------------------------------- validation
+// Messages name the public Python function and the argument, e.g. "nl_loss(): comp_labels ...".
+
+void check_logits(const char* api, const Tensor& logits, const char* name = "logits") {
+  TORCH_CHECK_VALUE(logits.dim() == 2, api, "(): ", name, " must be 2-D [batch, classes], got shape ", logits.sizes());
+  const auto t = logits.scalar_type();
+  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf, api, "(): ", name,
+                   " must be float32, float64, bfloat16 or float16, got ", t);
+  TORCH_CHECK_VALUE(logits.size(1) >= 2, api, "(): ", name, " needs at least 2 classes, got ", logits.size(1));
+}
+
+void check_same_device(const char* api, const Tensor& ref, const char* ref_name, const Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.device() == ref.device(), api, "(): ", name, " is on ", t.device(), " but ", ref_name, " is on ",
+                    ref.device());
+}
+
+// Class indices: int64, on `ref`'s device, of the given leading size, every value in [0, classes).
+void check_class_indices(const char* api, const Tensor& t, const char* name, int64_t dim, int64_t rows,
+                         int64_t classes, const Tensor& ref, const char* ref_name) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, api, "(): ", name, " must be int64, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == dim, api, "(): ", name, " must be ", dim, "-D, got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.size(0) == rows, api, "(): ", name, " has ", t.size(0), " rows but ", ref_name, " has ", rows);
+  check_same_device(api, ref, ref_name, t, name);
+  if (t.numel() == 0) return;
+  const auto [lo, hi] = at::aminmax(t);
+  const int64_t min = lo.item<int64_t>(), max = hi.item<int64_t>();
+  TORCH_CHECK_VALUE(min >= 0 && max < classes, api, "(): ", name, " must lie in [0, ", classes, "), got values in [",
+                    min, ", ", max, "]");
+}
+
+void check_exclude(const char* api, const Tensor& exclude, int64_t rows, int64_t classes, const Tensor& ref,
+                   const char* ref_name) {
+  TORCH_CHECK_TYPE(exclude.scalar_type() == at::kBool, api, "(): exclude must be bool, got ", exclude.scalar_type());
+  TORCH_CHECK_VALUE(exclude.dim() == 2 && exclude.size(0) == rows && exclude.size(1) == classes, api,
+                    "(): exclude must have shape [", rows, ", ", classes, "], got ", exclude.sizes());
+  check_same_device(api, ref, ref_name, exclude, "exclude");
+}
+
+// ---------------------------------------------------------------- dispatch helpers
+
+template <class S, class A>
+struct Types {
+  using Scalar = S;
+  using Acc = A;
+};
+
+template <class F>
+void dispatch_float(at::ScalarType t, F&& f) {
+  switch (t) {
+    case at::kFloat: return f(Types<float, float>{});
+    case at::kDouble: return f(Types<double, double>{});
+    case at::kBFloat16: return f(Types<bf16_t, float>{});
+    case at::kHalf: return f(Types<f16_t, float>{});
+    default: TORCH_CHECK(false, "unsupported dtype ", t);
+  }
+}
+
+template <class S>
+Matrix<const S> matrix(const Tensor& t) {
+  return {reinterpret_cast<const S*>(t.const_data_ptr()), t.stride(0), t.stride(1)};
+}
+
+#ifdef WITH_CUDA
+void check_launch(int error) {
+  TORCH_CHECK(error == 0, "CUDA kernel launch failed: ", cudaGetErrorString(static_cast<cudaError_t>(error)));
+}
+#endif
+
+// Runs `cpu_call()` or `cuda_call(stream)` for the device of `t`.
+template <class CpuCall, class CudaCall>
+void on_device(const Tensor& t, CpuCall&& cpu_call, CudaCall&& cuda_call) {
+  if (t.is_cpu()) return cpu_call();
+#ifdef WITH_CUDA
+  if (t.is_cuda()) {
+    const c10::cuda::CUDAGuard guard(t.device());
+    return check_launch(cuda_call(static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream())));
+  }
+#endif
+  (void)cuda_call;
+  TORCH_CHECK(false, "noisy ops support CPU and CUDA tensors, got ", t.device());
+}
+
+at::ScalarType accumulation_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// ---------------------------------------------------------------- losses
+
+// Per-row loss [B] (float32, float64 for float64 logits) and, when compute_grad, its
+// gradient wrt logits [B, C] in the logits' dtype (else an empty tensor).
+std::tuple<Tensor, Tensor> row_loss(const Tensor& logits, const Tensor* labels, const Tensor* negatives,
+                                    const Tensor* exclude, const LossSpec& spec, bool compute_grad) {
+  const int64_t rows = logits.size(0), classes = logits.size(1);
+  Tensor loss = at::empty({rows}, logits.options().dtype(accumulation_type(logits.scalar_type())));
+  Tensor grad = compute_grad ? at::empty({rows, classes}, logits.options()) : at::empty({0}, logits.options());
+  if (rows == 0) return {loss, grad};
+  dispatch_float(logits.scalar_type(), [&](auto types) {
+    using S = typename decltype(types)::Scalar;
+    using A = typename decltype(types)::Acc;
+    RowLossProblem<S, A> p{};
+    p.rows = rows;
+    p.classes = classes;
+    p.logits = matrix<S>(logits);
+    if (labels) {
+      p.labels = labels->const_data_ptr<int64_t>();
+      p.label_stride = labels->stride(0);
+    }
+    if (negatives) {
+      p.negatives = matrix<int64_t>(*negatives);
+      p.num_negatives = negatives->size(1);
+    }
+    if (exclude) p.exclude = matrix<bool>(*exclude);
+    p.loss = loss.mutable_data_ptr<A>();
+    p.grad = compute_grad ? reinterpret_cast<S*>(grad.mutable_data_ptr()) : nullptr;
+    p.spec = spec;
+    on_device(logits, [&] { cpu::row_loss(p); }, [&](void* stream) { return cuda::row_loss(p, stream); });
+  });
+  return {loss, grad};
+}
+
+std::tuple<Tensor, Tensor> nl_forward(const Tensor& logits, const Tensor& comp_labels, bool plus, double clamp_eps,
+                                      bool compute_grad) {
+  const char* api = plus ? "nl_plus_loss" : "nl_loss";
+  check_logits(api, logits);
+  check_class_indices(api, comp_labels, "comp_labels", 2, logits.size(0), logits.size(1), logits, "logits");
+  TORCH_CHECK_VALUE(comp_labels.size(1) >= 1, api, "(): comp_labels needs at least one column, got shape ",
+                    comp_labels.sizes());
+  TORCH_CHECK_VALUE(clamp_eps >= 0.0 && clamp_eps < 1.0, api, "(): clamp_eps must be in [0, 1), got ", clamp_eps);
+  const LossSpec spec{PositiveTerm::none, 0, NegativeSet::listed, plus, clamp_eps};
+  return row_loss(logits, nullptr, &comp_labels, nullptr, spec, compute_grad);
+}
+
+std::tuple<Tensor, Tensor> pm_forward(const Tensor& logits, const Tensor& labels, const c10::optional<Tensor>& exclude,
+                                      bool compute_grad) {
+  const char* api = "pm_loss";
+  check_logits(api, logits);
+  check_class_indices(api, labels, "labels", 1, logits.size(0), logits.size(1), logits, "logits");
+  if (exclude) check_exclude(api, *exclude, logits.size(0), logits.size(1), logits, "logits");
+  const LossSpec spec{PositiveTerm::cross_entropy, 0, NegativeSet::all_but_label, false, 0.0};
+  return row_loss(logits, &labels, nullptr, exclude ? &*exclude : nullptr, spec, compute_grad);
+}
+
+std::tuple<Tensor, Tensor> ce_forward(const Tensor& logits, const Tensor& labels, bool compute_grad) {
+  const char* api = "weighted_ce";
+  check_logits(api, logits);
+  check_class_indices(api, labels, "labels", 1, logits.size(0), logits.size(1), logits, "logits");
+  const LossSpec spec{PositiveTerm::cross_entropy, 0, NegativeSet::none, false, 0.0};
+  return row_loss(logits, &labels, nullptr, nullptr, spec, compute_grad);
+}
+
+std::tuple<Tensor, Tensor> pl_plus_forward(const Tensor& logits, const Tensor& target, int64_t n, bool compute_grad) {
+  const char* api = "pl_plus_loss";
+  check_logits(api, logits);
+  check_class_indices(api, target, "target", 1, logits.size(0), logits.size(1), logits, "logits");
+  TORCH_CHECK_VALUE(n >= 0 && n <= 16, api, "(): n must be in [0, 16], got ", n);
+  const LossSpec spec{PositiveTerm::pl_plus, static_cast<int32_t>(n), NegativeSet::none, false, 0.0};
+  return row_loss(logits, &target, nullptr, nullptr, spec, compute_grad);
+}
+
+// ---------------------------------------------------------------- sampling
+
+std::tuple<Tensor, Tensor> jnpl_select(const Tensor& logits, int64_t seed, int64_t offset) {
+  check_logits("jnpl_select", logits);
+  const int64_t rows = logits.size(0);
+  Tensor keep = at::empty({rows}, logits.options().dtype(at::kBool));
+  Tensor argmax = at::empty({rows}, logits.options().dtype(at::kLong));
+  if (rows == 0) return {keep, argmax};
+  dispatch_float(logits.scalar_type(), [&](auto types) {
+    using S = typename decltype(types)::Scalar;
+    using A = typename decltype(types)::Acc;
+    const SelectProblem<S, A> p{rows, logits.size(1), matrix<S>(logits), static_cast<uint64_t>(seed),
+                                static_cast<uint64_t>(offset), keep.mutable_data_ptr<bool>(),
+                                argmax.mutable_data_ptr<int64_t>()};
+    on_device(logits, [&] { cpu::jnpl_select(p); }, [&](void* stream) { return cuda::jnpl_select(p, stream); });
+  });
+  return {keep, argmax};
+}
+
+Tensor sample_complementary(const Tensor& labels, int64_t num_classes, int64_t k, const c10::optional<Tensor>& exclude,
+                            bool replacement, int64_t seed, int64_t offset) {
+  const char* api = "sample_complementary";
+  TORCH_CHECK_VALUE(num_classes >= 2, api, "(): num_classes must be >= 2, got ", num_classes);
+  TORCH_CHECK_VALUE(num_classes <= (int64_t{1} << 31), api, "(): num_classes must be < 2^31, got ", num_classes);
+  TORCH_CHECK_VALUE(k >= 1, api, "(): k must be >= 1, got ", k);
+  const int64_t rows = labels.dim() == 1 ? labels.size(0) : -1;
+  TORCH_CHECK_VALUE(rows <= (int64_t{1} << 32), api, "(): at most 2^32 labels per call, got ", rows);
+  check_class_indices(api, labels, "labels", 1, rows, num_classes, labels, "labels");
+  const int64_t needed = replacement ? 1 : k;
+  TORCH_CHECK_VALUE(replacement || k <= num_classes - 1, api, "(): k = ", k, " > num_classes - 1 = ", num_classes - 1,
+                    " complementary labels cannot be drawn without replacement");
+  if (exclude) {
+    check_exclude(api, *exclude, rows, num_classes, labels, "labels");
+    if (rows > 0) {
+      // Allowed classes per row: not excluded and not the label.
+      const Tensor allowed = exclude->logical_not().scatter(1, labels.unsqueeze(1), false).sum(1);
+      const auto fewest = allowed.min(0);
+      const int64_t count = std::get<0>(fewest).item<int64_t>();
+      TORCH_CHECK_VALUE(count >= needed, api, "(): row ", std::get<1>(fewest).item<int64_t>(), " has ", count,
+                        " allowed classes (not its label, not excluded) but ", needed, " are needed",
+                        replacement ? "" : " (k, without replacement)");
+    }
+  }
+  Tensor out = at::empty({rows, k}, labels.options());
+  if (rows == 0) return out;
+  SamplingProblem p{};
+  p.rows = rows;
+  p.classes = num_classes;
+  p.labels = labels.const_data_ptr<int64_t>();
+  p.label_stride = labels.stride(0);
+  if (exclude) p.exclude = matrix<bool>(*exclude);
+  p.k = k;
+  p.replacement = replacement;
+  p.seed = static_cast<uint64_t>(seed);
+  p.offset = static_cast<uint64_t>(offset);
+  p.out = out.mutable_data_ptr<int64_t>();
+  on_device(labels, [&] { cpu::sample_complementary(p); },
+            [&](void* stream) { return cuda::sample_complementary(p, stream); });
+  return out;
+}
+
+// ---------------------------------------------------------------- weights and history
+
+NormMode parse_mode(const std::string& mode) {
+  if (mode == "sub_min") return NormMode::sub_min;
+  if (mode == "min_max") return NormMode::min_max;
+  if (mode == "max") return NormMode::max;
+  if (mode == "rectify_sum") return NormMode::rectify_sum;
+  if (mode == "sigmoid") return NormMode::sigmoid;
+  if (mode == "softmax") return NormMode::softmax;
+  TORCH_CHECK_VALUE(false, "normalize_weights(): mode must be one of sub_min, min_max, max, rectify_sum, sigmoid, "
+                    "softmax; got '", mode, "'");
+}
+
+Tensor normalize_weights(const Tensor& x, c10::string_view mode, double temperature) {
+  const char* api = "normalize_weights";
+  TORCH_CHECK_VALUE(x.dim() == 1, api, "(): x must be 1-D, got shape ", x.sizes());
+  const auto t = x.scalar_type();
+  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf, api,
+                   "(): x must be a floating-point tensor, got ", t);
+  TORCH_CHECK_VALUE(temperature > 0.0, api, "(): temperature must be > 0, got ", temperature);
+  const NormMode norm_mode = parse_mode(std::string(mode));
+  Tensor out = at::empty({x.size(0)}, x.options());
+  if (x.numel() == 0) return out;
+  dispatch_float(t, [&](auto types) {
+    using S = typename decltype(types)::Scalar;
+    using A = typename decltype(types)::Acc;
+    const NormalizeProblem<S, A> p{x.size(0), reinterpret_cast<const S*>(x.const_data_ptr()), x.stride(0), norm_mode,
+                                   static_cast<A>(temperature), reinterpret_cast<S*>(out.mutable_data_ptr())};
+    on_device(x, [&] { cpu::normalize_weights(p); }, [&](void* stream) { return cuda::normalize_weights(p, stream); });
+  });
+  return out;
+}
+
+void update_history(const Tensor& history, const Tensor& indices, const Tensor& logits) {
+  const char* api = "update_history";
+  check_logits(api, logits);
+  TORCH_CHECK_TYPE(history.scalar_type() == at::kBool, api, "(): history must be bool, got ", history.scalar_type());
+  TORCH_CHECK_VALUE(history.dim() == 2 && history.size(1) == logits.size(1), api,
+                    "(): history must have shape [num_samples, ", logits.size(1), "], got ", history.sizes());
+  check_same_device(api, logits, "logits", history, "history");
+  check_class_indices(api, indices, "indices", 1, logits.size(0), history.size(0), logits, "logits");
+  if (logits.size(0) == 0) return;
+  dispatch_float(logits.scalar_type(), [&](auto types) {
+    using S = typename decltype(types)::Scalar;
+    const HistoryProblem<S> p{logits.size(0), logits.size(1), matrix<S>(logits), indices.const_data_ptr<int64_t>(),
+                              indices.stride(0),
+                              Matrix<bool>{history.mutable_data_ptr<bool>(), history.stride(0), history.stride(1)}};
+    on_device(logits, [&] { cpu::update_history(p); }, [&](void* stream) { return cuda::update_history(p, stream); });
+  });
+}
+
+}  // namespace
+}  // namespace noisy
+
+TORCH_LIBRARY(noisy, m) {
+  m.def("nl_forward(Tensor logits, Tensor comp_labels, bool plus, float clamp_eps, bool compute_grad) -> (Tensor, Tensor)");
+  m.def("pm_forward(Tensor logits, Tensor labels, Tensor? exclude, bool compute_grad) -> (Tensor, Tensor)");
+  m.def("ce_forward(Tensor logits, Tensor labels, bool compute_grad) -> (Tensor, Tensor)");
+  m.def("pl_plus_forward(Tensor logits, Tensor target, int n, bool compute_grad) -> (Tensor, Tensor)");
+  m.def("jnpl_select(Tensor logits, int seed, int offset) -> (Tensor, Tensor)");
+  m.def("sample_complementary(Tensor labels, int num_classes, int k, Tensor? exclude, bool replacement, int seed, "
+        "int offset) -> Tensor");
+  m.def("normalize_weights(Tensor x, str mode, float temperature) -> Tensor");
+  m.def("update_history(Tensor(a!) history, Tensor indices, Tensor logits) -> ()");
+}
+
+#define NOISY_REGISTER_IMPLS(m)                                      \
+  m.impl("nl_forward", &noisy::nl_forward);                         \
+  m.impl("pm_forward", &noisy::pm_forward);                         \
+  m.impl("ce_forward", &noisy::ce_forward);                         \
+  m.impl("pl_plus_forward", &noisy::pl_plus_forward);               \
+  m.impl("jnpl_select", &noisy::jnpl_select);                       \
+  m.impl("sample_complementary", &noisy::sample_complementary);     \
+  m.impl("normalize_weights", &noisy::normalize_weights);           \
+  m.impl("update_history", &noisy::update_history);
+
+TORCH_LIBRARY_IMPL(noisy, CPU, m) { NOISY_REGISTER_IMPLS(m) }
+#ifdef WITH_CUDA
+TORCH_LIBRARY_IMPL(noisy, CUDA, m) { NOISY_REGISTER_IMPLS(m) }
+#endif

@@ -1,0 +1,1 @@
+"""Noise-robust training engine: fused loss ops (engine.losses) and training methods."""

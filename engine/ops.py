@@ -1,0 +1,80 @@
+"""Fake (meta) kernels and autograd for the torch.ops.noisy custom ops.
+
+The C++ library (engine._C) registers the schemas and the CPU / CUDA kernels. Each loss
+op returns the per-row loss and, in the same pass, its gradient wrt the logits; backward
+only scales that stored gradient by the incoming per-row gradient.
+"""
+import torch
+
+import engine._C  # noqa: F401  (registers torch.ops.noisy)
+
+ops = torch.ops.noisy
+
+
+def _loss_outputs(logits, compute_grad):
+    loss_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    loss = logits.new_empty(logits.shape[:1], dtype=loss_dtype)
+    grad = logits.new_empty(logits.shape) if compute_grad else logits.new_empty((0,))
+    return loss, grad
+
+
+@torch.library.register_fake("noisy::nl_forward")
+def _nl_forward_fake(logits, comp_labels, plus, clamp_eps, compute_grad):
+    return _loss_outputs(logits, compute_grad)
+
+
+@torch.library.register_fake("noisy::pm_forward")
+def _pm_forward_fake(logits, labels, exclude, compute_grad):
+    return _loss_outputs(logits, compute_grad)
+
+
+@torch.library.register_fake("noisy::ce_forward")
+def _ce_forward_fake(logits, labels, compute_grad):
+    return _loss_outputs(logits, compute_grad)
+
+
+@torch.library.register_fake("noisy::pl_plus_forward")
+def _pl_plus_forward_fake(logits, target, n, compute_grad):
+    return _loss_outputs(logits, compute_grad)
+
+
+@torch.library.register_fake("noisy::jnpl_select")
+def _jnpl_select_fake(logits, seed, offset):
+    rows = logits.shape[:1]
+    return logits.new_empty(rows, dtype=torch.bool), logits.new_empty(rows, dtype=torch.int64)
+
+
+@torch.library.register_fake("noisy::sample_complementary")
+def _sample_complementary_fake(labels, num_classes, k, exclude, replacement, seed, offset):
+    return labels.new_empty((labels.shape[0], k))
+
+
+@torch.library.register_fake("noisy::normalize_weights")
+def _normalize_weights_fake(x, mode, temperature):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("noisy::update_history")
+def _update_history_fake(history, indices, logits):
+    return None
+
+
+def _register_loss_autograd(name, num_other_inputs):
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output[1])
+        ctx.mark_non_differentiable(output[1])
+
+    def backward(ctx, grad_loss, _grad_of_grad):
+        (grad,) = ctx.saved_tensors
+        if grad.dim() != 2:  # an empty placeholder: the forward ran with compute_grad=False
+            raise RuntimeError(f"noisy::{name} was called with compute_grad=False, so it cannot backpropagate")
+        return ((grad * grad_loss.unsqueeze(1)).to(grad.dtype),) + (None,) * num_other_inputs
+
+    torch.library.register_autograd(f"noisy::{name}", backward, setup_context=setup_context)
+
+
+# The number of inputs after `logits` of each loss op (they get no gradient).
+_register_loss_autograd("nl_forward", 4)
+_register_loss_autograd("pm_forward", 3)
+_register_loss_autograd("ce_forward", 2)
+_register_loss_autograd("pl_plus_forward", 3)

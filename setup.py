@@ -1,0 +1,51 @@
+"""Builds engine._C: the CPU kernels always, the CUDA kernels when torch has CUDA and nvcc exists."""
+import glob
+import os
+import shutil
+
+import torch
+from setuptools import find_packages, setup
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def rel(pattern):
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def cuda_available_for_build():
+    # CUDAExtension refuses to build against CPU-only torch, whatever CUDA_HOME says.
+    if torch.version.cuda is None or os.environ.get("NOISY_FORCE_CPU") == "1":
+        return False
+    return shutil.which("nvcc") is not None or os.path.exists(os.path.join(os.environ.get("CUDA_HOME", ""), "bin", "nvcc"))
+
+
+with_cuda = cuda_available_for_build()
+sources = ["csrc/ops.cpp", "csrc/python_module.cpp"] + rel("csrc/cpu/*.cpp")
+# at::parallel_for only runs threads when compiled and linked with OpenMP.
+cxx_flags = ["-O3", "-fopenmp"]
+kwargs = dict(
+    name="engine._C",
+    include_dirs=[os.path.join(ROOT, "csrc", "include")],
+    extra_link_args=["-fopenmp"],
+)
+if with_cuda:
+    extension = CUDAExtension(
+        sources=sources + rel("csrc/cuda/*.cu"),
+        define_macros=[("WITH_CUDA", None)],
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr", "-std=c++17"]},
+        **kwargs,
+    )
+else:
+    extension = CppExtension(sources=sources, extra_compile_args={"cxx": cxx_flags}, **kwargs)
+
+setup(
+    name="noisy-label-engine",
+    version="0.1.0",
+    description="Fused noise-robust losses (NL, NL+, PL+, PM, weighted CE) and a training engine for noisy labels",
+    packages=find_packages(include=["engine", "engine.*"]),
+    ext_modules=[extension],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    python_requires=">=3.10",
+)
