@@ -19,8 +19,10 @@ def _reduce(per_sample, weight, reduction):
 def log1m_softmax(z):
     """log(1 - softmax(z)) for every class, without cancellation when p -> 1."""
     lse = torch.logsumexp(z, 1, keepdim=True)
-    log1m = torch.log1p(-torch.exp(z - lse))
     top = z.argmax(1, keepdim=True)
+    # log1p(-p) is accurate for every class but the arg-max (p <= 1/2 there); the arg-max
+    # column is zeroed first so that its log1p(-1) = -inf cannot leak NaN into the gradient.
+    log1m = torch.log1p(-torch.exp(z - lse).scatter(1, top, 0.0))
     top_value = torch.logsumexp(z.scatter(1, top, float("-inf")), 1, keepdim=True) - lse
     return log1m.scatter(1, top, top_value)
 

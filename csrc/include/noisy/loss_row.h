@@ -146,7 +146,7 @@ NOISY_HD void row_loss(const RowLossProblem<Scalar, Acc>& P, int64_t row, const 
     positive_coef = spec.positive == PositiveTerm::pl_plus
         ? pl_plus_weight(s.prob(s.rel_exp(z_y, y), y), spec.pl_plus_n)
         : Acc(1);
-    loss += positive_coef * s.neg_log_prob(z_y);
+    loss += positive_coef * s.neg_log_prob(z_y, y);
   }
   if (group.lane == 0) P.loss[row] = loss;
   if (P.grad == nullptr) return;

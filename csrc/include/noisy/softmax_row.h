@@ -88,7 +88,8 @@ struct SoftmaxRow {
   // p_j / (1 - p_arg) for j != arg: the softmax over the row without the arg class.
   NOISY_HD T prob_without_arg(T rel) const { return rel / rest_sum; }
 
-  NOISY_HD T neg_log_prob(T z) const { return lse - z; }
+  // -log p_j; for the arg class log1p(rest), which keeps its accuracy as p_arg -> 1.
+  NOISY_HD T neg_log_prob(T z, int64_t j) const { return j == arg ? math_log1p(rest) : lse - z; }
 };
 
 // The two reductions over a row of `classes` logits, logit(j) -> Acc, split over a

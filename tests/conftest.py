@@ -1,0 +1,24 @@
+import pytest
+import torch
+
+import engine.losses  # noqa: F401  (loads the ops)
+
+FLOAT_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+def tolerances(dtype):
+    """(rtol, atol) for a fused result on `dtype` inputs against the float64 reference of the
+    same input values: float32 arithmetic for fp32/bf16/fp16, plus the rounding of the
+    gradient to the input dtype."""
+    return {
+        torch.float64: (1e-10, 1e-12),
+        torch.float32: (1e-5, 1e-5),
+        torch.bfloat16: (1e-2, 1e-4),
+        torch.float16: (2e-3, 1e-5),
+    }[dtype]

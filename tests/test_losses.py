@@ -1,0 +1,253 @@
+"""Fused losses against the plain-PyTorch reference: values, gradients, dtypes, strides,
+reductions, weights, exclusions, extreme logits, gradcheck, opcheck, torch.compile."""
+import pytest
+import torch
+
+from conftest import FLOAT_DTYPES, tolerances
+from engine import losses as L
+from engine import reference as R
+from engine.ops import ops
+
+LOSS_NAMES = ["nl", "nl_plus", "nl_k3", "pm", "pm_exclude", "ce", "pl_plus"]
+
+
+def make_case(name, B, C, device, generator):
+    """(fused fn, reference fn, extra args) for a loss on random labels of a B x C problem."""
+    labels = torch.randint(0, C, (B,), generator=generator).to(device)
+    if name.startswith("nl"):
+        k = 3 if name == "nl_k3" else 1
+        comp = L.sample_complementary(labels, C, k=k, seed=int(torch.randint(0, 1 << 30, (1,), generator=generator)))
+        plus = name == "nl_plus"
+        return (lambda z, **kw: L.nl_loss(z, comp, plus=plus, **kw)), (lambda z, **kw: R.nl_loss(z, comp, plus=plus, **kw))
+    if name.startswith("pm"):
+        exclude = None
+        if name == "pm_exclude":
+            exclude = (torch.rand(B, C, generator=generator) < 0.3).to(device)
+        return (lambda z, **kw: L.pm_loss(z, labels, exclude, **kw)), (lambda z, **kw: R.pm_loss(z, labels, exclude, **kw))
+    if name == "ce":
+        return (lambda z, **kw: L.weighted_ce(z, labels, **kw)), (lambda z, **kw: R.weighted_ce(z, labels, **kw))
+    return (lambda z, **kw: L.pl_plus_loss(z, labels, **kw)), (lambda z, **kw: R.pl_plus_loss(z, labels, **kw))
+
+
+def value_and_grad(fn, z, **kwargs):
+    z = z.detach().requires_grad_(True)
+    out = fn(z, **kwargs)
+    (grad,) = torch.autograd.grad(out.sum(), z)
+    return out.detach(), grad
+
+
+def assert_matches(fused, reference, z, dtype, **kwargs):
+    """Fused on z against the float64 reference on the same values."""
+    rtol, atol = tolerances(dtype)
+    value, grad = value_and_grad(fused, z, **kwargs)
+    ref_value, ref_grad = value_and_grad(reference, z.double(), **kwargs)
+    assert value.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert grad.dtype == z.dtype
+    torch.testing.assert_close(value.double(), ref_value, rtol=rtol, atol=atol)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+@pytest.mark.parametrize("B,C", [(1, 2), (33, 10), (128, 100), (16, 1000), (4096, 10)])
+def test_matches_reference_fp32(name, B, C, device):
+    g = torch.Generator().manual_seed(B * 1000 + C)
+    fused, reference = make_case(name, B, C, device, g)
+    z = (3 * torch.randn(B, C, generator=g)).to(device)
+    assert_matches(fused, reference, z, torch.float32, reduction="none")
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_dtypes_reductions_and_weights(name, dtype, reduction, device):
+    g = torch.Generator().manual_seed(7)
+    B, C = 64, 37
+    fused, reference = make_case(name, B, C, device, g)
+    z = (2 * torch.randn(B, C, generator=g)).to(device, dtype)
+    weight = torch.rand(B, generator=g).to(device)
+    assert_matches(fused, reference, z, dtype, reduction=reduction)
+    assert_matches(fused, reference, z, dtype, reduction=reduction, weight=weight)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_non_contiguous_inputs(name, device):
+    g = torch.Generator().manual_seed(3)
+    B, C = 48, 20
+    base = torch.randn(C, 2 * B, generator=g).to(device)
+    z = base.t()[::2]  # strides (2, 2B): neither rows nor columns contiguous
+    assert not z.is_contiguous()
+    fused, reference = make_case(name, B, C, device, g)
+    assert_matches(fused, reference, z, torch.float32, reduction="none")
+
+
+def test_non_contiguous_labels_and_masks(device):
+    g = torch.Generator().manual_seed(4)
+    B, C = 40, 12
+    z = torch.randn(B, C, generator=g).to(device)
+    labels = torch.randint(0, C, (2 * B,), generator=g).to(device)[::2]
+    comp = torch.randint(0, C, (3, B), generator=g).to(device).t()
+    exclude = (torch.rand(C, B, generator=g) < 0.4).to(device).t()
+    assert not (labels.is_contiguous() or comp.is_contiguous() or exclude.is_contiguous())
+    assert_matches(lambda x, **k: L.nl_loss(x, comp, **k), lambda x, **k: R.nl_loss(x, comp, **k), z, torch.float32)
+    assert_matches(lambda x, **k: L.pm_loss(x, labels, exclude, **k), lambda x, **k: R.pm_loss(x, labels, exclude, **k),
+                   z, torch.float32)
+    assert_matches(lambda x, **k: L.weighted_ce(x, labels, **k), lambda x, **k: R.weighted_ce(x, labels, **k), z,
+                   torch.float32)
+
+
+@pytest.mark.parametrize("gap", [50.0, 100.0, 1000.0])
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_confident_rows_stay_finite_and_accurate(name, gap, device):
+    """p_k -> 1: log(1 - p_k) must neither cancel to -inf nor lose its gradient."""
+    g = torch.Generator().manual_seed(5)
+    B, C = 32, 10
+    z = torch.randn(B, C, generator=g)
+    z[torch.arange(B), torch.randint(0, C, (B,), generator=g)] += gap
+    fused, reference = make_case(name, B, C, device, g)
+    z = z.to(device)
+    value, grad = value_and_grad(fused, z, reduction="none")
+    assert torch.isfinite(value).all() and torch.isfinite(grad).all()
+    # fp64 reference of the same fp32 inputs: the fused fp32 result must be accurate, not just finite.
+    ref_value, ref_grad = value_and_grad(reference, z.double(), reduction="none")
+    torch.testing.assert_close(value.double(), ref_value, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_log1m_of_the_arg_max_class_is_exact_for_huge_gaps():
+    z = torch.tensor([[0.0, 60.0, 1.0]])
+    loss = L.nl_loss(z, torch.tensor([[1]]), reduction="none")
+    # -log(1 - p_1) = 60 - log(e^0 + e^1) + log1p(e^-60 (1 + e)) to fp32 accuracy
+    expected = 60.0 - torch.log(torch.tensor(1.0 + torch.e).double()) + torch.log1p(torch.tensor(1 + torch.e).double() * torch.exp(torch.tensor(-60.0).double()))
+    torch.testing.assert_close(loss.double(), expected.reshape(1), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("plus", [False, True])
+def test_clamp_eps_matches_reference_clamp(plus, device):
+    g = torch.Generator().manual_seed(6)
+    B, C = 64, 5
+    z = torch.randn(B, C, generator=g)
+    comp = torch.randint(0, C, (B, 2), generator=g)
+    z[torch.arange(B // 2), comp[: B // 2, 0]] += 20.0  # half the rows have 1 - p < 1e-5
+    z, comp = z.to(device), comp.to(device)
+    fused = lambda x, **k: L.nl_loss(x, comp, plus=plus, clamp_eps=1e-5, **k)  # noqa: E731
+    reference = lambda x, **k: R.nl_loss(x, comp, plus=plus, clamp_eps=1e-5, **k)  # noqa: E731
+    assert_matches(fused, reference, z, torch.float32, reduction="none")
+
+
+def test_nl_plus_gradient_is_minus_p_comp_times_p():
+    """jnpl.txt eq. 6: dNL+/dz_i = -p_yb p_i for i != yb."""
+    z = torch.randn(16, 7, dtype=torch.float64, requires_grad=True)
+    comp = torch.randint(0, 7, (16,))
+    (grad,) = torch.autograd.grad(L.nl_plus_loss(z, comp, reduction="sum"), z)
+    p = torch.softmax(z.detach(), 1)
+    expected = -p.gather(1, comp[:, None]) * p
+    expected[torch.arange(16), comp] = (p * (1 - p)).gather(1, comp[:, None]).squeeze(1)
+    torch.testing.assert_close(grad, expected)
+
+
+def test_pl_plus_weight_is_the_geometric_sum():
+    """With N = 3, prod_{n=0..3}(1 + p^(2^n)) = sum_{k=0..15} p^k."""
+    z = torch.randn(32, 5, dtype=torch.float64)
+    t = torch.randint(0, 5, (32,))
+    p = torch.softmax(z, 1).gather(1, t[:, None]).squeeze(1)
+    expected = sum(p**k for k in range(16)) * -torch.log(p)
+    torch.testing.assert_close(L.pl_plus_loss(z, t, reduction="none"), expected)
+
+
+def test_empty_batch_gives_zero_loss_and_zero_grad():
+    z = torch.randn(0, 10, requires_grad=True)
+    labels = torch.zeros(0, dtype=torch.long)
+    for loss in (L.nl_loss(z, labels.view(0, 1)), L.pm_loss(z, labels), L.weighted_ce(z, labels), L.pl_plus_loss(z, labels)):
+        assert loss.item() == 0.0
+        (grad,) = torch.autograd.grad(loss, z)
+        assert grad.shape == (0, 10)
+
+
+def test_no_grad_forward_skips_the_gradient_buffer():
+    z = torch.randn(8, 4, requires_grad=True)
+    with torch.no_grad():
+        _, grad = ops.ce_forward(z, torch.zeros(8, dtype=torch.long), torch.is_grad_enabled())
+    assert grad.numel() == 0
+
+
+def test_modules_match_functions():
+    z = torch.randn(16, 6)
+    y = torch.randint(0, 6, (16,))
+    comp = L.sample_complementary(y, 6, k=2, seed=3)
+    w = torch.rand(16)
+    assert torch.equal(L.NLLoss()(z, comp, w), L.nl_loss(z, comp, w))
+    assert torch.equal(L.NLPlusLoss(reduction="sum")(z, comp), L.nl_plus_loss(z, comp, reduction="sum"))
+    assert torch.equal(L.PLPlusLoss(n=2)(z, y), L.pl_plus_loss(z, y, n=2))
+    assert torch.equal(L.PMLoss(reduction="none")(z, y), L.pm_loss(z, y, reduction="none"))
+    assert torch.equal(L.WeightedCELoss()(z, y, w), L.weighted_ce(z, y, w))
+
+
+# NL+ and PL+ detach their weights by definition, so their analytic gradient is not the
+# numerical one; they are checked against the reference's autograd above instead.
+@pytest.mark.parametrize("name", ["nl", "nl_k3", "pm", "pm_exclude", "ce"])
+def test_gradcheck_fp64(name, device):
+    g = torch.Generator().manual_seed(8)
+    fused, _ = make_case(name, 6, 5, device, g)
+    z = torch.randn(6, 5, dtype=torch.float64, generator=g).to(device).requires_grad_(True)
+    weight = torch.rand(6, dtype=torch.float64, generator=g).to(device)
+    assert torch.autograd.gradcheck(lambda x: fused(x, weight=weight, reduction="none"), (z,))
+
+
+@pytest.mark.filterwarnings("ignore:Input #0 requires gradient and is not a double")
+def test_gradcheck_fp32_with_relaxed_tolerance(device):
+    g = torch.Generator().manual_seed(9)
+    z = torch.randn(4, 5, generator=g).to(device).requires_grad_(True)
+    y = torch.randint(0, 5, (4,), generator=g).to(device)
+    assert torch.autograd.gradcheck(lambda x: L.pm_loss(x, y, reduction="sum"), (z,), eps=1e-2, atol=5e-3, rtol=5e-3)
+
+
+def opcheck_cases(device):
+    g = torch.Generator().manual_seed(10)
+    B, C = 12, 7
+    z = torch.randn(B, C, generator=g).to(device).requires_grad_(True)
+    y = torch.randint(0, C, (B,), generator=g).to(device)
+    comp = torch.randint(0, C, (B, 2), generator=g).to(device)
+    exclude = (torch.rand(B, C, generator=g) < 0.3).to(device)
+    history = torch.zeros(20, C, dtype=torch.bool, device=device)
+    indices = torch.randint(0, 20, (B,), generator=g).to(device)
+    return [
+        (ops.nl_forward, (z, comp, False, 0.0, True)),
+        (ops.nl_forward, (z, comp, True, 1e-5, True)),
+        (ops.pm_forward, (z, y, exclude, True)),
+        (ops.pm_forward, (z, y, None, True)),
+        (ops.ce_forward, (z, y, True)),
+        (ops.pl_plus_forward, (z, y, 3, True)),
+        (ops.jnpl_select, (z.detach(), 1, 2)),
+        (ops.sample_complementary, (y, C, 3, torch.nn.functional.one_hot((y + 1) % C, C).bool(), False, 5, 6)),
+        (ops.sample_complementary, (y, C, 4, None, True, 5, 6)),
+        (ops.normalize_weights, (torch.rand(B, generator=g).to(device), "min_max", 10.0)),
+        (ops.update_history, (history, indices, z.detach())),
+    ]
+
+
+def test_opcheck_every_op(device):
+    checked = set()
+    for op, args in opcheck_cases(device):
+        torch.library.opcheck(op, args)
+        checked.add(op._qualified_op_name)
+    registered = {schema.name for schema in torch._C._jit_get_all_schemas() if schema.name.startswith("noisy::")}
+    assert checked == registered
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    def jnpl_step(z, labels, seed, step):
+        comp = L.sample_complementary(labels, z.shape[1], k=1, seed=seed, offset=step)
+        keep, yhat = L.jnpl_select(z, seed, step)
+        weight = L.normalize_weights(torch.softmax(z.detach(), 1).gather(1, labels[:, None]).squeeze(1), "min_max")
+        return (L.nl_plus_loss(z, comp, weight=weight) + 0.01 * L.pl_plus_loss(z, yhat, weight=keep.float())
+                + L.pm_loss(z, labels) + L.weighted_ce(z, labels, weight=weight))
+
+    compiled = torch.compile(jnpl_step, fullgraph=True, backend="aot_eager")
+    z = torch.randn(32, 10, requires_grad=True)
+    labels = torch.randint(0, 10, (32,))
+    eager = jnpl_step(z, labels, 0, 3)
+    (eager_grad,) = torch.autograd.grad(eager, z)
+    out = compiled(z, labels, 0, 3)
+    (grad,) = torch.autograd.grad(out, z)
+    torch.testing.assert_close(out, eager)
+    torch.testing.assert_close(grad, eager_grad)
