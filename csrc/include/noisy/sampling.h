@@ -62,7 +62,8 @@ NOISY_HD void sample_complementary_row(const AllowedClasses& classes, int64_t k,
 // arg-max has p < 1/C; a candidate is kept with probability p_argmax.
 template <class T>
 NOISY_HD bool jnpl_keep(const SoftmaxRow<T>& s, int64_t classes, PhiloxStream& rng) {
-  const bool candidate = math_exp(s.max2 - s.lse) < T(1) / static_cast<T>(classes);
+  // A tie for the maximum gives p_second = p_arg >= 1/C: never a candidate (decided exactly).
+  const bool candidate = s.max2 < s.max1 && math_exp(s.max2 - s.lse) < T(1) / static_cast<T>(classes);
   const float u = rng.uniform();  // drawn for every row so streams do not depend on the data
   return candidate && static_cast<T>(u) < s.p_arg;
 }
