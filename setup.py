@@ -1,6 +1,7 @@
 """Builds engine._C: the CPU kernels always, the CUDA kernels when torch has CUDA and nvcc exists."""
 import glob
 import os
+import platform
 import shutil
 
 import torch
@@ -28,7 +29,8 @@ cxx_flags = ["-O3", "-fopenmp"]
 kwargs = dict(
     name="engine._C",
     include_dirs=[os.path.join(ROOT, "csrc", "include")],
-    extra_link_args=["-fopenmp"],
+    # libmvec: glibc's SIMD exp, used by the CPU kernels on x86-64 (csrc/cpu/kernels.cpp).
+    extra_link_args=["-fopenmp"] + (["-lmvec"] if platform.machine() == "x86_64" and platform.libc_ver()[0] == "glibc" else []),
 )
 if with_cuda:
     extension = CUDAExtension(

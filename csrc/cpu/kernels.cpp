@@ -1,5 +1,17 @@
 // CPU kernels: at::parallel_for over rows, the per-row math from csrc/include.
 #include <ATen/Parallel.h>
+#include <math.h>
+
+// glibc's vector math library (libmvec) has SIMD versions of exp on x86-64: declaring them
+// lets the `omp simd` loop below call several lanes at a time (the builds link -lmvec).
+#if defined(__x86_64__) && defined(__GLIBC__)
+#pragma omp declare simd notinbranch
+extern "C" float expf(float) noexcept;
+#pragma omp declare simd notinbranch
+extern "C" double exp(double) noexcept;
+#endif
+
+#include <vector>
 
 #include "noisy/kernels.h"
 #include "noisy/sampling.h"
@@ -8,12 +20,33 @@ namespace noisy {
 namespace cpu {
 namespace {
 
-// One thread owns a whole row: the reductions are the identity.
+// One thread owns a whole row: the reductions are the identity, and the terms
+// exp(z_j - ref) are computed once, vectorized, into a per-thread row buffer.
+template <class Acc>
 struct SerialGroup {
   static constexpr int width = 1;
   int lane = 0;
+  Acc* row_cache;  // [classes]
+
   template <class T> T sum(T x) const { return x; }
   template <class T> TopTwo<T> top_two(const TopTwo<T>& t) const { return t; }
+
+  template <class Logit>
+  Acc rest_exp_sum(const Logit& logit, int64_t classes, int64_t arg, Acc ref) const {
+    Acc* rel = row_cache;
+    for (int64_t j = 0; j < classes; ++j) rel[j] = logit(j) - ref;
+    if (arg >= 0) rel[arg] = neg_infinity<Acc>();  // exp -> 0: the arg class is not in the sum
+    Acc sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < classes; ++j) {
+      rel[j] = math_exp(rel[j]);
+      sum += rel[j];
+    }
+    return sum;
+  }
+
+  template <class Logit>
+  Acc rel_exp(const SoftmaxRow<Acc>&, const Logit&, int64_t j) const { return row_cache[j]; }
 };
 
 // Rows per task: enough work per task to amortize the scheduling.
@@ -24,7 +57,8 @@ int64_t grain_for(int64_t work_per_row) { return std::max<int64_t>(1, 32768 / st
 template <class Scalar, class Acc>
 void row_loss(const RowLossProblem<Scalar, Acc>& p) {
   at::parallel_for(0, p.rows, grain_for(p.classes), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) noisy::row_loss(p, row, SerialGroup{});
+    std::vector<Acc> row_cache(p.classes);
+    for (int64_t row = begin; row < end; ++row) noisy::row_loss(p, row, SerialGroup<Acc>{0, row_cache.data()});
   });
 }
 
@@ -42,9 +76,10 @@ void sample_complementary(const SamplingProblem& p) {
 template <class Scalar, class Acc>
 void jnpl_select(const SelectProblem<Scalar, Acc>& p) {
   at::parallel_for(0, p.rows, grain_for(p.classes), [&](int64_t begin, int64_t end) {
+    std::vector<Acc> row_cache(p.classes);
     for (int64_t row = begin; row < end; ++row) {
       const auto logit = [&](int64_t j) { return load_as<Acc>(p.logits.at(row, j)); };
-      const SoftmaxRow<Acc> s = softmax_row<Acc>(logit, p.classes, SerialGroup{});
+      const SoftmaxRow<Acc> s = softmax_row<Acc>(logit, p.classes, SerialGroup<Acc>{0, row_cache.data()});
       PhiloxStream rng(p.seed, p.offset, static_cast<uint64_t>(row));
       p.keep[row] = jnpl_keep(s, p.classes, rng);
       p.argmax[row] = s.arg;

@@ -26,6 +26,19 @@ struct WarpGroup {
     return x;
   }
 
+  template <class Logit, class T>
+  NOISY_HD T rest_exp_sum(const Logit& logit, int64_t classes, int64_t arg, T ref) const {
+    T sum = 0;
+    for (int64_t j = lane; j < classes; j += width) {
+      if (j != arg) sum += math_exp(logit(j) - ref);
+    }
+    return sum;
+  }
+
+  // Recomputed: a warp has no room to cache a row.
+  template <class T, class Logit>
+  NOISY_HD T rel_exp(const SoftmaxRow<T>& s, const Logit& logit, int64_t j) const { return s.rel_exp(logit(j), j); }
+
   template <class T>
   NOISY_HD TopTwo<T> top_two(TopTwo<T> t) const {
 #ifdef __CUDA_ARCH__

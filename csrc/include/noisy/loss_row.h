@@ -128,11 +128,11 @@ NOISY_HD void row_loss(const RowLossProblem<Scalar, Acc>& P, int64_t row, const 
   if (spec.negatives == NegativeSet::listed) {
     for (int64_t t = group.lane; t < P.num_negatives; t += Group::width) {
       const int64_t k = P.negatives.at(row, t);
-      neg.add(s, s.rel_exp(logit(k), k), k, Acc(1), spec.plus, clamp_eps);
+      neg.add(s, group.rel_exp(s, logit, k), k, Acc(1), spec.plus, clamp_eps);
     }
   } else if (spec.negatives == NegativeSet::all_but_label) {
     for (int64_t j = group.lane; j < C; j += Group::width) {
-      if (negative_count(P, row, j, y) != Acc(0)) neg.add(s, s.rel_exp(logit(j), j), j, Acc(1), spec.plus, clamp_eps);
+      if (negative_count(P, row, j, y) != Acc(0)) neg.add(s, group.rel_exp(s, logit, j), j, Acc(1), spec.plus, clamp_eps);
     }
   }
   neg.loss = group.sum(neg.loss);
@@ -152,7 +152,7 @@ NOISY_HD void row_loss(const RowLossProblem<Scalar, Acc>& P, int64_t row, const 
   if (P.grad == nullptr) return;
 
   for (int64_t j = group.lane; j < C; j += Group::width) {
-    const Acc rel = s.rel_exp(logit(j), j);
+    const Acc rel = group.rel_exp(s, logit, j);
     Acc g = neg.grad(s, rel, j, negative_count(P, row, j, y), spec.plus, clamp_eps);
     if (positive_coef != Acc(0)) {
       g += positive_coef * (j == y ? -s.one_minus_prob(rel, j) : s.prob(rel, j));

@@ -93,18 +93,17 @@ struct SoftmaxRow {
 };
 
 // The two reductions over a row of `classes` logits, logit(j) -> Acc, split over a
-// Group of threads: `lane`, a static `width`, and all-reduces `sum` and `top_two`
-// (one thread on the CPU, a warp on CUDA). Every thread of the group gets the result.
+// Group of threads (one thread on the CPU, a warp on CUDA). A Group has `lane`, a static
+// `width`, all-reduces `sum` and `top_two`, and evaluates the terms of rest_sum:
+// `rest_exp_sum(logit, classes, arg, ref)` (this lane's part) and later
+// `rel_exp(s, logit, j)` (the CPU caches them, a warp recomputes them).
+// Every thread of the group gets the result.
 template <class Acc, class Group, class Logit>
 NOISY_HD SoftmaxRow<Acc> softmax_row(const Logit& logit, int64_t classes, const Group& group) {
   TopTwo<Acc> top;
   for (int64_t j = group.lane; j < classes; j += Group::width) top.add(logit(j), j);
   top = group.top_two(top);
-  const Acc ref = top.rest_reference();
-  Acc rest_sum = 0;
-  for (int64_t j = group.lane; j < classes; j += Group::width) {
-    if (j != top.arg) rest_sum += math_exp(logit(j) - ref);
-  }
+  const Acc rest_sum = group.rest_exp_sum(logit, classes, top.arg, top.rest_reference());
   return SoftmaxRow<Acc>(top, group.sum(rest_sum));
 }
 
