@@ -11,33 +11,6 @@ import engine._C  # noqa: F401  (registers torch.ops.noisy)
 ops = torch.ops.noisy
 
 
-def _loss_outputs(logits, compute_grad):
-    loss_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    loss = logits.new_empty(logits.shape[:1], dtype=loss_dtype)
-    grad = logits.new_empty(logits.shape) if compute_grad else logits.new_empty((0,))
-    return loss, grad
-
-
-@torch.library.register_fake("noisy::nl_forward")
-def _nl_forward_fake(logits, comp_labels, plus, clamp_eps, compute_grad):
-    return _loss_outputs(logits, compute_grad)
-
-
-@torch.library.register_fake("noisy::pm_forward")
-def _pm_forward_fake(logits, labels, exclude, compute_grad):
-    return _loss_outputs(logits, compute_grad)
-
-
-@torch.library.register_fake("noisy::ce_forward")
-def _ce_forward_fake(logits, labels, compute_grad):
-    return _loss_outputs(logits, compute_grad)
-
-
-@torch.library.register_fake("noisy::pl_plus_forward")
-def _pl_plus_forward_fake(logits, target, n, compute_grad):
-    return _loss_outputs(logits, compute_grad)
-
-
 @torch.library.register_fake("noisy::jnpl_select")
 def _jnpl_select_fake(logits, seed, offset):
     rows = logits.shape[:1]
@@ -59,7 +32,16 @@ def _update_history_fake(history, indices, logits):
     return None
 
 
-def _register_loss_autograd(name, num_other_inputs):
+def _register_loss_op(name, num_other_inputs):
+    """Fake kernel and autograd of a loss op `(logits, <num_other_inputs>..., compute_grad)`
+    -> (per-row loss, gradient wrt logits or an empty placeholder)."""
+
+    def fake(logits, *others):
+        compute_grad = others[-1]
+        loss_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        grad = logits.new_empty(logits.shape) if compute_grad else logits.new_empty((0,))
+        return logits.new_empty(logits.shape[:1], dtype=loss_dtype), grad
+
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(output[1])
         ctx.mark_non_differentiable(output[1])
@@ -70,11 +52,12 @@ def _register_loss_autograd(name, num_other_inputs):
             raise RuntimeError(f"noisy::{name} was called with compute_grad=False, so it cannot backpropagate")
         return ((grad * grad_loss.unsqueeze(1)).to(grad.dtype),) + (None,) * num_other_inputs
 
+    torch.library.register_fake(f"noisy::{name}")(fake)
     torch.library.register_autograd(f"noisy::{name}", backward, setup_context=setup_context)
 
 
 # The number of inputs after `logits` of each loss op (they get no gradient).
-_register_loss_autograd("nl_forward", 4)
-_register_loss_autograd("pm_forward", 3)
-_register_loss_autograd("ce_forward", 2)
-_register_loss_autograd("pl_plus_forward", 3)
+_register_loss_op("nl_forward", 4)
+_register_loss_op("pm_forward", 3)
+_register_loss_op("ce_forward", 2)
+_register_loss_op("pl_plus_forward", 3)
