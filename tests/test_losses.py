@@ -251,3 +251,18 @@ def test_torch_compile_fullgraph_matches_eager():
     (grad,) = torch.autograd.grad(out, z)
     torch.testing.assert_close(out, eager)
     torch.testing.assert_close(grad, eager_grad)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_nan_logits_give_nan_rows_only(name, device):
+    """NaN policy: a NaN logit makes its row's loss and gradient NaN; other rows are untouched."""
+    g = torch.Generator().manual_seed(11)
+    fused, reference = make_case(name, 4, 6, device, g)
+    z = torch.randn(4, 6, generator=g)
+    z[1, 2] = float("nan")
+    value, grad = value_and_grad(fused, z.to(device), reduction="none")
+    assert torch.isnan(value[1]) and torch.isnan(grad[1]).all()
+    ref_value, ref_grad = value_and_grad(reference, z.double(), reduction="none")
+    rows = [0, 2, 3]
+    torch.testing.assert_close(value[rows].double().cpu(), ref_value[rows], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad[rows].double().cpu(), ref_grad[rows], rtol=1e-5, atol=1e-5)
