@@ -144,7 +144,7 @@ NOISY_HD void row_loss(const RowLossProblem<Scalar, Acc>& P, int64_t row, const 
   if (spec.positive != PositiveTerm::none) {
     const Acc z_y = logit(y);
     positive_coef = spec.positive == PositiveTerm::pl_plus
-        ? pl_plus_weight(s.prob(s.rel_exp(z_y, y), y), spec.pl_plus_n)
+        ? pl_plus_weight(s.prob(group.rel_exp(s, logit, y), y), spec.pl_plus_n)
         : Acc(1);
     loss += positive_coef * s.neg_log_prob(z_y, y);
   }
