@@ -9,6 +9,9 @@
 extern "C" float expf(float) noexcept;
 #pragma omp declare simd notinbranch
 extern "C" double exp(double) noexcept;
+#define NOISY_CPU_CLONES __attribute__((target_clones("avx2", "default"), flatten))
+#else
+#define NOISY_CPU_CLONES
 #endif
 
 #include <vector>
@@ -25,24 +28,50 @@ namespace {
 template <class Acc>
 struct SerialGroup {
   static constexpr int width = 1;
+  static constexpr bool caches_row = true;
   int lane = 0;
-  Acc* row_cache;  // [classes]
+  Acc* row_cache;  // [classes]: exp(z_j - ref), 0 for the arg class
 
   template <class T> T sum(T x) const { return x; }
-  template <class T> TopTwo<T> top_two(const TopTwo<T>& t) const { return t; }
-
+  // Loads the row into the cache; max, first arg-max and second largest as vectorized
+  // reductions (the same result as TopTwo::add over the row, ties and NaN included).
   template <class Logit>
-  Acc rest_exp_sum(const Logit& logit, int64_t classes, int64_t arg, Acc ref) const {
+  TopTwo<Acc> top_two_of(const Logit& logit, int64_t classes) const {
+    Acc* z = row_cache;
+    for (int64_t j = 0; j < classes; ++j) z[j] = logit(j);
+    TopTwo<Acc> top;
+    Acc max1 = top.max1;
+#pragma omp simd reduction(max : max1)
+    for (int64_t j = 0; j < classes; ++j) max1 = z[j] > max1 ? z[j] : max1;
+    if (!(max1 > top.max1)) return top;  // no value above -inf: arg stays -1
+    int64_t arg = 0;
+    while (z[arg] != max1) ++arg;
+    Acc max2 = top.max2;
+#pragma omp simd reduction(max : max2)
+    for (int64_t j = 0; j < classes; ++j) max2 = (j != arg && z[j] > max2) ? z[j] : max2;
+    top.max1 = max1;
+    top.max2 = max2;
+    top.arg = arg;
+    return top;
+  }
+
+  // Turns the cached row into exp(z_j - ref) in place. The arg column is evaluated at 0
+  // (exp = 1, taken back out of the sum, which is >= 2 then) to keep the SIMD exp off its
+  // slow path for -inf.
+  template <class Logit>
+  Acc rest_exp_sum(const Logit&, int64_t classes, int64_t arg, Acc ref) const {
     Acc* rel = row_cache;
-    for (int64_t j = 0; j < classes; ++j) rel[j] = logit(j) - ref;
-    if (arg >= 0) rel[arg] = neg_infinity<Acc>();  // exp -> 0: the arg class is not in the sum
+    for (int64_t j = 0; j < classes; ++j) rel[j] -= ref;
+    if (arg >= 0) rel[arg] = 0;
     Acc sum = 0;
 #pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < classes; ++j) {
       rel[j] = math_exp(rel[j]);
       sum += rel[j];
     }
-    return sum;
+    if (arg < 0) return sum;
+    rel[arg] = 0;
+    return sum - Acc(1);
   }
 
   template <class Logit>
@@ -54,11 +83,17 @@ int64_t grain_for(int64_t work_per_row) { return std::max<int64_t>(1, 32768 / st
 
 }  // namespace
 
+// Built for AVX2 and for the baseline, picked at load time (GCC function multiversioning).
+template <class Scalar, class Acc>
+NOISY_CPU_CLONES void loss_rows(const RowLossProblem<Scalar, Acc>& p, int64_t begin, int64_t end, Acc* row_cache) {
+  for (int64_t row = begin; row < end; ++row) noisy::row_loss(p, row, SerialGroup<Acc>{0, row_cache});
+}
+
 template <class Scalar, class Acc>
 void row_loss(const RowLossProblem<Scalar, Acc>& p) {
   at::parallel_for(0, p.rows, grain_for(p.classes), [&](int64_t begin, int64_t end) {
     std::vector<Acc> row_cache(p.classes);
-    for (int64_t row = begin; row < end; ++row) noisy::row_loss(p, row, SerialGroup<Acc>{0, row_cache.data()});
+    loss_rows(p, begin, end, row_cache.data());
   });
 }
 

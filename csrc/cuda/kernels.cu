@@ -16,6 +16,7 @@ constexpr int kNormalizeBlock = 512;
 // A warp shares one row: lane-strided loops, butterfly all-reduces.
 struct WarpGroup {
   static constexpr int width = kWarp;
+  static constexpr bool caches_row = false;
   int lane;
 
   template <class T>
@@ -24,6 +25,13 @@ struct WarpGroup {
     for (int offset = kWarp / 2; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
 #endif
     return x;
+  }
+
+  template <class Logit>
+  NOISY_HD auto top_two_of(const Logit& logit, int64_t classes) const {
+    TopTwo<decltype(logit(0))> top;
+    for (int64_t j = lane; j < classes; j += width) top.add(logit(j), j);
+    return top_two(top);
   }
 
   template <class Logit, class T>

@@ -151,13 +151,35 @@ NOISY_HD void row_loss(const RowLossProblem<Scalar, Acc>& P, int64_t row, const 
   if (group.lane == 0) P.loss[row] = loss;
   if (P.grad == nullptr) return;
 
-  for (int64_t j = group.lane; j < C; j += Group::width) {
-    const Acc rel = group.rel_exp(s, logit, j);
-    Acc g = neg.grad(s, rel, j, negative_count(P, row, j, y), spec.plus, clamp_eps);
-    if (positive_coef != Acc(0)) {
-      g += positive_coef * (j == y ? -s.one_minus_prob(rel, j) : s.prob(rel, j));
+  // The gradient of column j, exact for every column (see the formula at the top).
+  const auto column_grad = [&](int64_t j, Acc rel, Acc count) {
+    Acc g = neg.grad(s, rel, j, count, spec.plus, clamp_eps);
+    if (positive_coef != Acc(0)) g += positive_coef * (j == y ? -s.one_minus_prob(rel, j) : s.prob(rel, j));
+    return g;
+  };
+  Scalar* grad = P.grad + row * C;
+  if constexpr (Group::caches_row) {
+    // One thread, exp terms cached: a branch-free vectorizable pass that is exact for every
+    // column but arg, y and the listed negatives, which are then rewritten one by one.
+    // For those columns the formula reduces to rel_j * plain + n_j a_j p_j / (1 - p_j).
+    const Acc* rel = group.row_cache;
+    const Acc plain = s.ref_prob * (positive_coef - neg.odds_sum) - (neg.arg_coef != Acc(0) ? neg.arg_coef / s.rest_sum : Acc(0));
+    const bool dense_negatives = spec.negatives == NegativeSet::all_but_label;
+    NOISY_SIMD
+    for (int64_t j = 0; j < C; ++j) {
+      const Acc count = dense_negatives && !(P.exclude.data && P.exclude.at(row, j)) ? Acc(1) : Acc(0);
+      grad[j] = Store<Scalar>::from(rel[j] * plain + count * negative_odds(s, rel[j], spec.plus, clamp_eps));
     }
-    P.grad[row * C + j] = Store<Scalar>::from(g);
+    const auto rewrite = [&](int64_t j) { grad[j] = Store<Scalar>::from(column_grad(j, rel[j], negative_count(P, row, j, y))); };
+    if (s.arg >= 0) rewrite(s.arg);
+    if (y >= 0) rewrite(y);
+    if (spec.negatives == NegativeSet::listed) {
+      for (int64_t t = 0; t < P.num_negatives; ++t) rewrite(P.negatives.at(row, t));
+    }
+  } else {
+    for (int64_t j = group.lane; j < C; j += Group::width) {
+      grad[j] = Store<Scalar>::from(column_grad(j, group.rel_exp(s, logit, j), negative_count(P, row, j, y)));
+    }
   }
 }
 

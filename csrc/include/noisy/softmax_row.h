@@ -92,17 +92,16 @@ struct SoftmaxRow {
   NOISY_HD T neg_log_prob(T z, int64_t j) const { return j == arg ? math_log1p(rest) : lse - z; }
 };
 
-// The two reductions over a row of `classes` logits, logit(j) -> Acc, split over a
-// Group of threads (one thread on the CPU, a warp on CUDA). A Group has `lane`, a static
-// `width`, all-reduces `sum` and `top_two`, and evaluates the terms of rest_sum:
-// `rest_exp_sum(logit, classes, arg, ref)` (this lane's part) and later
-// `rel_exp(s, logit, j)` (the CPU caches them, a warp recomputes them).
+// The two reductions over a row of `classes` logits, logit(j) -> Acc, done by a Group
+// of threads: one thread on the CPU (which caches the row), a warp on CUDA. A Group has
+// `lane`, a static `width`, an all-reduce `sum`, and
+//   top_two_of(logit, classes)              the TopTwo of the whole row,
+//   rest_exp_sum(logit, classes, arg, ref)  this lane's part of rest_sum,
+//   rel_exp(s, logit, j)                    exp(z_j - ref) (0 for arg) for later passes.
 // Every thread of the group gets the result.
 template <class Acc, class Group, class Logit>
 NOISY_HD SoftmaxRow<Acc> softmax_row(const Logit& logit, int64_t classes, const Group& group) {
-  TopTwo<Acc> top;
-  for (int64_t j = group.lane; j < classes; j += Group::width) top.add(logit(j), j);
-  top = group.top_two(top);
+  const TopTwo<Acc> top = group.top_two_of(logit, classes);
   const Acc rest_sum = group.rest_exp_sum(logit, classes, top.arg, top.rest_reference());
   return SoftmaxRow<Acc>(top, group.sum(rest_sum));
 }
