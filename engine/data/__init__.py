@@ -1,0 +1,1 @@
+"""Data sets, label-noise models and input pipelines."""

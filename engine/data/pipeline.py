@@ -1,0 +1,115 @@
+"""NVIDIA DALI pipelines: batches of augmented, normalized images with their sample indices.
+
+The images stay in memory as one uint8 NHWC array; each epoch a seeded permutation picks the
+batches, DALI pads / randomly crops / flips / normalizes them (on the GPU with device_id=0 on
+CUDA machines, on the CPU with device_id=None elsewhere), and the loader yields
+(images float32 NCHW, sample indices int64) as torch tensors. Labels are not pushed through
+DALI: the caller looks them up by index, so methods can keep per-sample state.
+"""
+import numpy as np
+import torch
+from nvidia.dali import fn, pipeline_def, types
+
+DECODE_BATCH = 1024
+
+
+def dali_device_id(device):
+    """DALI's device_id for a torch device: 0 for CUDA, None (CPU-only pipeline) otherwise."""
+    return 0 if torch.device(device).type == "cuda" else None
+
+
+@pipeline_def
+def _augment_pipeline(height, width, pad, flip, random_crop, mean, std, gpu):
+    images = fn.external_source(name="images", layout="HWC", dtype=types.UINT8)
+    if gpu:
+        images = images.gpu()
+    if random_crop:
+        # Zero-pad by `pad` on every side (a centered crop larger than the image), then a
+        # random crop back to the original size.
+        images = fn.crop(images, crop=(height + 2 * pad, width + 2 * pad), out_of_bounds_policy="pad", fill_values=0)
+        crop_x, crop_y = fn.random.uniform(range=(0.0, 1.0)), fn.random.uniform(range=(0.0, 1.0))
+    else:
+        crop_x = crop_y = 0.5
+    mirror = fn.random.coin_flip(probability=0.5) if flip else 0
+    return fn.crop_mirror_normalize(images, crop=(height, width), crop_pos_x=crop_x, crop_pos_y=crop_y, mirror=mirror,
+                                    mean=list(mean), std=list(std), dtype=types.FLOAT, output_layout="CHW")
+
+
+class DaliLoader:
+    """Iterates over (images [B, C, H, W] float32, indices [B] int64) of `images[subset]`.
+
+    shuffle: a new permutation per epoch from (seed, epoch), so a resumed run sees the same
+    batches. augment: random crop with zero padding (pad = H // 8) and, if `flip`, horizontal
+    flips; otherwise only normalization (evaluation).
+    """
+
+    def __init__(self, images, batch_size, mean, std, device="cpu", shuffle=False, augment=False, flip=False,
+                 seed=0, indices=None, drop_last=False, num_threads=2):
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
+        self.images = images
+        self.indices = np.arange(len(images)) if indices is None else np.asarray(indices, dtype=np.int64)
+        self.batch_size = batch_size
+        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self.device = torch.device(device)
+        self.epoch = 0
+        height, width = images.shape[1:3]
+        device_id = dali_device_id(self.device)
+        self._pipeline_args = dict(
+            height=height, width=width, pad=max(1, height // 8), flip=augment and flip, random_crop=augment,
+            mean=mean, std=std, gpu=device_id is not None,
+            batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+            prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
+
+    def __len__(self):
+        full, rest = divmod(len(self.indices), self.batch_size)
+        return full + (0 if self.drop_last or rest == 0 else 1)
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def epoch_order(self):
+        if not self.shuffle:
+            return self.indices
+        return self.indices[np.random.default_rng([self.seed, self.epoch]).permutation(len(self.indices))]
+
+    def __iter__(self):
+        # A pipeline per epoch, seeded by (seed, epoch): the augmentations of an epoch do not
+        # depend on the epochs before it, so a resumed run repeats an uninterrupted one.
+        pipe = _augment_pipeline(seed=(self.seed * 1_000_003 + self.epoch) % (2**31 - 1), **self._pipeline_args)
+        pipe.build()
+        order = self.epoch_order()
+        for start in range(len(self)):
+            batch = order[start * self.batch_size:(start + 1) * self.batch_size]
+            pipe.feed_input("images", self.images[batch])
+            (out,) = pipe.run()
+            yield _to_torch(out, self.device), torch.from_numpy(batch)
+
+
+def _to_torch(tensor_list, device):
+    if device.type == "cuda":
+        out = torch.empty(tensor_list.as_tensor().shape(), dtype=torch.float32, device=device)
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        feed_ndarray(tensor_list.as_tensor(), out, cuda_stream=torch.cuda.current_stream())
+        return out
+    return torch.from_numpy(np.array(tensor_list.as_tensor()))
+
+
+@pipeline_def
+def _decode_pipeline():
+    return fn.decoders.image(fn.external_source(name="encoded", dtype=types.UINT8), device="cpu",
+                             output_type=types.RGB)
+
+
+def decode_images(encoded):
+    """Decodes a list of encoded images (JPEG/PNG bytes as uint8 arrays) of one size to uint8 NHWC."""
+    pipe = _decode_pipeline(batch_size=DECODE_BATCH, num_threads=2, device_id=None, prefetch_queue_depth=1,
+                            exec_async=False, exec_pipelined=False)
+    pipe.build()
+    parts = []
+    for start in range(0, len(encoded), DECODE_BATCH):
+        pipe.feed_input("encoded", encoded[start:start + DECODE_BATCH])
+        (out,) = pipe.run()
+        parts.append(np.stack([np.array(out.at(i)) for i in range(len(out))]))
+    return np.concatenate(parts)

@@ -1,0 +1,6 @@
+"""Training methods, one module each, on the interface in engine/methods/base.py."""
+from engine.methods.ce import CE
+from engine.methods.jnpl import JNPL
+from engine.methods.nlnl import NLNL
+
+METHODS = {method.name: method for method in (CE, NLNL, JNPL)}

@@ -1,0 +1,26 @@
+"""Model registry. Every model follows engine.models.base.ClassifierBase: forward, forward_features,
+forward_stages, feature_dim, stage_channels, fc, num_classes."""
+import torch
+
+from engine.models.base import ClassifierBase
+from engine.models.heads import MultiHead, stage_heads
+from engine.models.preact_resnet import preact_resnet18, preact_resnet34
+from engine.models.small_cnn import SmallCNN
+
+MODELS = {
+    "preact_resnet18": preact_resnet18,
+    "preact_resnet34": preact_resnet34,
+    "small_cnn": SmallCNN,
+}
+
+
+def build_model(
+    name: str, num_classes: int, in_channels: int = 3, image_size: int = 32, **options
+) -> torch.nn.Module:
+    """Build a registered model; `options` (e.g. dropout=0.3) go to its constructor."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
+    return MODELS[name](num_classes, in_channels=in_channels, image_size=image_size, **options)
+
+
+__all__ = ["MODELS", "build_model", "ClassifierBase", "MultiHead", "stage_heads"]

@@ -1,0 +1,44 @@
+"""The interface every model shares, so training methods can reach features and stage maps
+without knowing the architecture."""
+import torch
+from torch import nn
+
+
+class ClassifierBase(nn.Module):
+    """A stack of stages, a global average pool and a linear head `fc`.
+
+    Subclasses only build their stages and pass them in. Then:
+      forward_stages(x)   -> list of the maps after each stage; the last is the one pooled,
+      forward_features(x) -> pooled feature [B, feature_dim], exactly what `fc` consumes,
+      forward(x)          -> logits [B, num_classes] == fc(forward_features(x)).
+    Dropout (if any, default none) is applied inside the pooled feature, so `fc` never sees
+    anything other than what forward_features returns; in eval mode it is the identity.
+    """
+
+    def __init__(self, stages, stage_channels, num_classes, dropout=0.0):
+        super().__init__()
+        if len(stages) != len(stage_channels):
+            raise ValueError(f"got {len(stages)} stages but {len(stage_channels)} stage channel counts")
+        self.stages = nn.ModuleList(stages)
+        self.stage_channels = list(stage_channels)
+        self.feature_dim = self.stage_channels[-1]
+        self.num_classes = num_classes
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(self.feature_dim, num_classes)
+
+    def forward_stages(self, x):
+        maps = []
+        for stage in self.stages:
+            x = stage(x)
+            maps.append(x)
+        return maps
+
+    def pool_features(self, last_map):
+        """Pooled feature of the last stage map; lets wrappers reuse maps they already computed."""
+        return self.dropout(torch.flatten(nn.functional.adaptive_avg_pool2d(last_map, 1), 1))
+
+    def forward_features(self, x):
+        return self.pool_features(self.forward_stages(x)[-1])
+
+    def forward(self, x):
+        return self.fc(self.forward_features(x))

@@ -1,0 +1,50 @@
+"""Extra classifier heads sharing one trunk pass: e.g. a negative-learning head next to the main
+one, or per-stage classifiers for self-distillation."""
+import re
+
+from torch import nn
+
+
+def stage_heads(model, num_classes):
+    """One global-average-pool + linear classifier per intermediate stage map (all but the last,
+    which the model's own head already classifies)."""
+    return nn.ModuleList(
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+        for channels in model.stage_channels[:-1]
+    )
+
+
+class MultiHead(nn.Module):
+    """Wraps a model from engine.models and runs its trunk once per forward.
+
+    forward(x) returns a dict:
+      "main"              -> the wrapped model's logits (its own `fc`),
+      <name>              -> a linear head on the same pooled feature, for each name in extra_heads
+                             (a mapping name -> number of outputs),
+    and with with_stage_heads=True also
+      "stage0", "stage1"  -> logits of the stage_heads classifiers, one per intermediate stage,
+      "features"          -> the pooled feature [B, model.feature_dim].
+    """
+
+    def __init__(self, model, extra_heads=None, with_stage_heads=False):
+        super().__init__()
+        extra_heads = dict(extra_heads or {})
+        for name in extra_heads:
+            if name in ("main", "features") or re.fullmatch(r"stage\d+", name):
+                raise ValueError(f"head name {name!r} is reserved (main, features, stage<N>)")
+        self.model = model
+        self.heads = nn.ModuleDict(
+            {name: nn.Linear(model.feature_dim, size) for name, size in extra_heads.items()}
+        )
+        self.stage_heads = stage_heads(model, model.num_classes) if with_stage_heads else None
+
+    def forward(self, x):
+        maps = self.model.forward_stages(x)
+        features = self.model.pool_features(maps[-1])
+        outputs = {"main": self.model.fc(features)}
+        outputs.update({name: head(features) for name, head in self.heads.items()})
+        if self.stage_heads is not None:
+            for index, (head, stage_map) in enumerate(zip(self.stage_heads, maps)):
+                outputs[f"stage{index}"] = head(stage_map)
+            outputs["features"] = features
+        return outputs

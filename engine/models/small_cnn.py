@@ -1,0 +1,30 @@
+"""A small CNN for MNIST-sized (28x28) and sklearn-digits (8x8) inputs, fast enough for CPU runs."""
+from torch import nn
+
+from engine.models.base import ClassifierBase
+
+STAGE_WIDTHS = (32, 64, 128)
+# Max-pool after a stage only while its map is at least this wide: 28 -> 14 -> 7 and
+# 32 -> 16 -> 8 keep the convs cheap, while 8x8 digits are never shrunk further.
+MIN_POOLED_SIZE = 12
+
+
+class SmallCNN(ClassifierBase):
+    """Three conv3x3-BN-ReLU stages of 32/64/128 channels (about 95k parameters for 10 classes);
+    the first two end with a 2x2 max-pool when the map is large enough."""
+
+    def __init__(self, num_classes, in_channels=3, image_size=32, dropout=0.0):
+        stages = []
+        channels, size = in_channels, image_size
+        for index, width in enumerate(STAGE_WIDTHS):
+            layers = [
+                nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+            if index < len(STAGE_WIDTHS) - 1 and size >= MIN_POOLED_SIZE:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            stages.append(nn.Sequential(*layers))
+            channels = width
+        super().__init__(stages, STAGE_WIDTHS, num_classes, dropout)

@@ -1,0 +1,276 @@
+"""The trainer shared by every method: data and label noise, model, SGD schedule per stage,
+evaluation, label-noise detection metrics, atomic per-epoch checkpoints with exact resume,
+and the run's output files."""
+import csv
+import json
+import os
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from engine.data.datasets import load_dataset
+from engine.data.noise import CIFAR10_ASYMMETRIC, clean_subset, make_noisy_labels, pair_flip_map, superclass_ring_map
+from engine.data.pipeline import DaliLoader
+from engine.methods import METHODS
+from engine.methods.base import Batch
+from engine.models import build_model
+
+SMALL_DATA = 20_000  # training sets below this size get the methods' "small" defaults
+METRIC_FIELDS = ["epoch", "stage", "train_loss", "test_acc", "det_precision", "det_recall", "det_f1", "seconds"]
+# Arguments that must match for --resume to continue a run.
+RUN_IDENTITY = ["method", "dataset", "noise", "noise_rate", "noise_variant", "seed", "epochs", "model", "batch_size"]
+
+
+def asymmetric_map(dataset):
+    if dataset.name == "cifar10":
+        return CIFAR10_ASYMMETRIC
+    if dataset.fine_to_coarse is not None:
+        return superclass_ring_map(dataset.fine_to_coarse)
+    return pair_flip_map(dataset.num_classes)
+
+
+def noisy_labels_for(args, dataset):
+    if args.noise in ("cifar10n", "cifar100n"):
+        from engine.data.cifar_n import load_cifar_n_labels
+
+        return load_cifar_n_labels(args.noise, args.noise_variant, dataset.y_train)
+    return make_noisy_labels(dataset.y_train, args.noise, args.noise_rate, dataset.num_classes, args.seed,
+                             asym_mapping=asymmetric_map(dataset), include_true=args.noise_include_true,
+                             noise_file=args.noise_file)
+
+
+def detection_metrics(flagged, truly_noisy):
+    true_positive = (flagged & truly_noisy).sum()
+    precision = true_positive / max(flagged.sum(), 1)
+    recall = true_positive / max(truly_noisy.sum(), 1)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return float(precision), float(recall), float(f1)
+
+
+def save_atomically(obj, path):
+    """Write to a temporary file, then rename: a killed run never leaves a torn checkpoint."""
+    tmp = f"{path}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def lr_at(stage, epoch_in_stage):
+    drops = sum(epoch_in_stage >= round(m * stage.epochs) for m in stage.milestones)
+    return stage.lr * 0.1**drops
+
+
+class Trainer:
+    def __init__(self, args):
+        self.args = args
+        self.device = torch.device(args.device)
+        self.out = args.out
+        os.makedirs(self.out, exist_ok=True)
+        self.checkpoint_path = os.path.join(self.out, "checkpoint.pt")
+
+        self.data = load_dataset(args.dataset, args.data_dir)
+        method_cls = METHODS[args.method]
+        size_class = "small" if len(self.data.y_train) < SMALL_DATA else "paper"
+        defaults = method_cls.DEFAULTS[size_class]
+        self.epochs = args.epochs or defaults.epochs
+        self.batch_size = args.batch_size or defaults.batch_size
+        self.lr = args.lr or defaults.lr
+        self.momentum, self.weight_decay = defaults.momentum, (
+            defaults.weight_decay if args.weight_decay is None else args.weight_decay)
+        self.model_name = args.model or defaults.model[size_class]
+
+        true = self.data.y_train
+        noisy = noisy_labels_for(args, self.data)
+        self.clean_indices = np.zeros(0, dtype=np.int64)
+        if args.clean_size or args.clean_fraction:
+            self.clean_indices = clean_subset(true, size=args.clean_size, fraction=args.clean_fraction, seed=args.seed)
+        self.train_indices = np.setdiff1d(np.arange(len(true)), self.clean_indices)
+        self.true_labels = torch.from_numpy(true)
+        self.given_labels = torch.from_numpy(noisy)
+
+        torch.manual_seed(args.seed)
+        height, width, channels = self.data.image_shape
+        self.model = build_model(self.model_name, self.data.num_classes, in_channels=channels, image_size=height)
+        self.model.to(self.device)
+        if self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        self.method = method_cls(args, self.data.num_classes, self.given_labels, self.device)
+        self.stages = self.method.stages(self.epochs, self.lr)
+
+        loader = dict(mean=self.data.mean, std=self.data.std, device=self.device)
+        self.train_loader = DaliLoader(self.data.x_train, self.batch_size, shuffle=True, augment=True,
+                                       flip=self.data.flip, seed=args.seed, indices=self.train_indices, **loader)
+        self.train_eval_loader = DaliLoader(self.data.x_train, 512, **loader)
+        self.test_loader = DaliLoader(self.data.x_test, 512, **loader)
+        self.optimizer = None
+        self.step = 0
+        self.metrics = []
+
+    # ------------------------------------------------------------------ helpers
+
+    def autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def new_optimizer(self):
+        return torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=self.momentum,
+                               weight_decay=self.weight_decay)
+
+    def to_device(self, images):
+        images = images.to(self.device, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else images
+
+    @torch.no_grad()
+    def predict(self, loader):
+        """Softmax over a whole split, in the split's order (float32 [N, C] on the device)."""
+        self.model.eval()
+        probs = []
+        for images, _ in loader:
+            with self.autocast():
+                probs.append(torch.softmax(self.model(self.to_device(images)).float(), 1))
+        return torch.cat(probs)
+
+    def stage_at(self, epoch):
+        start = 0
+        for stage in self.stages:
+            if epoch < start + stage.epochs:
+                return stage, epoch - start
+            start += stage.epochs
+        raise IndexError(epoch)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def identity(self):
+        return {key: getattr(self.args, key, None) for key in RUN_IDENTITY}
+
+    def save_checkpoint(self, epoch):
+        save_atomically({
+            "epoch": epoch, "step": self.step, "identity": self.identity(),
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "method": self.method.state_dict(), "metrics": self.metrics,
+        }, self.checkpoint_path)
+
+    def load_checkpoint(self):
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        if state["identity"] != self.identity():
+            raise ValueError(f"--resume: {self.checkpoint_path} belongs to a different run: {state['identity']} "
+                             f"vs {self.identity()}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer = self.new_optimizer()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.method.load_state_dict(state["method"])
+        self.step, self.metrics = state["step"], state["metrics"]
+        return state["epoch"] + 1
+
+    # ------------------------------------------------------------------ loop
+
+    def train_epoch(self, epoch, stage, epoch_in_stage):
+        self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(stage, epoch_in_stage)
+        self.train_loader.set_epoch(epoch)
+        torch.manual_seed(self.args.seed * 100_003 + epoch)  # model-side randomness, per epoch
+        total, batches = torch.zeros((), device=self.device), 0
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.epochs} [{stage.name}]", leave=False, disable=None)
+        for images, indices in bar:
+            indices = indices.to(self.device)
+            batch = Batch(self.to_device(images), indices, self.method.given_labels[indices], self.step)
+            with self.autocast():
+                loss = self.method.batch_loss(self.model, batch, stage)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            total += loss.detach()
+            batches += 1
+        return (total / max(batches, 1)).item()
+
+    def run(self):
+        start_epoch = 0
+        if self.args.resume and os.path.exists(self.checkpoint_path):
+            start_epoch = self.load_checkpoint()
+            print(f"resumed from {self.checkpoint_path} after epoch {start_epoch}")
+        if self.optimizer is None:
+            self.optimizer = self.new_optimizer()
+        truly_noisy = (self.given_labels != self.true_labels).numpy()
+        train_probs = None
+        for epoch in range(start_epoch, self.epochs):
+            began = time.time()
+            stage, epoch_in_stage = self.stage_at(epoch)
+            if epoch_in_stage == 0 and epoch > 0:
+                if stage.reset_optimizer:
+                    self.optimizer = self.new_optimizer()
+                self.method.start_stage(stage, train_probs if train_probs is not None else self.predict(
+                    self.train_eval_loader))
+            train_loss = self.train_epoch(epoch, stage, epoch_in_stage)
+            train_probs = self.predict(self.train_eval_loader)
+            self.method.end_epoch(epoch, stage, train_probs)
+            test_acc = (self.predict(self.test_loader).argmax(1).cpu() == torch.from_numpy(self.data.y_test)).float()
+            _, flagged = self.method.clean_scores(train_probs)
+            precision, recall, f1 = detection_metrics(flagged.cpu().numpy()[self.train_indices],
+                                                      truly_noisy[self.train_indices])
+            self.metrics.append({"epoch": epoch + 1, "stage": stage.name, "train_loss": train_loss,
+                                 "test_acc": test_acc.mean().item(), "det_precision": precision,
+                                 "det_recall": recall, "det_f1": f1, "seconds": time.time() - began})
+            self.save_checkpoint(epoch)
+            row = self.metrics[-1]
+            print(f"epoch {epoch + 1}/{self.epochs} [{stage.name}] loss {train_loss:.4f} "
+                  f"test_acc {row['test_acc']:.4f} det_f1 {f1:.3f} ({row['seconds']:.1f}s)", flush=True)
+        if train_probs is None:
+            train_probs = self.predict(self.train_eval_loader)
+        return self.write_outputs(train_probs, truly_noisy)
+
+    # ------------------------------------------------------------------ outputs
+
+    def write_outputs(self, train_probs, truly_noisy):
+        score, flagged = (t.cpu().numpy() for t in self.method.clean_scores(train_probs))
+        suggested = train_probs.argmax(1).cpu().numpy()
+        given, true = self.given_labels.numpy(), self.true_labels.numpy()
+        with open(os.path.join(self.out, "metrics.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, METRIC_FIELDS)
+            writer.writeheader()
+            writer.writerows(self.metrics)
+        with open(os.path.join(self.out, "label_scores.csv"), "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["index", "given_label", "true_label", "clean_score", "flagged_noisy", "suggested_label"])
+            for i in self.train_indices:
+                writer.writerow([i, given[i], true[i], f"{score[i]:.6f}", int(flagged[i]), suggested[i]])
+        train = self.train_indices
+        precision, recall, f1 = detection_metrics(flagged[train], truly_noisy[train])
+        test_accs = [row["test_acc"] for row in self.metrics]
+        summary = {
+            "method": self.args.method, "dataset": self.data.name, "model": self.model_name,
+            "epochs": self.epochs, "test_acc": test_accs[-1], "best_test_acc": max(test_accs),
+            "det_precision": precision, "det_recall": recall, "det_f1": f1,
+            "estimated_noise_rate": float(flagged[train].mean()), "true_noise_rate": float(truly_noisy[train].mean()),
+            "clean_subset_size": int(len(self.clean_indices)),
+            "args": {k: v for k, v in vars(self.args).items()},
+        }
+        with open(os.path.join(self.out, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        plot_separation(score[train], truly_noisy[train], os.path.join(self.out, "separation.png"),
+                        f"{self.args.method} on {self.data.name}")
+        return summary
+
+
+def plot_separation(score, truly_noisy, path, title):
+    """Histogram of clean_score for correctly and wrongly labeled samples (the papers' figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = np.linspace(0, 1, 41)
+    ax.hist(score[~truly_noisy], bins=bins, alpha=0.6, label=f"clean labels ({(~truly_noisy).sum()})")
+    ax.hist(score[truly_noisy], bins=bins, alpha=0.6, label=f"mislabeled ({truly_noisy.sum()})")
+    ax.set_xlabel("clean_score (model confidence in the given label)")
+    ax.set_ylabel("training samples")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

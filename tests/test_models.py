@@ -1,0 +1,95 @@
+"""engine.models: the shared interface, parameter counts, and MultiHead."""
+import pytest
+import torch
+
+from engine.models import MODELS, MultiHead, build_model
+
+RESNETS = ["preact_resnet18", "preact_resnet34"]
+# (name, in_channels, image_size, num_classes); 8x8 inputs only for small_cnn.
+CASES = [
+    (name, *shape)
+    for name in MODELS
+    for shape in [(3, 32, 10), (1, 28, 10), (3, 32, 100)] + ([(1, 8, 10)] if name == "small_cnn" else [])
+]
+
+
+def make(name, in_channels, image_size, num_classes):
+    """A model and a small input batch (batch 2 keeps the ResNets fast on CPU)."""
+    torch.manual_seed(0)
+    model = build_model(name, num_classes, in_channels=in_channels, image_size=image_size)
+    x = torch.randn(2 if name in RESNETS else 4, in_channels, image_size, image_size)
+    return model, x
+
+
+@pytest.mark.parametrize("name,in_channels,image_size,num_classes", CASES)
+def test_interface(name, in_channels, image_size, num_classes):
+    model, x = make(name, in_channels, image_size, num_classes)
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+        features = model.forward_features(x)
+        maps = model.forward_stages(x)
+    assert logits.shape == (x.shape[0], num_classes) and model.num_classes == num_classes
+    assert isinstance(model.fc, torch.nn.Linear) and features.shape == (x.shape[0], model.feature_dim)
+    torch.testing.assert_close(model.fc(features), logits)
+    assert len(maps) == len(model.stage_channels) == (3 if name == "small_cnn" else 4)
+    assert [m.shape[1] for m in maps] == model.stage_channels
+    assert model.feature_dim == model.stage_channels[-1]
+    torch.testing.assert_close(maps[-1].mean((2, 3)), features)
+
+
+@pytest.mark.parametrize("name,in_channels,image_size,num_classes", CASES)
+def test_gradients_reach_every_parameter(name, in_channels, image_size, num_classes):
+    model, x = make(name, in_channels, image_size, num_classes)
+    target = torch.arange(x.shape[0]) % num_classes
+    torch.nn.functional.cross_entropy(model(x), target).backward()
+    for param_name, param in model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, param_name
+
+
+@pytest.mark.parametrize("name,in_channels,image_size,num_classes", CASES)
+def test_channels_last_matches_contiguous(name, in_channels, image_size, num_classes):
+    model, x = make(name, in_channels, image_size, num_classes)
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+        got = model(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name,low,high",
+    [("preact_resnet18", 11.0e6, 11.4e6), ("preact_resnet34", 21.0e6, 21.5e6), ("small_cnn", 0, 0.5e6)],
+)
+def test_parameter_count(name, low, high):
+    count = sum(p.numel() for p in build_model(name, 10).parameters())
+    assert low <= count < high
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_multihead(name):
+    model, x = make(name, 3, 32, 10)
+    wrapped = MultiHead(model, extra_heads={"negative": 10, "aux": 5}, with_stage_heads=True).eval()
+    with torch.no_grad():
+        out = wrapped(x)
+        expected = model(x)
+    num_stages = len(model.stage_channels)
+    stage_keys = [f"stage{i}" for i in range(num_stages - 1)]
+    assert set(out) == {"main", "negative", "aux", "features", *stage_keys}
+    torch.testing.assert_close(out["main"], expected)
+    torch.testing.assert_close(out["features"], model.forward_features(x))
+    assert out["negative"].shape == (x.shape[0], 10) and out["aux"].shape == (x.shape[0], 5)
+    assert all(out[key].shape == (x.shape[0], 10) for key in stage_keys)
+
+
+def test_multihead_without_stage_heads_and_reserved_names():
+    model, x = make("small_cnn", 1, 28, 10)
+    assert set(MultiHead(model, extra_heads={"negative": 10})(x)) == {"main", "negative"}
+    for reserved in ("main", "features", "stage0"):
+        with pytest.raises(ValueError, match="reserved"):
+            MultiHead(model, extra_heads={reserved: 10})
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match="preact_resnet18.*small_cnn"):
+        build_model("resnet50", 10)

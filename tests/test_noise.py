@@ -1,0 +1,219 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine.data.noise import (CIFAR10_ASYMMETRIC, NOISE_KINDS, asymmetric_noise, clean_subset, make_noisy_labels,
+                               noise_from_file, noise_report, pair_flip_map, superclass_ring_map, symmetric_noise)
+
+NUM_SAMPLES = 50_000
+NUM_CLASSES = 10
+# chi2.ppf(0.999, df=80): the off-diagonal cells of a 10-class transition matrix, each row
+# compared with a uniform spread over its 9 other classes (10 rows x 8 degrees of freedom).
+CHI2_CRITICAL_DF80 = 124.839
+
+
+def read_only(array):
+    """Inputs are passed read-only, so any in-place write by the code under test raises."""
+    array = np.array(array, dtype=np.int64)
+    array.setflags(write=False)
+    return array
+
+
+@pytest.fixture
+def labels():
+    return read_only(np.random.default_rng(123).integers(0, NUM_CLASSES, NUM_SAMPLES))
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.2, 0.333, 0.8])
+def test_symmetric_exact_rate_and_never_true_label(labels, rate):
+    noisy = symmetric_noise(labels, rate, NUM_CLASSES, seed=0)
+    changed = noisy != labels
+    assert changed.sum() == round(rate * NUM_SAMPLES)
+    assert noise_report(labels, noisy)["noise_rate"] == round(rate * NUM_SAMPLES) / NUM_SAMPLES
+    assert noisy.dtype == np.int64 and noisy.min() >= 0 and noisy.max() < NUM_CLASSES
+
+
+def test_symmetric_include_true_rate(labels):
+    rate = 0.6
+    resampled = round(rate * NUM_SAMPLES)
+    keep_probability = 1 / NUM_CLASSES
+    noisy = symmetric_noise(labels, rate, NUM_CLASSES, seed=1, include_true=True)
+    realized = np.mean(noisy != labels)
+    expected = rate * (NUM_CLASSES - 1) / NUM_CLASSES
+    standard_error = math.sqrt(resampled * keep_probability * (1 - keep_probability)) / NUM_SAMPLES
+    assert abs(realized - expected) < 3 * standard_error
+
+
+def test_symmetric_new_labels_uniform_over_other_classes(labels):
+    noisy = symmetric_noise(labels, 0.5, NUM_CLASSES, seed=2)
+    transition = np.array(noise_report(labels, noisy)["transition"], dtype=np.float64)
+    off_diagonal = ~np.eye(NUM_CLASSES, dtype=bool)
+    expected = (transition * off_diagonal).sum(axis=1, keepdims=True) / (NUM_CLASSES - 1)
+    chi_square = (((transition - expected) ** 2 / expected)[off_diagonal]).sum()
+    assert chi_square < CHI2_CRITICAL_DF80
+
+
+@pytest.mark.parametrize("include_true", [False, True])
+def test_symmetric_seeded(labels, include_true):
+    first = symmetric_noise(labels, 0.4, NUM_CLASSES, seed=7, include_true=include_true)
+    again = symmetric_noise(labels, 0.4, NUM_CLASSES, seed=7, include_true=include_true)
+    other = symmetric_noise(labels, 0.4, NUM_CLASSES, seed=8, include_true=include_true)
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_asymmetric_cifar10_map(labels):
+    rate = 0.3
+    noisy = asymmetric_noise(labels, rate, NUM_CLASSES, seed=3, mapping=CIFAR10_ASYMMETRIC)
+    changed = noisy != labels
+    assert set(np.unique(labels[changed])) == set(CIFAR10_ASYMMETRIC)
+    for source, target in CIFAR10_ASYMMETRIC.items():
+        in_class = labels == source
+        assert np.all(noisy[in_class & changed] == target)
+        flip_rate = changed[in_class].mean()
+        standard_error = math.sqrt(rate * (1 - rate) / in_class.sum())
+        assert abs(flip_rate - rate) < 3 * standard_error
+
+
+def test_asymmetric_seeded(labels):
+    first = asymmetric_noise(labels, 0.2, NUM_CLASSES, seed=4, mapping=CIFAR10_ASYMMETRIC)
+    assert np.array_equal(first, asymmetric_noise(labels, 0.2, NUM_CLASSES, seed=4, mapping=CIFAR10_ASYMMETRIC))
+    assert not np.array_equal(first, asymmetric_noise(labels, 0.2, NUM_CLASSES, seed=5, mapping=CIFAR10_ASYMMETRIC))
+
+
+def test_pair_flip_map():
+    assert pair_flip_map(4) == {0: 1, 1: 2, 2: 3, 3: 0}
+
+
+def test_superclass_ring_map():
+    assert superclass_ring_map(np.array([0, 1, 0, 1, 0, 1])) == {0: 2, 2: 4, 4: 0, 1: 3, 3: 5, 5: 1}
+    # Super-classes of different sizes, in no particular order.
+    assert superclass_ring_map([1, 0, 0, 1, 0]) == {1: 2, 2: 4, 4: 1, 0: 3, 3: 0}
+
+
+def test_make_noisy_labels_asymmetric_defaults_to_pair_flip(labels):
+    noisy = make_noisy_labels(labels, "asymmetric", 0.4, NUM_CLASSES, seed=0)
+    changed = noisy != labels
+    assert changed.any()
+    assert np.all(noisy[changed] == (labels[changed] + 1) % NUM_CLASSES)
+
+
+def test_make_noisy_labels_none_and_symmetric(labels):
+    clean = make_noisy_labels(labels, "none", 0.0, NUM_CLASSES, seed=0)
+    assert np.array_equal(clean, labels) and clean is not labels
+    assert np.array_equal(make_noisy_labels(labels, "symmetric", 0.2, NUM_CLASSES, seed=9, include_true=True),
+                          symmetric_noise(labels, 0.2, NUM_CLASSES, seed=9, include_true=True))
+
+
+@pytest.mark.parametrize("rate", [1.0, -0.1])
+def test_make_noisy_labels_rejects_rate(labels, rate):
+    with pytest.raises(ValueError, match="rate"):
+        make_noisy_labels(labels, "symmetric", rate, NUM_CLASSES, seed=0)
+
+
+def test_make_noisy_labels_rejects_unknown_kind(labels):
+    with pytest.raises(ValueError) as error:
+        make_noisy_labels(labels, "pairflip", 0.2, NUM_CLASSES, seed=0)
+    assert all(kind in str(error.value) for kind in NOISE_KINDS)
+
+
+def test_noise_from_file_round_trips(tmp_path):
+    stored = np.random.default_rng(0).integers(0, NUM_CLASSES, 100)
+    np.save(tmp_path / "labels.npy", stored)
+    torch.save(torch.from_numpy(stored), tmp_path / "tensor.pt")
+    torch.save({"noisy_label": stored, "note": "human labels"}, tmp_path / "dict.pt")
+    for name in ["labels.npy", "tensor.pt", "dict.pt"]:
+        loaded = noise_from_file(tmp_path / name, 100, NUM_CLASSES)
+        assert loaded.dtype == np.int64 and np.array_equal(loaded, stored)
+    true_labels = read_only(np.zeros(100))
+    assert np.array_equal(make_noisy_labels(true_labels, "file", 0.0, NUM_CLASSES, seed=0,
+                                            noise_file=tmp_path / "labels.npy"), stored)
+
+
+@pytest.mark.parametrize("content, problem", [
+    (np.zeros(99, dtype=np.int64), "99 labels"),
+    (np.full(100, NUM_CLASSES, dtype=np.int64), r"\[0, 10\)"),
+    (np.full(100, -1, dtype=np.int64), r"\[0, 10\)"),
+    (np.zeros((100, 1), dtype=np.int64), "1-D"),
+    (np.zeros(100, dtype=np.float32), "integers"),
+])
+def test_noise_from_file_rejects(tmp_path, content, problem):
+    path = tmp_path / "bad.npy"
+    np.save(path, content)
+    with pytest.raises(ValueError, match=problem) as error:
+        noise_from_file(path, 100, NUM_CLASSES)
+    assert str(path) in str(error.value)
+
+
+def test_noise_from_file_rejects_ambiguous_dict_and_format(tmp_path):
+    torch.save({"a": np.zeros(10), "b": np.zeros(10)}, tmp_path / "two.pt")
+    with pytest.raises(ValueError, match="exactly one"):
+        noise_from_file(tmp_path / "two.pt", 10, NUM_CLASSES)
+    with pytest.raises(ValueError, match="unsupported"):
+        noise_from_file(tmp_path / "labels.csv", 10, NUM_CLASSES)
+
+
+def unbalanced_labels():
+    """Class c has 200 + 30 c samples, shuffled."""
+    labels = np.repeat(np.arange(NUM_CLASSES), 200 + 30 * np.arange(NUM_CLASSES))
+    return read_only(np.random.default_rng(0).permutation(labels))
+
+
+@pytest.mark.parametrize("size", [1000, 1003])
+def test_clean_subset_balanced(size):
+    labels = unbalanced_labels()
+    subset = clean_subset(labels, size=size, seed=0)
+    assert subset.dtype == np.int64 and len(subset) == size
+    assert np.all(np.diff(subset) > 0)
+    per_class = np.bincount(labels[subset], minlength=NUM_CLASSES)
+    assert per_class.min() == size // NUM_CLASSES
+    assert np.sum(per_class > size // NUM_CLASSES) == size % NUM_CLASSES
+
+
+def test_clean_subset_fraction_and_unbalanced():
+    labels = unbalanced_labels()
+    assert len(clean_subset(labels, fraction=0.1, seed=0)) == round(0.1 * len(labels))
+    assert len(clean_subset(labels, size=500, seed=0, balanced=False)) == 500
+
+
+def test_clean_subset_seeded():
+    labels = unbalanced_labels()
+    assert np.array_equal(clean_subset(labels, size=300, seed=1), clean_subset(labels, size=300, seed=1))
+    assert not np.array_equal(clean_subset(labels, size=300, seed=1), clean_subset(labels, size=300, seed=2))
+
+
+def test_clean_subset_rejects():
+    labels = unbalanced_labels()
+    with pytest.raises(ValueError, match="exactly one"):
+        clean_subset(labels, size=100, fraction=0.1)
+    with pytest.raises(ValueError, match="exactly one"):
+        clean_subset(labels)
+    with pytest.raises(ValueError, match="class 0"):
+        clean_subset(labels, size=2010)  # 201 per class, class 0 has only 200
+
+
+def test_noise_report():
+    report = noise_report([0, 0, 1, 1, 2], [0, 1, 1, 1, 0])
+    assert report["noise_rate"] == pytest.approx(0.4)
+    assert report["per_class_rate"] == pytest.approx([0.5, 0.0, 1.0])
+    assert report["transition"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+
+
+def test_inputs_not_mutated(tmp_path):
+    """Writable inputs (read-only ones are covered above) keep their values."""
+    labels = np.random.default_rng(5).integers(0, NUM_CLASSES, 1000)
+    mapping = dict(CIFAR10_ASYMMETRIC)
+    fine_to_coarse = np.array([0, 1, 0, 1, 0, 1])
+    before = labels.copy(), dict(mapping), fine_to_coarse.copy()
+    symmetric_noise(labels, 0.5, NUM_CLASSES, seed=0)
+    symmetric_noise(labels, 0.5, NUM_CLASSES, seed=0, include_true=True)
+    asymmetric_noise(labels, 0.5, NUM_CLASSES, seed=0, mapping=mapping)
+    for kind in ["none", "symmetric", "asymmetric"]:
+        make_noisy_labels(labels, kind, 0.5, NUM_CLASSES, seed=0)
+    superclass_ring_map(fine_to_coarse)
+    clean_subset(labels, size=100)
+    noise_report(labels, labels[::-1])
+    assert np.array_equal(labels, before[0]) and mapping == before[1]
+    assert np.array_equal(fine_to_coarse, before[2])
