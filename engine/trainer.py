@@ -96,7 +96,7 @@ class Trainer:
         self.model.to(self.device)
         if self.device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)
-        self.method = method_cls(args, self.data.num_classes, self.given_labels, self.device)
+        self.method = method_cls(args, self.data.num_classes, self.given_labels, self.device, defaults)
         self.stages = self.method.stages(self.epochs, self.lr)
 
         loader = dict(mean=self.data.mean, std=self.data.std, device=self.device)

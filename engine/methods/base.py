@@ -32,6 +32,10 @@ class Defaults:
     lr: float
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    complementary_labels: int = 1   # NL methods: complementary labels per sample and step
+    pseudo_lr: float = 0.1          # methods ending with a pseudo-labeling stage
+    warmup_epochs: int = 0          # CE epochs before the method's own stages (early learning)
+    warmup_lr: float = 0.05
     model: dict = field(default_factory=lambda: {"small": "small_cnn", "paper": "preact_resnet18"})
 
 
@@ -69,8 +73,9 @@ class Method:
         "small": Defaults(epochs=30, batch_size=128, lr=0.05),
     }
 
-    def __init__(self, args, num_classes, given_labels, device):
+    def __init__(self, args, num_classes, given_labels, device, defaults):
         self.args = args
+        self.defaults = defaults
         self.num_classes = num_classes
         self.given_labels = given_labels.to(device)   # [N] the noisy training labels
         self.device = device

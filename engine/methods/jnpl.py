@@ -1,8 +1,9 @@
 """JNPL (jnpl.txt): NL+ + 0.01 PL+ in one stage, then pseudo-labeling.
 
-Stage "jnpl": one complementary label per sample and step (uniform over the classes that are
-not the given label), L = NL+ + lambda * PL+ where PL+ is applied to the rows that
-jnpl_select keeps (the mean over those rows; 0 when none is kept).
+Stage "jnpl": k complementary labels per sample and step (distinct, uniform over the classes
+that are not the given label; k = 1 in the paper), L = NL+ + lambda * PL+ where PL+ is applied
+to the rows that jnpl_select keeps (the mean over those rows; 0 when none is kept).
+An optional CE "warmup" stage comes first (small-data defaults).
 Stage "pseudo": samples whose confidence on the given label is >= clean_threshold keep their
 label, the others take the model's arg-max at the start of the stage; CE on these labels.
 The paper trains 1000 + 480 epochs on CIFAR; `--epochs` keeps that 1000:480 ratio.
@@ -21,19 +22,30 @@ class JNPL(Method):
         "paper": Defaults(epochs=1480, batch_size=128, lr=0.01, weight_decay=1e-4,
                           model={"paper": "preact_resnet34", "small": "small_cnn"}),
         # Small data: NL learns from 1/(C-1) of the information per step, so a larger lr.
-        "small": Defaults(epochs=30, batch_size=64, lr=0.1, weight_decay=1e-4),
+        # Small data (mnist5k, digits; a few dozen epochs on a CPU): one complementary label
+        # per step learns too slowly, so every other class is a complementary label (k = C - 1),
+        # after 3 CE warm-up epochs (the early-learning phase, before CE memorizes noise);
+        # PL+ on a random network makes it collapse onto a few classes, the warm-up avoids it.
+        "small": Defaults(epochs=30, batch_size=64, lr=0.02, weight_decay=1e-4, complementary_labels=9,
+                          pseudo_lr=0.05, warmup_epochs=3),
     }
     pl_weight = 0.01
     clean_threshold = 0.5
 
-    def __init__(self, args, num_classes, given_labels, device):
-        super().__init__(args, num_classes, given_labels, device)
+    def __init__(self, args, num_classes, given_labels, device, defaults):
+        super().__init__(args, num_classes, given_labels, device, defaults)
         self.pseudo_labels = self.given_labels.clone()
+        self.k = min(defaults.complementary_labels, num_classes - 1)
+
+    def warmup_stages(self):
+        warmup = self.defaults.warmup_epochs
+        return [Stage("warmup", warmup, self.defaults.warmup_lr)] if warmup else []
 
     def stages(self, epochs, lr):
-        first, second = split_epochs(epochs, (1000, 480))
-        return [Stage("jnpl", first, lr, milestones=(0.8,)),
-                Stage("pseudo", second, lr * 10, milestones=(0.4, 0.6), reset_optimizer=True)]
+        warmup = self.warmup_stages()
+        first, second = split_epochs(epochs - self.defaults.warmup_epochs, (1000, 480))
+        return warmup + [Stage("jnpl", first, lr, milestones=(0.8,), reset_optimizer=bool(warmup)),
+                         Stage("pseudo", second, self.defaults.pseudo_lr, milestones=(0.4, 0.6), reset_optimizer=True)]
 
     def start_stage(self, stage, train_probs):
         if stage.name == "pseudo":
@@ -42,9 +54,12 @@ class JNPL(Method):
 
     def batch_loss(self, model, batch, stage):
         logits = model(batch.images)
+        if stage.name == "warmup":
+            return weighted_ce(logits, batch.labels)
         if stage.name == "pseudo":
             return weighted_ce(logits, self.pseudo_labels[batch.indices])
-        comp = sample_complementary(batch.labels, self.num_classes, seed=self.args.seed, offset=batch.step)
+        comp = sample_complementary(batch.labels, self.num_classes, k=self.k, replacement=False, seed=self.args.seed,
+                                    offset=batch.step)
         keep, yhat = jnpl_select(logits, seed=self.args.seed, offset=batch.step)
         return nl_plus_loss(logits, comp) + self.pl_weight * pl_plus_loss(logits[keep], yhat[keep])
 

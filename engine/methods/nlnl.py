@@ -2,8 +2,9 @@
 
 NL: k complementary labels per sample and step, -log(1 - p). SelNL: NL only on samples whose
 mean confidence on the given label over the last `window` epochs is > 1/C. SelPL: CE only on
-samples with that mean >= 0.5. Pseudo: as JNPL's stage (engine/methods/jnpl.py). Empty
-selections give a zero loss, never NaN. Stage lengths: 40/20/20/20 % of `--epochs`.
+samples with that mean >= 0.5. Warm-up and pseudo stages: as JNPL's (engine/methods/jnpl.py).
+Empty selections give a zero loss, never NaN. Stage lengths: 40/20/20/20 % of the epochs
+after the warm-up.
 """
 import torch
 
@@ -17,28 +18,30 @@ class NLNL(JNPL):
     DEFAULTS = {
         "paper": Defaults(epochs=1000, batch_size=128, lr=0.02, weight_decay=1e-4,
                           model={"paper": "preact_resnet34", "small": "small_cnn"}),
-        "small": Defaults(epochs=30, batch_size=64, lr=0.1, weight_decay=1e-4),
+        "small": Defaults(epochs=30, batch_size=64, lr=0.02, weight_decay=1e-4, complementary_labels=9,
+                          pseudo_lr=0.05, warmup_epochs=3),
     }
     window = 10
 
-    def __init__(self, args, num_classes, given_labels, device):
-        super().__init__(args, num_classes, given_labels, device)
+    def __init__(self, args, num_classes, given_labels, device, defaults):
+        super().__init__(args, num_classes, given_labels, device, defaults)
         # Confidence on the given label over the last `window` epochs (ring buffer).
         self.history = torch.full((len(given_labels), self.window), float("nan"), device=device)
         self.epochs_seen = 0
-        self.k = 1 if num_classes <= 10 else 110  # the NLNL code's choice for CIFAR-10 / -100
 
     def stages(self, epochs, lr):
-        nl, sel_nl, sel_pl, pseudo = split_epochs(epochs, (2, 1, 1, 1))
-        return [Stage("nl", nl, lr), Stage("selnl", sel_nl, lr), Stage("selpl", sel_pl, lr),
-                Stage("pseudo", pseudo, lr, milestones=(0.5,), reset_optimizer=True)]
+        warmup = self.warmup_stages()
+        nl, sel_nl, sel_pl, pseudo = split_epochs(epochs - self.defaults.warmup_epochs, (2, 1, 1, 1))
+        return warmup + [Stage("nl", nl, lr, reset_optimizer=bool(warmup)), Stage("selnl", sel_nl, lr),
+                         Stage("selpl", sel_pl, lr),
+                         Stage("pseudo", pseudo, self.defaults.pseudo_lr, milestones=(0.5,), reset_optimizer=True)]
 
     def mean_confidence(self):
         filled = ~torch.isnan(self.history)
         return torch.where(filled, self.history, 0).sum(1) / filled.sum(1).clamp(min=1)
 
     def batch_loss(self, model, batch, stage):
-        if stage.name == "pseudo":
+        if stage.name in ("warmup", "pseudo"):
             return super().batch_loss(model, batch, stage)
         logits = model(batch.images)
         if stage.name == "selpl":

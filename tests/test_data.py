@@ -1,0 +1,169 @@
+"""Data sets (built-in and users' formats), the DALI CPU pipeline, CIFAR-N human labels."""
+import gzip
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from engine.data.datasets import load_dataset
+from engine.data.pipeline import DaliLoader, decode_images
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CIFAR10_JPEG = os.path.join(REPO, "..", "shared", "data", "cifar10_jpeg_ordered.npz")
+FASHION_MNIST = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist (CI installs it)
+
+
+@pytest.fixture(scope="module")
+def mnist5k():
+    return load_dataset("mnist5k")
+
+
+def test_mnist5k_is_a_fixed_4000_1000_split(mnist5k):
+    assert mnist5k.x_train.shape == (4000, 28, 28, 1) and mnist5k.x_test.shape == (1000, 28, 28, 1)
+    assert mnist5k.x_train.dtype == np.uint8 and mnist5k.num_classes == 10
+    counts = np.bincount(np.concatenate([mnist5k.y_train, mnist5k.y_test]))
+    assert counts.tolist() == [500] * 10  # the whole 5k subset, 500 per class
+    again = load_dataset("mnist5k")
+    assert np.array_equal(again.y_train, mnist5k.y_train) and np.array_equal(again.x_test, mnist5k.x_test)
+
+
+def test_digits():
+    digits = load_dataset("digits")
+    assert digits.x_train.shape[1:] == (8, 8, 1) and len(digits.y_train) + len(digits.y_test) == 1797
+    assert not digits.flip
+
+
+def test_unknown_dataset_and_missing_dir():
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_dataset("imagenet")
+    with pytest.raises(ValueError, match="needs --data-dir"):
+        load_dataset("cifar10")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_dataset("cifar10", "/nonexistent/cifar")
+
+
+def test_pipeline_batches_cover_each_sample_once_per_epoch(mnist5k):
+    loader = DaliLoader(mnist5k.x_train, 128, mnist5k.mean, mnist5k.std, shuffle=True, augment=True, seed=3)
+    assert len(loader) == 32
+    orders = []
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        seen = []
+        for images, indices in loader:
+            assert images.dtype == torch.float32 and images.shape == (len(indices), 1, 28, 28)
+            assert indices.dtype == torch.int64
+            seen.append(indices)
+        seen = torch.cat(seen)
+        assert sorted(seen.tolist()) == list(range(4000))
+        orders.append(seen)
+    assert not torch.equal(orders[0], orders[1]), "a new permutation every epoch"
+    loader.set_epoch(0)
+    assert torch.equal(torch.cat([i for _, i in loader]), orders[0]), "same (seed, epoch), same batches"
+
+
+def test_pipeline_normalizes_and_keeps_indices_aligned(mnist5k):
+    loader = DaliLoader(mnist5k.x_train, 500, mnist5k.mean, mnist5k.std)
+    images, indices = next(iter(loader))
+    expected = (mnist5k.x_train[indices.numpy(), :, :, 0].astype(np.float32) - mnist5k.mean[0]) / mnist5k.std[0]
+    np.testing.assert_allclose(images[:, 0].numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_augmentation_is_a_padded_random_crop(mnist5k):
+    plain = DaliLoader(mnist5k.x_train, 256, (0.0,), (1.0,))
+    augmented = DaliLoader(mnist5k.x_train, 256, (0.0,), (1.0,), augment=True, seed=1)
+    (x, i), (xa, ia) = next(iter(plain)), next(iter(augmented))
+    assert torch.equal(i, ia)
+    shifted = 0
+    for a, b in zip(x[:, 0], xa[:, 0]):
+        # Each augmented image is the original shifted by at most pad = 3 pixels, zeros filled in.
+        matches = [(dy, dx) for dy in range(-3, 4) for dx in range(-3, 4)
+                   if torch.equal(b, shift(a, dy, dx))]
+        assert matches, "an augmented image must be a shifted copy of its original"
+        shifted += matches[0] != (0, 0)
+    assert shifted > 128
+
+
+def shift(image, dy, dx):
+    out = torch.zeros_like(image)
+    h, w = image.shape
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = image[max(-dy, 0):h - max(dy, 0),
+                                                                      max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+def write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_idx_files(tmp_path):
+    rng = np.random.default_rng(0)
+    parts = {"train-images-idx3-ubyte.gz": rng.integers(0, 256, (20, 28, 28)),
+             "train-labels-idx1-ubyte.gz": rng.integers(0, 10, 20),
+             "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (5, 28, 28)),
+             "t10k-labels-idx1-ubyte.gz": rng.integers(0, 10, 5)}
+    (tmp_path / "raw").mkdir()
+    for name, array in parts.items():
+        write_idx(tmp_path / "raw" / name, array)
+    data = load_dataset("fashion_mnist", str(tmp_path))
+    assert np.array_equal(data.x_train[..., 0], parts["train-images-idx3-ubyte.gz"])
+    assert np.array_equal(data.y_test, parts["t10k-labels-idx1-ubyte.gz"])
+
+
+@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST), reason="apt-get install dataset-fashion-mnist")
+def test_fashion_mnist_from_the_debian_package():
+    data = load_dataset("fashion_mnist", FASHION_MNIST)
+    assert data.x_train.shape == (60000, 28, 28, 1) and data.x_test.shape == (10000, 28, 28, 1)
+    assert np.bincount(data.y_train).tolist() == [6000] * 10
+
+
+def test_cifar_pickle_folders(tmp_path):
+    rng = np.random.default_rng(1)
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    batches = []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": list(rng.integers(0, 10, 4))}
+        batches.append(batch)
+        with open(root / name, "wb") as f:
+            pickle.dump(batch, f)
+    data = load_dataset("cifar10", str(tmp_path))
+    assert data.x_train.shape == (20, 32, 32, 3) and data.flip
+    # channel-planar rows -> HWC: pixel (0, 0) of image 0 has R, G, B at offsets 0, 1024, 2048
+    assert data.x_train[0, 0, 0].tolist() == [batches[0]["data"][0][k] for k in (0, 1024, 2048)]
+
+    root100 = tmp_path / "c100" / "cifar-100-python"
+    root100.mkdir(parents=True)
+    fine = np.arange(100)
+    for name in ("train", "test"):
+        with open(root100 / name, "wb") as f:
+            pickle.dump({"data": rng.integers(0, 256, (100, 3072), dtype=np.uint8), "fine_labels": list(fine),
+                         "coarse_labels": list(fine // 5)}, f)
+    data100 = load_dataset("cifar100", str(tmp_path / "c100"))
+    assert data100.num_classes == 100 and data100.fine_to_coarse.tolist() == (fine // 5).tolist()
+
+
+def test_npz_arrays(tmp_path):
+    rng = np.random.default_rng(2)
+    path = tmp_path / "data.npz"
+    np.savez(path, x=rng.integers(0, 256, (50, 16, 16), dtype=np.uint8), y=rng.integers(0, 3, 50))
+    data = load_dataset("npz", str(path))
+    assert data.x_train.shape == (40, 16, 16, 1) and len(data.y_test) == 10 and data.num_classes == 3
+
+
+@pytest.mark.skipif(not os.path.exists(CIFAR10_JPEG), reason="needs ../shared/data beside the checkout")
+def test_cifar10_jpeg_archive_decodes_and_matches_cifar10n():
+    from engine.data.cifar_n import load_cifar_n_labels
+
+    archive = np.load(CIFAR10_JPEG)
+    offsets = archive["train_offsets"]
+    images = decode_images([archive["train_jpeg"][offsets[i]:offsets[i + 1]] for i in range(16)])
+    assert images.shape == (16, 32, 32, 3) and images.dtype == np.uint8 and images.std() > 20
+    y_train = archive["y_train"]
+    rates = {v: (load_cifar_n_labels("cifar10n", v, y_train) != y_train).mean() for v in ("aggre", "worst")}
+    assert abs(rates["aggre"] - 0.090) < 0.001 and abs(rates["worst"] - 0.402) < 0.001
+    with pytest.raises(ValueError, match="original order"):
+        load_cifar_n_labels("cifar10n", "aggre", y_train[::-1].copy())
