@@ -167,3 +167,45 @@ def test_cifar10_jpeg_archive_decodes_and_matches_cifar10n():
     assert abs(rates["aggre"] - 0.090) < 0.001 and abs(rates["worst"] - 0.402) < 0.001
     with pytest.raises(ValueError, match="original order"):
         load_cifar_n_labels("cifar10n", "aggre", y_train[::-1].copy())
+
+
+def write_bmp(path, rgb):
+    """A 24-bit BMP (rows bottom-up, BGR, rows padded to 4 bytes): an encoded image written
+    without any imaging library."""
+    height, width, _ = rgb.shape
+    row_size = (width * 3 + 3) & ~3
+    rows = b"".join(rgb[y, :, ::-1].tobytes() + b"\0" * (row_size - width * 3) for y in reversed(range(height)))
+    header = b"BM" + np.array([54 + len(rows), 0, 54], dtype="<u4").tobytes()
+    info = np.array([40, width, height], dtype="<i4").tobytes() + np.array([1, 24], dtype="<u2").tobytes()
+    info += np.array([0, len(rows), 2835, 2835, 0, 0], dtype="<u4").tobytes()
+    with open(path, "wb") as f:
+        f.write(header + info + rows)
+
+
+def test_image_folder_and_file_list(tmp_path):
+    rng = np.random.default_rng(4)
+    images = {}
+    for split, count in (("train", 4), ("test", 2)):
+        for cls in ("cat", "dog", "emu"):
+            (tmp_path / "folder" / split / cls).mkdir(parents=True)
+            for i in range(count):
+                image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                path = tmp_path / "folder" / split / cls / f"{i}.bmp"
+                write_bmp(path, image)
+                images[str(path)] = image
+    data = load_dataset("folder", str(tmp_path / "folder"))
+    assert data.x_train.shape == (12, 32, 32, 3) and data.num_classes == 3
+    assert data.y_train.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert np.array_equal(data.x_train[4], images[str(tmp_path / "folder" / "train" / "dog" / "0.bmp")])
+
+    for split in ("train", "test"):
+        with open(tmp_path / "folder" / f"{split}.txt", "w") as f:
+            for path in images:
+                if f"/{split}/" in path:
+                    f.write(f"{os.path.relpath(path, tmp_path / 'folder')} {'cat dog emu'.split().index(path.split('/')[-2])}\n")
+    listed = load_dataset("filelist", str(tmp_path / "folder"))
+    assert np.array_equal(listed.x_test, data.x_test) and np.array_equal(listed.y_train, data.y_train)
+    with open(tmp_path / "folder" / "test.txt", "a") as f:
+        f.write("no-label-here.bmp\n")
+    with pytest.raises(ValueError, match=r"test.txt:7: expected 'path label'"):
+        load_dataset("filelist", str(tmp_path / "folder"))

@@ -97,15 +97,19 @@ def _to_torch(tensor_list, device):
 
 
 @pipeline_def
-def _decode_pipeline():
-    return fn.decoders.image(fn.external_source(name="encoded", dtype=types.UINT8), device="cpu",
-                             output_type=types.RGB)
+def _decode_pipeline(size, channels):
+    images = fn.decoders.image(fn.external_source(name="encoded", dtype=types.UINT8), device="cpu",
+                               output_type=types.RGB if channels == 3 else types.GRAY)
+    if size:
+        images = fn.resize(images, resize_x=size, resize_y=size, dtype=types.UINT8)
+    return images
 
 
-def decode_images(encoded):
-    """Decodes a list of encoded images (JPEG/PNG bytes as uint8 arrays) of one size to uint8 NHWC."""
-    pipe = _decode_pipeline(batch_size=DECODE_BATCH, num_threads=2, device_id=None, prefetch_queue_depth=1,
-                            exec_async=False, exec_pipelined=False)
+def decode_images(encoded, size=None, channels=3):
+    """Decodes a list of encoded images (JPEG/PNG/... bytes as uint8 arrays) to uint8 NHWC,
+    resized to size x size when given (needed when the images differ in size)."""
+    pipe = _decode_pipeline(size=size, channels=channels, batch_size=DECODE_BATCH, num_threads=2, device_id=None,
+                            prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
     pipe.build()
     parts = []
     for start in range(0, len(encoded), DECODE_BATCH):

@@ -21,7 +21,6 @@ class JNPL(Method):
         # jnpl.txt: SGD m 0.9, wd 1e-4, batch 128, lr 0.01 (x0.1 at 800 of 1000), pseudo lr 0.1.
         "paper": Defaults(epochs=1480, batch_size=128, lr=0.01, weight_decay=1e-4,
                           model={"paper": "preact_resnet34", "small": "small_cnn"}),
-        # Small data: NL learns from 1/(C-1) of the information per step, so a larger lr.
         # Small data (mnist5k, digits; a few dozen epochs on a CPU): one complementary label
         # per step learns too slowly, so every other class is a complementary label (k = C - 1),
         # after 3 CE warm-up epochs (the early-learning phase, before CE memorizes noise);

@@ -18,8 +18,7 @@ class NLNL(JNPL):
     DEFAULTS = {
         "paper": Defaults(epochs=1000, batch_size=128, lr=0.02, weight_decay=1e-4,
                           model={"paper": "preact_resnet34", "small": "small_cnn"}),
-        "small": Defaults(epochs=30, batch_size=64, lr=0.02, weight_decay=1e-4, complementary_labels=9,
-                          pseudo_lr=0.05, warmup_epochs=3),
+        "small": JNPL.DEFAULTS["small"],  # the same short-budget choices (README)
     }
     window = 10
 
