@@ -44,8 +44,9 @@ struct SerialGroup {
 #pragma omp simd reduction(max : max1)
     for (int64_t j = 0; j < classes; ++j) max1 = z[j] > max1 ? z[j] : max1;
     if (!(max1 > top.max1)) return top;  // no value above -inf: arg stays -1
-    int64_t arg = 0;
-    while (z[arg] != max1) ++arg;
+    int64_t arg = classes;
+#pragma omp simd reduction(min : arg)
+    for (int64_t j = 0; j < classes; ++j) arg = (z[j] == max1 && j < arg) ? j : arg;
     Acc max2 = top.max2;
 #pragma omp simd reduction(max : max2)
     for (int64_t j = 0; j < classes; ++j) max2 = (j != arg && z[j] > max2) ? z[j] : max2;

@@ -164,11 +164,15 @@ NOISY_HD void row_loss(const RowLossProblem<Scalar, Acc>& P, int64_t row, const 
     // For those columns the formula reduces to rel_j * plain + n_j a_j p_j / (1 - p_j).
     const Acc* rel = group.row_cache;
     const Acc plain = s.ref_prob * (positive_coef - neg.odds_sum) - (neg.arg_coef != Acc(0) ? neg.arg_coef / s.rest_sum : Acc(0));
-    const bool dense_negatives = spec.negatives == NegativeSet::all_but_label;
-    NOISY_SIMD
-    for (int64_t j = 0; j < C; ++j) {
-      const Acc count = dense_negatives && !(P.exclude.data && P.exclude.at(row, j)) ? Acc(1) : Acc(0);
-      grad[j] = Store<Scalar>::from(rel[j] * plain + count * negative_odds(s, rel[j], spec.plus, clamp_eps));
+    if (spec.negatives == NegativeSet::all_but_label) {
+      NOISY_SIMD
+      for (int64_t j = 0; j < C; ++j) {
+        const Acc count = (P.exclude.data && P.exclude.at(row, j)) ? Acc(0) : Acc(1);
+        grad[j] = Store<Scalar>::from(rel[j] * plain + count * negative_odds(s, rel[j], spec.plus, clamp_eps));
+      }
+    } else {
+      NOISY_SIMD
+      for (int64_t j = 0; j < C; ++j) grad[j] = Store<Scalar>::from(rel[j] * plain);
     }
     const auto rewrite = [&](int64_t j) { grad[j] = Store<Scalar>::from(column_grad(j, rel[j], negative_count(P, row, j, y))); };
     if (s.arg >= 0) rewrite(s.arg);
