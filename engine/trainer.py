@@ -77,8 +77,8 @@ class Trainer:
         self.epochs = args.epochs or defaults.epochs
         self.batch_size = args.batch_size or defaults.batch_size
         self.lr = args.lr or defaults.lr
-        self.momentum, self.weight_decay = defaults.momentum, (
-            defaults.weight_decay if args.weight_decay is None else args.weight_decay)
+        self.momentum = defaults.momentum
+        self.weight_decay = defaults.weight_decay if args.weight_decay is None else args.weight_decay
         self.model_name = args.model or defaults.model[size_class]
 
         true = self.data.y_train
