@@ -8,10 +8,13 @@
 #if defined(__CUDACC__)
 #define NOISY_HD __host__ __device__ __forceinline__
 #define NOISY_SIMD
+#define NOISY_SIMD_SUMS
 #else
 #define NOISY_HD inline
-// Lets the CPU build vectorize a loop over the columns of a row (OpenMP SIMD).
+// Let the CPU build vectorize a loop over the columns of a row (OpenMP SIMD); the second
+// form also sums the loop's `loss_sum` and `odds_sum`.
 #define NOISY_SIMD _Pragma("omp simd")
+#define NOISY_SIMD_SUMS _Pragma("omp simd reduction(+ : loss_sum, odds_sum)")
 #endif
 
 namespace noisy {
@@ -23,6 +26,23 @@ NOISY_HD float math_log(float x) { return logf(x); }
 NOISY_HD double math_log(double x) { return log(x); }
 NOISY_HD float math_log1p(float x) { return log1pf(x); }
 NOISY_HD double math_log1p(double x) { return log1p(x); }
+
+// log1p(x) for |x| <= 1/2, without a library call so that loops over it vectorize:
+// 2 atanh(s) with s = x / (2 + x), |s| <= 1/3, as its odd series to s^15 (truncation
+// error below 1e-9; about 2 ulp in all). double needs far more terms: it calls log1p.
+NOISY_HD float log1p_small(float x) {
+  const float s = x / (2.0f + x);
+  const float s2 = s * s;
+  float series = 1.0f / 15.0f;
+  series = series * s2 + 1.0f / 13.0f;
+  series = series * s2 + 1.0f / 11.0f;
+  series = series * s2 + 1.0f / 9.0f;
+  series = series * s2 + 1.0f / 7.0f;
+  series = series * s2 + 1.0f / 5.0f;
+  series = series * s2 + 1.0f / 3.0f;
+  return 2.0f * s * (series * s2 + 1.0f);
+}
+NOISY_HD double log1p_small(double x) { return log1p(x); }
 
 template <class T>
 NOISY_HD T neg_infinity() { return -static_cast<T>(INFINITY); }

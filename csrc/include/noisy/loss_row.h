@@ -40,13 +40,21 @@ NOISY_HD T pl_plus_weight(T p, int32_t n) {
   return weight;
 }
 
-// a_k p_k / (1 - p_k) for a non-arg class k; zero when the clamp is active.
+// A non-arg class k with probability p (<= 1/2): its loss -a_k log(max(1 - p, eps)) and its
+// gradient coefficient a_k p / (1 - p) (zero when clamped). Selects over values computed
+// unconditionally, so that CPU loops over the columns vectorize when `plus` is a constant.
 template <class T>
-NOISY_HD T negative_odds(const SoftmaxRow<T>& s, T rel, bool plus, T clamp_eps) {
-  const T p = rel * s.ref_prob;
+NOISY_HD T negative_loss(T p, bool plus, T log_clamp_eps) {
+  const T log1m = log1p_small(-p);
+  const T clamped_log = log1m < log_clamp_eps ? log_clamp_eps : log1m;  // NaN stays NaN
+  return -(plus ? T(1) - p : T(1)) * clamped_log;
+}
+
+template <class T>
+NOISY_HD T negative_odds(T p, bool plus, T clamp_eps) {
   const T one_minus_p = T(1) - p;
-  if (one_minus_p < clamp_eps) return T(0);
-  return plus ? p : p / one_minus_p;
+  const T odds = p / one_minus_p;
+  return one_minus_p < clamp_eps ? T(0) : (plus ? p : odds);
 }
 
 template <class T>
@@ -56,18 +64,20 @@ struct NegativeSums {
   T arg_coef = 0;   // A above
 
   NOISY_HD void add(const SoftmaxRow<T>& s, T rel, int64_t k, T count, bool plus, T clamp_eps) {
+    if (k != s.arg) {
+      const T p = s.prob(rel, k);
+      loss += count * negative_loss(p, plus, math_log(clamp_eps));
+      odds_sum += count * negative_odds(p, plus, clamp_eps);
+      return;
+    }
     const T one_minus_p = s.one_minus_prob(rel, k);
     const T a = plus ? one_minus_p : T(1);
     if (one_minus_p < clamp_eps) {
       loss -= count * a * math_log(clamp_eps);
       return;
     }
-    loss -= count * a * s.log1m_prob(rel, k);
-    if (k == s.arg) {
-      arg_coef += count * a * s.p_arg;
-    } else {
-      odds_sum += count * negative_odds(s, rel, plus, clamp_eps);
-    }
+    loss -= count * a * s.log1m_p_arg;
+    arg_coef += count * a * s.p_arg;
   }
 
   // Gradient of the negative terms wrt z_i; `count` = n_i.
@@ -75,7 +85,7 @@ struct NegativeSums {
     T g = -s.prob(rel, i) * odds_sum;
     if (i == s.arg) return g + arg_coef;
     if (arg_coef != T(0)) g -= arg_coef * s.prob_without_arg(rel);
-    if (count != T(0)) g += count * negative_odds(s, rel, plus, clamp_eps);
+    if (count != T(0)) g += count * negative_odds(s.prob(rel, i), plus, clamp_eps);
     return g;
   }
 };
@@ -111,6 +121,58 @@ NOISY_HD Acc negative_count(const RowLossProblem<Scalar, Acc>& P, int64_t row, i
   }
 }
 
+// A bool known at compile time inside a generic lambda (see with_plus).
+template <bool Value>
+struct BoolConstant {
+  NOISY_HD constexpr operator bool() const { return Value; }
+};
+
+// body(plus) with `plus` a compile-time constant: the CPU loops below get one vectorizable
+// body per value instead of a select inside the loop.
+template <class Body>
+NOISY_HD void with_plus(bool plus, const Body& body) {
+  if (plus) {
+    body(BoolConstant<true>{});
+  } else {
+    body(BoolConstant<false>{});
+  }
+}
+
+// body(kept) with kept(j) = 0 for a column excluded in this row, else 1; one loop body for
+// rows with an exclusion matrix and one for rows without.
+template <class Scalar, class Acc, class Body>
+NOISY_HD void with_kept_columns(const RowLossProblem<Scalar, Acc>& P, int64_t row, const Body& body) {
+  if (P.exclude.data) {
+    const bool* excluded = &P.exclude.at(row, 0);
+    const int64_t stride = P.exclude.col_stride;
+    body([=](int64_t j) { return Acc(1) - Acc(excluded[j * stride]); });
+  } else {
+    body([](int64_t) { return Acc(1); });
+  }
+}
+
+// The negative terms of every column but the arg-max and y (NegativeSet::all_but_label),
+// from the cached exp terms of a row: the CPU's vectorized form of the loop in row_loss.
+template <class Scalar, class Acc>
+NOISY_HD void add_all_but_label(const RowLossProblem<Scalar, Acc>& P, int64_t row, const SoftmaxRow<Acc>& s,
+                                int64_t y, const Acc* rel, Acc clamp_eps, NegativeSums<Acc>& neg) {
+  const Acc log_clamp_eps = math_log(clamp_eps);
+  with_plus(P.spec.plus, [&](auto plus) {
+    with_kept_columns(P, row, [&](const auto& kept) {
+      Acc loss_sum = 0, odds_sum = 0;
+      NOISY_SIMD_SUMS
+      for (int64_t j = 0; j < P.classes; ++j) {
+        const Acc p = rel[j] * s.ref_prob;
+        const Acc count = Acc(j != s.arg) * Acc(j != y) * kept(j);
+        loss_sum += count * negative_loss(p, plus, log_clamp_eps);
+        odds_sum += count * negative_odds(p, plus, clamp_eps);
+      }
+      neg.loss += loss_sum;
+      neg.odds_sum += odds_sum;
+    });
+  });
+}
+
 // Loss (and gradient) of one row, computed by a Group of threads (see softmax_row).
 template <class Scalar, class Acc, class Group>
 NOISY_HD void row_loss(const RowLossProblem<Scalar, Acc>& P, int64_t row, const Group& group) {
@@ -131,8 +193,15 @@ NOISY_HD void row_loss(const RowLossProblem<Scalar, Acc>& P, int64_t row, const 
       neg.add(s, group.rel_exp(s, logit, k), k, Acc(1), spec.plus, clamp_eps);
     }
   } else if (spec.negatives == NegativeSet::all_but_label) {
-    for (int64_t j = group.lane; j < C; j += Group::width) {
-      if (negative_count(P, row, j, y) != Acc(0)) neg.add(s, group.rel_exp(s, logit, j), j, Acc(1), spec.plus, clamp_eps);
+    if constexpr (Group::caches_row) {
+      add_all_but_label(P, row, s, y, group.row_cache, clamp_eps, neg);
+      if (s.arg >= 0 && negative_count(P, row, s.arg, y) != Acc(0)) {
+        neg.add(s, Acc(0), s.arg, Acc(1), spec.plus, clamp_eps);
+      }
+    } else {
+      for (int64_t j = group.lane; j < C; j += Group::width) {
+        if (negative_count(P, row, j, y) != Acc(0)) neg.add(s, group.rel_exp(s, logit, j), j, Acc(1), spec.plus, clamp_eps);
+      }
     }
   }
   neg.loss = group.sum(neg.loss);
@@ -165,11 +234,14 @@ NOISY_HD void row_loss(const RowLossProblem<Scalar, Acc>& P, int64_t row, const 
     const Acc* rel = group.row_cache;
     const Acc plain = s.ref_prob * (positive_coef - neg.odds_sum) - (neg.arg_coef != Acc(0) ? neg.arg_coef / s.rest_sum : Acc(0));
     if (spec.negatives == NegativeSet::all_but_label) {
-      NOISY_SIMD
-      for (int64_t j = 0; j < C; ++j) {
-        const Acc count = (P.exclude.data && P.exclude.at(row, j)) ? Acc(0) : Acc(1);
-        grad[j] = Store<Scalar>::from(rel[j] * plain + count * negative_odds(s, rel[j], spec.plus, clamp_eps));
-      }
+      with_plus(spec.plus, [&](auto plus) {
+        with_kept_columns(P, row, [&](const auto& kept) {
+          NOISY_SIMD
+          for (int64_t j = 0; j < C; ++j) {
+            grad[j] = Store<Scalar>::from(rel[j] * plain + kept(j) * negative_odds(rel[j] * s.ref_prob, plus, clamp_eps));
+          }
+        });
+      });
     } else {
       NOISY_SIMD
       for (int64_t j = 0; j < C; ++j) grad[j] = Store<Scalar>::from(rel[j] * plain);

@@ -82,7 +82,7 @@ struct SoftmaxRow {
   }
 
   NOISY_HD T log1m_prob(T rel, int64_t j) const {
-    return j == arg ? log1m_p_arg : math_log1p(-rel * ref_prob);
+    return j == arg ? log1m_p_arg : log1p_small(-rel * ref_prob);  // p_j <= 1/2 off the arg-max
   }
 
   // p_j / (1 - p_arg) for j != arg: the softmax over the row without the arg class.
