@@ -81,10 +81,6 @@ struct SoftmaxRow {
     return j == arg ? rest * p_arg : T(1) - rel * ref_prob;
   }
 
-  NOISY_HD T log1m_prob(T rel, int64_t j) const {
-    return j == arg ? log1m_p_arg : log1p_small(-rel * ref_prob);  // p_j <= 1/2 off the arg-max
-  }
-
   // p_j / (1 - p_arg) for j != arg: the softmax over the row without the arg class.
   NOISY_HD T prob_without_arg(T rel) const { return rel / rest_sum; }
 
