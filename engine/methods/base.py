@@ -32,7 +32,7 @@ class Defaults:
     lr: float
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    complementary_labels: int = 1   # NL methods: complementary labels per sample and step
+    complementary_labels: int | None = 1   # NL methods, per sample and step; None: every other class
     pseudo_lr: float = 0.1          # methods ending with a pseudo-labeling stage
     warmup_epochs: int = 0          # CE epochs before the method's own stages (early learning)
     warmup_lr: float = 0.05

@@ -25,7 +25,7 @@ class JNPL(Method):
         # per step learns too slowly, so every other class is a complementary label (k = C - 1),
         # after 3 CE warm-up epochs (the early-learning phase, before CE memorizes noise);
         # PL+ on a random network makes it collapse onto a few classes, the warm-up avoids it.
-        "small": Defaults(epochs=30, batch_size=64, lr=0.02, weight_decay=1e-4, complementary_labels=9,
+        "small": Defaults(epochs=30, batch_size=64, lr=0.02, weight_decay=1e-4, complementary_labels=None,
                           pseudo_lr=0.05, warmup_epochs=3),
     }
     pl_weight = 0.01
@@ -34,7 +34,12 @@ class JNPL(Method):
     def __init__(self, args, num_classes, given_labels, device, defaults):
         super().__init__(args, num_classes, given_labels, device, defaults)
         self.pseudo_labels = self.given_labels.clone()
-        self.k = min(defaults.complementary_labels, num_classes - 1)
+        self.k = self.complementary_count(num_classes)
+        self.replacement = self.k > num_classes - 1  # distinct labels whenever that is possible
+
+    def complementary_count(self, num_classes):
+        k = self.defaults.complementary_labels
+        return num_classes - 1 if k is None else k
 
     def warmup_stages(self):
         warmup = self.defaults.warmup_epochs
@@ -57,8 +62,8 @@ class JNPL(Method):
             return weighted_ce(logits, batch.labels)
         if stage.name == "pseudo":
             return weighted_ce(logits, self.pseudo_labels[batch.indices])
-        comp = sample_complementary(batch.labels, self.num_classes, k=self.k, replacement=False, seed=self.args.seed,
-                                    offset=batch.step)
+        comp = sample_complementary(batch.labels, self.num_classes, k=self.k, replacement=self.replacement,
+                                    seed=self.args.seed, offset=batch.step)
         keep, yhat = jnpl_select(logits, seed=self.args.seed, offset=batch.step)
         return nl_plus_loss(logits, comp) + self.pl_weight * pl_plus_loss(logits[keep], yhat[keep])
 

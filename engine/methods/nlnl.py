@@ -28,6 +28,12 @@ class NLNL(JNPL):
         self.history = torch.full((len(given_labels), self.window), float("nan"), device=device)
         self.epochs_seen = 0
 
+    def complementary_count(self, num_classes):
+        # The NLNL code draws 110 labels per sample (with replacement) on CIFAR-100, 1 on CIFAR-10.
+        if self.defaults.complementary_labels == 1 and num_classes > 10:
+            return 110
+        return super().complementary_count(num_classes)
+
     def stages(self, epochs, lr):
         warmup = self.warmup_stages()
         nl, sel_nl, sel_pl, pseudo = split_epochs(epochs - self.defaults.warmup_epochs, (2, 1, 1, 1))
@@ -46,7 +52,8 @@ class NLNL(JNPL):
         if stage.name == "selpl":
             keep = self.mean_confidence()[batch.indices] >= 0.5
             return weighted_ce(logits, batch.labels, weight=keep.float())
-        comp = sample_complementary(batch.labels, self.num_classes, k=self.k, seed=self.args.seed, offset=batch.step)
+        comp = sample_complementary(batch.labels, self.num_classes, k=self.k, replacement=self.replacement,
+                                    seed=self.args.seed, offset=batch.step)
         weight = None
         if stage.name == "selnl":
             weight = (self.mean_confidence()[batch.indices] > 1.0 / self.num_classes).float()
