@@ -149,13 +149,15 @@ std::tuple<Tensor, Tensor> nl_forward(const Tensor& logits, const Tensor& comp_l
   return row_loss(logits, nullptr, &comp_labels, nullptr, spec, compute_grad);
 }
 
+// PM (positive = true) or its negative part alone, ML (positive = false).
 std::tuple<Tensor, Tensor> pm_forward(const Tensor& logits, const Tensor& labels, const c10::optional<Tensor>& exclude,
-                                      bool compute_grad) {
-  const char* api = "pm_loss";
+                                      bool positive, bool compute_grad) {
+  const char* api = positive ? "pm_loss" : "ml_loss";
   check_logits(api, logits);
   check_class_indices(api, labels, "labels", 1, logits.size(0), logits.size(1), logits, "logits");
   if (exclude) check_exclude(api, *exclude, logits.size(0), logits.size(1), logits, "logits");
-  const LossSpec spec{PositiveTerm::cross_entropy, 0, NegativeSet::all_but_label, false, 0.0};
+  const LossSpec spec{positive ? PositiveTerm::cross_entropy : PositiveTerm::none, 0, NegativeSet::all_but_label,
+                      false, 0.0};
   return row_loss(logits, &labels, nullptr, exclude ? &*exclude : nullptr, spec, compute_grad);
 }
 
@@ -293,7 +295,7 @@ void update_history(const Tensor& history, const Tensor& indices, const Tensor& 
 
 TORCH_LIBRARY(noisy, m) {
   m.def("nl_forward(Tensor logits, Tensor comp_labels, bool plus, float clamp_eps, bool compute_grad) -> (Tensor, Tensor)");
-  m.def("pm_forward(Tensor logits, Tensor labels, Tensor? exclude, bool compute_grad) -> (Tensor, Tensor)");
+  m.def("pm_forward(Tensor logits, Tensor labels, Tensor? exclude, bool positive, bool compute_grad) -> (Tensor, Tensor)");
   m.def("ce_forward(Tensor logits, Tensor labels, bool compute_grad) -> (Tensor, Tensor)");
   m.def("pl_plus_forward(Tensor logits, Tensor target, int n, bool compute_grad) -> (Tensor, Tensor)");
   m.def("jnpl_select(Tensor logits, int seed, int offset) -> (Tensor, Tensor)");

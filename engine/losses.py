@@ -67,8 +67,16 @@ def pm_loss(logits, labels, exclude=None, weight=None, reduction="mean"):
 
     exclude: optional bool [B, C], e.g. PMNAR's "ever predicted" history rows.
     """
-    per_sample, _ = ops.pm_forward(logits, labels, exclude, _needs_grad(logits))
+    per_sample, _ = ops.pm_forward(logits, labels, exclude, True, _needs_grad(logits))
     return _reduce("pm_loss", per_sample, weight, reduction)
+
+
+def ml_loss(logits, labels, exclude=None, weight=None, reduction="mean"):
+    """Multi-negative learning (pmnar.txt eq. 6), PM without its -log p_y term:
+    -sum over k != y, not exclude[i, k] of log(1 - p_k). BLDR's negative head uses it with
+    the corrected label excluded."""
+    per_sample, _ = ops.pm_forward(logits, labels, exclude, False, _needs_grad(logits))
+    return _reduce("ml_loss", per_sample, weight, reduction)
 
 
 def weighted_ce(logits, labels, weight=None, reduction="mean"):
@@ -152,6 +160,13 @@ class PLPlusLoss(_Loss):
 
     def forward(self, logits, target, weight=None):
         return pl_plus_loss(logits, target, self.n, weight, self.reduction)
+
+
+class MLLoss(_Loss):
+    """ml_loss as a module: forward(logits, labels, exclude=None, weight=None)."""
+
+    def forward(self, logits, labels, exclude=None, weight=None):
+        return ml_loss(logits, labels, exclude, weight, self.reduction)
 
 
 class PMLoss(_Loss):

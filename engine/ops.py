@@ -58,6 +58,6 @@ def _register_loss_op(name, num_other_inputs):
 
 # The number of inputs after `logits` of each loss op (they get no gradient).
 _register_loss_op("nl_forward", 4)
-_register_loss_op("pm_forward", 3)
+_register_loss_op("pm_forward", 4)
 _register_loss_op("ce_forward", 2)
 _register_loss_op("pl_plus_forward", 3)

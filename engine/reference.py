@@ -47,14 +47,21 @@ def pl_plus_loss(logits, target, n=3, weight=None, reduction="mean"):
     return _reduce(-factor * log_p, weight, reduction)
 
 
-def pm_loss(logits, labels, exclude=None, weight=None, reduction="mean"):
-    z = _acc(logits)
-    ce = -torch.log_softmax(z, 1).gather(1, labels.unsqueeze(1)).squeeze(1)
+def _multi_negative(z, labels, exclude):
     negatives = torch.ones_like(z, dtype=torch.bool).scatter(1, labels.unsqueeze(1), False)
     if exclude is not None:
         negatives = negatives & ~exclude
-    ml = -(log1m_softmax(z) * negatives).sum(1)
-    return _reduce(ce + ml, weight, reduction)
+    return -(log1m_softmax(z) * negatives).sum(1)
+
+
+def ml_loss(logits, labels, exclude=None, weight=None, reduction="mean"):
+    return _reduce(_multi_negative(_acc(logits), labels, exclude), weight, reduction)
+
+
+def pm_loss(logits, labels, exclude=None, weight=None, reduction="mean"):
+    z = _acc(logits)
+    ce = -torch.log_softmax(z, 1).gather(1, labels.unsqueeze(1)).squeeze(1)
+    return _reduce(ce + _multi_negative(z, labels, exclude), weight, reduction)
 
 
 def weighted_ce(logits, labels, weight=None, reduction="mean"):

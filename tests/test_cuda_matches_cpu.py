@@ -19,6 +19,7 @@ def test_losses_and_gradients_match(B, C):
         lambda z, d: L.nl_loss(z, comp.to(d), w.to(d), reduction="none"),
         lambda z, d: L.nl_plus_loss(z, comp.to(d), reduction="sum"),
         lambda z, d: L.pm_loss(z, y.to(d), exclude.to(d), reduction="none"),
+        lambda z, d: L.ml_loss(z, y.to(d), exclude.to(d), reduction="none"),
         lambda z, d: L.weighted_ce(z, y.to(d), w.to(d)),
         lambda z, d: L.pl_plus_loss(z, y.to(d), reduction="none"),
     ]

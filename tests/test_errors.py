@@ -24,6 +24,7 @@ COMP = torch.tensor([[1], [2], [3], [4]])
         (lambda: L.weighted_ce(torch.randn(4, 1), torch.zeros(4, dtype=torch.long)), ValueError, r"at least 2 classes"),
         (lambda: L.weighted_ce(Z.long(), Y), TypeError, r"logits must be float32, float64, bfloat16 or float16"),
         (lambda: L.pm_loss(Z, Y, exclude=torch.zeros(4, 5)), TypeError, r"exclude must be bool"),
+        (lambda: L.ml_loss(Z, torch.tensor([0, 1, 2, 5])), ValueError, r"ml_loss\(\): labels must lie in \[0, 5\)"),
         (lambda: L.pm_loss(Z, Y, exclude=torch.zeros(4, 4, dtype=torch.bool)), ValueError, r"exclude must have shape \[4, 5\]"),
         (lambda: L.weighted_ce(Z, Y, weight=torch.ones(3)), ValueError, r"weight must be a tensor of shape \(4,\)"),
         (lambda: L.weighted_ce(Z, Y, weight=torch.ones(4, dtype=torch.long)), TypeError, r"weight must be floating"),

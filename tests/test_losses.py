@@ -8,7 +8,7 @@ from engine import losses as L
 from engine import reference as R
 from engine.ops import ops
 
-LOSS_NAMES = ["nl", "nl_plus", "nl_k3", "pm", "pm_exclude", "ce", "pl_plus"]
+LOSS_NAMES = ["nl", "nl_plus", "nl_k3", "pm", "pm_exclude", "ml", "ml_exclude", "ce", "pl_plus"]
 
 
 def make_case(name, B, C, device, generator):
@@ -19,11 +19,12 @@ def make_case(name, B, C, device, generator):
         comp = L.sample_complementary(labels, C, k=k, seed=int(torch.randint(0, 1 << 30, (1,), generator=generator)))
         plus = name == "nl_plus"
         return (lambda z, **kw: L.nl_loss(z, comp, plus=plus, **kw)), (lambda z, **kw: R.nl_loss(z, comp, plus=plus, **kw))
-    if name.startswith("pm"):
+    if name.startswith(("pm", "ml")):
         exclude = None
-        if name == "pm_exclude":
+        if name.endswith("_exclude"):
             exclude = (torch.rand(B, C, generator=generator) < 0.3).to(device)
-        return (lambda z, **kw: L.pm_loss(z, labels, exclude, **kw)), (lambda z, **kw: R.pm_loss(z, labels, exclude, **kw))
+        fused, reference = (L.pm_loss, R.pm_loss) if name.startswith("pm") else (L.ml_loss, R.ml_loss)
+        return (lambda z, **kw: fused(z, labels, exclude, **kw)), (lambda z, **kw: reference(z, labels, exclude, **kw))
     if name == "ce":
         return (lambda z, **kw: L.weighted_ce(z, labels, **kw)), (lambda z, **kw: R.weighted_ce(z, labels, **kw))
     return (lambda z, **kw: L.pl_plus_loss(z, labels, **kw)), (lambda z, **kw: R.pl_plus_loss(z, labels, **kw))
@@ -157,7 +158,8 @@ def test_pl_plus_weight_is_the_geometric_sum():
 def test_empty_batch_gives_zero_loss_and_zero_grad():
     z = torch.randn(0, 10, requires_grad=True)
     labels = torch.zeros(0, dtype=torch.long)
-    for loss in (L.nl_loss(z, labels.view(0, 1)), L.pm_loss(z, labels), L.weighted_ce(z, labels), L.pl_plus_loss(z, labels)):
+    for loss in (L.nl_loss(z, labels.view(0, 1)), L.pm_loss(z, labels), L.ml_loss(z, labels), L.weighted_ce(z, labels),
+                 L.pl_plus_loss(z, labels)):
         assert loss.item() == 0.0
         (grad,) = torch.autograd.grad(loss, z)
         assert grad.shape == (0, 10)
@@ -179,12 +181,14 @@ def test_modules_match_functions():
     assert torch.equal(L.NLPlusLoss(reduction="sum")(z, comp), L.nl_plus_loss(z, comp, reduction="sum"))
     assert torch.equal(L.PLPlusLoss(n=2)(z, y), L.pl_plus_loss(z, y, n=2))
     assert torch.equal(L.PMLoss(reduction="none")(z, y), L.pm_loss(z, y, reduction="none"))
+    exclude = torch.rand(16, 6) < 0.3
+    assert torch.equal(L.MLLoss()(z, y, exclude, w), L.ml_loss(z, y, exclude, w))
     assert torch.equal(L.WeightedCELoss()(z, y, w), L.weighted_ce(z, y, w))
 
 
 # NL+ and PL+ detach their weights by definition, so their analytic gradient is not the
 # numerical one; they are checked against the reference's autograd above instead.
-@pytest.mark.parametrize("name", ["nl", "nl_k3", "pm", "pm_exclude", "ce"])
+@pytest.mark.parametrize("name", ["nl", "nl_k3", "pm", "pm_exclude", "ml_exclude", "ce"])
 def test_gradcheck_fp64(name, device):
     g = torch.Generator().manual_seed(8)
     fused, _ = make_case(name, 6, 5, device, g)
@@ -213,8 +217,9 @@ def opcheck_cases(device):
     return [
         (ops.nl_forward, (z, comp, False, 0.0, True)),
         (ops.nl_forward, (z, comp, True, 1e-5, True)),
-        (ops.pm_forward, (z, y, exclude, True)),
-        (ops.pm_forward, (z, y, None, True)),
+        (ops.pm_forward, (z, y, exclude, True, True)),
+        (ops.pm_forward, (z, y, None, True, True)),
+        (ops.pm_forward, (z, y, exclude, False, True)),
         (ops.ce_forward, (z, y, True)),
         (ops.pl_plus_forward, (z, y, 3, True)),
         (ops.jnpl_select, (z.detach(), 1, 2)),
@@ -240,7 +245,7 @@ def test_torch_compile_fullgraph_matches_eager():
         keep, yhat = L.jnpl_select(z, seed, step)
         weight = L.normalize_weights(torch.softmax(z.detach(), 1).gather(1, labels[:, None]).squeeze(1), "min_max")
         return (L.nl_plus_loss(z, comp, weight=weight) + 0.01 * L.pl_plus_loss(z, yhat, weight=keep.float())
-                + L.pm_loss(z, labels) + L.weighted_ce(z, labels, weight=weight))
+                + L.pm_loss(z, labels) + L.ml_loss(z, labels) + L.weighted_ce(z, labels, weight=weight))
 
     compiled = torch.compile(jnpl_step, fullgraph=True)
     z = torch.randn(32, 10, requires_grad=True)
