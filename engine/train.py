@@ -38,12 +38,16 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, help="default: the method's")
     p.add_argument("--lr", type=float, help="initial learning rate of the first stage (default: the method's)")
     p.add_argument("--weight-decay", type=float, help="default: the method's")
+    p.add_argument("--warmup-epochs", type=int, help="CE / unweighted epochs before the method's own regime "
+                                                     "(methods that have one; default: the method's)")
     p.add_argument("--model", choices=sorted(MODELS), help="default: small_cnn for small data, else the paper's")
     p.add_argument("--seed", type=int, default=0, help="seeds noise, initialization, shuffling and augmentation")
     p.add_argument("--out", default="runs/latest", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt if it exists")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"],
                    help="where to train")
+    for method in sorted(METHODS):
+        METHODS[method].add_arguments(p)
     args = p.parse_args(argv)
     if not 0.0 <= args.noise_rate < 1.0:
         p.error(f"--noise-rate must be in [0, 1), got {args.noise_rate}")
@@ -55,6 +59,8 @@ def parse_args(argv=None):
         p.error("--noise file needs --noise-file")
     if args.epochs is not None and args.epochs < 1:
         p.error("--epochs must be >= 1")
+    if args.warmup_epochs is not None and args.warmup_epochs < 0:
+        p.error("--warmup-epochs must be >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
     return args

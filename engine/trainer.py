@@ -2,6 +2,7 @@
 evaluation, label-noise detection metrics, atomic per-epoch checkpoints with exact resume,
 and the run's output files."""
 import csv
+import dataclasses
 import json
 import os
 import time
@@ -20,8 +21,8 @@ from engine.models import build_model
 
 SMALL_DATA = 20_000  # training sets below this size get the methods' "small" defaults
 METRIC_FIELDS = ["epoch", "stage", "train_loss", "test_acc", "det_precision", "det_recall", "det_f1", "seconds"]
-# Arguments that must match for --resume to continue a run.
-RUN_IDENTITY = ["method", "dataset", "noise", "noise_rate", "noise_variant", "seed", "epochs", "model", "batch_size"]
+# Arguments that may differ when --resume continues a run; all the others must match.
+NOT_RUN_IDENTITY = ("out", "resume", "device", "data_dir", "noise_file")
 
 
 def asymmetric_map(dataset):
@@ -57,11 +58,6 @@ def save_atomically(obj, path):
     os.replace(tmp, path)
 
 
-def lr_at(stage, epoch_in_stage):
-    drops = sum(epoch_in_stage >= round(m * stage.epochs) for m in stage.milestones)
-    return stage.lr * 0.1**drops
-
-
 class Trainer:
     def __init__(self, args):
         self.args = args
@@ -74,6 +70,8 @@ class Trainer:
         method_cls = METHODS[args.method]
         size_class = "small" if len(self.data.y_train) < SMALL_DATA else "paper"
         defaults = method_cls.DEFAULTS[size_class]
+        if args.warmup_epochs is not None:
+            defaults = dataclasses.replace(defaults, warmup_epochs=args.warmup_epochs)
         self.epochs = args.epochs or defaults.epochs
         self.batch_size = args.batch_size or defaults.batch_size
         self.lr = args.lr or defaults.lr
@@ -92,16 +90,17 @@ class Trainer:
 
         torch.manual_seed(args.seed)
         height, width, channels = self.data.image_shape
-        self.model = build_model(self.model_name, self.data.num_classes, in_channels=channels, image_size=height)
-        self.model.to(self.device)
-        if self.device.type == "cuda":
-            self.model.to(memory_format=torch.channels_last)
         self.method = method_cls(args, self.data.num_classes, self.given_labels, self.device, defaults)
+        memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        self.model = self.method.build_model(lambda: build_model(
+            self.model_name, self.data.num_classes, in_channels=channels, image_size=height).to(
+                self.device, memory_format=memory_format))
         self.stages = self.method.stages(self.epochs, self.lr)
 
         loader = dict(mean=self.data.mean, std=self.data.std, device=self.device)
         self.train_loader = DaliLoader(self.data.x_train, self.batch_size, shuffle=True, augment=True,
-                                       flip=self.data.flip, seed=args.seed, indices=self.train_indices, **loader)
+                                       flip=self.data.flip, seed=args.seed, indices=self.train_indices,
+                                       second_view=self.method.second_view, **loader)
         self.train_eval_loader = DaliLoader(self.data.x_train, 512, **loader)
         self.test_loader = DaliLoader(self.data.x_test, 512, **loader)
         self.optimizer = None
@@ -116,22 +115,23 @@ class Trainer:
         return nullcontext()
 
     def new_optimizer(self):
-        return torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=self.momentum,
-                               weight_decay=self.weight_decay)
+        return torch.optim.SGD([{"params": self.model.parameters()}, *self.method.param_groups()], lr=self.lr,
+                               momentum=self.momentum, weight_decay=self.weight_decay)
 
     def to_device(self, images):
         images = images.to(self.device, non_blocking=True)
         return images.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else images
 
     @torch.no_grad()
-    def predict(self, loader):
-        """Softmax over a whole split, in the split's order (float32 [N, C] on the device)."""
-        self.model.eval()
-        probs = []
+    def predict(self, loader, model):
+        """The method's outputs over a whole split, in the split's order (a dict of tensors on
+        the device; "probs" is the float32 [N, C] class prediction)."""
+        model.eval()
+        parts = []
         for images, _ in loader:
             with self.autocast():
-                probs.append(torch.softmax(self.model(self.to_device(images)).float(), 1))
-        return torch.cat(probs)
+                parts.append(self.method.predict(model, self.to_device(images)))
+        return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
     def stage_at(self, epoch):
         start = 0
@@ -144,7 +144,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def identity(self):
-        return {key: getattr(self.args, key, None) for key in RUN_IDENTITY}
+        return {key: value for key, value in vars(self.args).items() if key not in NOT_RUN_IDENTITY}
 
     def save_checkpoint(self, epoch):
         save_atomically({
@@ -170,14 +170,16 @@ class Trainer:
     def train_epoch(self, epoch, stage, epoch_in_stage):
         self.model.train()
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(stage, epoch_in_stage)
+            if not group.get("fixed_lr", False):
+                group["lr"] = stage.lr_at(epoch_in_stage)
         self.train_loader.set_epoch(epoch)
         torch.manual_seed(self.args.seed * 100_003 + epoch)  # model-side randomness, per epoch
         total, batches = torch.zeros((), device=self.device), 0
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.epochs} [{stage.name}]", leave=False, disable=None)
-        for images, indices in bar:
+        for images, indices, *second_view in bar:
             indices = indices.to(self.device)
-            batch = Batch(self.to_device(images), indices, self.method.given_labels[indices], self.step)
+            batch = Batch(self.to_device(images), indices, self.method.given_labels[indices], self.step,
+                          self.to_device(second_view[0]) if second_view else None)
             with self.autocast():
                 loss = self.method.batch_loss(self.model, batch, stage)
             self.optimizer.zero_grad(set_to_none=True)
@@ -196,20 +198,21 @@ class Trainer:
         if self.optimizer is None:
             self.optimizer = self.new_optimizer()
         truly_noisy = (self.given_labels != self.true_labels).numpy()
-        train_probs = None
+        train_outputs = None
         for epoch in range(start_epoch, self.epochs):
             began = time.time()
             stage, epoch_in_stage = self.stage_at(epoch)
             if epoch_in_stage == 0 and epoch > 0:
                 if stage.reset_optimizer:
                     self.optimizer = self.new_optimizer()
-                self.method.start_stage(stage, train_probs if train_probs is not None else self.predict(
-                    self.train_eval_loader))
+                self.method.start_stage(stage, train_outputs if train_outputs is not None else self.predict(
+                    self.train_eval_loader, self.model))
             train_loss = self.train_epoch(epoch, stage, epoch_in_stage)
-            train_probs = self.predict(self.train_eval_loader)
-            self.method.end_epoch(epoch, stage, train_probs)
-            test_acc = (self.predict(self.test_loader).argmax(1).cpu() == torch.from_numpy(self.data.y_test)).float()
-            _, flagged = self.method.clean_scores(train_probs)
+            train_outputs = self.predict(self.train_eval_loader, self.model)
+            self.method.end_epoch(epoch, stage, train_outputs)
+            test_probs = self.predict(self.test_loader, self.method.eval_model(self.model))["probs"]
+            test_acc = (test_probs.argmax(1).cpu() == torch.from_numpy(self.data.y_test)).float()
+            _, flagged = self.method.clean_scores(train_outputs)
             precision, recall, f1 = detection_metrics(flagged.cpu().numpy()[self.train_indices],
                                                       truly_noisy[self.train_indices])
             self.metrics.append({"epoch": epoch + 1, "stage": stage.name, "train_loss": train_loss,
@@ -219,15 +222,15 @@ class Trainer:
             row = self.metrics[-1]
             print(f"epoch {epoch + 1}/{self.epochs} [{stage.name}] loss {train_loss:.4f} "
                   f"test_acc {row['test_acc']:.4f} det_f1 {f1:.3f} ({row['seconds']:.1f}s)", flush=True)
-        if train_probs is None:
-            train_probs = self.predict(self.train_eval_loader)
-        return self.write_outputs(train_probs, truly_noisy)
+        if train_outputs is None:
+            train_outputs = self.predict(self.train_eval_loader, self.model)
+        return self.write_outputs(train_outputs, truly_noisy)
 
     # ------------------------------------------------------------------ outputs
 
-    def write_outputs(self, train_probs, truly_noisy):
-        score, flagged = (t.cpu().numpy() for t in self.method.clean_scores(train_probs))
-        suggested = train_probs.argmax(1).cpu().numpy()
+    def write_outputs(self, train_outputs, truly_noisy):
+        score, flagged = (t.cpu().numpy() for t in self.method.clean_scores(train_outputs))
+        suggested = train_outputs["probs"].argmax(1).cpu().numpy()
         given, true = self.given_labels.numpy(), self.true_labels.numpy()
         with open(os.path.join(self.out, "metrics.csv"), "w", newline="") as f:
             writer = csv.DictWriter(f, METRIC_FIELDS)

@@ -85,6 +85,39 @@ def test_augmentation_is_a_padded_random_crop(mnist5k):
     assert shifted > 128
 
 
+def is_shifted_copy(original, view, pad=3):
+    return any(torch.equal(view, shift(original, dy, dx)) for dy in range(-pad, pad + 1) for dx in range(-pad, pad + 1))
+
+
+def test_weak_second_view_is_another_independent_crop(mnist5k):
+    plain = DaliLoader(mnist5k.x_train, 128, (0.0,), (1.0,))
+    loader = DaliLoader(mnist5k.x_train, 128, (0.0,), (1.0,), augment=True, seed=2, second_view="weak")
+    (x, i), (first, ia, second) = next(iter(plain)), next(iter(loader))
+    assert torch.equal(i, ia) and second.shape == first.shape
+    assert all(is_shifted_copy(a, b) for a, b in zip(x[:, 0], second[:, 0]))
+    differ = sum(not torch.equal(a, b) for a, b in zip(first, second))
+    assert differ > 64, "the two views are drawn independently"
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_strong_second_view_is_rand_augmented_and_reproducible(channels):
+    images = np.random.default_rng(0).integers(0, 256, (64, 16, 16, channels), dtype=np.uint8)
+    plain = DaliLoader(images, 64, (0.0,) * channels, (1.0,) * channels)
+    loader = DaliLoader(images, 64, (0.0,) * channels, (1.0,) * channels, augment=True, seed=4, second_view="strong")
+    (x, _), (first, _, strong) = next(iter(plain)), next(iter(loader))
+    assert strong.shape == first.shape == x.shape
+    # The first view is only cropped; RandAugment changes pixel values or geometry beyond a shift.
+    assert all(is_shifted_copy(a[0], b[0]) for a, b in zip(x, first))
+    assert sum(not is_shifted_copy(a[0], b[0]) for a, b in zip(x, strong)) > 32
+    (_, _, again) = next(iter(loader))
+    assert torch.equal(strong, again), "same (seed, epoch), same augmentation"
+
+
+def test_second_view_must_be_known(mnist5k):
+    with pytest.raises(ValueError, match="second_view must be one of"):
+        DaliLoader(mnist5k.x_train, 128, (0.0,), (1.0,), second_view="medium")
+
+
 def shift(image, dy, dx):
     out = torch.zeros_like(image)
     h, w = image.shape

@@ -75,17 +75,19 @@ def test_multihead(name):
         expected = model(x)
     num_stages = len(model.stage_channels)
     stage_keys = [f"stage{i}" for i in range(num_stages - 1)]
-    assert set(out) == {"main", "negative", "aux", "features", *stage_keys}
+    feature_keys = [f"{key}_features" for key in stage_keys]
+    assert set(out) == {"main", "negative", "aux", "features", *stage_keys, *feature_keys}
     torch.testing.assert_close(out["main"], expected)
     torch.testing.assert_close(out["features"], model.forward_features(x))
     assert out["negative"].shape == (x.shape[0], 10) and out["aux"].shape == (x.shape[0], 5)
     assert all(out[key].shape == (x.shape[0], 10) for key in stage_keys)
+    assert all(out[key].shape == (x.shape[0], model.feature_dim) for key in feature_keys)
 
 
 def test_multihead_without_stage_heads_and_reserved_names():
     model, x = make("small_cnn", 1, 28, 10)
     assert set(MultiHead(model, extra_heads={"negative": 10})(x)) == {"main", "negative"}
-    for reserved in ("main", "features", "stage0"):
+    for reserved in ("main", "features", "stage0", "stage1_features"):
         with pytest.raises(ValueError, match="reserved"):
             MultiHead(model, extra_heads={reserved: 10})
 

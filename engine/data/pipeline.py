@@ -5,12 +5,21 @@ batches, DALI pads / randomly crops / flips / normalizes them (on the GPU with d
 CUDA machines, on the CPU with device_id=None elsewhere), and the loader yields
 (images float32 NCHW, sample indices int64) as torch tensors. Labels are not pushed through
 DALI: the caller looks them up by index, so methods can keep per-sample state.
+
+Methods with a consistency term ask for a second view of the same images: "weak" (another
+independent crop / flip) or "strong" (RandAugment, 2 ops at magnitude 9 of 30, before the crop
+/ flip; the colour op is left out for grayscale images, which it does not support).
 """
+import warnings
+
 import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.auto_aug import rand_augment
 
 DECODE_BATCH = 1024
+SECOND_VIEWS = (None, "weak", "strong")
+RAND_AUGMENT_OPS, RAND_AUGMENT_MAGNITUDE = 2, 9
 
 
 def dali_device_id(device):
@@ -18,11 +27,7 @@ def dali_device_id(device):
     return 0 if torch.device(device).type == "cuda" else None
 
 
-@pipeline_def
-def _augment_pipeline(height, width, pad, flip, random_crop, mean, std, gpu):
-    images = fn.external_source(name="images", layout="HWC", dtype=types.UINT8)
-    if gpu:
-        images = images.gpu()
+def _crop_flip_normalize(images, height, width, pad, flip, random_crop, mean, std):
     if random_crop:
         # Zero-pad by `pad` on every side (a centered crop larger than the image), then a
         # random crop back to the original size.
@@ -35,8 +40,23 @@ def _augment_pipeline(height, width, pad, flip, random_crop, mean, std, gpu):
                                     mean=list(mean), std=list(std), dtype=types.FLOAT, output_layout="CHW")
 
 
+@pipeline_def(enable_conditionals=True)  # RandAugment picks its ops with DALI conditionals
+def _augment_pipeline(view, second_view, channels, gpu):
+    images = fn.external_source(name="images", layout="HWC", dtype=types.UINT8)
+    if gpu:
+        images = images.gpu()
+    first = _crop_flip_normalize(images, **view)
+    if second_view is None:
+        return first
+    if second_view == "strong":
+        images = rand_augment.rand_augment(images, n=RAND_AUGMENT_OPS, m=RAND_AUGMENT_MAGNITUDE,
+                                           excluded=["color"] if channels == 1 else None)
+    return first, _crop_flip_normalize(images, **view)
+
+
 class DaliLoader:
-    """Iterates over (images [B, C, H, W] float32, indices [B] int64) of `images[subset]`.
+    """Iterates over (images [B, C, H, W] float32, indices [B] int64) of `images[subset]`, or
+    (images, indices, second view of the same images) when second_view is "weak" or "strong".
 
     shuffle: a new permutation per epoch from (seed, epoch), so a resumed run sees the same
     batches. augment: random crop with zero padding (pad = H // 8) and, if `flip`, horizontal
@@ -44,9 +64,11 @@ class DaliLoader:
     """
 
     def __init__(self, images, batch_size, mean, std, device="cpu", shuffle=False, augment=False, flip=False,
-                 seed=0, indices=None, drop_last=False, num_threads=2):
+                 seed=0, indices=None, drop_last=False, num_threads=2, second_view=None):
         if images.dtype != np.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
+        if second_view not in SECOND_VIEWS:
+            raise ValueError(f"second_view must be one of {SECOND_VIEWS}, got {second_view!r}")
         self.images = images
         self.indices = np.arange(len(images)) if indices is None else np.asarray(indices, dtype=np.int64)
         self.batch_size = batch_size
@@ -55,9 +77,10 @@ class DaliLoader:
         self.epoch = 0
         height, width = images.shape[1:3]
         device_id = dali_device_id(self.device)
+        view = dict(height=height, width=width, pad=max(1, height // 8), flip=augment and flip, random_crop=augment,
+                    mean=mean, std=std)
         self._pipeline_args = dict(
-            height=height, width=width, pad=max(1, height // 8), flip=augment and flip, random_crop=augment,
-            mean=mean, std=std, gpu=device_id is not None,
+            view=view, second_view=second_view, channels=images.shape[3], gpu=device_id is not None,
             batch_size=batch_size, num_threads=num_threads, device_id=device_id,
             prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
 
@@ -76,14 +99,20 @@ class DaliLoader:
     def __iter__(self):
         # A pipeline per epoch, seeded by (seed, epoch): the augmentations of an epoch do not
         # depend on the epochs before it, so a resumed run repeats an uninterrupted one.
-        pipe = _augment_pipeline(seed=(self.seed * 1_000_003 + self.epoch) % (2**31 - 1), **self._pipeline_args)
-        pipe.build()
+        # DALI's own RandAugment calls operators that DALI has deprecated (fn.experimental.*)
+        # and forces those warnings on at every build: record them, pass on any others.
+        with warnings.catch_warnings(record=True) as caught:
+            pipe = _augment_pipeline(seed=(self.seed * 1_000_003 + self.epoch) % (2**31 - 1), **self._pipeline_args)
+            pipe.build()
+        for warning in caught:
+            if "fn.experimental." not in str(warning.message):
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
         order = self.epoch_order()
         for start in range(len(self)):
             batch = order[start * self.batch_size:(start + 1) * self.batch_size]
             pipe.feed_input("images", self.images[batch])
-            (out,) = pipe.run()
-            yield _to_torch(out, self.device), torch.from_numpy(batch)
+            first, *second = (_to_torch(out, self.device) for out in pipe.run())
+            yield first, torch.from_numpy(batch), *second
 
 
 def _to_torch(tensor_list, device):

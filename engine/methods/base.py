@@ -1,10 +1,12 @@
 """The interface between the shared trainer and one training method.
 
 A method says only what differs: its stages (each with its own learning-rate schedule),
-its loss for a batch, its per-epoch update of per-sample state, and its clean score for
-label-noise detection. The trainer does everything else (data, loop, optimizer, evaluation,
-checkpoints, outputs).
+the module it trains (one network by default; two networks or extra heads for some methods),
+its loss for a batch, what it reads from one pass over the training set, its per-epoch update
+of per-sample state, and its clean score for label-noise detection. The trainer does everything
+else (data, loop, optimizer, evaluation, checkpoints, outputs).
 """
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -14,13 +16,22 @@ from engine.losses import weighted_ce
 
 @dataclass
 class Stage:
-    """A run of epochs with one loss regime and one SGD schedule (lr x0.1 at each milestone)."""
+    """A run of epochs with one loss regime and one SGD schedule: lr x0.1 at each milestone,
+    or with cosine=True a cosine decay from lr to min_lr over the stage."""
 
     name: str
     epochs: int
     lr: float
     milestones: tuple = ()      # fractions of the stage's epochs at which lr drops 10x
     reset_optimizer: bool = False
+    cosine: bool = False
+    min_lr: float = 0.0
+
+    def lr_at(self, epoch_in_stage):
+        if self.cosine:
+            return self.min_lr + (self.lr - self.min_lr) * (1 + math.cos(math.pi * epoch_in_stage / self.epochs)) / 2
+        drops = sum(epoch_in_stage >= round(m * self.epochs) for m in self.milestones)
+        return self.lr * 0.1**drops
 
 
 @dataclass
@@ -45,6 +56,7 @@ class Batch:
     indices: torch.Tensor     # int64 [B], positions in the training set
     labels: torch.Tensor      # int64 [B], the given (possibly noisy) labels
     step: int                 # global optimizer step: the offset of the samplers' random streams
+    second_view: torch.Tensor | None = None  # another augmentation of the same images (Method.second_view)
 
 
 def split_epochs(total, fractions):
@@ -64,7 +76,11 @@ def confidence_on_labels(probs, labels):
 
 
 class Method:
-    """Plain CE on the given labels; subclasses override what differs."""
+    """Plain CE on the given labels; subclasses override what differs.
+
+    "outputs" below is what `predict` returns, concatenated over the whole (unaugmented)
+    training set in its order: a dict of tensors whose "probs" [N, C] is the class prediction.
+    """
 
     name = "ce"
     # Defaults per data-set size: "paper" for CIFAR-scale data, "small" for mnist5k / digits.
@@ -72,6 +88,11 @@ class Method:
         "paper": Defaults(epochs=120, batch_size=128, lr=0.02),
         "small": Defaults(epochs=30, batch_size=128, lr=0.05),
     }
+    second_view = None  # None, "weak" or "strong": a second augmentation in Batch.second_view
+
+    @classmethod
+    def add_arguments(cls, parser):
+        """Adds the method's own command-line options (an argument group)."""
 
     def __init__(self, args, num_classes, given_labels, device, defaults):
         self.args = args
@@ -80,23 +101,41 @@ class Method:
         self.given_labels = given_labels.to(device)   # [N] the noisy training labels
         self.device = device
 
+    def build_model(self, make_network):
+        """The module the trainer optimizes; make_network() builds one classifier."""
+        return make_network()
+
+    def param_groups(self):
+        """Extra optimizer parameter groups (per-sample parameters, ...). A group with
+        "fixed_lr": True keeps its lr; the others follow the stage's schedule."""
+        return []
+
     def stages(self, epochs, lr):
         return [Stage("ce", epochs, lr, milestones=(0.5, 0.75))]
 
-    def start_stage(self, stage, train_probs):
-        """Called before a stage's first epoch with the model's current softmax on the
-        (unaugmented) training set, e.g. to fix pseudo-labels."""
+    def start_stage(self, stage, outputs):
+        """Called before a stage's first epoch with the current training-set outputs, e.g. to
+        fix pseudo-labels."""
 
     def batch_loss(self, model, batch, stage):
         return weighted_ce(model(batch.images), batch.labels)
 
-    def end_epoch(self, epoch, stage, train_probs):
-        """Per-sample state update from the model's softmax on the whole training set."""
+    @torch.no_grad()
+    def predict(self, model, images):
+        return {"probs": torch.softmax(model(images).float(), 1)}
 
-    def clean_scores(self, train_probs):
+    def eval_model(self, model):
+        """The module whose predictions are evaluated on the test set (e.g. an EMA copy)."""
+        return model
+
+    def end_epoch(self, epoch, stage, outputs):
+        """Per-sample state update from the outputs on the whole training set."""
+
+    def clean_scores(self, outputs):
         """(clean_score [N] in [0, 1], lower = more likely mislabeled; flagged_noisy [N] bool)."""
-        score = confidence_on_labels(train_probs, self.given_labels)
-        return score, train_probs.argmax(1) != self.given_labels
+        probs = outputs["probs"]
+        score = confidence_on_labels(probs, self.given_labels)
+        return score, probs.argmax(1) != self.given_labels
 
     def state_dict(self):
         return {}

@@ -51,10 +51,10 @@ class JNPL(Method):
         return warmup + [Stage("jnpl", first, lr, milestones=(0.8,), reset_optimizer=bool(warmup)),
                          Stage("pseudo", second, self.defaults.pseudo_lr, milestones=(0.4, 0.6), reset_optimizer=True)]
 
-    def start_stage(self, stage, train_probs):
+    def start_stage(self, stage, outputs):
         if stage.name == "pseudo":
-            clean = confidence_on_labels(train_probs, self.given_labels) >= self.clean_threshold
-            self.pseudo_labels = torch.where(clean, self.given_labels, train_probs.argmax(1))
+            clean = confidence_on_labels(outputs["probs"], self.given_labels) >= self.clean_threshold
+            self.pseudo_labels = torch.where(clean, self.given_labels, outputs["probs"].argmax(1))
 
     def batch_loss(self, model, batch, stage):
         logits = model(batch.images)
@@ -67,8 +67,8 @@ class JNPL(Method):
         keep, yhat = jnpl_select(logits, seed=self.args.seed, offset=batch.step)
         return nl_plus_loss(logits, comp) + self.pl_weight * pl_plus_loss(logits[keep], yhat[keep])
 
-    def clean_scores(self, train_probs):
-        score = confidence_on_labels(train_probs, self.given_labels)
+    def clean_scores(self, outputs):
+        score = confidence_on_labels(outputs["probs"], self.given_labels)
         return score, score < self.clean_threshold
 
     def state_dict(self):

@@ -59,8 +59,8 @@ class NLNL(JNPL):
             weight = (self.mean_confidence()[batch.indices] > 1.0 / self.num_classes).float()
         return nl_loss(logits, comp, weight=weight)
 
-    def end_epoch(self, epoch, stage, train_probs):
-        self.history[:, self.epochs_seen % self.window] = confidence_on_labels(train_probs, self.given_labels)
+    def end_epoch(self, epoch, stage, outputs):
+        self.history[:, self.epochs_seen % self.window] = confidence_on_labels(outputs["probs"], self.given_labels)
         self.epochs_seen += 1
 
     def state_dict(self):

@@ -5,13 +5,26 @@ import re
 from torch import nn
 
 
+class StageHead(nn.Module):
+    """A shallow classifier on an intermediate stage map (self-distillation, Zhang et al. 2019):
+    global average pool, a linear + ReLU bottleneck to the deepest feature's width (so a feature
+    loss can compare the two), then a linear classifier. forward -> (features, logits)."""
+
+    def __init__(self, channels, feature_dim, num_classes):
+        super().__init__()
+        self.bottleneck = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, feature_dim),
+                                        nn.ReLU(inplace=True))
+        self.fc = nn.Linear(feature_dim, num_classes)
+
+    def forward(self, stage_map):
+        features = self.bottleneck(stage_map)
+        return features, self.fc(features)
+
+
 def stage_heads(model, num_classes):
-    """One global-average-pool + linear classifier per intermediate stage map (all but the last,
-    which the model's own head already classifies)."""
-    return nn.ModuleList(
-        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
-        for channels in model.stage_channels[:-1]
-    )
+    """One StageHead per intermediate stage map (all but the last, which the model's own head
+    already classifies)."""
+    return nn.ModuleList(StageHead(channels, model.feature_dim, num_classes) for channels in model.stage_channels[:-1])
 
 
 class MultiHead(nn.Module):
@@ -23,6 +36,7 @@ class MultiHead(nn.Module):
                              (a mapping name -> number of outputs),
     and with with_stage_heads=True also
       "stage0", "stage1"  -> logits of the stage_heads classifiers, one per intermediate stage,
+      "stage0_features"   -> their bottleneck features [B, model.feature_dim],
       "features"          -> the pooled feature [B, model.feature_dim].
     """
 
@@ -30,8 +44,8 @@ class MultiHead(nn.Module):
         super().__init__()
         extra_heads = dict(extra_heads or {})
         for name in extra_heads:
-            if name in ("main", "features") or re.fullmatch(r"stage\d+", name):
-                raise ValueError(f"head name {name!r} is reserved (main, features, stage<N>)")
+            if name in ("main", "features") or re.fullmatch(r"stage\d+(_features)?", name):
+                raise ValueError(f"head name {name!r} is reserved (main, features, stage<N>, stage<N>_features)")
         self.model = model
         self.heads = nn.ModuleDict(
             {name: nn.Linear(model.feature_dim, size) for name, size in extra_heads.items()}
@@ -45,6 +59,6 @@ class MultiHead(nn.Module):
         outputs.update({name: head(features) for name, head in self.heads.items()})
         if self.stage_heads is not None:
             for index, (head, stage_map) in enumerate(zip(self.stage_heads, maps)):
-                outputs[f"stage{index}"] = head(stage_map)
+                outputs[f"stage{index}_features"], outputs[f"stage{index}"] = head(stage_map)
             outputs["features"] = features
         return outputs

@@ -1,0 +1,256 @@
+"""BLDR (bldr.txt): bidirectional learning with dynamic sample reweighting.
+
+One trunk, two linear heads: the positive head ("main") learns the given labels with CE, the
+negative head learns complementary labels: every class but the given label y and the corrected
+label (the released code's multi-negative form, ml_loss; --bldr-negatives sampled draws one
+complementary label per step as in the paper's eq. 2, via sample_complementary). The corrected
+label is the arg-max of the negative head (released code) or of the sum of both heads' softmax
+(paper, --bldr-corrected-label sum), on the training view, per step.
+
+Weights: the negative head's probability on the given label over the whole training set,
+normalized over all samples (global min-max by default, as the released code; --bldr-weight-norm
+max divides by the maximum), from the previous epoch, all 1 until the warm-up ends. They
+multiply the positive CE, the negative loss and the stage heads' CE. Noise detection: clean
+score = that normalized probability, flagged noisy below h (0.3); the estimated noise rate r is
+the flagged fraction.
+
+Regularizers (each switchable), as in the released code:
+- SOP (Liu et al. 2022) with weight 50 r^2: per-sample u [N, 1] (on the given label) and
+  v [N, C], N(0, 1e-8) at start, trained by plain SGD (lr 1 and 10, no momentum, no decay,
+  no schedule). sop_loss below gives the formula.
+- SOP+'s consistency (0.9): KL(training view || strong view) on both heads, the training
+  view's prediction detached; and class balance (0.1): KL(uniform || batch-mean softmax of the
+  positive head).
+- Self-distillation (Zhang et al. 2019) on the training view: a StageHead per intermediate
+  stage, weighted CE to the given labels + 0.1 * T^2 KL(teacher / T || stage / T) with the
+  teacher = the mean of both heads' logits (T = 3, T^2 as in Hinton et al.) + 1e-6 * the
+  squared L2 distance (summed over the batch) between each stage head's feature and the
+  deepest pooled feature. Teacher logits and feature are detached.
+- EMA of the parameters once per epoch, decay min(0.9, (1 + e) / (10 + e)), BN buffers copied;
+  the EMA model's positive head is what the test accuracy measures.
+The head losses use both views (training view and strong RandAugment view) in one forward.
+Schedule: constant lr during the warm-up, then a cosine from lr down to lr / 200 (paper: 0.04 to
+2e-4 over 300 epochs).
+"""
+import copy
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from engine.losses import ml_loss, nl_loss, normalize_weights, sample_complementary, weighted_ce
+from engine.methods.base import Defaults, Method, Stage, confidence_on_labels
+from engine.models.heads import MultiHead
+
+SOP_SCALE = 50.0            # SOP weight = 50 r^2
+CONSISTENCY_WEIGHT = 0.9
+BALANCE_WEIGHT = 0.1
+DISTILL_KL_WEIGHT = 0.1
+DISTILL_FEATURE_WEIGHT = 1e-6
+DISTILL_TEMPERATURE = 3.0
+MIN_LR_RATIO = 2e-4 / 0.04  # the paper's eta_min / lr
+SOP_INIT_STD = 1e-8
+SOP_LR_U, SOP_LR_V = 1.0, 10.0
+
+
+def sop_loss(logits, labels, u, v):
+    """SOP for a batch: u [B, 1], v [B, C] are the batch rows of the per-sample parameters.
+
+    s_i = clamp(u_i^2, 0, 1) e_y - clamp(v_i^2, 0, 1) (1 - e_y) models the label noise; the
+    prediction corrected by it, p~ = normalize(clamp(p + u^2 e_y - detach(v^2 (1 - e_y)), 1e-4)),
+    is fit to y by CE, and the hard prediction onehot(argmax z) + s to y by squared error (sum
+    over classes, mean over samples). u learns from both terms, v from the second.
+    """
+    onehot = F.one_hot(labels, logits.shape[1]).float()
+    u_part = (u**2 * onehot).clamp(0, 1)
+    v_part = (v**2 * (1 - onehot)).clamp(0, 1)
+    corrected = (torch.softmax(logits.float(), 1) + u_part - v_part.detach()).clamp(min=1e-4)
+    corrected = corrected / corrected.sum(1, keepdim=True)
+    fit = -(onehot * corrected.log()).sum(1).mean()
+    hard = F.one_hot(logits.detach().argmax(1), logits.shape[1]).float()
+    residual = ((hard + u_part - v_part - onehot) ** 2).sum(1).mean()
+    return fit + residual
+
+
+def kl_to(target_probs, logits, temperature=1.0):
+    """KL(target || softmax(logits / T)), mean over the batch."""
+    return F.kl_div(torch.log_softmax(logits.float() / temperature, 1), target_probs, reduction="batchmean")
+
+
+def class_balance(logits):
+    """KL(uniform || mean softmax over the batch)."""
+    mean = torch.softmax(logits.float(), 1).mean(0).clamp(min=1e-4)
+    return -(mean.log().mean() + torch.log(torch.tensor(float(mean.numel()))))
+
+
+@torch.no_grad()
+def ema_update(ema, model, decay):
+    for averaged, current in zip(ema.parameters(), model.parameters()):
+        averaged.lerp_(current, 1 - decay)
+    for averaged, current in zip(ema.buffers(), model.buffers()):
+        averaged.copy_(current)
+
+
+class BLDR(Method):
+    name = "bldr"
+    DEFAULTS = {
+        # bldr.txt 3.1: PreAct ResNet-34, SGD lr 0.04 m 0.9 wd 5e-4, batch 256, 320 epochs of
+        # which 20 warm-up (CIFAR-100: --warmup-epochs 40 --epochs 340), cosine T_max 300.
+        "paper": Defaults(epochs=320, batch_size=256, lr=0.04, weight_decay=5e-4, warmup_epochs=20,
+                          model={"paper": "preact_resnet34", "small": "small_cnn"}),
+        "small": Defaults(epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4, warmup_epochs=5),
+    }
+    second_view = "strong"
+
+    @classmethod
+    def add_arguments(cls, parser):
+        group = parser.add_argument_group("bldr", "BLDR options")
+        group.add_argument("--bldr-negatives", choices=["all", "sampled"], default="all",
+                           help="negative head: every complementary class at once (released code) or one "
+                                "sampled per step (paper eq. 2)")
+        group.add_argument("--bldr-corrected-label", choices=["negative", "sum"], default="negative",
+                           help="corrected label excluded from the complementary labels: arg-max of the negative "
+                                "head (released code) or of the sum of both heads (paper)")
+        group.add_argument("--bldr-weight-norm", choices=["min_max", "max"], default="min_max",
+                           help="normalization of the negative head's probabilities into weights")
+        group.add_argument("--bldr-threshold", type=float, default=0.3,
+                           help="h: normalized score below which a sample is flagged noisy (estimates r)")
+        group.add_argument("--bldr-no-reweighting", action="store_true", help="all weights 1")
+        group.add_argument("--bldr-no-sop", action="store_true", help="no SOP term")
+        group.add_argument("--bldr-no-consistency", action="store_true",
+                           help="no SOP+ consistency / class balance terms and no strong view")
+        group.add_argument("--bldr-no-self-distillation", action="store_true", help="no stage heads")
+        group.add_argument("--bldr-no-ema", action="store_true", help="evaluate the trained model, not its EMA")
+
+    def __init__(self, args, num_classes, given_labels, device, defaults):
+        super().__init__(args, num_classes, given_labels, device, defaults)
+        if not 0.0 < args.bldr_threshold < 1.0:
+            raise ValueError(f"--bldr-threshold must be in (0, 1), got {args.bldr_threshold}")
+        if args.bldr_negatives == "sampled" and num_classes < 3:
+            raise ValueError("--bldr-negatives sampled needs at least 3 classes (y and the corrected label are "
+                             "excluded)")
+        self.threshold = args.bldr_threshold
+        self.consistency = not args.bldr_no_consistency
+        self.second_view = "strong" if self.consistency else None
+        self.self_distill = not args.bldr_no_self_distillation
+        n = len(given_labels)
+        self.weights = torch.ones(n, device=device)
+        self.noise_rate = 0.0  # r, from the latest pass over the training set
+        self.sop = None
+        if not args.bldr_no_sop:
+            generator = torch.Generator().manual_seed(args.seed)
+            self.sop = {
+                "u": nn.Parameter((SOP_INIT_STD * torch.randn(n, 1, generator=generator)).to(device)),
+                "v": nn.Parameter((SOP_INIT_STD * torch.randn(n, num_classes, generator=generator)).to(device)),
+            }
+        self.model = self.ema = None
+
+    def build_model(self, make_network):
+        self.model = MultiHead(make_network(), extra_heads={"negative": self.num_classes},
+                               with_stage_heads=self.self_distill)
+        if not self.args.bldr_no_ema:
+            self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        return self.model
+
+    def param_groups(self):
+        if self.sop is None:
+            return []
+        plain_sgd = dict(momentum=0.0, weight_decay=0.0, fixed_lr=True)
+        return [{"params": [self.sop["u"]], "lr": SOP_LR_U, **plain_sgd},
+                {"params": [self.sop["v"]], "lr": SOP_LR_V, **plain_sgd}]
+
+    def stages(self, epochs, lr):
+        warmup = self.defaults.warmup_epochs
+        if epochs <= warmup:
+            raise ValueError(f"--epochs ({epochs}) must exceed the {warmup} warm-up epochs")
+        main = Stage("bldr", epochs - warmup, lr, cosine=True, min_lr=lr * MIN_LR_RATIO)
+        return ([Stage("warmup", warmup, lr)] if warmup else []) + [main]
+
+    def corrected_labels(self, out):
+        negative = torch.softmax(out["negative"].detach().float(), 1)
+        if self.args.bldr_corrected_label == "sum":
+            return (negative + torch.softmax(out["main"].detach().float(), 1)).argmax(1)
+        return negative.argmax(1)
+
+    def negative_loss(self, logits, batch, corrected, weight):
+        exclude = F.one_hot(corrected, self.num_classes).bool()
+        if self.args.bldr_negatives == "sampled":
+            comp = sample_complementary(batch.labels, self.num_classes, k=1, exclude=exclude, seed=self.args.seed,
+                                        offset=batch.step)
+            return nl_loss(logits, comp, weight=weight)
+        return ml_loss(logits, batch.labels, exclude, weight=weight)
+
+    def batch_loss(self, model, batch, stage):
+        views = [batch.images] + ([batch.second_view] if self.consistency else [])
+        out = model(torch.cat(views))
+        size = len(batch.labels)
+        train = {key: value[:size] for key, value in out.items()}  # the training view's outputs
+        weight = self.weights[batch.indices]
+        corrected = self.corrected_labels(train)
+
+        loss = 0.0
+        for view in range(len(views)):
+            rows = slice(view * size, (view + 1) * size)
+            loss = loss + (weighted_ce(out["main"][rows], batch.labels, weight)
+                           + self.negative_loss(out["negative"][rows], batch, corrected, weight)) / len(views)
+        if self.sop is not None and self.noise_rate > 0:
+            u, v = self.sop["u"][batch.indices], self.sop["v"][batch.indices]
+            loss = loss + SOP_SCALE * self.noise_rate**2 * sop_loss(train["main"], batch.labels, u, v)
+        if self.consistency:
+            for head in ("main", "negative"):
+                target = torch.softmax(train[head].detach().float(), 1)
+                loss = loss + CONSISTENCY_WEIGHT * kl_to(target, out[head][size:])
+            loss = loss + BALANCE_WEIGHT * class_balance(train["main"])
+        if self.self_distill:
+            loss = loss + self.distillation_loss(train, batch.labels, weight)
+        return loss
+
+    def distillation_loss(self, out, labels, weight):
+        teacher = torch.softmax((out["main"] + out["negative"]).detach().float() / 2 / DISTILL_TEMPERATURE, 1)
+        deepest = out["features"].detach().float()
+        loss = 0.0
+        for index in range(len(self.model.stage_heads)):
+            logits, features = out[f"stage{index}"], out[f"stage{index}_features"]
+            loss = (loss + weighted_ce(logits, labels, weight)
+                    + DISTILL_KL_WEIGHT * DISTILL_TEMPERATURE**2 * kl_to(teacher, logits, DISTILL_TEMPERATURE)
+                    + DISTILL_FEATURE_WEIGHT * ((features.float() - deepest) ** 2).sum())
+        return loss
+
+    @torch.no_grad()
+    def predict(self, model, images):
+        out = model(images)
+        return {"probs": torch.softmax(out["main"].float(), 1), "negative_probs": torch.softmax(out["negative"].float(), 1)}
+
+    def eval_model(self, model):
+        return self.ema if self.ema is not None else model
+
+    def clean_scores(self, outputs):
+        score = normalize_weights(confidence_on_labels(outputs["negative_probs"], self.given_labels),
+                                  self.args.bldr_weight_norm)
+        return score, score < self.threshold
+
+    def end_epoch(self, epoch, stage, outputs):
+        score, flagged = self.clean_scores(outputs)
+        self.noise_rate = flagged.float().mean().item()
+        if epoch + 1 >= self.defaults.warmup_epochs and not self.args.bldr_no_reweighting:
+            self.weights = score
+        if self.ema is not None:
+            ema_update(self.ema, self.model, decay=min(0.9, (1 + epoch) / (10 + epoch)))
+
+    def state_dict(self):
+        state = {"weights": self.weights.cpu(), "noise_rate": self.noise_rate}
+        if self.sop is not None:
+            state["sop"] = {name: p.detach().cpu() for name, p in self.sop.items()}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
+
+    def load_state_dict(self, state):
+        self.weights = state["weights"].to(self.device)
+        self.noise_rate = state["noise_rate"]
+        if self.sop is not None:
+            with torch.no_grad():  # in place: the optimizer holds these very parameters
+                for name, p in self.sop.items():
+                    p.copy_(state["sop"][name])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
