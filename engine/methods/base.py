@@ -75,6 +75,12 @@ def confidence_on_labels(probs, labels):
     return probs.gather(1, labels[:, None]).squeeze(1)
 
 
+def kl_to_softmax(target_probs, logits, temperature=1.0):
+    """KL(target || softmax(logits / T)), the mean over the batch (consistency, distillation)."""
+    return torch.nn.functional.kl_div(torch.log_softmax(logits.float() / temperature, 1), target_probs,
+                                      reduction="batchmean")
+
+
 class Method:
     """Plain CE on the given labels; subclasses override what differs.
 

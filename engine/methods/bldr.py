@@ -5,7 +5,9 @@ negative head learns complementary labels: every class but the given label y and
 label (the released code's multi-negative form, ml_loss; --bldr-negatives sampled draws one
 complementary label per step as in the paper's eq. 2, via sample_complementary). The corrected
 label is the arg-max of the negative head (released code) or of the sum of both heads' softmax
-(paper, --bldr-corrected-label sum), on the training view, per step.
+(paper, --bldr-corrected-label sum), on the training view, per step, from the end of the
+warm-up on: excluded from the start, the negative head's own arg-max is a trivial solution
+(measured on mnist5k: after one epoch the head put all its mass on one class for every sample).
 
 Weights: the negative head's probability on the given label over the whole training set,
 normalized over all samples (global min-max by default, as the released code; --bldr-weight-norm
@@ -15,7 +17,8 @@ score = that normalized probability, flagged noisy below h (0.3); the estimated 
 the flagged fraction.
 
 Regularizers (each switchable), as in the released code:
-- SOP (Liu et al. 2022) with weight 50 r^2: per-sample u [N, 1] (on the given label) and
+- SOP (Liu et al. 2022) with weight 50 r^2 from the end of the warm-up on (r is noise
+  before it, and a weight of 50 on a CE-like term diverges): per-sample u [N, 1] (on the given label) and
   v [N, C], N(0, 1e-8) at start, trained by plain SGD (lr 1 and 10, no momentum, no decay,
   no schedule). sop_loss below gives the formula.
 - SOP+'s consistency (0.9): KL(training view || strong view) on both heads, the training
@@ -39,10 +42,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from engine.losses import ml_loss, nl_loss, normalize_weights, sample_complementary, weighted_ce
-from engine.methods.base import Defaults, Method, Stage, confidence_on_labels
+from engine.methods.base import Defaults, Method, Stage, confidence_on_labels, kl_to_softmax
 from engine.models.heads import MultiHead
 
-SOP_SCALE = 50.0            # SOP weight = 50 r^2
 CONSISTENCY_WEIGHT = 0.9
 BALANCE_WEIGHT = 0.1
 DISTILL_KL_WEIGHT = 0.1
@@ -70,11 +72,6 @@ def sop_loss(logits, labels, u, v):
     hard = F.one_hot(logits.detach().argmax(1), logits.shape[1]).float()
     residual = ((hard + u_part - v_part - onehot) ** 2).sum(1).mean()
     return fit + residual
-
-
-def kl_to(target_probs, logits, temperature=1.0):
-    """KL(target || softmax(logits / T)), mean over the batch."""
-    return F.kl_div(torch.log_softmax(logits.float() / temperature, 1), target_probs, reduction="batchmean")
 
 
 def class_balance(logits):
@@ -116,6 +113,7 @@ class BLDR(Method):
         group.add_argument("--bldr-threshold", type=float, default=0.3,
                            help="h: normalized score below which a sample is flagged noisy (estimates r)")
         group.add_argument("--bldr-no-reweighting", action="store_true", help="all weights 1")
+        group.add_argument("--bldr-sop-scale", type=float, default=50.0, help="SOP weight = scale * r^2")
         group.add_argument("--bldr-no-sop", action="store_true", help="no SOP term")
         group.add_argument("--bldr-no-consistency", action="store_true",
                            help="no SOP+ consistency / class balance terms and no strong view")
@@ -136,6 +134,7 @@ class BLDR(Method):
         n = len(given_labels)
         self.weights = torch.ones(n, device=device)
         self.noise_rate = 0.0  # r, from the latest pass over the training set
+        self.sop_weight = 0.0  # 50 r^2 once the warm-up is over (r means nothing before)
         self.sop = None
         if not args.bldr_no_sop:
             generator = torch.Generator().manual_seed(args.seed)
@@ -172,13 +171,15 @@ class BLDR(Method):
             return (negative + torch.softmax(out["main"].detach().float(), 1)).argmax(1)
         return negative.argmax(1)
 
-    def negative_loss(self, logits, batch, corrected, weight):
+    def complementary_labels(self, labels, corrected, step):
+        """One complementary label per sample [B, 1], uniform over the classes but y and corrected."""
         exclude = F.one_hot(corrected, self.num_classes).bool()
+        return sample_complementary(labels, self.num_classes, k=1, exclude=exclude, seed=self.args.seed, offset=step)
+
+    def negative_loss(self, logits, labels, corrected, step, weight):
         if self.args.bldr_negatives == "sampled":
-            comp = sample_complementary(batch.labels, self.num_classes, k=1, exclude=exclude, seed=self.args.seed,
-                                        offset=batch.step)
-            return nl_loss(logits, comp, weight=weight)
-        return ml_loss(logits, batch.labels, exclude, weight=weight)
+            return nl_loss(logits, self.complementary_labels(labels, corrected, step), weight=weight)
+        return ml_loss(logits, labels, F.one_hot(corrected, self.num_classes).bool(), weight=weight)
 
     def batch_loss(self, model, batch, stage):
         views = [batch.images] + ([batch.second_view] if self.consistency else [])
@@ -186,20 +187,23 @@ class BLDR(Method):
         size = len(batch.labels)
         train = {key: value[:size] for key, value in out.items()}  # the training view's outputs
         weight = self.weights[batch.indices]
-        corrected = self.corrected_labels(train)
+        # No corrected label during the warm-up: from a fresh negative head its arg-max is
+        # arbitrary, and excluding it lets the head satisfy NL by putting all mass on it.
+        corrected = batch.labels if stage.name == "warmup" else self.corrected_labels(train)
 
         loss = 0.0
         for view in range(len(views)):
             rows = slice(view * size, (view + 1) * size)
             loss = loss + (weighted_ce(out["main"][rows], batch.labels, weight)
-                           + self.negative_loss(out["negative"][rows], batch, corrected, weight)) / len(views)
-        if self.sop is not None and self.noise_rate > 0:
+                           + self.negative_loss(out["negative"][rows], batch.labels, corrected, batch.step,
+                                                weight)) / len(views)
+        if self.sop is not None and self.sop_weight > 0:
             u, v = self.sop["u"][batch.indices], self.sop["v"][batch.indices]
-            loss = loss + SOP_SCALE * self.noise_rate**2 * sop_loss(train["main"], batch.labels, u, v)
+            loss = loss + self.sop_weight * sop_loss(train["main"], batch.labels, u, v)
         if self.consistency:
             for head in ("main", "negative"):
                 target = torch.softmax(train[head].detach().float(), 1)
-                loss = loss + CONSISTENCY_WEIGHT * kl_to(target, out[head][size:])
+                loss = loss + CONSISTENCY_WEIGHT * kl_to_softmax(target, out[head][size:])
             loss = loss + BALANCE_WEIGHT * class_balance(train["main"])
         if self.self_distill:
             loss = loss + self.distillation_loss(train, batch.labels, weight)
@@ -212,7 +216,7 @@ class BLDR(Method):
         for index in range(len(self.model.stage_heads)):
             logits, features = out[f"stage{index}"], out[f"stage{index}_features"]
             loss = (loss + weighted_ce(logits, labels, weight)
-                    + DISTILL_KL_WEIGHT * DISTILL_TEMPERATURE**2 * kl_to(teacher, logits, DISTILL_TEMPERATURE)
+                    + DISTILL_KL_WEIGHT * DISTILL_TEMPERATURE**2 * kl_to_softmax(teacher, logits, DISTILL_TEMPERATURE)
                     + DISTILL_FEATURE_WEIGHT * ((features.float() - deepest) ** 2).sum())
         return loss
 
@@ -232,13 +236,15 @@ class BLDR(Method):
     def end_epoch(self, epoch, stage, outputs):
         score, flagged = self.clean_scores(outputs)
         self.noise_rate = flagged.float().mean().item()
-        if epoch + 1 >= self.defaults.warmup_epochs and not self.args.bldr_no_reweighting:
-            self.weights = score
+        if epoch + 1 >= self.defaults.warmup_epochs:
+            self.sop_weight = self.args.bldr_sop_scale * self.noise_rate**2
+            if not self.args.bldr_no_reweighting:
+                self.weights = score
         if self.ema is not None:
             ema_update(self.ema, self.model, decay=min(0.9, (1 + epoch) / (10 + epoch)))
 
     def state_dict(self):
-        state = {"weights": self.weights.cpu(), "noise_rate": self.noise_rate}
+        state = {"weights": self.weights.cpu(), "noise_rate": self.noise_rate, "sop_weight": self.sop_weight}
         if self.sop is not None:
             state["sop"] = {name: p.detach().cpu() for name, p in self.sop.items()}
         if self.ema is not None:
@@ -247,7 +253,7 @@ class BLDR(Method):
 
     def load_state_dict(self, state):
         self.weights = state["weights"].to(self.device)
-        self.noise_rate = state["noise_rate"]
+        self.noise_rate, self.sop_weight = state["noise_rate"], state["sop_weight"]
         if self.sop is not None:
             with torch.no_grad():  # in place: the optimizer holds these very parameters
                 for name, p in self.sop.items():

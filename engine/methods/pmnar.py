@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from engine.losses import normalize_weights, pm_loss, update_history
-from engine.methods.base import Defaults, Method, Stage, confidence_on_labels
+from engine.methods.base import Defaults, Method, Stage, confidence_on_labels, kl_to_softmax
 
 CLEAN_THRESHOLD = 0.5
 
@@ -34,11 +34,6 @@ class PeerNetworks(nn.Module):
         return [network(x) for network in self.networks]
 
 
-def consistency_loss(target_probs, augmented_logits):
-    """KL(target || softmax(augmented_logits)), averaged over the batch."""
-    return nn.functional.kl_div(torch.log_softmax(augmented_logits.float(), 1), target_probs, reduction="batchmean")
-
-
 class PMNAR(Method):
     name = "pmnar"
     DEFAULTS = {
@@ -46,7 +41,7 @@ class PMNAR(Method):
         # batch 128, 300 epochs; 10 warm-up epochs (the supplementary's choice).
         "paper": Defaults(epochs=300, batch_size=128, lr=0.02, weight_decay=5e-4, warmup_epochs=10,
                           model={"paper": "preact_resnet18", "small": "small_cnn"}),
-        "small": Defaults(epochs=30, batch_size=128, lr=0.05, weight_decay=5e-4, warmup_epochs=3),
+        "small": Defaults(epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4, warmup_epochs=5),
     }
 
     @classmethod
@@ -96,7 +91,7 @@ class PMNAR(Method):
         for k, z in enumerate(logits):
             total = total + pm_loss(z, batch.labels, exclude, weight=self.weights[k, batch.indices])
             if self.consistency:
-                total = total + self.beta * consistency_loss(target, augmented[k])
+                total = total + self.beta * kl_to_softmax(target, augmented[k])
         return total
 
     @torch.no_grad()
