@@ -16,7 +16,8 @@ N, C = 12, 5
 def make_method(cls, *options, warmup=2):
     args = parse_args(["--method", cls.name, *options])
     labels = torch.arange(N) % C
-    return cls(args, C, labels, torch.device("cpu"), Defaults(epochs=10, batch_size=4, lr=0.1, warmup_epochs=warmup))
+    defaults = Defaults(epochs=10, batch_size=4, lr=0.1, warmup_epochs=warmup, options={"sop_scale": 50.0})
+    return cls(args, C, labels, torch.device("cpu"), defaults)
 
 
 class FixedLogits(nn.Module):
@@ -108,6 +109,7 @@ def test_bldr_weights_are_the_min_max_normalized_negative_head_probability():
     outputs = {"probs": random_probs(N, C, seed=3), "negative_probs": negative}
     method.end_epoch(0, None, outputs)
     assert torch.equal(method.weights, torch.ones(N)), "all 1 during the warm-up"
+    assert method.sop_weight == 0.0, "no SOP during the warm-up"
     method.end_epoch(1, None, outputs)
     q = negative[torch.arange(N), method.given_labels]
     expected = (q - q.min()) / (q.max() - q.min())
@@ -115,6 +117,7 @@ def test_bldr_weights_are_the_min_max_normalized_negative_head_probability():
     score, flagged = method.clean_scores(outputs)
     assert torch.equal(flagged, expected < 0.3)
     assert method.noise_rate == pytest.approx((expected < 0.3).float().mean().item())
+    assert method.sop_weight == pytest.approx(50.0 * method.noise_rate**2)
 
     by_max = make_method(BLDR, "--bldr-weight-norm", "max", warmup=0)
     by_max.end_epoch(0, None, outputs)
@@ -126,7 +129,9 @@ def test_bldr_never_samples_the_given_or_the_corrected_label(rule):
     method = make_method(BLDR, "--bldr-negatives", "sampled", "--bldr-corrected-label", rule)
     labels = torch.arange(200) % C
     out = {"main": torch.randn(200, C), "negative": torch.randn(200, C)}
-    corrected = method.corrected_labels(out)
+    assert torch.equal(method.corrected_labels(out, labels, Stage("warmup", 1, 0.1)),
+                       labels if rule == "negative" else (torch.softmax(out["main"], 1) + torch.softmax(out["negative"], 1)).argmax(1))
+    corrected = method.corrected_labels(out, labels, Stage("bldr", 1, 0.1))
     if rule == "negative":
         assert torch.equal(corrected, out["negative"].argmax(1))
     else:

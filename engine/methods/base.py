@@ -48,6 +48,7 @@ class Defaults:
     warmup_epochs: int = 0          # CE epochs before the method's own stages (early learning)
     warmup_lr: float = 0.05
     model: dict = field(default_factory=lambda: {"small": "small_cnn", "paper": "preact_resnet18"})
+    options: dict = field(default_factory=dict)  # method-specific hyper-parameters for this size class
 
 
 @dataclass
