@@ -70,7 +70,12 @@ def main(argv=None):
     args = parse_args(argv)
     from engine.trainer import Trainer  # after parsing: --help and errors stay fast
 
-    summary = Trainer(args).run()
+    try:
+        trainer = Trainer(args)
+    except (ValueError, FileNotFoundError) as error:  # a bad configuration: say what, no traceback
+        print(f"python -m engine.train: error: {error}", file=sys.stderr)
+        return 2
+    summary = trainer.run()
     print(f"test_acc {summary['test_acc']:.4f} (best {summary['best_test_acc']:.4f}), "
           f"noise detection precision {summary['det_precision']:.3f} recall {summary['det_recall']:.3f} "
           f"F1 {summary['det_f1']:.3f}")

@@ -82,8 +82,13 @@ class Trainer:
         true = self.data.y_train
         noisy = noisy_labels_for(args, self.data)
         self.clean_indices = np.zeros(0, dtype=np.int64)
-        if args.clean_size or args.clean_fraction:
-            self.clean_indices = clean_subset(true, size=args.clean_size, fraction=args.clean_fraction, seed=args.seed)
+        clean_size, clean_fraction = args.clean_size, args.clean_fraction
+        if method_cls.uses_clean_batches and not (clean_size or clean_fraction):
+            clean_size, clean_fraction = defaults.options.get("clean_size"), defaults.options.get("clean_fraction")
+        if clean_size or clean_fraction:
+            self.clean_indices = clean_subset(true, size=clean_size, fraction=clean_fraction, seed=args.seed)
+        if method_cls.uses_clean_batches and len(self.clean_indices) == 0:
+            raise ValueError(f"--method {args.method} needs a clean subset (--clean-size or --clean-fraction > 0)")
         self.train_indices = np.setdiff1d(np.arange(len(true)), self.clean_indices)
         self.true_labels = torch.from_numpy(true)
         self.given_labels = torch.from_numpy(noisy)
@@ -101,6 +106,11 @@ class Trainer:
         self.train_loader = DaliLoader(self.data.x_train, self.batch_size, shuffle=True, augment=True,
                                        flip=self.data.flip, seed=args.seed, indices=self.train_indices,
                                        second_view=self.method.second_view, **loader)
+        self.clean_loader = None
+        if self.method.uses_clean_batches:
+            self.clean_loader = DaliLoader(self.data.x_train, min(self.batch_size, len(self.clean_indices)), shuffle=True,
+                                           augment=True, flip=self.data.flip, seed=args.seed + 1,
+                                           indices=self.clean_indices, drop_last=True, **loader)
         self.train_eval_loader = DaliLoader(self.data.x_train, 512, **loader)
         self.test_loader = DaliLoader(self.data.x_test, 512, **loader)
         self.optimizer = None
@@ -115,8 +125,18 @@ class Trainer:
         return nullcontext()
 
     def new_optimizer(self):
-        return torch.optim.SGD([{"params": self.model.parameters()}, *self.method.param_groups()], lr=self.lr,
-                               momentum=self.momentum, weight_decay=self.weight_decay)
+        optimizer = torch.optim.SGD([{"params": self.model.parameters()}, *self.method.param_groups()], lr=self.lr,
+                                    momentum=self.momentum, weight_decay=self.weight_decay)
+        self.method.use_optimizer(optimizer)
+        return optimizer
+
+    def clean_batches(self, epoch):
+        """Endless augmented batches of the clean subset with their true labels; each pass over
+        it is seeded by (epoch, pass), so a resumed run draws the same ones."""
+        for round_ in range(1_000_000):
+            self.clean_loader.set_epoch(epoch * 1000 + round_)
+            for images, indices in self.clean_loader:
+                yield self.to_device(images), self.true_labels[indices].to(self.device)
 
     def to_device(self, images):
         images = images.to(self.device, non_blocking=True)
@@ -176,14 +196,17 @@ class Trainer:
         torch.manual_seed(self.args.seed * 100_003 + epoch)  # model-side randomness, per epoch
         total, batches = torch.zeros((), device=self.device), 0
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.epochs} [{stage.name}]", leave=False, disable=None)
+        clean = self.clean_batches(epoch) if self.clean_loader is not None else None
         for images, indices, *second_view in bar:
             indices = indices.to(self.device)
             batch = Batch(self.to_device(images), indices, self.method.given_labels[indices], self.step,
-                          self.to_device(second_view[0]) if second_view else None)
+                          self.to_device(second_view[0]) if second_view else None, *(next(clean) if clean else ()))
             with self.autocast():
                 loss = self.method.batch_loss(self.model, batch, stage)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.method.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.method.grad_clip)
             self.optimizer.step()
             self.step += 1
             total += loss.detach()

@@ -6,7 +6,7 @@ from torch import nn
 
 from engine import reference as R
 from engine.methods.base import Batch, Defaults, Stage
-from engine.methods.bldr import BLDR, ema_update, sop_loss
+from engine.methods.bldr import BLDR, class_balance, ema_update, sop_loss
 from engine.methods.pmnar import PMNAR
 from engine.train import parse_args
 
@@ -184,6 +184,13 @@ def test_sop_loss_matches_its_formula():
     hard = nn.functional.one_hot(z.argmax(1), C).float()
     expected = -(e * p.log()).sum(1).mean() + ((hard + s - e) ** 2).sum(1).mean()
     torch.testing.assert_close(sop_loss(z, y, u, v), expected)
+
+
+def test_class_balance_is_the_kl_from_uniform_to_the_batch_mean_prediction():
+    z = 4 * torch.randn(16, C)
+    mean = torch.softmax(z, 1).mean(0)
+    torch.testing.assert_close(class_balance(z), (torch.log((1 / C) / mean) / C).sum())
+    assert class_balance(torch.zeros(16, C)).abs() < 1e-6
 
 
 def test_ema_update_averages_parameters_and_copies_buffers():

@@ -58,6 +58,8 @@ class Batch:
     labels: torch.Tensor      # int64 [B], the given (possibly noisy) labels
     step: int                 # global optimizer step: the offset of the samplers' random streams
     second_view: torch.Tensor | None = None  # another augmentation of the same images (Method.second_view)
+    clean_images: torch.Tensor | None = None  # a batch of the clean subset (Method.uses_clean_batches)
+    clean_labels: torch.Tensor | None = None  # and its true labels
 
 
 def split_epochs(total, fractions):
@@ -96,6 +98,8 @@ class Method:
         "small": Defaults(epochs=30, batch_size=128, lr=0.05),
     }
     second_view = None  # None, "weak" or "strong": a second augmentation in Batch.second_view
+    uses_clean_batches = False  # True: each Batch carries an augmented batch of the clean subset
+    grad_clip = None  # max gradient norm of the model's parameters, or None
 
     @classmethod
     def add_arguments(cls, parser):
@@ -111,6 +115,9 @@ class Method:
     def build_model(self, make_network):
         """The module the trainer optimizes; make_network() builds one classifier."""
         return make_network()
+
+    def use_optimizer(self, optimizer):
+        """Called with every optimizer the trainer creates (e.g. to emulate its next step)."""
 
     def param_groups(self):
         """Extra optimizer parameter groups (per-sample parameters, ...). A group with

@@ -36,6 +36,7 @@ Schedule: constant lr during the warm-up, then a cosine from lr down to lr / 200
 2e-4 over 300 epochs).
 """
 import copy
+import math
 
 import torch
 from torch import nn
@@ -77,7 +78,7 @@ def sop_loss(logits, labels, u, v):
 def class_balance(logits):
     """KL(uniform || mean softmax over the batch)."""
     mean = torch.softmax(logits.float(), 1).mean(0).clamp(min=1e-4)
-    return -(mean.log().mean() + torch.log(torch.tensor(float(mean.numel()))))
+    return -(mean.log().mean() + math.log(mean.numel()))
 
 
 @torch.no_grad()

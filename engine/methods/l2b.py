@@ -1,0 +1,182 @@
+"""L2B (l2b.txt): learning to bootstrap, meta-learned per-sample weights on the given label (alpha)
+and on the model's own prediction (beta), from a small clean set.
+
+Per batch after the warm-up (Alg. 1): pseudo-labels = the current model's arg-max; a virtual
+SGD step on sum_i eps_a,i CE(x_i, y_i) + eps_b,i CE(x_i, pseudo_i), emulating the real optimizer
+(its lr, momentum buffers and weight decay, as the released code does); the clean batch's mean
+CE after that step; its gradient with respect to (eps_a, eps_b) at 0 (torch.func: grad of a
+functional_call, second order through the virtual step); weights = normalize_weights(-gradient)
+over alpha and beta together ("rectify_sum": max(., 0) / sum, so they sum to 1 per batch;
+"sigmoid" / "softmax" with a temperature as options); then the real step on
+sum_i alpha_i CE(y_i) + beta_i CE(pseudo_i). Gradient norms are clipped.
+Ablation (the paper's Table 7): --l2b-weights alpha (beta = 0: L2RW), beta (alpha = 0), or
+sum_to_one (alpha_i + beta_i = 1 per sample, then the batch mean).
+Clean score: alpha_i / (alpha_i + beta_i), averaged over the epoch's steps in which the sample
+got any weight (0.5 if it never did); flagged noisy below 0.5.
+"""
+import torch
+from torch.func import functional_call, grad
+from torch.nn import functional as F
+
+from engine.losses import normalize_weights, weighted_ce
+from engine.methods.base import Defaults, Method, Stage
+
+CLEAN_THRESHOLD = 0.5
+
+
+def virtual_sgd_step(params, grads, momentum_buffers, lr, momentum, weight_decay):
+    """torch.optim.SGD's update (no dampening, no Nesterov) as a function of the gradients."""
+    stepped = {}
+    for name, p in params.items():
+        direction = grads[name] + weight_decay * p
+        if momentum and momentum_buffers.get(name) is not None:
+            direction = momentum * momentum_buffers[name] + direction
+        stepped[name] = p - lr * direction
+    return stepped
+
+
+def meta_gradients(model, images, labels, pseudo_labels, clean_images, clean_labels, step):
+    """d(clean loss after a virtual step) / d(eps_a, eps_b) at eps = 0, each [B].
+
+    step: dict(params={name: detached tensor}, momentum_buffers={name: tensor or None}, lr,
+    momentum, weight_decay) describing the optimizer the virtual step emulates.
+    """
+    buffers = {name: b for name, b in model.named_buffers()}
+
+    def training_loss(params, eps_a, eps_b, buffer_copies):
+        # Plain cross_entropy: the weights must carry a gradient here (weighted_ce detaches them).
+        logits = functional_call(model, (params, buffer_copies), (images,)).float()
+        return (eps_a * F.cross_entropy(logits, labels, reduction="none")
+                + eps_b * F.cross_entropy(logits, pseudo_labels, reduction="none")).sum()
+
+    def clean_loss(eps_a, eps_b):
+        # BatchNorm updates its running statistics in train mode: give it copies to write to.
+        buffer_copies = {name: b.clone() for name, b in buffers.items()}
+        grads = grad(training_loss)(step["params"], eps_a, eps_b, buffer_copies)
+        stepped = virtual_sgd_step(step["params"], grads, step["momentum_buffers"], step["lr"], step["momentum"],
+                                   step["weight_decay"])
+        logits = functional_call(model, (stepped, buffer_copies), (clean_images,))
+        return F.cross_entropy(logits.float(), clean_labels)
+
+    zeros = torch.zeros(len(labels), dtype=images.dtype, device=images.device)
+    return grad(clean_loss, argnums=(0, 1))(zeros, zeros.clone())
+
+
+def normalized(scores, mode, temperature):
+    """Weights that sum to 1 (0 when every rectified score is 0): normalize_weights, and for
+    "sigmoid" (each in (0, 1)) a division by the sum, so every mode keeps the loss scale."""
+    weights = normalize_weights(scores, mode, temperature)
+    return weights / weights.sum() if mode == "sigmoid" else weights
+
+
+def balance_weights(alpha_scores, beta_scores, rule, mode, temperature):
+    """(alpha, beta) [B] each from the negated meta-gradients, by --l2b-weights `rule`:
+    "both" normalizes the 2B scores together (see `normalized`); "alpha" / "beta" keep one kind (the
+    other is 0); "sum_to_one" rectifies both, then alpha_i + beta_i = 1 per sample (0.5 each
+    when both are 0) and the loss becomes the batch mean (weights divided by B)."""
+    size = len(alpha_scores)
+    if rule == "alpha":
+        return normalized(alpha_scores, mode, temperature), torch.zeros_like(beta_scores)
+    if rule == "beta":
+        return torch.zeros_like(alpha_scores), normalized(beta_scores, mode, temperature)
+    if rule == "sum_to_one":
+        alpha, beta = alpha_scores.clamp(min=0), beta_scores.clamp(min=0)
+        total = alpha + beta
+        alpha = torch.where(total > 0, alpha / total.clamp(min=1e-30), torch.full_like(alpha, 0.5))
+        return alpha / size, (1 - alpha) / size
+    both = normalized(torch.cat([alpha_scores, beta_scores]), mode, temperature)
+    return both[:size], both[size:]
+
+
+class L2B(Method):
+    name = "l2b"
+    uses_clean_batches = True
+    DEFAULTS = {
+        # l2b.txt 4.1: PreAct ResNet-18, SGD lr 0.15 (cosine), wd 5e-4, batch 512 (CIFAR-10),
+        # 300 epochs, 10 warm-up; 1,000 clean images; gradient clipping 0.25 (released code).
+        "paper": Defaults(epochs=300, batch_size=512, lr=0.15, weight_decay=5e-4, warmup_epochs=10,
+                          options={"clean_size": 1000, "grad_clip": 0.25}),
+        "small": Defaults(epochs=30, batch_size=128, lr=0.05, weight_decay=5e-4, warmup_epochs=3,
+                          options={"clean_fraction": 0.05, "grad_clip": 0.25}),
+    }
+
+    @classmethod
+    def add_arguments(cls, parser):
+        group = parser.add_argument_group("l2b", "L2B options (needs a clean subset: --clean-size / "
+                                                 "--clean-fraction, default 1,000 images, 5% on small data)")
+        group.add_argument("--l2b-weights", choices=["both", "alpha", "beta", "sum_to_one"], default="both",
+                           help="meta-learn alpha and beta (L2B), alpha only (= L2RW), beta only, or alpha + beta = "
+                                "1 per sample")
+        group.add_argument("--l2b-normalize", choices=["rectify_sum", "sigmoid", "softmax"], default="rectify_sum",
+                           help="normalize_weights mode for the negated meta-gradients")
+        group.add_argument("--l2b-temperature", type=float, default=10.0, help="for sigmoid / softmax")
+        group.add_argument("--l2b-grad-clip", type=float,
+                           help="max gradient norm (default 0.25, the released code's CIFAR-10 value; 0: off)")
+
+    def __init__(self, args, num_classes, given_labels, device, defaults):
+        super().__init__(args, num_classes, given_labels, device, defaults)
+        clip = defaults.options["grad_clip"] if args.l2b_grad_clip is None else args.l2b_grad_clip
+        if clip < 0:
+            raise ValueError(f"--l2b-grad-clip must be >= 0, got {clip}")
+        self.grad_clip = clip or None
+        n = len(given_labels)
+        self.alpha_share_sum = torch.zeros(n, device=device)  # sum over the epoch's steps of alpha / (alpha + beta)
+        self.alpha_share_count = torch.zeros(n, device=device)
+        self.clean_score = torch.full((n,), 0.5, device=device)
+        self.optimizer = None
+
+    def use_optimizer(self, optimizer):
+        self.optimizer = optimizer
+
+    def stages(self, epochs, lr):
+        warmup = self.defaults.warmup_epochs
+        if epochs <= warmup:
+            raise ValueError(f"--epochs ({epochs}) must exceed the {warmup} warm-up epochs")
+        return ([Stage("warmup", warmup, lr)] if warmup else []) + [Stage("l2b", epochs - warmup, lr, cosine=True)]
+
+    def virtual_step(self, model):
+        """What the real optimizer would do, for meta_gradients: its current lr, momentum
+        buffers and weight decay on the model's parameters (group 0)."""
+        group = self.optimizer.param_groups[0]
+        params = {name: p.detach() for name, p in model.named_parameters()}
+        buffers = {name: self.optimizer.state.get(p, {}).get("momentum_buffer") for name, p in model.named_parameters()}
+        return dict(params=params, momentum_buffers=buffers, lr=group["lr"], momentum=group["momentum"],
+                    weight_decay=group["weight_decay"])
+
+    def batch_loss(self, model, batch, stage):
+        logits = model(batch.images)
+        if stage.name == "warmup":
+            return weighted_ce(logits, batch.labels)
+        pseudo = logits.detach().argmax(1)
+        grad_alpha, grad_beta = meta_gradients(model, batch.images, batch.labels, pseudo, batch.clean_images,
+                                               batch.clean_labels, self.virtual_step(model))
+        alpha, beta = balance_weights(-grad_alpha, -grad_beta, self.args.l2b_weights, self.args.l2b_normalize,
+                                      self.args.l2b_temperature)
+        self.record(batch.indices, alpha, beta)
+        return (weighted_ce(logits, batch.labels, alpha, reduction="sum")
+                + weighted_ce(logits, pseudo, beta, reduction="sum"))
+
+    @torch.no_grad()
+    def record(self, indices, alpha, beta):
+        total = alpha + beta
+        weighted = total > 0
+        self.alpha_share_sum.index_add_(0, indices[weighted], (alpha / total.clamp(min=1e-30))[weighted])
+        self.alpha_share_count.index_add_(0, indices[weighted], torch.ones_like(alpha[weighted]))
+
+    def end_epoch(self, epoch, stage, outputs):
+        if stage.name == "warmup":
+            return
+        seen = self.alpha_share_count > 0
+        self.clean_score = torch.where(seen, self.alpha_share_sum / self.alpha_share_count.clamp(min=1),
+                                       torch.full_like(self.clean_score, 0.5))
+        self.alpha_share_sum.zero_()
+        self.alpha_share_count.zero_()
+
+    def clean_scores(self, outputs):
+        return self.clean_score, self.clean_score < CLEAN_THRESHOLD
+
+    def state_dict(self):
+        return {"clean_score": self.clean_score.cpu()}
+
+    def load_state_dict(self, state):
+        self.clean_score = state["clean_score"].to(self.device)

@@ -1,0 +1,95 @@
+"""L2B's pieces: the virtual step equals torch.optim.SGD's step, the meta-gradient equals a
+finite-difference check on a tiny model, and the weights' normalization and ablation rules."""
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from engine.methods.l2b import balance_weights, meta_gradients, virtual_sgd_step
+
+LR, MOMENTUM, WEIGHT_DECAY = 0.3, 0.9, 5e-3
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).double().train()
+
+
+def test_virtual_step_is_the_sgd_optimizers_step():
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    x, y = torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,))
+    for _ in range(2):  # the second step has momentum buffers
+        before = {name: p.detach().clone() for name, p in model.named_parameters()}
+        buffers = {name: (optimizer.state[p]["momentum_buffer"].clone() if p in optimizer.state else None)
+                   for name, p in model.named_parameters()}
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+        expected = virtual_sgd_step(before, grads, buffers, LR, MOMENTUM, WEIGHT_DECAY)
+        optimizer.step()
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(p.detach(), expected[name])
+
+
+def clean_loss_after_step(model, x, y, pseudo, eps_a, eps_b, momentum_buffers, xv, yv):
+    """The same quantity as meta_gradients differentiates, by plain autograd on a model copy."""
+    params = dict(model.named_parameters())
+    logits = model(x)
+    loss = (eps_a * F.cross_entropy(logits, y, reduction="none") + eps_b * F.cross_entropy(logits, pseudo,
+                                                                                            reduction="none")).sum()
+    grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+    stepped = virtual_sgd_step({k: p.detach() for k, p in params.items()}, grads, momentum_buffers, LR, MOMENTUM,
+                               WEIGHT_DECAY)
+    return F.cross_entropy(torch.func.functional_call(model, stepped, (xv,)), yv)
+
+
+def test_meta_gradient_matches_finite_differences():
+    model = tiny_model()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (6,), generator=g)
+    pseudo = torch.randint(0, 3, (6,), generator=g)
+    xv, yv = torch.randn(5, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (5,), generator=g)
+    momentum_buffers = {name: 0.1 * torch.randn(p.shape, generator=g, dtype=torch.float64)
+                        for name, p in model.named_parameters()}
+    step = dict(params={name: p.detach() for name, p in model.named_parameters()},
+                momentum_buffers=momentum_buffers, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    grad_alpha, grad_beta = meta_gradients(model, x, y, pseudo, xv, yv, step)
+
+    h = 1e-5
+    for which, analytic in (("alpha", grad_alpha), ("beta", grad_beta)):
+        for i in range(len(y)):
+            bump = torch.zeros(len(y), dtype=torch.float64)
+            bump[i] = h
+            zero = torch.zeros(len(y), dtype=torch.float64)
+            plus = (bump, zero) if which == "alpha" else (zero, bump)
+            minus = (-bump, zero) if which == "alpha" else (zero, -bump)
+            numeric = (clean_loss_after_step(model, x, y, pseudo, *plus, momentum_buffers, xv, yv)
+                       - clean_loss_after_step(model, x, y, pseudo, *minus, momentum_buffers, xv, yv)) / (2 * h)
+            assert analytic[i].item() == pytest.approx(numeric.item(), rel=1e-4, abs=1e-8), (which, i)
+    assert grad_alpha.abs().sum() > 0 and not torch.allclose(grad_alpha, grad_beta)
+
+
+SCORES = (torch.tensor([0.3, -0.2, 0.0, 1.0]), torch.tensor([-0.5, 0.4, 0.1, -1.0]))
+
+
+@pytest.mark.parametrize("mode", ["rectify_sum", "sigmoid", "softmax"])
+def test_weights_are_non_negative_and_sum_to_one(mode):
+    alpha, beta = balance_weights(*SCORES, "both", mode, 10.0)
+    assert (alpha >= 0).all() and (beta >= 0).all()
+    assert (alpha.sum() + beta.sum()).item() == pytest.approx(1.0)
+    if mode == "rectify_sum":  # max(-grad, 0) / sum: negative scores get no weight
+        torch.testing.assert_close(alpha, torch.tensor([0.3, 0.0, 0.0, 1.0]) / 1.8)
+        torch.testing.assert_close(beta, torch.tensor([0.0, 0.4, 0.1, 0.0]) / 1.8)
+
+
+def test_ablation_rules():
+    alpha, beta = balance_weights(*SCORES, "alpha", "rectify_sum", 10.0)  # L2RW
+    assert torch.equal(beta, torch.zeros(4)) and alpha.sum().item() == pytest.approx(1.0)
+    alpha, beta = balance_weights(*SCORES, "beta", "rectify_sum", 10.0)
+    assert torch.equal(alpha, torch.zeros(4)) and beta.sum().item() == pytest.approx(1.0)
+    alpha, beta = balance_weights(*SCORES, "sum_to_one", "rectify_sum", 10.0)
+    torch.testing.assert_close(alpha + beta, torch.full((4,), 0.25))  # alpha_i + beta_i = 1, batch mean
+    torch.testing.assert_close(alpha * 4, torch.tensor([1.0, 0.0, 0.0, 1.0]))
+    assert balance_weights(torch.zeros(3), torch.zeros(3), "sum_to_one", "rectify_sum", 10.0)[0].mul(3).tolist() == [
+        0.5, 0.5, 0.5]
