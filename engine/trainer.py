@@ -83,7 +83,7 @@ class Trainer:
         noisy = noisy_labels_for(args, self.data)
         self.clean_indices = np.zeros(0, dtype=np.int64)
         clean_size, clean_fraction = args.clean_size, args.clean_fraction
-        if method_cls.uses_clean_batches and not (clean_size or clean_fraction):
+        if method_cls.uses_clean_batches and clean_size is None and clean_fraction is None:
             clean_size, clean_fraction = defaults.options.get("clean_size"), defaults.options.get("clean_fraction")
         if clean_size or clean_fraction:
             self.clean_indices = clean_subset(true, size=clean_size, fraction=clean_fraction, seed=args.seed)

@@ -96,7 +96,9 @@ class L2B(Method):
         # 300 epochs, 10 warm-up; 1,000 clean images; gradient clipping 0.25 (released code).
         "paper": Defaults(epochs=300, batch_size=512, lr=0.15, weight_decay=5e-4, warmup_epochs=10,
                           options={"clean_size": 1000, "grad_clip": 0.25}),
-        "small": Defaults(epochs=30, batch_size=128, lr=0.05, weight_decay=5e-4, warmup_epochs=3,
+        # Small data: lr 0.1 and 5 warm-up epochs (at lr 0.05 and 3, measured on mnist5k at 40%
+        # noise, the pseudo-labels came from a 62%-accurate model and L2B ended at 92.3%).
+        "small": Defaults(epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4, warmup_epochs=5,
                           options={"clean_fraction": 0.05, "grad_clip": 0.25}),
     }
 
