@@ -13,7 +13,8 @@ import torch
 from tqdm import tqdm
 
 from engine.data.datasets import load_dataset
-from engine.data.noise import CIFAR10_ASYMMETRIC, clean_subset, make_noisy_labels, pair_flip_map, superclass_ring_map
+from engine.data.noise import (CIFAR10_ASYMMETRIC, clean_subset, make_noisy_labels, noise_from_file, pair_flip_map,
+                               superclass_ring_map)
 from engine.data.pipeline import DaliLoader
 from engine.methods import METHODS
 from engine.methods.base import Batch
@@ -33,14 +34,26 @@ def asymmetric_map(dataset):
     return pair_flip_map(dataset.num_classes)
 
 
-def noisy_labels_for(args, dataset):
+def noisy_labels_for(args, dataset, clean_indices):
+    """The given label of every training sample. Synthetic noise corrupts only the samples
+    outside the clean subset, so --noise-rate is the noise rate of the set the method trains
+    on; per-sample labels (a file, CIFAR-N) are taken as they are. The clean subset keeps its
+    true labels."""
+    true = dataset.y_train
     if args.noise in ("cifar10n", "cifar100n"):
         from engine.data.cifar_n import load_cifar_n_labels
 
-        return load_cifar_n_labels(args.noise, args.noise_variant, dataset.y_train)
-    return make_noisy_labels(dataset.y_train, args.noise, args.noise_rate, dataset.num_classes, args.seed,
-                             asym_mapping=asymmetric_map(dataset), include_true=args.noise_include_true,
-                             noise_file=args.noise_file)
+        given = load_cifar_n_labels(args.noise, args.noise_variant, true)
+    elif args.noise == "file":
+        given = noise_from_file(args.noise_file, len(true), dataset.num_classes)
+    else:
+        given = true.copy()
+        noisy_set = np.setdiff1d(np.arange(len(true)), clean_indices)
+        given[noisy_set] = make_noisy_labels(true[noisy_set], args.noise, args.noise_rate, dataset.num_classes,
+                                             args.seed, asym_mapping=asymmetric_map(dataset),
+                                             include_true=args.noise_include_true)
+    given[clean_indices] = true[clean_indices]
+    return given
 
 
 def detection_metrics(flagged, truly_noisy):
@@ -80,7 +93,6 @@ class Trainer:
         self.model_name = args.model or defaults.model[size_class]
 
         true = self.data.y_train
-        noisy = noisy_labels_for(args, self.data)
         self.clean_indices = np.zeros(0, dtype=np.int64)
         clean_size, clean_fraction = args.clean_size, args.clean_fraction
         if method_cls.uses_clean_batches and clean_size is None and clean_fraction is None:
@@ -91,7 +103,7 @@ class Trainer:
             raise ValueError(f"--method {args.method} needs a clean subset (--clean-size or --clean-fraction > 0)")
         self.train_indices = np.setdiff1d(np.arange(len(true)), self.clean_indices)
         self.true_labels = torch.from_numpy(true)
-        self.given_labels = torch.from_numpy(noisy)
+        self.given_labels = torch.from_numpy(noisy_labels_for(args, self.data, self.clean_indices))
 
         torch.manual_seed(args.seed)
         height, width, channels = self.data.image_shape

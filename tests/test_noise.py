@@ -217,3 +217,22 @@ def test_inputs_not_mutated(tmp_path):
     noise_report(labels, labels[::-1])
     assert np.array_equal(labels, before[0]) and mapping == before[1]
     assert np.array_equal(fine_to_coarse, before[2])
+
+
+@pytest.mark.parametrize("clean_size", [0, 97])
+def test_trainer_corrupts_only_the_set_outside_the_clean_subset(clean_size):
+    """--noise-rate is the realized rate of the noisy training set; the clean subset keeps its
+    true labels."""
+    from argparse import Namespace
+
+    from engine.data.datasets import load_dataset
+    from engine.trainer import noisy_labels_for
+
+    data = load_dataset("digits")
+    clean = clean_subset(data.y_train, size=clean_size, seed=0) if clean_size else np.zeros(0, dtype=np.int64)
+    args = Namespace(noise="symmetric", noise_rate=0.4, seed=0, noise_include_true=False, noise_variant=None,
+                     noise_file=None)
+    given = noisy_labels_for(args, data, clean)
+    noisy_set = np.setdiff1d(np.arange(len(given)), clean)
+    assert np.array_equal(given[clean], data.y_train[clean])
+    assert (given[noisy_set] != data.y_train[noisy_set]).sum() == round(0.4 * len(noisy_set))
