@@ -17,7 +17,7 @@ from engine.data.noise import (CIFAR10_ASYMMETRIC, clean_subset, make_noisy_labe
                                superclass_ring_map)
 from engine.data.pipeline import DaliLoader
 from engine.methods import METHODS
-from engine.methods.base import Batch
+from engine.methods.base import Batch, Preparation
 from engine.models import build_model
 
 SMALL_DATA = 20_000  # training sets below this size get the methods' "small" defaults
@@ -95,12 +95,17 @@ class Trainer:
         true = self.data.y_train
         self.clean_indices = np.zeros(0, dtype=np.int64)
         clean_size, clean_fraction = args.clean_size, args.clean_fraction
-        if method_cls.uses_clean_batches and clean_size is None and clean_fraction is None:
+        if method_cls.needs_clean_subset and clean_size is None and clean_fraction is None:
             clean_size, clean_fraction = defaults.options.get("clean_size"), defaults.options.get("clean_fraction")
         if clean_size or clean_fraction:
             self.clean_indices = clean_subset(true, size=clean_size, fraction=clean_fraction, seed=args.seed)
-        if method_cls.uses_clean_batches and len(self.clean_indices) == 0:
+        if method_cls.needs_clean_subset and len(self.clean_indices) == 0:
             raise ValueError(f"--method {args.method} needs a clean subset (--clean-size or --clean-fraction > 0)")
+        missing = np.setdiff1d(np.arange(self.data.num_classes), true[self.clean_indices])
+        if method_cls.needs_clean_subset and len(missing):
+            raise ValueError(f"--method {args.method} needs clean samples of every class; the clean subset of "
+                             f"{len(self.clean_indices)} has none of class {missing[0]}: raise --clean-size or "
+                             f"--clean-fraction")
         self.train_indices = np.setdiff1d(np.arange(len(true)), self.clean_indices)
         self.true_labels = torch.from_numpy(true)
         self.given_labels = torch.from_numpy(noisy_labels_for(args, self.data, self.clean_indices))
@@ -109,14 +114,15 @@ class Trainer:
         height, width, channels = self.data.image_shape
         self.method = method_cls(args, self.data.num_classes, self.given_labels, self.device, defaults)
         memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
-        self.model = self.method.build_model(lambda: build_model(
-            self.model_name, self.data.num_classes, in_channels=channels, image_size=height).to(
-                self.device, memory_format=memory_format))
+        self.make_network = lambda: build_model(self.model_name, self.data.num_classes, in_channels=channels,
+                                                image_size=height).to(self.device, memory_format=memory_format)
+        self.model = self.method.build_model(self.make_network)
         self.stages = self.method.stages(self.epochs, self.lr)
 
         loader = dict(mean=self.data.mean, std=self.data.std, device=self.device)
+        trained = np.arange(len(true)) if method_cls.trains_on_clean_subset else self.train_indices
         self.train_loader = DaliLoader(self.data.x_train, self.batch_size, shuffle=True, augment=True,
-                                       flip=self.data.flip, seed=args.seed, indices=self.train_indices,
+                                       flip=self.data.flip, seed=args.seed, indices=trained,
                                        second_view=self.method.second_view, **loader)
         self.clean_loader = None
         if self.method.uses_clean_batches:
@@ -141,6 +147,20 @@ class Trainer:
                                     momentum=self.momentum, weight_decay=self.weight_decay)
         self.method.use_optimizer(optimizer)
         return optimizer
+
+    def preparation(self):
+        def loader(indices, shuffle=False, augment=False, seed=0, epoch=0):
+            images = DaliLoader(self.data.x_train, self.batch_size if augment else 512, shuffle=shuffle,
+                                augment=augment, flip=self.data.flip, seed=seed, indices=indices,
+                                mean=self.data.mean, std=self.data.std, device=self.device)
+            images.set_epoch(epoch)
+            return ((self.to_device(batch), batch_indices) for batch, batch_indices in images)
+
+        def make_optimizer(parameters, lr):
+            return torch.optim.SGD(parameters, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay)
+
+        return Preparation(self.clean_indices, self.true_labels[self.clean_indices].to(self.device),
+                           self.train_indices, self.make_network, make_optimizer, self.lr, loader, self.autocast)
 
     def clean_batches(self, epoch):
         """Endless augmented batches of the clean subset with their true labels; each pass over
@@ -227,11 +247,14 @@ class Trainer:
 
     def run(self):
         start_epoch = 0
-        if self.args.resume and os.path.exists(self.checkpoint_path):
+        resumed = self.args.resume and os.path.exists(self.checkpoint_path)
+        if resumed:
             start_epoch = self.load_checkpoint()
             print(f"resumed from {self.checkpoint_path} after epoch {start_epoch}")
-        if self.optimizer is None:
+        else:
             self.optimizer = self.new_optimizer()
+            self.method.prepare(self.preparation())
+            self.save_checkpoint(-1)  # a run killed from here on keeps what prepare computed
         truly_noisy = (self.given_labels != self.true_labels).numpy()
         train_outputs = None
         for epoch in range(start_epoch, self.epochs):
@@ -285,6 +308,7 @@ class Trainer:
             "det_precision": precision, "det_recall": recall, "det_f1": f1,
             "estimated_noise_rate": float(flagged[train].mean()), "true_noise_rate": float(truly_noisy[train].mean()),
             "clean_subset_size": int(len(self.clean_indices)),
+            **self.method.summary(self.true_labels),
             "args": {k: v for k, v in vars(self.args).items()},
         }
         with open(os.path.join(self.out, "summary.json"), "w") as f:

@@ -1,6 +1,6 @@
 """The training CLI end to end: outputs, exact resume after a kill, bad input, every method's
-ablation switches, and short real runs where JNPL, PMNAR and BLDR must beat CE under 40%
-symmetric noise with the same budget."""
+ablation switches, and short real runs where JNPL, PMNAR, BLDR, L2B and PU-distillation must
+beat CE under 40% symmetric noise with the same budget."""
 import csv
 import json
 import os
@@ -50,6 +50,10 @@ def summary(out):
         (["--method", "bldr", "--dataset", "digits", "--epochs", "8"], "--epochs (8) must exceed the 10 warm-up"),
         (["--method", "pmnar", "--dataset", "digits", "--pmnar-beta", "-1"], "--pmnar-beta must be >= 0, got -1.0"),
         (["--method", "l2b", "--dataset", "digits", "--clean-size", "0"], "--method l2b needs a clean subset"),
+        (["--method", "pudistill", "--dataset", "digits", "--pudistill-agree", "25"],
+         "--pudistill-agree must be in [1, --pudistill-filters = 20], got 25"),
+        (["--method", "pudistill", "--dataset", "digits", "--clean-size", "5"],
+         "--method pudistill needs clean samples of every class; the clean subset of 5 has none of class"),
     ],
 )
 def test_bad_cli_input_exits_nonzero_with_a_message(args, message):
@@ -65,8 +69,15 @@ def test_help_documents_every_option():
         assert option in result.stdout
 
 
-# BLDR: per-sample SOP parameters in the optimizer, an EMA model and weights outside the model.
-@pytest.mark.parametrize("method", [["--method", "jnpl"], ["--method", "bldr", "--warmup-epochs", "3"]])
+# PU-distillation's preparation (clean-set augmentation and teachers), made quick for the tests.
+PUDISTILL_QUICK = ["--pudistill-rounds", "2", "--pudistill-trunk-epochs", "2", "--pudistill-teachers", "2",
+                   "--pudistill-teacher-epochs", "2", "--pudistill-filter-steps", "50"]
+
+
+# BLDR: per-sample SOP parameters in the optimizer, an EMA model and weights outside the model;
+# PU-distillation: state computed before the first epoch.
+@pytest.mark.parametrize("method", [["--method", "jnpl"], ["--method", "bldr", "--warmup-epochs", "3"],
+                                    ["--method", "pudistill", *PUDISTILL_QUICK]])
 def test_resume_after_a_kill_repeats_the_uninterrupted_run(tmp_path, method):
     common = [*method, "--dataset", "digits", "--epochs", "8", "--seed", "1"]
     whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
@@ -115,6 +126,10 @@ def test_resume_refuses_a_different_run(tmp_path):
         ["--method", "l2b", "--l2b-weights", "alpha", "--clean-size", "100"],  # L2RW
         ["--method", "l2b", "--l2b-weights", "sum_to_one", "--l2b-normalize", "softmax", "--l2b-grad-clip", "0"],
         ["--method", "l2b", "--l2b-weights", "beta", "--l2b-normalize", "sigmoid", "--l2b-temperature", "5"],
+        ["--method", "pudistill", *PUDISTILL_QUICK, "--pudistill-targets", "hard", "--pudistill-no-mixup",
+         "--pudistill-entropy", "0"],
+        ["--method", "pudistill", *PUDISTILL_QUICK, "--pudistill-targets", "hard_bootstrap", "--pudistill-lambda",
+         "0.8", "--pudistill-eta", "0.5", "--pudistill-filters", "5", "--pudistill-agree", "4"],
     ],
 )
 def test_ablation_switches_run(tmp_path, options):
@@ -123,7 +138,7 @@ def test_ablation_switches_run(tmp_path, options):
     assert summary(out)["args"]["warmup_epochs"] == 1 and len(read_metrics(out)) == 3
 
 
-@pytest.mark.parametrize("method", ["pmnar", "bldr", "l2b"])
+@pytest.mark.parametrize("method", ["pmnar", "bldr", "l2b", "pudistill"])
 def test_preact_resnet_on_cifar_shaped_data(tmp_path, method):
     """The paper-scale path: colour 32 x 32 images (RandAugment's colour ops, flips), PreAct
     ResNet stage heads / peer networks."""
@@ -132,14 +147,14 @@ def test_preact_resnet_on_cifar_shaped_data(tmp_path, method):
     np.savez(data, x=rng.integers(0, 256, (160, 32, 32, 3), dtype=np.uint8), y=np.arange(160) % 10)
     out = str(tmp_path / "run")
     train("--method", method, "--dataset", "npz", "--data-dir", data, "--model", "preact_resnet18", "--epochs", "2",
-          "--warmup-epochs", "1", "--batch-size", "32", "--clean-size", "40", "--out", out)
+          "--warmup-epochs", "1", "--batch-size", "32", "--clean-size", "40", *PUDISTILL_QUICK, "--out", out)
     assert summary(out)["model"] == "preact_resnet18" and len(read_metrics(out)) == 2
 
 
 MNIST5K_40_SYMMETRIC = ["--dataset", "mnist5k", "--noise", "symmetric", "--noise-rate", "0.4", "--epochs", "30",
                         "--seed", "0"]
-COMPARED = ["pmnar", "l2b", "bldr", "jnpl", "ce"]  # the longest runs first
-MIN_DETECTION_F1 = {"pmnar": 0.9, "l2b": 0.5, "bldr": 0.7, "jnpl": 0.8}
+COMPARED = ["pmnar", "l2b", "bldr", "pudistill", "jnpl", "ce"]  # the longest runs first
+MIN_DETECTION_F1 = {"pmnar": 0.9, "l2b": 0.5, "bldr": 0.7, "pudistill": 0.8, "jnpl": 0.8}
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +183,7 @@ def compared_runs(tmp_path_factory):
     return finished
 
 
-@pytest.mark.parametrize("method", ["pmnar", "bldr", "l2b", "jnpl"])
+@pytest.mark.parametrize("method", ["pmnar", "bldr", "l2b", "pudistill", "jnpl"])
 def test_method_beats_ce_on_mnist5k_with_40_percent_symmetric_noise(method, compared_runs):
     out, stdout = compared_runs[method]
     assert f"outputs in {os.path.abspath(out)}" in stdout
@@ -192,5 +207,14 @@ def test_run_outputs_agree_with_each_other(compared_runs):
     assert mislabeled / len(flagged) == pytest.approx(jnpl["det_precision"])
     metrics = read_metrics(out)
     assert [row["stage"] for row in metrics][:4] == ["warmup", "warmup", "warmup", "jnpl"]
-    assert summary(compared_runs["l2b"][0])["clean_subset_size"] == 200, "5% of mnist5k by default"
+    for method in ("l2b", "pudistill"):
+        assert summary(compared_runs[method][0])["clean_subset_size"] == 200, "5% of mnist5k by default"
     assert metrics[-1]["stage"] == "pseudo" and len(metrics) == 30
+
+
+def test_pudistill_augmented_clean_set_is_precise(compared_runs):
+    """The paper's Table I on mnist5k at 40% noise: the noisy-set samples that joined the clean
+    set carry the right class."""
+    augmented = summary(compared_runs["pudistill"][0])["augmented_clean_set"]
+    assert augmented["precision"] > 0.9 and augmented["size"] > 1000, augmented
+    assert sum(row["size"] for row in augmented["per_class"]) == augmented["size"]

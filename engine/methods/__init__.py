@@ -5,5 +5,6 @@ from engine.methods.jnpl import JNPL
 from engine.methods.l2b import L2B
 from engine.methods.nlnl import NLNL
 from engine.methods.pmnar import PMNAR
+from engine.methods.pudistill import PUDistill
 
-METHODS = {method.name: method for method in (CE, NLNL, JNPL, PMNAR, BLDR, L2B)}
+METHODS = {method.name: method for method in (CE, NLNL, JNPL, PMNAR, BLDR, L2B, PUDistill)}

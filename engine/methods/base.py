@@ -7,8 +7,10 @@ of per-sample state, and its clean score for label-noise detection. The trainer 
 else (data, loop, optimizer, evaluation, checkpoints, outputs).
 """
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from engine.losses import weighted_ce
@@ -62,6 +64,24 @@ class Batch:
     clean_labels: torch.Tensor | None = None  # and its true labels
 
 
+@dataclass
+class Preparation:
+    """What Method.prepare may use: the clean subset with its true labels, the rest of the
+    training set (whose labels it must read from the method's given_labels, if at all),
+    new networks, and loaders over training images."""
+
+    clean_indices: np.ndarray     # int64, positions in the training set
+    clean_labels: torch.Tensor    # their true labels, on the device
+    noisy_indices: np.ndarray     # the noisy training set
+    make_network: Callable[[], torch.nn.Module]   # a new classifier on the device
+    make_optimizer: Callable      # (parameters, lr) -> SGD with the run's momentum and weight decay
+    lr: float                     # the run's learning rate
+    # loader(indices, shuffle=False, augment=False, seed=0, epoch=0) -> (images on the device,
+    # indices) batches of training images `indices` (None: all, in order)
+    loader: Callable
+    autocast: Callable            # () -> the run's autocast context
+
+
 def split_epochs(total, fractions):
     """Whole epochs per stage, in proportion to `fractions`, each >= 1, summing to `total`."""
     if total < len(fractions):
@@ -98,7 +118,9 @@ class Method:
         "small": Defaults(epochs=30, batch_size=128, lr=0.05),
     }
     second_view = None  # None, "weak" or "strong": a second augmentation in Batch.second_view
+    needs_clean_subset = False  # True: the run holds out a clean subset (default size in DEFAULTS options)
     uses_clean_batches = False  # True: each Batch carries an augmented batch of the clean subset
+    trains_on_clean_subset = False  # True: the clean subset joins the training batches (true labels)
     grad_clip = None  # max gradient norm of the model's parameters, or None
 
     @classmethod
@@ -127,6 +149,10 @@ class Method:
     def stages(self, epochs, lr):
         return [Stage("ce", epochs, lr, milestones=(0.5, 0.75))]
 
+    def prepare(self, ctx):
+        """Work before the first epoch of a new run (not of a resumed one: what it computes
+        must be in state_dict), with what a Preparation gives."""
+
     def start_stage(self, stage, outputs):
         """Called before a stage's first epoch with the current training-set outputs, e.g. to
         fix pseudo-labels."""
@@ -150,6 +176,10 @@ class Method:
         probs = outputs["probs"]
         score = confidence_on_labels(probs, self.given_labels)
         return score, probs.argmax(1) != self.given_labels
+
+    def summary(self, true_labels):
+        """Extra entries for summary.json; true_labels [N] (CPU) only for reporting."""
+        return {}
 
     def state_dict(self):
         return {}

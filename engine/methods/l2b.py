@@ -90,6 +90,7 @@ def balance_weights(alpha_scores, beta_scores, rule, mode, temperature):
 
 class L2B(Method):
     name = "l2b"
+    needs_clean_subset = True
     uses_clean_batches = True
     DEFAULTS = {
         # l2b.txt 4.1: PreAct ResNet-18, SGD lr 0.15 (cosine), wd 5e-4, batch 512 (CIFAR-10),

@@ -1,0 +1,133 @@
+"""PU-distillation's pieces: the vmapped filter ensemble equals separately trained models, the
+bootstrap sets follow Alg. 1 line 6, acceptance needs theta votes of exactly one class, the
+student targets follow eqs. 4-6, mixup mixes images and targets alike."""
+from argparse import Namespace
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from engine.methods.base import Defaults
+from engine.methods.pudistill import (FILTER_BATCH, FILTER_LR, BinaryEnsemble, BinaryFilter, PUDistill, accept,
+                                      bootstrap_sets, mixup)
+
+
+def test_vmap_ensemble_equals_separately_trained_models():
+    torch.manual_seed(0)
+    members, feature_dim, steps = 4, 6, 5
+    features = torch.randn(300, feature_dim)
+    samples = torch.stack([torch.randperm(300)[:150] for _ in range(members)])  # each member its own rows
+    targets = (torch.rand(members, 150) < 0.5).float()
+    models = [BinaryFilter(feature_dim) for _ in range(members)]
+    separate = [BinaryFilter(feature_dim) for _ in range(members)]
+    for model, copy in zip(models, separate):
+        copy.load_state_dict(model.state_dict())
+
+    ensemble = BinaryEnsemble(models)
+    ensemble.fit(features, samples, targets, steps, torch.Generator().manual_seed(3))
+
+    generator = torch.Generator().manual_seed(3)  # the same mini-batch positions, step by step
+    optimizers = [torch.optim.Adam(model.parameters(), lr=FILTER_LR) for model in separate]
+    for _ in range(steps):
+        positions = torch.randint(0, 150, (FILTER_BATCH,), generator=generator)
+        for k, (model, optimizer) in enumerate(zip(separate, optimizers)):
+            loss = F.binary_cross_entropy_with_logits(model(features[samples[k, positions]]), targets[k, positions])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    for k, model in enumerate(separate):
+        for name, parameter in model.named_parameters():
+            torch.testing.assert_close(ensemble.params[name][k], parameter.detach(), rtol=1e-5, atol=1e-6)
+    expected = torch.stack([torch.sigmoid(model(features)) for model in separate]).detach()
+    torch.testing.assert_close(ensemble.probabilities(features), expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(expected[0], expected[1])  # the members did train differently
+
+
+def test_bootstrap_sets_follow_algorithm_1():
+    rng = np.random.default_rng(0)
+    clean_by_class = [np.arange(0, 10), np.arange(10, 18), np.arange(18, 30)]
+    noisy = np.arange(30, 200)
+    accepted_by_class = [np.arange(30, 34), np.arange(34, 80), np.array([], dtype=np.int64)]
+    filters = 3
+    samples, targets = bootstrap_sets(clean_by_class, accepted_by_class, noisy, filters, rng)
+    assert samples.shape == targets.shape and samples.shape[0] == 3 * filters
+    for member in range(3 * filters):
+        cls = member // filters
+        clean, accepted = set(clean_by_class[cls]), set(accepted_by_class[cls])
+        other_clean = set(np.concatenate([c for i, c in enumerate(clean_by_class) if i != cls]))
+        positives = set(samples[member][targets[member] == 1].tolist())
+        negatives = set(samples[member][targets[member] == 0].tolist())
+        m = min(len(clean), len(accepted))
+        m_negative = -(-(m + len(clean)) // 2)
+        assert clean <= positives and positives <= clean | accepted
+        assert len(positives - clean) == m  # P' has m accepted samples (the padding only repeats)
+        assert len(negatives & other_clean) == m_negative
+        assert len(negatives - other_clean) == m_negative and not (negatives - other_clean) & accepted
+        assert (negatives - other_clean) <= set(noisy)
+
+
+def test_accept_needs_theta_votes_of_exactly_one_class():
+    filters = 4
+    probabilities = torch.zeros(3 * filters, 5)  # 3 classes x 4 members, 5 samples
+    probabilities[0:4, 0] = 0.95                 # sample 0: all of class 0 -> class 0
+    probabilities[4:7, 1] = 0.95                 # sample 1: 3 of class 1 -> class 1 at theta 3
+    probabilities[8:10, 2] = 0.95                # sample 2: 2 votes -> none
+    probabilities[0:4, 3] = probabilities[8:12, 3] = 0.99  # sample 3: two classes -> none
+    probabilities[4:8, 4] = 0.85                 # sample 4: below alpha -> none
+    assert accept(probabilities, filters, alpha=0.9, agree=3).tolist() == [0, 1, -1, -1, -1]
+    assert accept(probabilities, filters, alpha=0.8, agree=3).tolist() == [0, 1, -1, -1, 1]
+
+
+def make_method(targets="soft", lam=0.5, eta=0.9):
+    args = Namespace(seed=0, pudistill_rounds=None, pudistill_trunk_epochs=None, pudistill_teacher_epochs=None,
+                     pudistill_filters=20, pudistill_agree=19, pudistill_alpha=0.9, pudistill_teachers=5,
+                     pudistill_filter_steps=10, pudistill_targets=targets, pudistill_lambda=lam, pudistill_eta=eta,
+                     pudistill_no_mixup=False, pudistill_entropy=0.1)
+    defaults = Defaults(epochs=3, batch_size=8, lr=0.05, options=dict(rounds=1, trunk_epochs=1, teacher_epochs=1, cosine=True))
+    return PUDistill(args, 3, torch.tensor([0, 1, 2, 0]), torch.device("cpu"), defaults)
+
+
+@pytest.mark.parametrize("kind", ["soft", "hard_bootstrap", "hard"])
+def test_student_targets(kind):
+    method = make_method(kind)
+    method.accepted_class = torch.tensor([-1, 2, -1, -1])      # sample 1 joined class 2
+    method.clean_mask = torch.tensor([False, False, False, True])
+    method.teacher_probs = torch.tensor([[0.05, 0.95, 0.0], [0.1, 0.2, 0.7], [0.0, 0.05, 0.95], [0.0, 0.95, 0.05]])
+    targets = method.student_targets()
+    corrected = F.one_hot(torch.tensor([0, 2, 2, 0]), 3).float()
+    confident_teacher = {"soft": 0.5 * method.teacher_probs[[0, 2]] + 0.5 * corrected[[0, 2]],
+                         "hard_bootstrap": 0.5 * F.one_hot(torch.tensor([1, 2]), 3).float() + 0.5 * corrected[[0, 2]],
+                         "hard": F.one_hot(torch.tensor([1, 2]), 3).float()}[kind]
+    torch.testing.assert_close(targets[[0, 2]], confident_teacher)
+    torch.testing.assert_close(targets[1], corrected[1])  # teacher below eta: the corrected label
+    torch.testing.assert_close(targets[3], corrected[3])  # the clean subset keeps its true label
+    torch.testing.assert_close(targets.sum(1), torch.ones(4))
+
+
+def test_mixup_mixes_images_and_targets_with_one_coefficient():
+    torch.manual_seed(0)
+    images, targets = torch.randn(16, 1, 4, 4), F.one_hot(torch.arange(16) % 3, 3).float()
+    torch.manual_seed(1)
+    mixed_images, mixed_targets = mixup(images, targets)
+    torch.testing.assert_close(mixed_targets.sum(1), torch.ones(16))
+    torch.manual_seed(1)  # the same draws: one Beta(2, 2) coefficient, then the partners
+    lam = torch.distributions.Beta(2.0, 2.0).sample().item()
+    order = torch.randperm(16)
+    torch.testing.assert_close(mixed_images, lam * images + (1 - lam) * images[order])
+    torch.testing.assert_close(mixed_targets, lam * targets + (1 - lam) * targets[order])
+    assert 0 < lam < 1
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("pudistill_agree", 21, "--pudistill-agree must be in [1, --pudistill-filters = 20], got 21"),
+    ("pudistill_lambda", 1.5, "--pudistill-lambda must be in [0, 1], got 1.5"),
+    ("pudistill_teachers", 0, "--pudistill-teachers must be >= 1, got 0"),
+    ("pudistill_entropy", -1.0, "--pudistill-entropy must be >= 0, got -1.0"),
+])
+def test_bad_options_name_the_option(option, value, message):
+    method = make_method()
+    setattr(method.args, option, value)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        PUDistill(method.args, 3, torch.tensor([0, 1, 2, 0]), torch.device("cpu"), method.defaults)
