@@ -85,7 +85,7 @@ def make_method(targets="soft", lam=0.5, eta=0.9):
                      pudistill_filters=20, pudistill_agree=19, pudistill_alpha=0.9, pudistill_teachers=5,
                      pudistill_filter_steps=10, pudistill_targets=targets, pudistill_lambda=lam, pudistill_eta=eta,
                      pudistill_no_mixup=False, pudistill_entropy=0.1)
-    defaults = Defaults(epochs=3, batch_size=8, lr=0.05, options=dict(rounds=1, trunk_epochs=1, teacher_epochs=1, cosine=True))
+    defaults = Defaults(epochs=3, batch_size=8, lr=0.05, options=dict(rounds=1, trunk_epochs=1, teachers=2, teacher_epochs=1, cosine=True))
     return PUDistill(args, 3, torch.tensor([0, 1, 2, 0]), torch.device("cpu"), defaults)
 
 

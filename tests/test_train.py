@@ -144,10 +144,10 @@ def test_preact_resnet_on_cifar_shaped_data(tmp_path, method):
     ResNet stage heads / peer networks."""
     rng = np.random.default_rng(0)
     data = str(tmp_path / "cifar_shaped.npz")
-    np.savez(data, x=rng.integers(0, 256, (160, 32, 32, 3), dtype=np.uint8), y=np.arange(160) % 10)
+    np.savez(data, x=rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), y=np.arange(64) % 10)
     out = str(tmp_path / "run")
     train("--method", method, "--dataset", "npz", "--data-dir", data, "--model", "preact_resnet18", "--epochs", "2",
-          "--warmup-epochs", "1", "--batch-size", "32", "--clean-size", "40", *PUDISTILL_QUICK, "--out", out)
+          "--warmup-epochs", "1", "--batch-size", "16", "--clean-size", "20", *PUDISTILL_QUICK, "--out", out)
     assert summary(out)["model"] == "preact_resnet18" and len(read_metrics(out)) == 2
 
 

@@ -157,14 +157,14 @@ class PUDistill(Method):
         # (the released code). Trunk epochs per round: ours (the paper trains each binary
         # classifier 30 epochs).
         "paper": Defaults(epochs=100, batch_size=128, lr=0.05, weight_decay=1e-4,
-                          options=dict(clean_fraction=0.1, rounds=10, trunk_epochs=10, teacher_epochs=100,
-                                       cosine=False)),
-        # Small data: 3 rounds of 10 trunk epochs and 15 teacher epochs keep a CPU run at a
-        # few minutes; lr 0.1 with a cosine instead of the paper's steps, which on 15 epochs
-        # leave a teacher at 88.6% on mnist5k's noisy set (cosine: 93.9%).
+                          options=dict(clean_fraction=0.1, rounds=10, trunk_epochs=10, teachers=5,
+                                       teacher_epochs=100, cosine=False)),
+        # Small data: 3 rounds of 10 trunk epochs and 3 teachers of 10 epochs keep a CPU run at
+        # a few minutes; lr 0.1 with a cosine instead of the paper's steps, which on 15 epochs
+        # left a teacher at 88.6% on mnist5k's noisy set (cosine: 93.9%).
         "small": Defaults(epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4,
-                          options=dict(clean_fraction=0.05, rounds=3, trunk_epochs=10, teacher_epochs=15,
-                                       cosine=True)),
+                          options=dict(clean_fraction=0.05, rounds=3, trunk_epochs=10, teachers=3,
+                                       teacher_epochs=10, cosine=True)),
     }
 
     @classmethod
@@ -181,8 +181,8 @@ class PUDistill(Method):
                            help="Adam steps of the binary classifiers per round")
         group.add_argument("--pudistill-trunk-epochs", type=int,
                            help="feature-trunk epochs per round (default 10)")
-        group.add_argument("--pudistill-teachers", type=int, default=5, help="teacher networks N_t")
-        group.add_argument("--pudistill-teacher-epochs", type=int, help="epochs per teacher (default 100; 15 on "
+        group.add_argument("--pudistill-teachers", type=int, help="teacher networks N_t (default 5; 3 on small data)")
+        group.add_argument("--pudistill-teacher-epochs", type=int, help="epochs per teacher (default 100; 10 on "
                                                                         "small data)")
         group.add_argument("--pudistill-targets", choices=["soft", "hard_bootstrap", "hard"], default="soft",
                            help="student targets: soft / hard bootstrap labels (eq. 4) or hard labels (eq. 6)")
@@ -201,11 +201,12 @@ class PUDistill(Method):
             else args.pudistill_trunk_epochs
         self.teacher_epochs = options["teacher_epochs"] if args.pudistill_teacher_epochs is None \
             else args.pudistill_teacher_epochs
+        self.teachers = options["teachers"] if args.pudistill_teachers is None else args.pudistill_teachers
         self.filters, self.agree, self.alpha = args.pudistill_filters, args.pudistill_agree, args.pudistill_alpha
         for name, value, low in [("--pudistill-rounds", self.rounds, 1), ("--pudistill-trunk-epochs",
                                  self.trunk_epochs, 1), ("--pudistill-teacher-epochs", self.teacher_epochs, 1),
                                  ("--pudistill-filters", self.filters, 1), ("--pudistill-teachers",
-                                 args.pudistill_teachers, 1), ("--pudistill-filter-steps",
+                                 self.teachers, 1), ("--pudistill-filter-steps",
                                  args.pudistill_filter_steps, 1)]:
             if value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
@@ -274,7 +275,7 @@ class PUDistill(Method):
         by_class = [np.flatnonzero((labels == c).cpu().numpy()) for c in range(self.num_classes)]
         per_class = min(len(members) for members in by_class)
         probs = torch.zeros_like(self.teacher_probs)
-        for teacher in range(self.args.pudistill_teachers):
+        for teacher in range(self.teachers):
             rng = np.random.default_rng([self.args.seed, 11, teacher])
             torch.manual_seed(self.args.seed * 1000 + 500 + teacher)
             network = ctx.make_network()
@@ -284,9 +285,9 @@ class PUDistill(Method):
                         seed=self.args.seed * 1000 + 500 + teacher, mixup_images=self.mixup,
                         entropy=self.args.pudistill_entropy)
             probs += over_training_set(network, ctx, lambda net, x: torch.softmax(net(x).float(), 1))
-            print(f"pudistill teacher {teacher + 1}/{self.args.pudistill_teachers} trained on {per_class} "
+            print(f"pudistill teacher {teacher + 1}/{self.teachers} trained on {per_class} "
                   f"samples per class", flush=True)
-        return probs / self.args.pudistill_teachers
+        return probs / self.teachers
 
     def student_targets(self):
         """y' per training sample [N, C] (see the module docstring)."""
