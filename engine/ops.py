@@ -45,9 +45,14 @@ def _register_loss_op(name, num_other_inputs):
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(output[1])
         ctx.mark_non_differentiable(output[1])
+        # The stored gradient never receives one: without this, autograd would fill a zero
+        # tensor of its size for backward's second argument on every call.
+        ctx.set_materialize_grads(False)
 
     def backward(ctx, grad_loss, _grad_of_grad):
         (grad,) = ctx.saved_tensors
+        if grad_loss is None:  # only the (non-differentiable) gradient output was used
+            return (None,) * (1 + num_other_inputs)
         if grad.dim() != 2:  # an empty placeholder: the forward ran with compute_grad=False
             raise RuntimeError(f"noisy::{name} was called with compute_grad=False, so it cannot backpropagate")
         return ((grad * grad_loss.unsqueeze(1)).to(grad.dtype),) + (None,) * num_other_inputs

@@ -113,9 +113,10 @@ class Trainer:
         torch.manual_seed(args.seed)
         height, width, channels = self.data.image_shape
         self.method = method_cls(args, self.data.num_classes, self.given_labels, self.device, defaults)
-        memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        # channels_last: faster convolutions on CUDA and on the CPU too (oneDNN: about 1.4x a
+        # training step and 2x an evaluation pass of the small CNN).
         self.make_network = lambda: build_model(self.model_name, self.data.num_classes, in_channels=channels,
-                                                image_size=height).to(self.device, memory_format=memory_format)
+                                                image_size=height).to(self.device, memory_format=torch.channels_last)
         self.model = self.method.build_model(self.make_network)
         self.stages = self.method.stages(self.epochs, self.lr)
 
@@ -159,8 +160,12 @@ class Trainer:
         def make_optimizer(parameters, lr):
             return torch.optim.SGD(parameters, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay)
 
+        def over_training_set(network, output):
+            return torch.cat([part.float() for part in self.evaluate(self.train_eval_loader, network, output)])
+
         return Preparation(self.clean_indices, self.true_labels[self.clean_indices].to(self.device),
-                           self.train_indices, self.make_network, make_optimizer, self.lr, loader, self.autocast)
+                           self.train_indices, self.make_network, make_optimizer, self.lr, loader, self.autocast,
+                           over_training_set)
 
     def clean_batches(self, epoch):
         """Endless augmented batches of the clean subset with their true labels; each pass over
@@ -172,17 +177,22 @@ class Trainer:
 
     def to_device(self, images):
         images = images.to(self.device, non_blocking=True)
-        return images.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else images
+        return images.contiguous(memory_format=torch.channels_last)
 
     @torch.no_grad()
-    def predict(self, loader, model):
-        """The method's outputs over a whole split, in the split's order (a dict of tensors on
-        the device; "probs" is the float32 [N, C] class prediction)."""
-        model.eval()
+    def evaluate(self, loader, network, output):
+        """[output(network, images) for each batch of `loader`], in eval mode."""
+        network.eval()
         parts = []
         for images, _ in loader:
             with self.autocast():
-                parts.append(self.method.predict(model, self.to_device(images)))
+                parts.append(output(network, self.to_device(images)))
+        return parts
+
+    def predict(self, loader, model):
+        """The method's outputs over a whole split, in the split's order (a dict of tensors on
+        the device; "probs" is the float32 [N, C] class prediction)."""
+        parts = self.evaluate(loader, model, self.method.predict)
         return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
     def stage_at(self, epoch):

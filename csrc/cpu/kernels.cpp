@@ -33,8 +33,10 @@ struct SerialGroup {
   Acc* row_cache;  // [classes]: exp(z_j - ref), 0 for the arg class
 
   template <class T> T sum(T x) const { return x; }
-  // Loads the row into the cache; max, first arg-max and second largest as vectorized
-  // reductions (the same result as TopTwo::add over the row, ties and NaN included).
+  // Loads the row into the cache; max, first arg-max and second largest (the same result as
+  // TopTwo::add over the row, ties and NaN included). Only float compares run vectorized:
+  // the arg-max is the first block of 8 holding the max, then a scan within it; the second
+  // largest a max with the arg column masked out.
   template <class Logit>
   TopTwo<Acc> top_two_of(const Logit& logit, int64_t classes) const {
     Acc* z = row_cache;
@@ -44,30 +46,37 @@ struct SerialGroup {
 #pragma omp simd reduction(max : max1)
     for (int64_t j = 0; j < classes; ++j) max1 = z[j] > max1 ? z[j] : max1;
     if (!(max1 > top.max1)) return top;  // no value above -inf: arg stays -1
-    int64_t arg = classes;
-#pragma omp simd reduction(min : arg)
-    for (int64_t j = 0; j < classes; ++j) arg = (z[j] == max1 && j < arg) ? j : arg;
+    int64_t arg = 0;
+    for (; arg + 8 <= classes; arg += 8) {  // the first block of 8 holding the max, one compare each
+      int hit = 0;
+#pragma omp simd reduction(| : hit)
+      for (int64_t j = arg; j < arg + 8; ++j) hit |= z[j] == max1;
+      if (hit) break;
+    }
+    while (z[arg] != max1) ++arg;
+    const Acc at_arg = z[arg];
+    z[arg] = top.max2;
     Acc max2 = top.max2;
 #pragma omp simd reduction(max : max2)
-    for (int64_t j = 0; j < classes; ++j) max2 = (j != arg && z[j] > max2) ? z[j] : max2;
+    for (int64_t j = 0; j < classes; ++j) max2 = z[j] > max2 ? z[j] : max2;
+    z[arg] = at_arg;
     top.max1 = max1;
     top.max2 = max2;
     top.arg = arg;
     return top;
   }
 
-  // Turns the cached row into exp(z_j - ref) in place. The arg column is evaluated at 0
-  // (exp = 1, taken back out of the sum, which is >= 2 then) to keep the SIMD exp off its
-  // slow path for -inf.
+  // Turns the cached row into exp(z_j - ref) in place. The arg column is evaluated at
+  // z = ref (exp = 1, taken back out of the sum, which is >= 2 then): its exp(max - ref)
+  // could overflow and send the SIMD exp to its slow path.
   template <class Logit>
   Acc rest_exp_sum(const Logit&, int64_t classes, int64_t arg, Acc ref) const {
     Acc* rel = row_cache;
-    for (int64_t j = 0; j < classes; ++j) rel[j] -= ref;
-    if (arg >= 0) rel[arg] = 0;
+    if (arg >= 0) rel[arg] = ref;
     Acc sum = 0;
 #pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < classes; ++j) {
-      rel[j] = math_exp(rel[j]);
+      rel[j] = math_exp(rel[j] - ref);
       sum += rel[j];
     }
     if (arg < 0) return sum;

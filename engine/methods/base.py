@@ -80,6 +80,9 @@ class Preparation:
     # indices) batches of training images `indices` (None: all, in order)
     loader: Callable
     autocast: Callable            # () -> the run's autocast context
+    # over_training_set(network, output) -> float32 output(network, images) for every training
+    # image (unaugmented, in order, eval mode, no gradient)
+    over_training_set: Callable
 
 
 def split_epochs(total, fractions):

@@ -250,7 +250,7 @@ class PUDistill(Method):
             fit_network(trunk, ctx, lambda epoch: np.flatnonzero(members.cpu().numpy()), labels,
                         self.schedule("trunk", self.trunk_epochs, ctx.lr), seed=self.args.seed * 1000 + round_,
                         mixup_images=False, entropy=0.0)
-            features = standardized(over_training_set(trunk, ctx, lambda net, x: net.forward_features(x)))
+            features = standardized(ctx.over_training_set(trunk, lambda net, x: net.forward_features(x)))
             if ensemble is None:  # warm-started over the rounds, as the released code
                 torch.manual_seed(self.args.seed)
                 ensemble = BinaryEnsemble.create(self.num_classes * self.filters, features.shape[1], self.device)
@@ -284,7 +284,7 @@ class PUDistill(Method):
                         labels, self.schedule("teacher", self.teacher_epochs, ctx.lr),
                         seed=self.args.seed * 1000 + 500 + teacher, mixup_images=self.mixup,
                         entropy=self.args.pudistill_entropy)
-            probs += over_training_set(network, ctx, lambda net, x: torch.softmax(net(x).float(), 1))
+            probs += ctx.over_training_set(network, lambda net, x: torch.softmax(net(x).float(), 1))
             print(f"pudistill teacher {teacher + 1}/{self.teachers} trained on {per_class} "
                   f"samples per class", flush=True)
         return probs / self.teachers
@@ -358,17 +358,6 @@ def fit_network(network, ctx, epoch_indices, labels, stage, seed, mixup_images, 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-
-
-@torch.no_grad()
-def over_training_set(network, ctx, output):
-    """output(network, images) for every training image (unaugmented, in order), float32."""
-    network.eval()
-    parts = []
-    for images, _ in ctx.loader(None):
-        with ctx.autocast():
-            parts.append(output(network, images).float())
-    return torch.cat(parts)
 
 
 def standardized(features):

@@ -3,14 +3,14 @@ from torch import nn
 
 from engine.models.base import ClassifierBase
 
-STAGE_WIDTHS = (32, 64, 128)
+STAGE_WIDTHS = (16, 32, 64)
 # Max-pool after a stage only while its map is at least this wide: 28 -> 14 -> 7 and
 # 32 -> 16 -> 8 keep the convs cheap, while 8x8 digits are never shrunk further.
 MIN_POOLED_SIZE = 12
 
 
 class SmallCNN(ClassifierBase):
-    """Three conv3x3-BN-ReLU stages of 32/64/128 channels (about 95k parameters for 10 classes);
+    """Three conv3x3-BN-ReLU stages of 16/32/64 channels (about 24k parameters for 10 classes);
     the first two end with a 2x2 max-pool when the map is large enough."""
 
     def __init__(self, num_classes, in_channels=3, image_size=32, dropout=0.0):
