@@ -4,6 +4,8 @@ torch.compile'd, at several batch x class sizes.
     pytest bench/ --benchmark-only --benchmark-group-by=param:size,param:loss
 
 The 65536x1000 size runs on CUDA only. Compare rows of one group (same loss, size, device).
+test_copy times a device-to-device copy of the logits, the bandwidth the fused ops are held
+to; `python bench/report.py results.json` prints the table with both.
 """
 import pytest
 import torch
@@ -37,14 +39,34 @@ def sync():
         torch.cuda.synchronize()
 
 
+def batch_size_and_classes(size):
+    B, C = map(int, size.split("x"))
+    if B * C > 4096 * 100 and DEVICE != "cuda":
+        pytest.skip("GPU-only size")
+    return B, C
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_copy(benchmark, size):
+    B, C = batch_size_and_classes(size)
+    source = torch.randn(B, C, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    target = torch.empty_like(source)
+
+    def copy():
+        target.copy_(source)
+        sync()
+
+    copy()
+    benchmark.extra_info.update(size=size, impl="copy", device=DEVICE, dtype="float32")
+    benchmark.pedantic(copy, rounds=30, iterations=5, warmup_rounds=2)
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("dtype", ["float32"] + (["bfloat16"] if DEVICE == "cuda" else []))
 def test_forward_backward(benchmark, loss, size, impl, dtype):
-    B, C = map(int, size.split("x"))
-    if B * C > 4096 * 100 and DEVICE != "cuda":
-        pytest.skip("GPU-only size")
+    B, C = batch_size_and_classes(size)
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(0, C, (B,), generator=g)
     batch = {
