@@ -59,8 +59,8 @@ def summary(out):
     ],
 )
 def test_bad_cli_input_exits_nonzero_with_a_message(args, message, capsys, tmp_path):
-    """In process (what `python -m engine.train` exits with is main's return or SystemExit
-    code); the subprocess path is covered by the runs below."""
+    """In process: `python -m engine.train` exits with main's return value or its SystemExit
+    code (the subprocess path is covered by the runs below)."""
     try:
         code = main(["--device", "cpu", "--out", str(tmp_path / "run"), *args])
     except SystemExit as exit_:
