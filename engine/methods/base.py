@@ -137,6 +137,12 @@ class Method:
         self.given_labels = given_labels.to(device)   # [N] the noisy training labels
         self.device = device
 
+    def option(self, name):
+        """--<method>-<name> when given on the command line, else the size class's default
+        (DEFAULTS[...].options[name])."""
+        value = getattr(self.args, f"{self.name}_{name}")
+        return self.defaults.options[name] if value is None else value
+
     def build_model(self, make_network):
         """The module the trainer optimizes; make_network() builds one classifier."""
         return make_network()

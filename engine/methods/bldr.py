@@ -135,7 +135,7 @@ class BLDR(Method):
             raise ValueError("--bldr-negatives sampled needs at least 3 classes (y and the corrected label are "
                              "excluded)")
         self.threshold = args.bldr_threshold
-        self.sop_scale = defaults.options["sop_scale"] if args.bldr_sop_scale is None else args.bldr_sop_scale
+        self.sop_scale = self.option("sop_scale")
         self.consistency = not args.bldr_no_consistency
         self.second_view = "strong" if self.consistency else None
         self.self_distill = not args.bldr_no_self_distillation

@@ -121,7 +121,7 @@ class L2B(Method):
 
     def __init__(self, args, num_classes, given_labels, device, defaults):
         super().__init__(args, num_classes, given_labels, device, defaults)
-        clip = defaults.options["grad_clip"] if args.l2b_grad_clip is None else args.l2b_grad_clip
+        clip = self.option("grad_clip")
         if clip < 0:
             raise ValueError(f"--l2b-grad-clip must be >= 0, got {clip}")
         self.grad_clip = clip or None

@@ -195,13 +195,8 @@ class PUDistill(Method):
 
     def __init__(self, args, num_classes, given_labels, device, defaults):
         super().__init__(args, num_classes, given_labels, device, defaults)
-        options = defaults.options
-        self.rounds = options["rounds"] if args.pudistill_rounds is None else args.pudistill_rounds
-        self.trunk_epochs = options["trunk_epochs"] if args.pudistill_trunk_epochs is None \
-            else args.pudistill_trunk_epochs
-        self.teacher_epochs = options["teacher_epochs"] if args.pudistill_teacher_epochs is None \
-            else args.pudistill_teacher_epochs
-        self.teachers = options["teachers"] if args.pudistill_teachers is None else args.pudistill_teachers
+        self.rounds, self.trunk_epochs = self.option("rounds"), self.option("trunk_epochs")
+        self.teachers, self.teacher_epochs = self.option("teachers"), self.option("teacher_epochs")
         self.filters, self.agree, self.alpha = args.pudistill_filters, args.pudistill_agree, args.pudistill_alpha
         for name, value, low in [("--pudistill-rounds", self.rounds, 1), ("--pudistill-trunk-epochs",
                                  self.trunk_epochs, 1), ("--pudistill-teacher-epochs", self.teacher_epochs, 1),
