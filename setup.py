@@ -24,12 +24,14 @@ def cuda_available_for_build():
 
 with_cuda = cuda_available_for_build()
 sources = ["csrc/ops.cpp", "csrc/python_module.cpp"] + rel("csrc/cpu/*.cpp")
-# at::parallel_for only runs threads when compiled and linked with OpenMP.
-cxx_flags = ["-O3", "-fopenmp"]
+# at::parallel_for only runs threads when compiled and linked with OpenMP. The kernels raise
+# no floating-point traps: -fno-trapping-math lets GCC turn float compares inside the CPU
+# kernels' loops into selects, so those loops vectorize (PM's row kernel: 2.3x faster).
+cxx_flags = ["-O3", "-fopenmp", "-fno-trapping-math"]
 kwargs = dict(
     name="engine._C",
     include_dirs=[os.path.join(ROOT, "csrc", "include")],
-    # libmvec: glibc's SIMD exp, used by the CPU kernels on x86-64 (csrc/cpu/kernels.cpp).
+    # libmvec: glibc's SIMD exp for float64, used by the CPU kernels on x86-64 (csrc/cpu/kernels.cpp).
     extra_link_args=["-fopenmp"] + (["-lmvec"] if platform.machine() == "x86_64" and platform.libc_ver()[0] == "glibc" else []),
 )
 if with_cuda:

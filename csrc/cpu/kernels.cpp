@@ -2,11 +2,9 @@
 #include <ATen/Parallel.h>
 #include <math.h>
 
-// glibc's vector math library (libmvec) has SIMD versions of exp on x86-64: declaring them
+// glibc's vector math library (libmvec) has a SIMD exp for double on x86-64: declaring it
 // lets the `omp simd` loop below call several lanes at a time (the builds link -lmvec).
 #if defined(__x86_64__) && defined(__GLIBC__)
-#pragma omp declare simd notinbranch
-extern "C" float expf(float) noexcept;
 #pragma omp declare simd notinbranch
 extern "C" double exp(double) noexcept;
 #define NOISY_CPU_CLONES __attribute__((target_clones("avx2", "default"), flatten))
@@ -14,6 +12,7 @@ extern "C" double exp(double) noexcept;
 #define NOISY_CPU_CLONES
 #endif
 
+#include <algorithm>
 #include <vector>
 
 #include "noisy/kernels.h"
@@ -22,6 +21,32 @@ extern "C" double exp(double) noexcept;
 namespace noisy {
 namespace cpu {
 namespace {
+
+// exp(x) for x <= 0 (NaN stays NaN), inline so that the float exp loop vectorizes without a
+// library call (libmvec's: a third of the CE kernel, mostly register spills around the call):
+// 2^n e^r with n = round(x / ln 2), r = x - n ln 2 (ln 2 split in two, the first part short
+// enough for n * part to be exact), |r| <~ ln2 / 2, e^r as its Taylor polynomial to r^7
+// (truncation < 6e-9). Plain multiply-adds, no fma: the AVX2 and baseline builds give the
+// same bits. Results below 2^-126 (x < -87.3) flush toward 0.
+inline float exp_nonpositive(float x) {
+  x = x < -88.0f ? -88.0f : x;  // keeps 2^n a normal float or zero; NaN compares false
+  // Adding 1.5 * 2^23 rounds x / ln 2 to an integer held in the low mantissa bits.
+  const float shifted = x * 1.44269504088896341f + 12582912.0f;
+  const float n = shifted - 12582912.0f;
+  float r = x - n * 0.693145751953125f;
+  r = r - n * 1.428606765330187045e-06f;
+  float poly = 1.0f / 5040.0f;
+  poly = poly * r + 1.0f / 720.0f;
+  poly = poly * r + 1.0f / 120.0f;
+  poly = poly * r + 1.0f / 24.0f;
+  poly = poly * r + 1.0f / 6.0f;
+  poly = poly * r + 0.5f;
+  poly = poly * r + 1.0f;
+  poly = poly * r + 1.0f;
+  const int32_t n_bits = __builtin_bit_cast(int32_t, shifted) - 0x4b400000;  // n as an integer
+  return poly * __builtin_bit_cast(float, (n_bits + 127) << 23);
+}
+inline double exp_nonpositive(double x) { return exp(x); }
 
 // One thread owns a whole row: the reductions are the identity, and the terms
 // exp(z_j - ref) are computed once, vectorized, into a per-thread row buffer.
@@ -33,12 +58,13 @@ struct SerialGroup {
   Acc* row_cache;  // [classes]: exp(z_j - ref), 0 for the arg class
 
   template <class T> T sum(T x) const { return x; }
-  // Loads the row into the cache; max, first arg-max and second largest (the same result as
-  // TopTwo::add over the row, ties and NaN included). Only float compares run vectorized:
-  // the arg-max is the first block of 8 holding the max, then a scan within it; the second
+  // Loads the row into the cache; max, first arg-max and (if `second`) second largest: the
+  // same result as TopTwo::add over the row, ties and NaN included. Only float compares run
+  // vectorized: the arg-max is the first block of 8 holding the max, then the least offset
+  // within it that holds the max (a min-reduction, no branch to mispredict); the second
   // largest a max with the arg column masked out.
   template <class Logit>
-  TopTwo<Acc> top_two_of(const Logit& logit, int64_t classes) const {
+  TopTwo<Acc> top_two_of(const Logit& logit, int64_t classes, bool second) const {
     Acc* z = row_cache;
     for (int64_t j = 0; j < classes; ++j) z[j] = logit(j);
     TopTwo<Acc> top;
@@ -46,42 +72,44 @@ struct SerialGroup {
 #pragma omp simd reduction(max : max1)
     for (int64_t j = 0; j < classes; ++j) max1 = z[j] > max1 ? z[j] : max1;
     if (!(max1 > top.max1)) return top;  // no value above -inf: arg stays -1
-    int64_t arg = 0;
-    for (; arg + 8 <= classes; arg += 8) {  // the first block of 8 holding the max, one compare each
+    int64_t block = 0;
+    for (; block + 8 < classes; block += 8) {
       int hit = 0;
 #pragma omp simd reduction(| : hit)
-      for (int64_t j = arg; j < arg + 8; ++j) hit |= z[j] == max1;
+      for (int64_t j = block; j < block + 8; ++j) hit |= z[j] == max1;
       if (hit) break;
     }
-    while (z[arg] != max1) ++arg;
+    const int width = static_cast<int>(std::min<int64_t>(8, classes - block));
+    int offset = width;
+#pragma omp simd reduction(min : offset)
+    for (int k = 0; k < width; ++k) offset = std::min(offset, z[block + k] == max1 ? k : width);
+    const int64_t arg = block + offset;
+    top.max1 = max1;
+    top.arg = arg;
+    if (!second) return top;
     const Acc at_arg = z[arg];
     z[arg] = top.max2;
     Acc max2 = top.max2;
 #pragma omp simd reduction(max : max2)
     for (int64_t j = 0; j < classes; ++j) max2 = z[j] > max2 ? z[j] : max2;
     z[arg] = at_arg;
-    top.max1 = max1;
     top.max2 = max2;
-    top.arg = arg;
     return top;
   }
 
-  // Turns the cached row into exp(z_j - ref) in place. The arg column is evaluated at
-  // z = ref (exp = 1, taken back out of the sum, which is >= 2 then): its exp(max - ref)
-  // could overflow and send the SIMD exp to its slow path.
+  // Turns the cached row into exp(z_j - ref) in place, 0 for the arg column (evaluated at
+  // -inf: its term never enters the sum, which stays exact when every other term is tiny).
   template <class Logit>
   Acc rest_exp_sum(const Logit&, int64_t classes, int64_t arg, Acc ref) const {
     Acc* rel = row_cache;
-    if (arg >= 0) rel[arg] = ref;
+    if (arg >= 0) rel[arg] = neg_infinity<Acc>();
     Acc sum = 0;
 #pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < classes; ++j) {
-      rel[j] = math_exp(rel[j] - ref);
+      rel[j] = exp_nonpositive(rel[j] - ref);
       sum += rel[j];
     }
-    if (arg < 0) return sum;
-    rel[arg] = 0;
-    return sum - Acc(1);
+    return sum;
   }
 
   template <class Logit>

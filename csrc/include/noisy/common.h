@@ -24,7 +24,17 @@ NOISY_HD float math_exp(float x) { return expf(x); }
 NOISY_HD double math_exp(double x) { return exp(x); }
 NOISY_HD float math_log(float x) { return logf(x); }
 NOISY_HD double math_log(double x) { return log(x); }
+#if defined(__CUDA_ARCH__)
 NOISY_HD float math_log1p(float x) { return log1pf(x); }
+#else
+// glibc's log1pf is about 3x slower than its logf. log1p(x) = log(u) x / (u - 1) with
+// u = 1 + x rounded: the ratio corrects the rounding of u (a few ulp, Goldberg 1991).
+NOISY_HD float math_log1p(float x) {
+  const float u = 1.0f + x;
+  if (u == 1.0f || u == INFINITY) return u == 1.0f ? x : u;
+  return logf(u) * (x / (u - 1.0f));
+}
+#endif
 NOISY_HD double math_log1p(double x) { return log1p(x); }
 
 // log1p(x) for |x| <= 1/2, without a library call so that loops over it vectorize:

@@ -76,7 +76,7 @@ struct NegativeSums {
       loss -= count * a * math_log(clamp_eps);
       return;
     }
-    loss -= count * a * s.log1m_p_arg;
+    loss -= count * a * s.log1m_p_arg();
     arg_coef += count * a * s.p_arg;
   }
 
@@ -181,7 +181,8 @@ NOISY_HD void row_loss(const RowLossProblem<Scalar, Acc>& P, int64_t row, const 
   const Acc clamp_eps = static_cast<Acc>(spec.clamp_eps);
   auto logit = [&](int64_t j) { return load_as<Acc>(P.logits.at(row, j)); };
 
-  const SoftmaxRow<Acc> s = softmax_row<Acc>(logit, C, group);
+  // Only log(1 - p_arg) of a negative term needs the second largest logit.
+  const SoftmaxRow<Acc> s = softmax_row<Acc>(logit, C, group, spec.negatives != NegativeSet::none);
 
   const bool uses_label = spec.positive != PositiveTerm::none || spec.negatives == NegativeSet::all_but_label;
   const int64_t y = uses_label ? P.labels[row * P.label_stride] : -1;

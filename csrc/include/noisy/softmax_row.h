@@ -6,8 +6,11 @@
 // Every other quantity follows from these without cancellation:
 //   rest   = sum_{j != arg} p_j / p_arg = exp(ref - max) * rest_sum
 //   p_arg  = 1 / (1 + rest),  1 - p_arg = rest / (1 + rest)
-//   p_j    = exp(z_j - ref) * exp(ref - lse)            (j != arg)
+//   p_j    = exp(z_j - ref) * exp(ref - max) * p_arg     (j != arg)
 //   log(1 - p_arg) = ref - max + log(rest_sum) - log1p(rest)   (finite for any gap)
+// Only log(1 - p_arg) needs ref = max2: with ref = max, a gap above ~88 (float) underflows
+// rest_sum to 0 and log(1 - p_arg) to -inf, while p_j, 1 - p_j and -log p_j stay exact.
+// Losses without negative terms therefore skip the second-largest pass (ref = max).
 #pragma once
 
 #include "noisy/common.h"
@@ -56,20 +59,23 @@ struct SoftmaxRow {
   int64_t arg;
   T rest_sum;      // sum_{j != arg} exp(z_j - ref)
   T rest;          // sum_{j != arg} p_j / p_arg
+  T log1p_rest;    // log(1 + rest) = -log p_arg
   T lse;           // log sum_j exp(z_j)
   T ref_prob;      // exp(ref - lse): p_j = exp(z_j - ref) * ref_prob for j != arg
   T p_arg;
-  T log1m_p_arg;   // log(1 - p_arg)
 
   NOISY_HD SoftmaxRow(const TopTwo<T>& top, T rest_sum_)
       : max1(top.max1), max2(top.max2), ref(top.rest_reference()), arg(top.arg), rest_sum(rest_sum_) {
-    rest = math_exp(ref - max1) * rest_sum;
-    const T log1p_rest = math_log1p(rest);
+    const T ref_rel = math_exp(ref - max1);
+    rest = ref_rel * rest_sum;
+    log1p_rest = math_log1p(rest);
     lse = max1 + log1p_rest;
-    ref_prob = math_exp(ref - lse);
     p_arg = T(1) / (T(1) + rest);
-    log1m_p_arg = ref - max1 + math_log(rest_sum) - log1p_rest;
+    ref_prob = ref_rel * p_arg;
   }
+
+  // log(1 - p_arg); finite for any gap when ref = max2.
+  NOISY_HD T log1m_p_arg() const { return ref - max1 + math_log(rest_sum) - log1p_rest; }
 
   // The term of rest_sum contributed by column j (zero for the arg column).
   NOISY_HD T rel_exp(T z, int64_t j) const { return j == arg ? T(0) : math_exp(z - ref); }
@@ -85,19 +91,23 @@ struct SoftmaxRow {
   NOISY_HD T prob_without_arg(T rel) const { return rel / rest_sum; }
 
   // -log p_j; for the arg class log1p(rest), which keeps its accuracy as p_arg -> 1.
-  NOISY_HD T neg_log_prob(T z, int64_t j) const { return j == arg ? math_log1p(rest) : lse - z; }
+  NOISY_HD T neg_log_prob(T z, int64_t j) const { return j == arg ? log1p_rest : lse - z; }
 };
 
 // The two reductions over a row of `classes` logits, logit(j) -> Acc, done by a Group
 // of threads: one thread on the CPU (which caches the row), a warp on CUDA. A Group has
 // `lane`, a static `width`, an all-reduce `sum`, and
-//   top_two_of(logit, classes)              the TopTwo of the whole row,
+//   top_two_of(logit, classes, second)      the TopTwo of the whole row (max2 may be left
+//                                           at -inf when !second),
 //   rest_exp_sum(logit, classes, arg, ref)  this lane's part of rest_sum,
 //   rel_exp(s, logit, j)                    exp(z_j - ref) (0 for arg) for later passes.
 // Every thread of the group gets the result.
+// second_largest = false: ref = max (see the top of this file), the same on every device.
 template <class Acc, class Group, class Logit>
-NOISY_HD SoftmaxRow<Acc> softmax_row(const Logit& logit, int64_t classes, const Group& group) {
-  const TopTwo<Acc> top = group.top_two_of(logit, classes);
+NOISY_HD SoftmaxRow<Acc> softmax_row(const Logit& logit, int64_t classes, const Group& group,
+                                     bool second_largest = true) {
+  TopTwo<Acc> top = group.top_two_of(logit, classes, second_largest);
+  if (!second_largest) top.max2 = neg_infinity<Acc>();
   const Acc rest_sum = group.rest_exp_sum(logit, classes, top.arg, top.rest_reference());
   return SoftmaxRow<Acc>(top, group.sum(rest_sum));
 }
