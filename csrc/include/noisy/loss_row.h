@@ -139,13 +139,19 @@ NOISY_HD void with_plus(bool plus, const Body& body) {
 }
 
 // body(kept) with kept(j) = 0 for a column excluded in this row, else 1; one loop body for
-// rows with an exclusion matrix and one for rows without.
+// rows without an exclusion matrix, one for contiguous rows of it (the CPU loops vectorize
+// only with a stride known to be 1) and one for any other stride.
 template <class Scalar, class Acc, class Body>
 NOISY_HD void with_kept_columns(const RowLossProblem<Scalar, Acc>& P, int64_t row, const Body& body) {
   if (P.exclude.data) {
-    const bool* excluded = &P.exclude.at(row, 0);
+    // Read as bytes (torch stores bool as 0 / 1): GCC has no vector type for bool loads.
+    const uint8_t* excluded = reinterpret_cast<const uint8_t*>(&P.exclude.at(row, 0));
     const int64_t stride = P.exclude.col_stride;
-    body([=](int64_t j) { return Acc(1) - Acc(excluded[j * stride]); });
+    if (stride == 1) {
+      body([=](int64_t j) { return Acc(1) - Acc(excluded[j]); });
+    } else {
+      body([=](int64_t j) { return Acc(1) - Acc(excluded[j * stride]); });
+    }
   } else {
     body([](int64_t) { return Acc(1); });
   }
