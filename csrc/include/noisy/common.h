@@ -31,7 +31,8 @@ NOISY_HD float math_log1p(float x) { return log1pf(x); }
 // u = 1 + x rounded: the ratio corrects the rounding of u (a few ulp, Goldberg 1991).
 NOISY_HD float math_log1p(float x) {
   const float u = 1.0f + x;
-  if (u == 1.0f || u == INFINITY) return u == 1.0f ? x : u;
+  if (u == 1.0f) return x;  // |x| below half an ulp of 1: log1p(x) = x to float precision
+  if (u == INFINITY) return u;
   return logf(u) * (x / (u - 1.0f));
 }
 #endif
