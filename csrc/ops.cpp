@@ -6,7 +6,7 @@
 #include <string>
 #include <tuple>
 
-#include "noisy/kernels.h"
+#include "problems.h"
 
 #ifdef WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -59,28 +59,6 @@ void check_exclude(const char* api, const Tensor& exclude, int64_t rows, int64_t
 
 // ---------------------------------------------------------------- dispatch helpers
 
-template <class S, class A>
-struct Types {
-  using Scalar = S;
-  using Acc = A;
-};
-
-template <class F>
-void dispatch_float(at::ScalarType t, F&& f) {
-  switch (t) {
-    case at::kFloat: return f(Types<float, float>{});
-    case at::kDouble: return f(Types<double, double>{});
-    case at::kBFloat16: return f(Types<bf16_t, float>{});
-    case at::kHalf: return f(Types<f16_t, float>{});
-    default: TORCH_CHECK(false, "unsupported dtype ", t);
-  }
-}
-
-template <class S>
-Matrix<const S> matrix(const Tensor& t) {
-  return {reinterpret_cast<const S*>(t.const_data_ptr()), t.stride(0), t.stride(1)};
-}
-
 #ifdef WITH_CUDA
 void check_launch(int error) {
   TORCH_CHECK(error == 0, "CUDA kernel launch failed: ", cudaGetErrorString(static_cast<cudaError_t>(error)));
@@ -101,40 +79,13 @@ void on_device(const Tensor& t, CpuCall&& cpu_call, CudaCall&& cuda_call) {
   TORCH_CHECK(false, "noisy ops support CPU and CUDA tensors, got ", t.device());
 }
 
-at::ScalarType accumulation_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
 // ---------------------------------------------------------------- losses
 
-// Per-row loss [B] (float32, float64 for float64 logits) and, when compute_grad, its
-// gradient wrt logits [B, C] in the logits' dtype (else an empty tensor).
 std::tuple<Tensor, Tensor> row_loss(const Tensor& logits, const Tensor* labels, const Tensor* negatives,
                                     const Tensor* exclude, const LossSpec& spec, bool compute_grad) {
-  const int64_t rows = logits.size(0), classes = logits.size(1);
-  Tensor loss = at::empty({rows}, logits.options().dtype(accumulation_type(logits.scalar_type())));
-  Tensor grad = compute_grad ? at::empty({rows, classes}, logits.options()) : at::empty({0}, logits.options());
-  if (rows == 0) return {loss, grad};
-  dispatch_float(logits.scalar_type(), [&](auto types) {
-    using S = typename decltype(types)::Scalar;
-    using A = typename decltype(types)::Acc;
-    RowLossProblem<S, A> p{};
-    p.rows = rows;
-    p.classes = classes;
-    p.logits = matrix<S>(logits);
-    if (labels) {
-      p.labels = labels->const_data_ptr<int64_t>();
-      p.label_stride = labels->stride(0);
-    }
-    if (negatives) {
-      p.negatives = matrix<int64_t>(*negatives);
-      p.num_negatives = negatives->size(1);
-    }
-    if (exclude) p.exclude = matrix<bool>(*exclude);
-    p.loss = loss.mutable_data_ptr<A>();
-    p.grad = compute_grad ? reinterpret_cast<S*>(grad.mutable_data_ptr()) : nullptr;
-    p.spec = spec;
+  return run_row_loss(logits, labels, negatives, exclude, spec, compute_grad, [&](const auto& p) {
     on_device(logits, [&] { cpu::row_loss(p); }, [&](void* stream) { return cuda::row_loss(p, stream); });
   });
-  return {loss, grad};
 }
 
 std::tuple<Tensor, Tensor> nl_forward(const Tensor& logits, const Tensor& comp_labels, bool plus, double clamp_eps,
@@ -182,19 +133,9 @@ std::tuple<Tensor, Tensor> pl_plus_forward(const Tensor& logits, const Tensor& t
 
 std::tuple<Tensor, Tensor> jnpl_select(const Tensor& logits, int64_t seed, int64_t offset) {
   check_logits("jnpl_select", logits);
-  const int64_t rows = logits.size(0);
-  Tensor keep = at::empty({rows}, logits.options().dtype(at::kBool));
-  Tensor argmax = at::empty({rows}, logits.options().dtype(at::kLong));
-  if (rows == 0) return {keep, argmax};
-  dispatch_float(logits.scalar_type(), [&](auto types) {
-    using S = typename decltype(types)::Scalar;
-    using A = typename decltype(types)::Acc;
-    const SelectProblem<S, A> p{rows, logits.size(1), matrix<S>(logits), static_cast<uint64_t>(seed),
-                                static_cast<uint64_t>(offset), keep.mutable_data_ptr<bool>(),
-                                argmax.mutable_data_ptr<int64_t>()};
+  return run_select(logits, seed, offset, [&](const auto& p) {
     on_device(logits, [&] { cpu::jnpl_select(p); }, [&](void* stream) { return cuda::jnpl_select(p, stream); });
   });
-  return {keep, argmax};
 }
 
 Tensor sample_complementary(const Tensor& labels, int64_t num_classes, int64_t k, const c10::optional<Tensor>& exclude,
@@ -280,12 +221,7 @@ void update_history(const Tensor& history, const Tensor& indices, const Tensor& 
                     "(): history must have shape [num_samples, ", logits.size(1), "], got ", history.sizes());
   check_same_device(api, logits, "logits", history, "history");
   check_class_indices(api, indices, "indices", 1, logits.size(0), history.size(0), logits, "logits");
-  if (logits.size(0) == 0) return;
-  dispatch_float(logits.scalar_type(), [&](auto types) {
-    using S = typename decltype(types)::Scalar;
-    const HistoryProblem<S> p{logits.size(0), logits.size(1), matrix<S>(logits), indices.const_data_ptr<int64_t>(),
-                              indices.stride(0),
-                              Matrix<bool>{history.mutable_data_ptr<bool>(), history.stride(0), history.stride(1)}};
+  run_history(history, indices, logits, [&](const auto& p) {
     on_device(logits, [&] { cpu::update_history(p); }, [&](void* stream) { return cuda::update_history(p, stream); });
   });
 }

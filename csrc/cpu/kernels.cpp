@@ -16,7 +16,6 @@ extern "C" double exp(double) noexcept;
 #include <vector>
 
 #include "noisy/kernels.h"
-#include "noisy/sampling.h"
 
 namespace noisy {
 namespace cpu {
@@ -138,12 +137,7 @@ void row_loss(const RowLossProblem<Scalar, Acc>& p) {
 
 void sample_complementary(const SamplingProblem& p) {
   at::parallel_for(0, p.rows, grain_for(p.exclude.data ? p.classes * p.k : p.k), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const AllowedClasses classes{p.classes, p.labels[row * p.label_stride],
-                                   p.exclude.data ? &p.exclude.at(row, 0) : nullptr, p.exclude.col_stride};
-      PhiloxStream rng(p.seed, p.offset, static_cast<uint64_t>(row));
-      sample_complementary_row(classes, p.k, p.replacement, rng, p.out + row * p.k, 1);
-    }
+    for (int64_t row = begin; row < end; ++row) sample_row(p, row);
   });
 }
 
@@ -151,13 +145,7 @@ template <class Scalar, class Acc>
 void jnpl_select(const SelectProblem<Scalar, Acc>& p) {
   at::parallel_for(0, p.rows, grain_for(p.classes), [&](int64_t begin, int64_t end) {
     std::vector<Acc> row_cache(p.classes);
-    for (int64_t row = begin; row < end; ++row) {
-      const auto logit = [&](int64_t j) { return load_as<Acc>(p.logits.at(row, j)); };
-      const SoftmaxRow<Acc> s = softmax_row<Acc>(logit, p.classes, SerialGroup<Acc>{0, row_cache.data()});
-      PhiloxStream rng(p.seed, p.offset, static_cast<uint64_t>(row));
-      p.keep[row] = jnpl_keep(s, p.classes, rng);
-      p.argmax[row] = s.arg;
-    }
+    for (int64_t row = begin; row < end; ++row) select_row(p, row, SerialGroup<Acc>{0, row_cache.data()});
   });
 }
 
@@ -175,11 +163,8 @@ void normalize_weights(const NormalizeProblem<Scalar, Acc>& p) {
 template <class Scalar>
 void update_history(const HistoryProblem<Scalar>& p) {
   // Sequential: rows may share an index, and the work is one arg-max per row.
-  for (int64_t row = 0; row < p.rows; ++row) {
-    TopTwo<double> top;  // double holds every supported dtype exactly
-    for (int64_t j = 0; j < p.classes; ++j) top.add(load_as<double>(p.logits.at(row, j)), j);
-    if (top.arg >= 0) p.history.at(p.indices[row * p.index_stride], top.arg) = true;
-  }
+  std::vector<double> row_cache(p.classes);
+  for (int64_t row = 0; row < p.rows; ++row) history_row(p, row, SerialGroup<double>{0, row_cache.data()});
 }
 
 #define NOISY_INSTANTIATE_CPU(S, A)                                      \

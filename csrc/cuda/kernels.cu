@@ -3,7 +3,7 @@
 #include <cuda_runtime.h>
 
 #include "noisy/kernels.h"
-#include "noisy/sampling.h"
+#include "noisy/lane_group.h"
 
 namespace noisy {
 namespace cuda {
@@ -13,55 +13,27 @@ constexpr int kWarp = 32;
 constexpr int kBlock = 256;
 constexpr int kNormalizeBlock = 512;
 
-// A warp shares one row: lane-strided loops, butterfly all-reduces.
-struct WarpGroup {
-  static constexpr int width = kWarp;
-  static constexpr bool caches_row = false;
-  int lane;
-
+// The lanes of a warp exchange values by shuffles, a 32-bit word at a time (any trivially
+// copyable T: float, double, TopTwo). Device-only: nvcc's host pass compiles the
+// __host__ __device__ callers but never runs them.
+struct WarpShuffle {
   template <class T>
-  NOISY_HD T sum(T x) const {
+  NOISY_HD T swap_xor(T x, int offset) const {
 #ifdef __CUDA_ARCH__
-    for (int offset = kWarp / 2; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
+    static_assert(sizeof(T) % sizeof(uint32_t) == 0, "shuffled types are whole 32-bit words");
+    uint32_t words[sizeof(T) / sizeof(uint32_t)];
+    memcpy(words, &x, sizeof(T));
+    for (uint32_t& word : words) word = __shfl_xor_sync(0xffffffffu, word, offset);
+    memcpy(&x, words, sizeof(T));
+#else
+    (void)offset;
 #endif
     return x;
   }
-
-  // Tracks the second largest either way: it costs a warp no extra pass over the row.
-  template <class Logit>
-  NOISY_HD auto top_two_of(const Logit& logit, int64_t classes, bool) const {
-    TopTwo<decltype(logit(0))> top;
-    for (int64_t j = lane; j < classes; j += width) top.add(logit(j), j);
-    return top_two(top);
-  }
-
-  template <class Logit, class T>
-  NOISY_HD T rest_exp_sum(const Logit& logit, int64_t classes, int64_t arg, T ref) const {
-    T sum = 0;
-    for (int64_t j = lane; j < classes; j += width) {
-      if (j != arg) sum += math_exp(logit(j) - ref);
-    }
-    return sum;
-  }
-
-  // Recomputed: a warp has no room to cache a row.
-  template <class T, class Logit>
-  NOISY_HD T rel_exp(const SoftmaxRow<T>& s, const Logit& logit, int64_t j) const { return s.rel_exp(logit(j), j); }
-
-  template <class T>
-  NOISY_HD TopTwo<T> top_two(TopTwo<T> t) const {
-#ifdef __CUDA_ARCH__
-    for (int offset = kWarp / 2; offset > 0; offset /= 2) {
-      TopTwo<T> other;
-      other.max1 = __shfl_xor_sync(0xffffffffu, t.max1, offset);
-      other.max2 = __shfl_xor_sync(0xffffffffu, t.max2, offset);
-      other.arg = __shfl_xor_sync(0xffffffffu, static_cast<long long>(t.arg), offset);
-      t.merge(other);
-    }
-#endif
-    return t;
-  }
 };
+
+// A warp shares one row (csrc/include/noisy/lane_group.h).
+using WarpGroup = LaneGroup<kWarp, WarpShuffle>;
 
 unsigned warp_rows_grid(int64_t rows) {
   const int64_t rows_per_block = kBlock / kWarp;
@@ -81,24 +53,13 @@ __global__ void row_loss_kernel(const RowLossProblem<S, A> p) {
 
 __global__ void sample_complementary_kernel(const SamplingProblem p) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (row >= p.rows) return;
-  const AllowedClasses classes{p.classes, p.labels[row * p.label_stride],
-                               p.exclude.data ? &p.exclude.at(row, 0) : nullptr, p.exclude.col_stride};
-  PhiloxStream rng(p.seed, p.offset, static_cast<uint64_t>(row));
-  sample_complementary_row(classes, p.k, p.replacement, rng, p.out + row * p.k, 1);
+  if (row < p.rows) sample_row(p, row);
 }
 
 template <class S, class A>
 __global__ void jnpl_select_kernel(const SelectProblem<S, A> p) {
   const int64_t row = warp_row();
-  if (row >= p.rows) return;
-  const auto logit = [&](int64_t j) { return load_as<A>(p.logits.at(row, j)); };
-  const SoftmaxRow<A> s = softmax_row<A>(logit, p.classes, WarpGroup{lane_id()});
-  if (lane_id() == 0) {
-    PhiloxStream rng(p.seed, p.offset, static_cast<uint64_t>(row));
-    p.keep[row] = jnpl_keep(s, p.classes, rng);
-    p.argmax[row] = s.arg;
-  }
+  if (row < p.rows) select_row(p, row, WarpGroup{lane_id()});  // uniform per warp
 }
 
 // One block: the statistics need the whole vector before any output is written.
@@ -119,15 +80,11 @@ __global__ void normalize_weights_kernel(const NormalizeProblem<S, A> p) {
   }
 }
 
+// Rows sharing an index all write `true`: a benign race.
 template <class S>
 __global__ void update_history_kernel(const HistoryProblem<S> p) {
   const int64_t row = warp_row();
-  if (row >= p.rows) return;
-  TopTwo<double> top;  // double holds every supported dtype exactly
-  for (int64_t j = lane_id(); j < p.classes; j += kWarp) top.add(load_as<double>(p.logits.at(row, j)), j);
-  top = WarpGroup{lane_id()}.top_two(top);
-  // Rows sharing an index all write `true`: a benign race.
-  if (lane_id() == 0 && top.arg >= 0) p.history.at(p.indices[row * p.index_stride], top.arg) = true;
+  if (row < p.rows) history_row(p, row, WarpGroup{lane_id()});  // uniform per warp
 }
 
 int launched() { return static_cast<int>(cudaGetLastError()); }

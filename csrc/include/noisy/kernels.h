@@ -4,6 +4,7 @@
 
 #include "noisy/loss_row.h"
 #include "noisy/normalize.h"
+#include "noisy/sampling.h"
 
 namespace noisy {
 
@@ -20,6 +21,14 @@ struct SamplingProblem {
   int64_t* out;                // [rows, k] contiguous
 };
 
+// The complementary labels of one row, by one thread.
+NOISY_HD void sample_row(const SamplingProblem& p, int64_t row) {
+  const AllowedClasses classes{p.classes, p.labels[row * p.label_stride],
+                               p.exclude.data ? &p.exclude.at(row, 0) : nullptr, p.exclude.col_stride};
+  PhiloxStream rng(p.seed, p.offset, static_cast<uint64_t>(row));
+  sample_complementary_row(classes, p.k, p.replacement, rng, p.out + row * p.k, 1);
+}
+
 template <class Scalar, class Acc>
 struct SelectProblem {
   int64_t rows;
@@ -30,6 +39,17 @@ struct SelectProblem {
   bool* keep;                  // [rows]
   int64_t* argmax;             // [rows]
 };
+
+// PL+ selection of one row by a Group of threads (see softmax_row).
+template <class Scalar, class Acc, class Group>
+NOISY_HD void select_row(const SelectProblem<Scalar, Acc>& p, int64_t row, const Group& group) {
+  const auto logit = [&](int64_t j) { return load_as<Acc>(p.logits.at(row, j)); };
+  const SoftmaxRow<Acc> s = softmax_row<Acc>(logit, p.classes, group);
+  if (group.lane != 0) return;
+  PhiloxStream rng(p.seed, p.offset, static_cast<uint64_t>(row));
+  p.keep[row] = jnpl_keep(s, p.classes, rng);
+  p.argmax[row] = s.arg;
+}
 
 template <class Scalar, class Acc>
 struct NormalizeProblem {
@@ -50,6 +70,15 @@ struct HistoryProblem {
   int64_t index_stride;
   Matrix<bool> history;
 };
+
+// Marks the arg-max of one row in its history row, by a Group of threads (see softmax_row).
+// double holds every supported dtype exactly, so the arg-max is the same on every device.
+template <class Scalar, class Group>
+NOISY_HD void history_row(const HistoryProblem<Scalar>& p, int64_t row, const Group& group) {
+  const auto logit = [&](int64_t j) { return load_as<double>(p.logits.at(row, j)); };
+  const TopTwo<double> top = group.top_two_of(logit, p.classes, false);
+  if (group.lane == 0 && top.arg >= 0) p.history.at(p.indices[row * p.index_stride], top.arg) = true;
+}
 
 // CPU kernels: csrc/cpu/kernels.cpp. CUDA kernels: csrc/cuda/kernels.cu; `stream` is a
 // cudaStream_t and the result the cudaError_t of the launch (0: success).

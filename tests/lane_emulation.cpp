@@ -1,0 +1,93 @@
+// The CUDA kernels' per-row code (a row per warp: csrc/include/noisy/lane_group.h with the
+// row bodies of noisy/kernels.h) run on host threads, one per lane, so that the tests check
+// it on machines without a GPU. A lane exchange writes a shared slot and waits at a barrier,
+// as a warp shuffle does in lockstep. Only the shuffle itself and the launch are not covered.
+// Built and used by tests/test_lane_emulation.py.
+#include <torch/extension.h>
+
+#include <array>
+#include <barrier>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "noisy/lane_group.h"
+#include "problems.h"
+
+namespace {
+
+constexpr int kLanes = 32;  // a CUDA warp
+
+struct ThreadExchange {
+  struct Shared {
+    std::barrier<> sync{kLanes};
+    std::array<std::array<unsigned char, 32>, kLanes> slots;
+  };
+  Shared* shared;
+  int lane;
+
+  // Every lane writes its value, waits for all, reads its partner's, and waits again
+  // before the slots are reused.
+  template <class T>
+  T swap_xor(T x, int offset) const {
+    static_assert(sizeof(T) <= 32, "slot too small");
+    std::memcpy(shared->slots[lane].data(), &x, sizeof(T));
+    shared->sync.arrive_and_wait();
+    std::memcpy(&x, shared->slots[lane ^ offset].data(), sizeof(T));
+    shared->sync.arrive_and_wait();
+    return x;
+  }
+};
+
+using EmulatedWarp = noisy::LaneGroup<kLanes, ThreadExchange>;
+
+// row_body(row, group) for every row, each row by all kLanes threads together.
+template <class RowBody>
+void on_lanes(int64_t rows, const RowBody& row_body) {
+  ThreadExchange::Shared shared;
+  std::vector<std::thread> lanes;
+  for (int lane = 0; lane < kLanes; ++lane) {
+    lanes.emplace_back([&, lane] {
+      const EmulatedWarp group{lane, ThreadExchange{&shared, lane}};
+      for (int64_t row = 0; row < rows; ++row) row_body(row, group);
+    });
+  }
+  for (std::thread& lane : lanes) lane.join();
+}
+
+const at::Tensor* optional_ptr(const c10::optional<at::Tensor>& t) { return t ? &*t : nullptr; }
+
+// The loss family's (loss [B], gradient [B, C]) for a LossSpec given by its fields
+// (noisy/loss_row.h: positive 0 none / 1 CE / 2 PL+; negatives 0 none / 1 listed / 2 all
+// but the label). Inputs must be valid: nothing is checked here.
+std::tuple<at::Tensor, at::Tensor> row_loss(const at::Tensor& logits, const c10::optional<at::Tensor>& labels,
+                                            const c10::optional<at::Tensor>& negatives,
+                                            const c10::optional<at::Tensor>& exclude, int64_t positive,
+                                            int64_t pl_plus_n, int64_t negative_set, bool plus, double clamp_eps) {
+  const noisy::LossSpec spec{static_cast<noisy::PositiveTerm>(positive), static_cast<int32_t>(pl_plus_n),
+                             static_cast<noisy::NegativeSet>(negative_set), plus, clamp_eps};
+  return noisy::run_row_loss(logits, optional_ptr(labels), optional_ptr(negatives), optional_ptr(exclude), spec, true,
+                             [](const auto& p) {
+                               on_lanes(p.rows, [&](int64_t row, const EmulatedWarp& g) { noisy::row_loss(p, row, g); });
+                             });
+}
+
+std::tuple<at::Tensor, at::Tensor> jnpl_select(const at::Tensor& logits, int64_t seed, int64_t offset) {
+  return noisy::run_select(logits, seed, offset, [](const auto& p) {
+    on_lanes(p.rows, [&](int64_t row, const EmulatedWarp& g) { noisy::select_row(p, row, g); });
+  });
+}
+
+void update_history(const at::Tensor& history, const at::Tensor& indices, const at::Tensor& logits) {
+  noisy::run_history(history, indices, logits, [](const auto& p) {
+    on_lanes(p.rows, [&](int64_t row, const EmulatedWarp& g) { noisy::history_row(p, row, g); });
+  });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("row_loss", &row_loss);
+  m.def("jnpl_select", &jnpl_select);
+  m.def("update_history", &update_history);
+}

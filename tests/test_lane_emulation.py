@@ -1,0 +1,130 @@
+"""The CUDA kernels' row code (a warp of 32 lanes per row), emulated on 32 host threads by
+tests/lane_emulation.cpp, gives the CPU kernels' losses, gradients, selections and history.
+
+This checks the lane-strided loops and butterfly reductions of csrc/include/noisy/lane_group.h
+and the per-row bodies the CUDA kernels run, on any machine; test_cuda_matches_cpu.py checks
+the real kernels when a GPU is present.
+"""
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.cpp_extension import load
+
+from conftest import tolerances
+from engine import losses as L
+from engine.ops import ops
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# LossSpec fields (csrc/include/noisy/loss_row.h), as csrc/ops.cpp sets them for each op.
+POSITIVE = {"none": 0, "ce": 1, "pl_plus": 2}
+NEGATIVES = {"none": 0, "listed": 1, "all_but_label": 2}
+
+
+@pytest.fixture(scope="module")
+def lanes(tmp_path_factory):
+    return load(
+        name="noisy_lane_emulation",
+        sources=[str(ROOT / "tests" / "lane_emulation.cpp")],
+        extra_include_paths=[str(ROOT / "csrc"), str(ROOT / "csrc" / "include")],
+        extra_cflags=["-O1"],
+        build_directory=str(tmp_path_factory.mktemp("lane_emulation")),
+    )
+
+
+def logits_with_edge_rows(C, generator):
+    """Random rows and rows that stress the cross-lane reductions (float64; cast by the caller)."""
+    z = 3 * torch.randn(7, C, generator=generator, dtype=torch.float64)
+    z[1, 0] += 1000  # one class takes all the mass; arg-max in lane 0
+    z[2, C - 1] += 60  # arg-max in the last lane that has a column
+    z[3, [j for j in (1, 33, 65, C - 1) if j < C]] = z[3].max() + 1  # a tie across lanes: the first index wins
+    z[4, : C // 2] = -math.inf  # half the classes impossible
+    z[5, C // 3] = math.nan  # NaN policy: this row's loss and gradient are NaN
+    return z
+
+
+def row_loss_pairs(lanes, z, labels, comp, exclude):
+    """name -> ((loss, grad) of the CPU op, (loss, grad) of the emulated warps) for each loss."""
+
+    def spec(positive, negatives, plus=False, clamp_eps=0.0, n=0):
+        return POSITIVE[positive], n, NEGATIVES[negatives], plus, clamp_eps
+
+    return {
+        "nl": (ops.nl_forward(z, comp, False, 0.0, True), lanes.row_loss(z, None, comp, None, *spec("none", "listed"))),
+        "nl_plus_clamped": (
+            ops.nl_forward(z, comp, True, 1e-5, True),
+            lanes.row_loss(z, None, comp, None, *spec("none", "listed", plus=True, clamp_eps=1e-5)),
+        ),
+        "pm_exclude": (
+            ops.pm_forward(z, labels, exclude, True, True),
+            lanes.row_loss(z, labels, None, exclude, *spec("ce", "all_but_label")),
+        ),
+        "ml": (
+            ops.pm_forward(z, labels, None, False, True),
+            lanes.row_loss(z, labels, None, None, *spec("none", "all_but_label")),
+        ),
+        "ce": (ops.ce_forward(z, labels, True), lanes.row_loss(z, labels, None, None, *spec("ce", "none"))),
+        "pl_plus": (
+            ops.pl_plus_forward(z, labels, 3, True),
+            lanes.row_loss(z, labels, None, None, *spec("pl_plus", "none", n=3)),
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "C,dtype,layout",
+    [
+        (2, torch.float32, "contiguous"),
+        (10, torch.float32, "contiguous"),
+        (37, torch.float32, "contiguous"),
+        (100, torch.float32, "contiguous"),
+        (1000, torch.float32, "contiguous"),
+        (37, torch.float64, "contiguous"),
+        (37, torch.bfloat16, "contiguous"),
+        (37, torch.float32, "strided"),
+    ],
+)
+def test_losses_and_gradients_match_cpu(lanes, C, dtype, layout):
+    g = torch.Generator().manual_seed(C)
+    z = logits_with_edge_rows(C, g).to(dtype)
+    B = z.shape[0]
+    if layout == "strided":
+        columns = z.new_zeros(C, 2 * B)
+        columns[:, ::2] = z.t()
+        z = columns.t()[::2]  # the same values, strides (2, 2B): neither rows nor columns contiguous
+        assert z.stride() == (2, 2 * B)
+    labels = torch.randint(0, C, (B,), generator=g)
+    labels[4] = C - 1  # a possible class in the row with -inf logits
+    comp = L.sample_complementary(labels, C, k=3, seed=C)
+    exclude = torch.rand(B, C, generator=g) < 0.3
+    rtol, atol = tolerances(dtype)
+    for name, ((cpu_loss, cpu_grad), (lane_loss, lane_grad)) in row_loss_pairs(lanes, z, labels, comp, exclude).items():
+        assert lane_loss.dtype == cpu_loss.dtype and lane_grad.dtype == cpu_grad.dtype, name
+        assert cpu_loss[5].isnan() and lane_grad[5].isnan().all(), name
+        assert torch.isfinite(lane_loss[[0, 1, 2, 3, 4, 6]]).all(), name
+        torch.testing.assert_close(lane_loss, cpu_loss, rtol=rtol, atol=atol, equal_nan=True, msg=name)
+        torch.testing.assert_close(lane_grad.double(), cpu_grad.double(), rtol=rtol, atol=atol, equal_nan=True,
+                                   msg=name)
+
+
+@pytest.mark.parametrize("C", [2, 10, 100])
+def test_jnpl_select_and_history_match_cpu(lanes, C):
+    g = torch.Generator().manual_seed(C)
+    z = torch.cat([logits_with_edge_rows(C, g), 2 * torch.randn(200, C, generator=g, dtype=torch.float64)])
+    z[7:107, 0] += 8  # confident rows: PL+ candidates
+    z = z.float()
+    keep, yhat = ops.jnpl_select(z, 11, 12)
+    lane_keep, lane_yhat = lanes.jnpl_select(z, 11, 12)
+    assert torch.equal(lane_yhat, yhat)
+    assert yhat[3] == 1  # the tie across lanes went to the first index
+    assert 0 < int(keep.sum()) < len(keep)
+    # p_yhat comes from a different exp on each side, so a draw within an ulp of it may differ.
+    assert (lane_keep != keep).sum() <= 2
+
+    indices = torch.randint(0, 50, (len(z),), generator=g)
+    history = L.update_history(torch.zeros(50, C, dtype=torch.bool), indices, z)
+    lane_history = torch.zeros(50, C, dtype=torch.bool)
+    lanes.update_history(lane_history, indices, z)
+    assert history.any() and torch.equal(lane_history, history)
