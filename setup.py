@@ -3,12 +3,37 @@ import glob
 import os
 import platform
 import shutil
+import subprocess
 
 import torch
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def nvcc_toolkit():
+    """The CUDA toolkit of the nvcc on PATH as nvcc reports it (`_HERE_`, its real bin folder,
+    in a dry run), or None."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    dry_run = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
+                             capture_output=True, text=True)
+    for line in dry_run.stderr.splitlines():
+        if line.startswith("#$ _HERE_="):
+            return os.path.dirname(line.split("=", 1)[1].strip())
+    return None
+
+
+# torch.utils.cpp_extension takes the toolkit from CUDA_HOME, else from the folder above
+# `which nvcc`: wrong for a wrapper script such as /usr/local/bin/nvcc (no CUDA headers under
+# /usr/local, "cuda_runtime.h: No such file"). Ask nvcc itself, before that module is imported.
+if torch.version.cuda and not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")):
+    toolkit = nvcc_toolkit()
+    if toolkit:
+        os.environ["CUDA_HOME"] = toolkit
+
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 
 def rel(pattern):
