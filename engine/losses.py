@@ -125,7 +125,7 @@ class _Loss(torch.nn.Module):
     def __init__(self, reduction="mean"):
         super().__init__()
         if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+            raise ValueError(f"{type(self).__name__}(): reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.reduction = reduction
 
     def extra_repr(self):

@@ -49,7 +49,7 @@ def assert_matches(fused, reference, z, dtype, **kwargs):
 
 
 @pytest.mark.parametrize("name", LOSS_NAMES)
-@pytest.mark.parametrize("B,C", [(1, 2), (33, 10), (128, 100), (16, 1000), (4096, 10)])
+@pytest.mark.parametrize("B,C", [(1, 2), (257, 2), (4096, 2), (33, 10), (4096, 10), (128, 100), (16, 1000), (4096, 1000)])
 def test_matches_reference_fp32(name, B, C, device):
     g = torch.Generator().manual_seed(B * 1000 + C)
     fused, reference = make_case(name, B, C, device, g)
@@ -112,6 +112,26 @@ def test_confident_rows_stay_finite_and_accurate(name, gap, device):
     ref_value, ref_grad = value_and_grad(reference, z.double(), reduction="none")
     torch.testing.assert_close(value.double(), ref_value, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("gap", [50.0, 1000.0])
+@pytest.mark.parametrize("plus", [False, True])
+def test_complementary_label_on_the_confident_class(plus, gap, dtype, device):
+    """NL / NL+ on the class that takes (almost) all the mass: -log(1 - p) is about the gap."""
+    g = torch.Generator().manual_seed(12)
+    B, C = 32, 10
+    z = torch.randn(B, C, generator=g)
+    confident = torch.randint(0, C, (B,), generator=g)
+    z[torch.arange(B), confident] += gap
+    comp = torch.randint(0, C, (B, 2), generator=g)
+    comp[: B // 2, 0] = confident[: B // 2]
+    z, comp = z.to(device, dtype), comp.to(device)
+    fused = lambda x, **k: L.nl_loss(x, comp, plus=plus, **k)  # noqa: E731
+    reference = lambda x, **k: R.nl_loss(x, comp, plus=plus, **k)  # noqa: E731
+    assert_matches(fused, reference, z, dtype, reduction="none")
+    if not plus:  # NL+ weighs the term by 1 - p ~ e^-gap
+        assert (fused(z, reduction="none")[: B // 2] > gap - 10).all()
 
 
 def test_log1m_of_the_arg_max_class_is_exact_for_huge_gaps():
@@ -188,21 +208,28 @@ def test_modules_match_functions():
 
 # NL+ and PL+ detach their weights by definition, so their analytic gradient is not the
 # numerical one; they are checked against the reference's autograd above instead.
-@pytest.mark.parametrize("name", ["nl", "nl_k3", "pm", "pm_exclude", "ml_exclude", "ce"])
-def test_gradcheck_fp64(name, device):
+GRADCHECK_NAMES = ["nl", "nl_k3", "pm", "pm_exclude", "ml", "ml_exclude", "ce"]
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("name", GRADCHECK_NAMES)
+def test_gradcheck_fp64(name, reduction, device):
     g = torch.Generator().manual_seed(8)
     fused, _ = make_case(name, 6, 5, device, g)
     z = torch.randn(6, 5, dtype=torch.float64, generator=g).to(device).requires_grad_(True)
     weight = torch.rand(6, dtype=torch.float64, generator=g).to(device)
-    assert torch.autograd.gradcheck(lambda x: fused(x, weight=weight, reduction="none"), (z,))
+    assert torch.autograd.gradcheck(lambda x: fused(x, weight=weight, reduction=reduction), (z,))
 
 
 @pytest.mark.filterwarnings("ignore:Input #0 requires gradient and is not a double")
-def test_gradcheck_fp32_with_relaxed_tolerance(device):
+@pytest.mark.parametrize("name", GRADCHECK_NAMES)
+def test_gradcheck_fp32_with_relaxed_tolerance(name, device):
     g = torch.Generator().manual_seed(9)
+    fused, _ = make_case(name, 4, 5, device, g)
     z = torch.randn(4, 5, generator=g).to(device).requires_grad_(True)
-    y = torch.randint(0, 5, (4,), generator=g).to(device)
-    assert torch.autograd.gradcheck(lambda x: L.pm_loss(x, y, reduction="sum"), (z,), eps=1e-2, atol=5e-3, rtol=5e-3)
+    weight = torch.rand(4, generator=g).to(device)
+    assert torch.autograd.gradcheck(lambda x: fused(x, weight=weight, reduction="sum"), (z,), eps=1e-2, atol=5e-3,
+                                    rtol=5e-3)
 
 
 def opcheck_cases(device):
@@ -214,6 +241,7 @@ def opcheck_cases(device):
     exclude = (torch.rand(B, C, generator=g) < 0.3).to(device)
     history = torch.zeros(20, C, dtype=torch.bool, device=device)
     indices = torch.randint(0, 20, (B,), generator=g).to(device)
+    strided = torch.randn(C, 2 * B, generator=g).to(device).t()[::2].requires_grad_(True)
     return [
         (ops.nl_forward, (z, comp, False, 0.0, True)),
         (ops.nl_forward, (z, comp, True, 1e-5, True)),
@@ -221,8 +249,12 @@ def opcheck_cases(device):
         (ops.pm_forward, (z, y, None, True, True)),
         (ops.pm_forward, (z, y, exclude, False, True)),
         (ops.ce_forward, (z, y, True)),
+        (ops.ce_forward, (z.detach(), y, False)),
+        (ops.ce_forward, (z.detach().bfloat16().requires_grad_(True), y, True)),
         (ops.pl_plus_forward, (z, y, 3, True)),
+        (ops.pl_plus_forward, (strided, y, 0, True)),
         (ops.jnpl_select, (z.detach(), 1, 2)),
+        (ops.jnpl_select, (strided.detach(), 1, 2)),
         (ops.sample_complementary, (y, C, 3, torch.nn.functional.one_hot((y + 1) % C, C).bool(), False, 5, 6)),
         (ops.sample_complementary, (y, C, 4, None, True, 5, 6)),
         (ops.normalize_weights, (torch.rand(B, generator=g).to(device), "min_max", 10.0)),
@@ -239,23 +271,33 @@ def test_opcheck_every_op(device):
     assert checked == registered
 
 
-def test_torch_compile_fullgraph_matches_eager():
-    def jnpl_step(z, labels, seed, step):
-        comp = L.sample_complementary(labels, z.shape[1], k=1, seed=seed, offset=step)
+def test_torch_compile_fullgraph_matches_eager(device):
+    nl_module = L.NLLoss(clamp_eps=1e-5)
+
+    def step(z, labels, exclude, history, indices, seed, step):
+        comp = L.sample_complementary(labels, z.shape[1], k=2, exclude=exclude, seed=seed, offset=step)
         keep, yhat = L.jnpl_select(z, seed, step)
         weight = L.normalize_weights(torch.softmax(z.detach(), 1).gather(1, labels[:, None]).squeeze(1), "min_max")
-        return (L.nl_plus_loss(z, comp, weight=weight) + 0.01 * L.pl_plus_loss(z, yhat, weight=keep.float())
-                + L.pm_loss(z, labels) + L.ml_loss(z, labels) + L.weighted_ce(z, labels, weight=weight))
+        L.update_history(history, indices, z)
+        return (L.nl_plus_loss(z, comp, weight=weight) + nl_module(z, comp) + L.nl_loss(z, comp, reduction="sum")
+                + 0.01 * L.pl_plus_loss(z, yhat, weight=keep.float()) + L.pm_loss(z, labels, exclude)
+                + L.ml_loss(z, labels) + L.ml_loss(z, labels, exclude, reduction="sum")
+                + L.weighted_ce(z, labels, weight=weight))
 
-    compiled = torch.compile(jnpl_step, fullgraph=True)
-    z = torch.randn(32, 10, requires_grad=True)
-    labels = torch.randint(0, 10, (32,))
-    eager = jnpl_step(z, labels, 0, 3)
+    compiled = torch.compile(step, fullgraph=True)
+    g = torch.Generator().manual_seed(13)
+    z = torch.randn(32, 10, generator=g).to(device).requires_grad_(True)
+    labels = torch.randint(0, 10, (32,), generator=g).to(device)
+    exclude = (torch.rand(32, 10, generator=g) < 0.2).to(device)
+    indices = torch.randint(0, 8, (32,), generator=g).to(device)
+    eager_history, history = (torch.zeros(8, 10, dtype=torch.bool, device=device) for _ in range(2))
+    eager = step(z, labels, exclude, eager_history, indices, 0, 3)
     (eager_grad,) = torch.autograd.grad(eager, z)
-    out = compiled(z, labels, 0, 3)
+    out = compiled(z, labels, exclude, history, indices, 0, 3)
     (grad,) = torch.autograd.grad(out, z)
     torch.testing.assert_close(out, eager)
     torch.testing.assert_close(grad, eager_grad)
+    assert eager_history.any() and torch.equal(history, eager_history)
 
 
 @pytest.mark.parametrize("name", LOSS_NAMES)
