@@ -200,17 +200,9 @@ Tensor normalize_weights(const Tensor& x, c10::string_view mode, double temperat
   TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf, api,
                    "(): x must be a floating-point tensor, got ", t);
   TORCH_CHECK_VALUE(temperature > 0.0, api, "(): temperature must be > 0, got ", temperature);
-  const NormMode norm_mode = parse_mode(std::string(mode));
-  Tensor out = at::empty({x.size(0)}, x.options());
-  if (x.numel() == 0) return out;
-  dispatch_float(t, [&](auto types) {
-    using S = typename decltype(types)::Scalar;
-    using A = typename decltype(types)::Acc;
-    const NormalizeProblem<S, A> p{x.size(0), reinterpret_cast<const S*>(x.const_data_ptr()), x.stride(0), norm_mode,
-                                   static_cast<A>(temperature), reinterpret_cast<S*>(out.mutable_data_ptr())};
+  return run_normalize(x, parse_mode(std::string(mode)), temperature, [&](const auto& p) {
     on_device(x, [&] { cpu::normalize_weights(p); }, [&](void* stream) { return cuda::normalize_weights(p, stream); });
   });
-  return out;
 }
 
 void update_history(const Tensor& history, const Tensor& indices, const Tensor& logits) {

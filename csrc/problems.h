@@ -1,6 +1,6 @@
 // Tensors -> the raw-pointer problems of csrc/include/noisy/kernels.h, outputs allocated;
 // `run(problem)` computes them. csrc/ops.cpp validates the inputs, then runs the CPU or the
-// CUDA kernels; tests/lane_emulation.cpp runs the CUDA kernels' per-row code on host threads.
+// CUDA kernels; tests/cuda_emulation.cpp runs the CUDA kernels' code on host threads.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -85,6 +85,20 @@ std::tuple<at::Tensor, at::Tensor> run_select(const at::Tensor& logits, int64_t 
                             argmax.mutable_data_ptr<int64_t>()});
   });
   return {keep, argmax};
+}
+
+// x normalized by `mode`: a new 1-D tensor of x's dtype.
+template <class Run>
+at::Tensor run_normalize(const at::Tensor& x, NormMode mode, double temperature, Run&& run) {
+  at::Tensor out = at::empty({x.size(0)}, x.options());
+  if (x.numel() == 0) return out;
+  dispatch_float(x.scalar_type(), [&](auto types) {
+    using S = typename decltype(types)::Scalar;
+    using A = typename decltype(types)::Acc;
+    run(NormalizeProblem<S, A>{x.size(0), reinterpret_cast<const S*>(x.const_data_ptr()), x.stride(0), mode,
+                               static_cast<A>(temperature), reinterpret_cast<S*>(out.mutable_data_ptr())});
+  });
+  return out;
 }
 
 // history[indices[i], argmax logits[i]] = true, in place.

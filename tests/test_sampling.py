@@ -1,4 +1,6 @@
 """Complementary-label sampling and PL+ selection: exactness, uniformity, determinism."""
+import math
+
 import pytest
 import torch
 
@@ -46,12 +48,18 @@ def test_never_the_label_nor_excluded(device):
     B, C = 2000, 12
     labels = torch.randint(0, C, (B,), generator=g)
     exclude = torch.rand(B, C, generator=g) < 0.5
-    exclude[torch.arange(B), (labels + 1) % C] = False  # keep at least one allowed class per row
-    for replacement, k in [(True, 4), (False, 1)]:
+    three = (labels[:, None] + torch.tensor([1, 2, 3])) % C
+    exclude[:100] = True  # exactly three allowed classes in these rows, at least three in the others
+    exclude.scatter_(1, three, False)
+    for replacement, k in [(True, 4), (False, 1), (False, 3)]:
         out = L.sample_complementary(labels.to(device), C, k=k, exclude=exclude.to(device), replacement=replacement,
                                      seed=1).cpu()
         assert not (out == labels[:, None]).any()
         assert not exclude.gather(1, out).any()
+        if not replacement:
+            assert (out.sort(1).values.diff(dim=1) > 0).all(), "labels of a row must be distinct"
+        if not replacement and k == 3:
+            assert torch.equal(out[:100].sort(1).values, three[:100].sort(1).values)
 
 
 def test_uniform_chi_square(device):
@@ -132,3 +140,71 @@ def test_jnpl_select_follows_the_philox_stream(device):
     expected[1] = False  # a uniform row is no candidate (its other classes have p = 1/C)
     assert keep.cpu().tolist() == expected
     assert yhat.cpu().tolist() == [0, 0, 1]
+
+
+def confident_and_ordinary_logits(B, C, generator):
+    # Small spreads and gaps near log C give candidates with a low p_yhat too. No spread near 0:
+    # its p_second is 1/C to a few float32 ulps, where either side of the candidate test is right.
+    spread = 0.05 + 2 * torch.rand(B, 1, generator=generator, dtype=torch.float64) ** 2
+    z = torch.randn(B, C, generator=generator, dtype=torch.float64) * spread
+    top = torch.randint(0, C, (B,), generator=generator)
+    gap = math.log(C) - 1 + 6 * torch.rand(B, generator=generator, dtype=torch.float64)
+    gap[B // 2:] = 0  # the rest are ordinary rows
+    z[torch.arange(B), top] += gap
+    z[:20, 1] = z[:20, 0] = z[:20].max(1).values + 0.5  # tied maxima: the first index, never a candidate
+    return z
+
+
+@pytest.mark.parametrize("C", [2, 10, 100, 1000])
+@pytest.mark.parametrize("dtype,strided", [(torch.float32, False), (torch.float64, False), (torch.bfloat16, False),
+                                           (torch.float16, False), (torch.float32, True)])
+def test_jnpl_select_equals_the_reference_row_by_row(C, dtype, strided, device):
+    g = torch.Generator().manual_seed(C)
+    B, seed, offset = 300, 21, C + 4
+    z = confident_and_ordinary_logits(B, C, g).to(dtype)
+    logits = z.to(device)
+    if strided:  # every other column, made on the device: .to() would copy a gapped view contiguously
+        logits = torch.stack([z, -z], 2).flatten(1).to(device)[:, ::2]
+        assert not logits.is_contiguous() and torch.equal(logits.cpu(), z)
+    keep, yhat = L.jnpl_select(logits, seed=seed, offset=offset)
+    keep, yhat = keep.cpu(), yhat.cpu()
+
+    values = z.double()  # the values the kernel computes with (float32 holds every 16-bit value)
+    p = torch.softmax(values, 1)
+    p_yhat = p.max(1).values
+    candidate = p.topk(2, dim=1).values[:, 1] < 1.0 / C
+    u = torch.tensor([Stream(seed, offset, row).uniform() for row in range(B)], dtype=torch.float64)
+    expected = candidate & (u < p_yhat)
+
+    assert torch.equal(yhat, z.float().argmax(1))
+    assert yhat[:20].eq(0).all()
+    ties = (u - p_yhat).abs() < 1e-6  # an ulp-level tie of u and the float32 p_yhat may go either way
+    assert not ((keep != expected) & ~ties).any()
+    assert (expected & ~ties).any() and (candidate & ~expected & ~ties).any() and (~candidate).any()
+
+
+def test_strided_labels_and_exclude_equal_their_contiguous_copies(device):
+    g = torch.Generator().manual_seed(4)
+    B, C = 500, 9
+    # made strided on the device: .to() would copy a gapped view into a contiguous tensor
+    labels = torch.randint(0, C, (2 * B,), generator=g).to(device)[::2]
+    exclude = (torch.rand(C, B, generator=g) < 0.3).to(device).t()  # column-major
+    rows = torch.arange(B, device=device)
+    exclude[rows, (labels + 1) % C] = False
+    exclude[rows, (labels + 2) % C] = False
+    assert not labels.is_contiguous() and not exclude.is_contiguous()
+    for mask in (None, exclude):
+        for replacement, k in [(True, 3), (False, 2)]:
+            a, b = [L.sample_complementary(y, C, k=k, exclude=m, replacement=replacement, seed=6, offset=1)
+                    for y, m in [(labels, mask), (labels.contiguous(), None if mask is None else mask.contiguous())]]
+            assert torch.equal(a, b)
+
+
+def test_two_classes_always_draw_the_other_label(device):
+    labels = torch.randint(0, 2, (1000,), generator=torch.Generator().manual_seed(2))
+    exclude = torch.nn.functional.one_hot(labels, 2).bool()  # excluding the label itself changes nothing
+    for mask in (None, exclude):
+        m = None if mask is None else mask.to(device)
+        for replacement, k in [(True, 1), (True, 5), (False, 1)]:
+            out = L.sample_complementary(labels.to(device), 2, k=k, exclude=m, replacement=replacement, seed=8).cpu()
+            assert torch.equal(out, (1 - labels)[:, None].expand(-1, k))

@@ -151,13 +151,8 @@ void jnpl_select(const SelectProblem<Scalar, Acc>& p) {
 
 template <class Scalar, class Acc>
 void normalize_weights(const NormalizeProblem<Scalar, Acc>& p) {
-  NormStats<Acc> stats;
-  for (int64_t i = 0; i < p.size; ++i) stats.add(load_as<Acc>(p.x[i * p.stride]), p.mode, p.temperature);
-  at::parallel_for(0, p.size, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      p.out[i] = Store<Scalar>::from(stats.apply(load_as<Acc>(p.x[i * p.stride]), p.mode, p.temperature));
-    }
-  });
+  const NormStats<Acc> stats = norm_stats_of(p, 0, 1);
+  at::parallel_for(0, p.size, 4096, [&](int64_t begin, int64_t end) { normalize_elements(p, stats, begin, end, 1); });
 }
 
 template <class Scalar>

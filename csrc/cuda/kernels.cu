@@ -65,19 +65,10 @@ __global__ void jnpl_select_kernel(const SelectProblem<S, A> p) {
 // One block: the statistics need the whole vector before any output is written.
 template <class S, class A>
 __global__ void normalize_weights_kernel(const NormalizeProblem<S, A> p) {
-  __shared__ NormStats<A> partial[kNormalizeBlock];
-  NormStats<A> stats;
-  for (int64_t i = threadIdx.x; i < p.size; i += blockDim.x) stats.add(load_as<A>(p.x[i * p.stride]), p.mode, p.temperature);
-  partial[threadIdx.x] = stats;
-  __syncthreads();
-  for (int half = blockDim.x / 2; half > 0; half /= 2) {
-    if (threadIdx.x < half) partial[threadIdx.x].merge(partial[threadIdx.x + half]);
-    __syncthreads();
-  }
-  stats = partial[0];
-  for (int64_t i = threadIdx.x; i < p.size; i += blockDim.x) {
-    p.out[i] = Store<S>::from(stats.apply(load_as<A>(p.x[i * p.stride]), p.mode, p.temperature));
-  }
+  // Raw storage: a __shared__ array cannot run NormStats' constructor; each slot is assigned first.
+  __shared__ alignas(NormStats<A>) unsigned char storage[kNormalizeBlock * sizeof(NormStats<A>)];
+  auto* partial = reinterpret_cast<NormStats<A>*>(storage);
+  normalize_block(p, static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x), partial, [] { __syncthreads(); });
 }
 
 // Rows sharing an index all write `true`: a benign race.

@@ -61,6 +61,38 @@ struct NormalizeProblem {
   Scalar* out;                 // [size] contiguous
 };
 
+// Statistics of the elements first, first + step, ... of x.
+template <class Scalar, class Acc>
+NOISY_HD NormStats<Acc> norm_stats_of(const NormalizeProblem<Scalar, Acc>& p, int64_t first, int64_t step) {
+  NormStats<Acc> stats;
+  for (int64_t i = first; i < p.size; i += step) stats.add(load_as<Acc>(p.x[i * p.stride]), p.mode, p.temperature);
+  return stats;
+}
+
+// out for the elements first, first + step, ... below end.
+template <class Scalar, class Acc>
+NOISY_HD void normalize_elements(const NormalizeProblem<Scalar, Acc>& p, const NormStats<Acc>& stats, int64_t first,
+                                 int64_t end, int64_t step) {
+  for (int64_t i = first; i < end; i += step) {
+    p.out[i] = Store<Scalar>::from(stats.apply(load_as<Acc>(p.x[i * p.stride]), p.mode, p.temperature));
+  }
+}
+
+// The whole vector by one block of `threads` threads (a power of two): each gathers the
+// statistics of its strided share into partial[thread], the shares are merged as a tree
+// (sync() is the block's barrier), then each writes its share of the output.
+template <class Scalar, class Acc, class Sync>
+NOISY_HD void normalize_block(const NormalizeProblem<Scalar, Acc>& p, int thread, int threads, NormStats<Acc>* partial,
+                              const Sync& sync) {
+  partial[thread] = norm_stats_of(p, thread, threads);
+  sync();
+  for (int half = threads / 2; half > 0; half /= 2) {
+    if (thread < half) partial[thread].merge(partial[thread + half]);
+    sync();
+  }
+  normalize_elements(p, partial[0], thread, p.size, threads);
+}
+
 template <class Scalar>
 struct HistoryProblem {
   int64_t rows;

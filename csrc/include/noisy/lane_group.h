@@ -1,5 +1,5 @@
 // A row shared by the `Width` lanes of a group: on CUDA the 32 threads of a warp; in the
-// tests (tests/lane_emulation.cpp) host threads, which run this same code where no GPU is.
+// tests (tests/cuda_emulation.cpp) host threads, which run this same code where no GPU is.
 // Loops over the columns are lane-strided and every reduction is a butterfly all-reduce over
 // `exchange.swap_xor(x, offset)`: every lane calls it together and gets lane (lane ^ offset)'s x.
 #pragma once

@@ -1,9 +1,10 @@
-"""The CUDA kernels' row code (a warp of 32 lanes per row), emulated on 32 host threads by
-tests/lane_emulation.cpp, gives the CPU kernels' losses, gradients, selections and history.
+"""The CUDA kernels' code run on host threads by tests/cuda_emulation.cpp (a warp of 32 lanes
+per row; a block of threads for normalize_weights) gives the CPU kernels' losses, gradients,
+selections, history and normalized weights.
 
-This checks the lane-strided loops and butterfly reductions of csrc/include/noisy/lane_group.h
-and the per-row bodies the CUDA kernels run, on any machine; test_cuda_matches_cpu.py checks
-the real kernels when a GPU is present.
+This checks the lane-strided loops and butterfly reductions of csrc/include/noisy/lane_group.h,
+the block reduction of normalize_block and the per-row bodies the CUDA kernels run, on any
+machine; test_cuda_matches_cpu.py checks the real kernels when a GPU is present.
 """
 import math
 from pathlib import Path
@@ -21,16 +22,17 @@ ROOT = Path(__file__).resolve().parent.parent
 # LossSpec fields (csrc/include/noisy/loss_row.h), as csrc/ops.cpp sets them for each op.
 POSITIVE = {"none": 0, "ce": 1, "pl_plus": 2}
 NEGATIVES = {"none": 0, "listed": 1, "all_but_label": 2}
+NORM_MODES = {"sub_min": 0, "min_max": 1, "max": 2, "rectify_sum": 3, "sigmoid": 4, "softmax": 5}  # normalize.h
 
 
 @pytest.fixture(scope="module")
-def lanes(tmp_path_factory):
+def emulated(tmp_path_factory):
     return load(
-        name="noisy_lane_emulation",
-        sources=[str(ROOT / "tests" / "lane_emulation.cpp")],
+        name="noisy_cuda_emulation",
+        sources=[str(ROOT / "tests" / "cuda_emulation.cpp")],
         extra_include_paths=[str(ROOT / "csrc"), str(ROOT / "csrc" / "include")],
         extra_cflags=["-O1"],
-        build_directory=str(tmp_path_factory.mktemp("lane_emulation")),
+        build_directory=str(tmp_path_factory.mktemp("cuda_emulation")),
     )
 
 
@@ -45,30 +47,30 @@ def logits_with_edge_rows(C, generator):
     return z
 
 
-def row_loss_pairs(lanes, z, labels, comp, exclude):
+def row_loss_pairs(emulated, z, labels, comp, exclude):
     """name -> ((loss, grad) of the CPU op, (loss, grad) of the emulated warps) for each loss."""
 
     def spec(positive, negatives, plus=False, clamp_eps=0.0, n=0):
         return POSITIVE[positive], n, NEGATIVES[negatives], plus, clamp_eps
 
     return {
-        "nl": (ops.nl_forward(z, comp, False, 0.0, True), lanes.row_loss(z, None, comp, None, *spec("none", "listed"))),
+        "nl": (ops.nl_forward(z, comp, False, 0.0, True), emulated.row_loss(z, None, comp, None, *spec("none", "listed"))),
         "nl_plus_clamped": (
             ops.nl_forward(z, comp, True, 1e-5, True),
-            lanes.row_loss(z, None, comp, None, *spec("none", "listed", plus=True, clamp_eps=1e-5)),
+            emulated.row_loss(z, None, comp, None, *spec("none", "listed", plus=True, clamp_eps=1e-5)),
         ),
         "pm_exclude": (
             ops.pm_forward(z, labels, exclude, True, True),
-            lanes.row_loss(z, labels, None, exclude, *spec("ce", "all_but_label")),
+            emulated.row_loss(z, labels, None, exclude, *spec("ce", "all_but_label")),
         ),
         "ml": (
             ops.pm_forward(z, labels, None, False, True),
-            lanes.row_loss(z, labels, None, None, *spec("none", "all_but_label")),
+            emulated.row_loss(z, labels, None, None, *spec("none", "all_but_label")),
         ),
-        "ce": (ops.ce_forward(z, labels, True), lanes.row_loss(z, labels, None, None, *spec("ce", "none"))),
+        "ce": (ops.ce_forward(z, labels, True), emulated.row_loss(z, labels, None, None, *spec("ce", "none"))),
         "pl_plus": (
             ops.pl_plus_forward(z, labels, 3, True),
-            lanes.row_loss(z, labels, None, None, *spec("pl_plus", "none", n=3)),
+            emulated.row_loss(z, labels, None, None, *spec("pl_plus", "none", n=3)),
         ),
     }
 
@@ -86,7 +88,7 @@ def row_loss_pairs(lanes, z, labels, comp, exclude):
         (37, torch.float32, "strided"),
     ],
 )
-def test_losses_and_gradients_match_cpu(lanes, C, dtype, layout):
+def test_losses_and_gradients_match_cpu(emulated, C, dtype, layout):
     g = torch.Generator().manual_seed(C)
     z = logits_with_edge_rows(C, g).to(dtype)
     B = z.shape[0]
@@ -100,7 +102,7 @@ def test_losses_and_gradients_match_cpu(lanes, C, dtype, layout):
     comp = L.sample_complementary(labels, C, k=3, seed=C)
     exclude = torch.rand(B, C, generator=g) < 0.3
     rtol, atol = tolerances(dtype)
-    for name, ((cpu_loss, cpu_grad), (lane_loss, lane_grad)) in row_loss_pairs(lanes, z, labels, comp, exclude).items():
+    for name, ((cpu_loss, cpu_grad), (lane_loss, lane_grad)) in row_loss_pairs(emulated, z, labels, comp, exclude).items():
         assert lane_loss.dtype == cpu_loss.dtype and lane_grad.dtype == cpu_grad.dtype, name
         assert cpu_loss[5].isnan() and lane_grad[5].isnan().all(), name
         assert torch.isfinite(lane_loss[[0, 1, 2, 3, 4, 6]]).all(), name
@@ -110,13 +112,13 @@ def test_losses_and_gradients_match_cpu(lanes, C, dtype, layout):
 
 
 @pytest.mark.parametrize("C", [2, 10, 100])
-def test_jnpl_select_and_history_match_cpu(lanes, C):
+def test_jnpl_select_and_history_match_cpu(emulated, C):
     g = torch.Generator().manual_seed(C)
     z = torch.cat([logits_with_edge_rows(C, g), 2 * torch.randn(200, C, generator=g, dtype=torch.float64)])
     z[7:107, 0] += 8  # confident rows: PL+ candidates
     z = z.float()
     keep, yhat = ops.jnpl_select(z, 11, 12)
-    lane_keep, lane_yhat = lanes.jnpl_select(z, 11, 12)
+    lane_keep, lane_yhat = emulated.jnpl_select(z, 11, 12)
     assert torch.equal(lane_yhat, yhat)
     assert yhat[3] == 1  # the tie across lanes went to the first index
     assert 0 < int(keep.sum()) < len(keep)
@@ -126,5 +128,20 @@ def test_jnpl_select_and_history_match_cpu(lanes, C):
     indices = torch.randint(0, 50, (len(z),), generator=g)
     history = L.update_history(torch.zeros(50, C, dtype=torch.bool), indices, z)
     lane_history = torch.zeros(50, C, dtype=torch.bool)
-    lanes.update_history(lane_history, indices, z)
+    emulated.update_history(lane_history, indices, z)
     assert history.any() and torch.equal(lane_history, history)
+
+
+@pytest.mark.parametrize("size", [1, 5, 64, 1000, 4097])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_normalize_weights_block_matches_cpu(emulated, size, dtype):
+    """Fewer elements than threads leave some threads' statistics empty; their merge must not count."""
+    g = torch.Generator().manual_seed(size)
+    x = (3 * torch.randn(2 * size, generator=g, dtype=torch.float64) - 1).to(dtype)[::2]  # strided
+    rtol, atol = tolerances(dtype)
+    for mode, value in NORM_MODES.items():
+        for temperature in (10.0, 0.5) if mode == "softmax" else (10.0,):
+            expected = L.normalize_weights(x, mode, temperature)
+            result = emulated.normalize_weights(x, value, temperature)
+            assert result.dtype == expected.dtype
+            torch.testing.assert_close(result, expected, rtol=rtol, atol=atol, msg=f"{mode}, t = {temperature}")

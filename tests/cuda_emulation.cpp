@@ -1,14 +1,15 @@
-// The CUDA kernels' per-row code (a row per warp: csrc/include/noisy/lane_group.h with the
-// row bodies of noisy/kernels.h) run on host threads, one per lane, so that the tests check
-// it on machines without a GPU. A lane exchange writes a shared slot and waits at a barrier,
-// as a warp shuffle does in lockstep. Only the shuffle itself and the launch are not covered.
-// Built and used by tests/test_lane_emulation.py.
+// The CUDA kernels' code run on host threads, so that the tests check it on machines without
+// a GPU: the row bodies of noisy/kernels.h on a warp of 32 lanes (noisy/lane_group.h), a lane
+// exchange being a write to a shared slot and a barrier, as a shuffle is a lockstep exchange;
+// and normalize_block on a block of threads with a barrier for __syncthreads. Not covered: the
+// shuffle instructions themselves and the launches. Built and used by tests/test_cuda_emulation.py.
 #include <torch/extension.h>
 
 #include <array>
 #include <barrier>
 #include <cstring>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "noisy/lane_group.h"
@@ -16,7 +17,8 @@
 
 namespace {
 
-constexpr int kLanes = 32;  // a CUDA warp
+constexpr int kLanes = 32;        // a CUDA warp
+constexpr int kBlockThreads = 64;  // a (small) CUDA block for normalize_block
 
 struct ThreadExchange {
   struct Shared {
@@ -84,10 +86,27 @@ void update_history(const at::Tensor& history, const at::Tensor& indices, const 
   });
 }
 
+// mode: the value of noisy::NormMode (noisy/normalize.h).
+at::Tensor normalize_weights(const at::Tensor& x, int64_t mode, double temperature) {
+  return noisy::run_normalize(x, static_cast<noisy::NormMode>(mode), temperature, [](const auto& p) {
+    using Stats = std::decay_t<decltype(noisy::norm_stats_of(p, 0, 1))>;
+    std::vector<Stats> partial(kBlockThreads);
+    std::barrier<> sync(kBlockThreads);
+    std::vector<std::thread> block;
+    for (int thread = 0; thread < kBlockThreads; ++thread) {
+      block.emplace_back([&, thread] {
+        noisy::normalize_block(p, thread, kBlockThreads, partial.data(), [&] { sync.arrive_and_wait(); });
+      });
+    }
+    for (std::thread& thread : block) thread.join();
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("row_loss", &row_loss);
   m.def("jnpl_select", &jnpl_select);
   m.def("update_history", &update_history);
+  m.def("normalize_weights", &normalize_weights);
 }
