@@ -12,6 +12,15 @@ def device(request):
     return request.param
 
 
+def strided_copy(z, device="cpu"):
+    """z's values on `device` in a [B, C] view with strides (2, 2B): neither rows nor columns
+    contiguous. Built on the device, since .to() would copy a strided view contiguously."""
+    B, C = z.shape
+    columns = torch.zeros(C, 2 * B, device=device, dtype=z.dtype)
+    columns[:, ::2] = z.t().to(device)
+    return columns.t()[::2]
+
+
 def tolerances(dtype):
     """(rtol, atol) for a fused result on `dtype` inputs against the float64 reference of the
     same input values: float32 arithmetic for fp32/bf16/fp16, plus the rounding of the

@@ -43,18 +43,22 @@ struct ThreadExchange {
 
 using EmulatedWarp = noisy::LaneGroup<kLanes, ThreadExchange>;
 
+// body(thread) on `threads` host threads at once, joined before returning.
+template <class Body>
+void on_threads(int threads, const Body& body) {
+  std::vector<std::thread> pool;
+  for (int thread = 0; thread < threads; ++thread) pool.emplace_back([&body, thread] { body(thread); });
+  for (std::thread& thread : pool) thread.join();
+}
+
 // row_body(row, group) for every row, each row by all kLanes threads together.
 template <class RowBody>
 void on_lanes(int64_t rows, const RowBody& row_body) {
   ThreadExchange::Shared shared;
-  std::vector<std::thread> lanes;
-  for (int lane = 0; lane < kLanes; ++lane) {
-    lanes.emplace_back([&, lane] {
-      const EmulatedWarp group{lane, ThreadExchange{&shared, lane}};
-      for (int64_t row = 0; row < rows; ++row) row_body(row, group);
-    });
-  }
-  for (std::thread& lane : lanes) lane.join();
+  on_threads(kLanes, [&](int lane) {
+    const EmulatedWarp group{lane, ThreadExchange{&shared, lane}};
+    for (int64_t row = 0; row < rows; ++row) row_body(row, group);
+  });
 }
 
 const at::Tensor* optional_ptr(const c10::optional<at::Tensor>& t) { return t ? &*t : nullptr; }
@@ -92,13 +96,9 @@ at::Tensor normalize_weights(const at::Tensor& x, int64_t mode, double temperatu
     using Stats = std::decay_t<decltype(noisy::norm_stats_of(p, 0, 1))>;
     std::vector<Stats> partial(kBlockThreads);
     std::barrier<> sync(kBlockThreads);
-    std::vector<std::thread> block;
-    for (int thread = 0; thread < kBlockThreads; ++thread) {
-      block.emplace_back([&, thread] {
-        noisy::normalize_block(p, thread, kBlockThreads, partial.data(), [&] { sync.arrive_and_wait(); });
-      });
-    }
-    for (std::thread& thread : block) thread.join();
+    on_threads(kBlockThreads, [&](int thread) {
+      noisy::normalize_block(p, thread, kBlockThreads, partial.data(), [&] { sync.arrive_and_wait(); });
+    });
   });
 }
 
