@@ -31,10 +31,18 @@ def loss_table(runs):
         B, C = map(int, size.split("x"))
         fused, eager, compiled = (means.get((loss, size, i, dtype)) for i in ("fused", "eager", "compiled"))
         copy_rate = f"{2 * B * C * 4 / copies[size] / 1e9:.0f}" if size in copies else "-"
-        print(f"| {loss} | {size} | {dtype} | {fused * 1e3:.3f} | {eager * 1e3:.3f} | {compiled * 1e3:.3f} | "
-              f"{eager / fused:.2f}x | {compiled / fused:.2f}x | {fused_bytes(loss, B, C, dtype) / fused / 1e9:.0f} | "
+        print(f"| {loss} | {size} | {dtype} | {fused * 1e3:.3f} | {milliseconds(eager)} | {milliseconds(compiled)} | "
+              f"{speedup(eager, fused)} | {speedup(compiled, fused)} | {fused_bytes(loss, B, C, dtype) / fused / 1e9:.0f} | "
               f"{copy_rate} |")
 
+
+# A partial run (e.g. -k "not compiled") leaves some columns without a time.
+def milliseconds(seconds):
+    return "-" if seconds is None else f"{seconds * 1e3:.3f}"
+
+
+def speedup(baseline, fused):
+    return "-" if baseline is None else f"{baseline / fused:.2f}x"
 
 def training_table(runs):
     epochs = defaultdict(dict)
