@@ -28,8 +28,6 @@ void check_logits(const char* api, const Tensor& logits, const char* name = "log
   TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf, api, "(): ", name,
                    " must be float32, float64, bfloat16 or float16, got ", t);
   TORCH_CHECK_VALUE(logits.size(1) >= 2, api, "(): ", name, " needs at least 2 classes, got ", logits.size(1));
-  TORCH_CHECK_VALUE(logits.size(1) < (int64_t{1} << 31), api, "(): ", name, " must have fewer than 2^31 classes, got ",
-                    logits.size(1));
 }
 
 void check_same_device(const char* api, const Tensor& ref, const char* ref_name, const Tensor& t, const char* name) {
