@@ -44,6 +44,7 @@ def milliseconds(seconds):
 def speedup(baseline, fused):
     return "-" if baseline is None else f"{baseline / fused:.2f}x"
 
+
 def training_table(runs):
     epochs = defaultdict(dict)
     for e, median in runs:
