@@ -2,85 +2,193 @@
 
     python -m engine.train --method jnpl --dataset mnist5k --noise symmetric --noise-rate 0.4 \\
         --epochs 30 --seed 0 --out runs/x [--resume] [--device cpu|cuda]
+    python -m engine.train --config runs/x/config.yaml [flags that override it]
+
+Every flag is a field of a config dataclass (engine/config.py, the methods' Config classes);
+a method's own options carry its name (`--pmnar-beta`), the training ones do not (`--lr`).
 """
 import argparse
+import dataclasses
 import os
 import sys
+import types
+import typing
 
 import torch
 
-from engine.data.datasets import DATASETS
-from engine.methods import METHODS
-from engine.models import MODELS
+from engine.config import SHARED_FIELDS, ConfigError, DataConfig, RunConfig, load_yaml, size_class, with_overrides
+from engine.methods import METHODS, method_class
 
-NOISE_KINDS = ["none", "symmetric", "asymmetric", "file", "cifar10n", "cifar100n"]
+RUN_FIELDS = ("method", "seed", "device", "out")
+SECTIONS = ("data", "hyperparameters")
+
+
+def flag(field, method_name=None):
+    """The command-line flag of a config field: --field-name, or --method-field-name for a
+    method's own option (a trailing underscore, as in lambda_, is dropped)."""
+    name = field.rstrip("_").replace("_", "-")
+    return f"--{name}" if method_name is None else f"--{method_name}-{name}"
+
+
+def config_flag(error, method):
+    """The flag behind a ConfigError of a run with `method`."""
+    own = error.owner not in (DataConfig, RunConfig) and error.field not in SHARED_FIELDS
+    return flag(error.field, method.name if own else None)
+
+
+def add_field(group, field, hint, dest, method_name=None):
+    annotation = typing.get_type_hints(hint)[field.name]
+    kwargs = dict(dest=dest, default=argparse.SUPPRESS, help=field.metadata.get("help", ""))
+    base = annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # X | None: a flag of type X
+        base = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
+    if base is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif typing.get_origin(base) is typing.Literal:
+        kwargs["choices"] = typing.get_args(base)
+    else:
+        kwargs["type"] = base
+        kwargs["metavar"] = field.name.upper().rstrip("_")
+    group.add_argument(flag(field.name, method_name), **kwargs)
+
+
+def preset_hint(config_class, field):
+    small, paper = (getattr(config_class.preset(size, 10), field) for size in ("small", "paper"))
+    return f" (small data: {small}" + ("" if small == paper else f"; paper scale: {paper}") + ")"
+
+
+def build_parser(methods):
+    parser = argparse.ArgumentParser(prog="python -m engine.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="config.yaml of an earlier run: repeat it (flags given with it override "
+                                         "its values)")
+    parser.add_argument("--resume", action="store_true", default=argparse.SUPPRESS,
+                        help="continue from --out/checkpoint.pt if it exists")
+    run = parser.add_argument_group("run")
+    for field in dataclasses.fields(RunConfig):
+        if field.name in RUN_FIELDS:
+            add_field(run, field, RunConfig, field.name)
+    data = parser.add_argument_group("data and label noise")
+    for field in dataclasses.fields(DataConfig):
+        add_field(data, field, DataConfig, f"data:{field.name}")
+    training = parser.add_argument_group("training (default: the method's preset for the data's size: small below "
+                                         "20,000 training samples, else the paper's)")
+    shared_class = METHODS["jnpl"].Config
+    for field in dataclasses.fields(shared_class):
+        if field.name in SHARED_FIELDS:
+            add_field(training, field, shared_class, f"hyperparameters:{field.name}")
+    for cls in methods:
+        group = parser.add_argument_group(cls.name, (cls.Config.__doc__ or "").strip().splitlines()[0])
+        for field in dataclasses.fields(cls.Config):
+            if field.name not in SHARED_FIELDS:
+                add_field(group, field, cls.Config, f"{cls.name}:{field.name}", cls.name)
+                group._group_actions[-1].help += preset_hint(cls.Config, field.name)
+    return parser
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m engine.train", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--method", default="jnpl", choices=sorted(METHODS), help="training method")
-    p.add_argument("--dataset", default="mnist5k", choices=sorted(DATASETS),
-                   help="data set: mnist5k and digits are built in; the others read --data-dir")
-    p.add_argument("--data-dir", help="folder (or .npz file) of a data set given by the user")
-    p.add_argument("--noise", default="symmetric", choices=NOISE_KINDS,
-                   help="label noise: synthetic (symmetric, asymmetric), per-sample labels from --noise-file, "
-                        "or the human CIFAR-10N / CIFAR-100N labels")
-    p.add_argument("--noise-rate", type=float, default=0.4, help="fraction of labels corrupted, in [0, 1)")
-    p.add_argument("--noise-variant", default="worst", choices=["aggre", "random1", "random2", "random3", "worst"],
-                   help="which CIFAR-10N label set (CIFAR-100N has one)")
-    p.add_argument("--noise-file", help=".npy / .pt array of per-sample noisy labels (with --noise file)")
-    p.add_argument("--noise-include-true", action="store_true",
-                   help="symmetric noise draws from ALL classes (transition-matrix convention) instead of the others")
-    p.add_argument("--clean-size", type=int, help="hold out this many samples with true labels (clean subset)")
-    p.add_argument("--clean-fraction", type=float, help="hold out this fraction of samples with true labels")
-    p.add_argument("--epochs", type=int, help="total epochs over all stages (default: the method's)")
-    p.add_argument("--batch-size", type=int, help="default: the method's")
-    p.add_argument("--lr", type=float, help="initial learning rate of the first stage (default: the method's)")
-    p.add_argument("--weight-decay", type=float, help="default: the method's")
-    p.add_argument("--warmup-epochs", type=int, help="CE / unweighted epochs before the method's own regime "
-                                                     "(methods that have one; default: the method's)")
-    p.add_argument("--model", choices=sorted(MODELS), help="default: small_cnn for small data, else the paper's")
-    p.add_argument("--seed", type=int, default=0, help="seeds noise, initialization, shuffling and augmentation")
-    p.add_argument("--out", default="runs/latest", help="output folder")
-    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt if it exists")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"],
-                   help="where to train")
-    for method in sorted(METHODS):
-        METHODS[method].add_arguments(p)
-    args = p.parse_args(argv)
-    if not 0.0 <= args.noise_rate < 1.0:
-        p.error(f"--noise-rate must be in [0, 1), got {args.noise_rate}")
-    if args.data_dir is not None and not os.path.exists(args.data_dir):
-        p.error(f"--data-dir {args.data_dir} does not exist")
-    if args.dataset not in ("mnist5k", "digits") and args.data_dir is None:
-        p.error(f"--dataset {args.dataset} needs --data-dir")
-    if args.noise == "file" and not args.noise_file:
-        p.error("--noise file needs --noise-file")
-    if args.epochs is not None and args.epochs < 1:
-        p.error("--epochs must be >= 1")
-    if args.warmup_epochs is not None and args.warmup_epochs < 0:
-        p.error("--warmup-epochs must be >= 0")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device is available")
-    return args
+    """(RunConfig without hyperparameters, the Method with its options, resume) from the command
+    line and an optional --config file; argparse errors exit with status 2."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--config")
+    first.add_argument("--method")
+    known, _ = first.parse_known_args(argv)
+    base = load_yaml(known.config) if known.config else {}
+    spec = known.method or base.get("method") or RunConfig.method
+    try:
+        chosen = method_class(spec)
+    except ValueError as error:
+        first.error(str(error))
+    methods = list(METHODS.values()) + ([chosen] if chosen not in METHODS.values() else [])
+    parser = build_parser(methods)
+    given = vars(parser.parse_args(argv))
+    try:
+        return assemble(spec, chosen, given, base, known.config)
+    except ConfigError as error:
+        parser.error(f"{config_flag(error, chosen)} {error.text}")
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def assemble(spec, chosen, given, base, config_path):
+    unknown = set(base) - set(RUN_FIELDS) - set(SECTIONS)
+    for section in SECTIONS:
+        if section in base and not isinstance(base[section], dict):
+            raise ValueError(f"--config {config_path}: {section} must be a mapping")
+    if unknown:
+        raise ValueError(f"--config {config_path}: unknown entry {sorted(unknown)[0]!r}")
+    if config_path and base.get("method", spec) != spec:
+        raise ValueError(f"--method {spec} differs from the method of --config {config_path} ({base.get('method')})")
+    run = {name: given.get(name, base.get(name)) for name in RUN_FIELDS if name in given or name in base}
+    run["method"] = spec
+    run.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
+    data = dict(base.get("data") or {})
+    hyper = dict(base.get("hyperparameters") or {})
+    for dest, value in given.items():
+        section, _, field = dest.partition(":")
+        if section == "data":
+            data[field] = value
+        elif section == "hyperparameters":
+            hyper[field] = value
+        elif section in METHODS or section == chosen.name:
+            if section != chosen.name:
+                raise ValueError(f"{flag(field, section)} is an option of --method {section}, not of {spec}")
+            hyper[field] = value
+    known = {f.name for f in dataclasses.fields(chosen.Config)}
+    for field in hyper:
+        if field not in known:
+            where = flag(field) if field in SHARED_FIELDS else f"{field!r}"
+            raise ValueError(f"{where}: method {chosen.name} has no such option")
+    if run["device"] == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    out = run.get("out", RunConfig.out)
+    if out is not None and os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out} is a file, not a folder")
+    config = RunConfig(**run, data=DataConfig(**data))
+    return config, chosen(**hyper), given.get("resume", False)
+
+
+def trainer_for(run, method, resume=False):
+    """The Trainer of a command-line run: the data set with its label noise and clean subset,
+    the method configured for its size; `run` gets the resolved hyper-parameters."""
+    from engine.data.datasets import load_dataset
+    from engine.data.training_data import TrainingData
+    from engine.labels import choose_clean_subset, noisy_labels_for
+    from engine.trainer import Trainer
+
+    dataset = load_dataset(run.data.dataset, run.data.data_dir)
+    config = method.configure(size_class(len(dataset.y_train)), dataset.num_classes)
+    clean = choose_clean_subset(config, dataset.y_train, run.seed, method)
+    if config.clean_fraction is not None:  # recorded as the count it gave: the same draw on a rerun
+        config = with_overrides(config, {"clean_size": len(clean)})
+    method.config = config
+    given = noisy_labels_for(run.data, dataset, clean, run.seed)
+    data = TrainingData(dataset.name, dataset.x_train, given, dataset.num_classes, dataset.mean, dataset.std,
+                        true_labels=dataset.y_train, clean_indices=clean, x_test=dataset.x_test,
+                        y_test=dataset.y_test, flip=dataset.flip, class_names=dataset.class_names)
+    run = dataclasses.replace(run, hyperparameters=config)
+    return Trainer(method, data, seed=run.seed, device=run.device, out=run.out, resume=resume, run_config=run)
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    from engine.trainer import Trainer  # after parsing: --help and errors stay fast
-
+    run, method, resume = parse_args(argv)
     try:
-        trainer = Trainer(args)
+        trainer = trainer_for(run, method, resume)
+    except ConfigError as error:  # a bad value found once the data are known: name its flag
+        print(f"python -m engine.train: error: {config_flag(error, method)} {error.text}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError) as error:  # a bad configuration: say what, no traceback
         print(f"python -m engine.train: error: {error}", file=sys.stderr)
         return 2
     summary = trainer.run()
-    print(f"test_acc {summary['test_acc']:.4f} (best {summary['best_test_acc']:.4f}), "
-          f"noise detection precision {summary['det_precision']:.3f} recall {summary['det_recall']:.3f} "
-          f"F1 {summary['det_f1']:.3f}")
-    print(f"outputs in {os.path.abspath(args.out)}: metrics.csv summary.json label_scores.csv separation.png "
-          f"checkpoint.pt")
+    line = []
+    if summary["test_acc"] is not None:
+        line.append(f"test_acc {summary['test_acc']:.4f} (best {summary['best_test_acc']:.4f})")
+    if summary["det_f1"] is not None:
+        line.append(f"noise detection precision {summary['det_precision']:.3f} recall {summary['det_recall']:.3f} "
+                    f"F1 {summary['det_f1']:.3f}")
+    print(", ".join(line))
+    print(f"outputs in {os.path.abspath(run.out)}: config.yaml metrics.csv summary.json label_issues.csv "
+          f"separation.png checkpoint.pt")
     return 0
 
 

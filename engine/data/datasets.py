@@ -21,6 +21,7 @@ CIFAR10_STATS = ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7))
 CIFAR100_STATS = ((129.3, 124.1, 112.4), (68.2, 65.4, 70.4))
 MNIST_STATS = ((33.3,), (78.6,))
 FASHION_STATS = ((72.9,), (90.0,))
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 SPLIT_SEED = 12345  # fixed: the train/test split of the small data sets never depends on --seed
 
 
@@ -36,6 +37,7 @@ class ImageDataset:
     std: tuple
     flip: bool                   # horizontal flips are label-preserving (not for digits)
     fine_to_coarse: np.ndarray | None = field(default=None)  # CIFAR-100 super-classes
+    class_names: list | None = field(default=None)           # when the data set names its classes
 
     def __post_init__(self):
         for name in ("x_train", "x_test"):
@@ -106,7 +108,7 @@ def load_cifar10(data_dir):
         "cifar10",
         np.concatenate([_cifar_images(b) for b in batches]),
         np.concatenate([np.asarray(b["labels"]) for b in batches]),
-        _cifar_images(test), np.asarray(test["labels"]), 10, *CIFAR10_STATS, flip=True)
+        _cifar_images(test), np.asarray(test["labels"]), 10, *CIFAR10_STATS, flip=True, class_names=CIFAR10_CLASSES)
 
 
 def load_cifar100(data_dir):
@@ -129,7 +131,8 @@ def load_cifar10_jpeg(path):
         jpeg, offsets = archive[f"{split}_jpeg"], archive[f"{split}_offsets"]
         blobs = [jpeg[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
         splits[split] = (decode_images(blobs), archive[f"y_{split}"])
-    return ImageDataset("cifar10", *splits["train"], *splits["test"], 10, *CIFAR10_STATS, flip=True)
+    return ImageDataset("cifar10", *splits["train"], *splits["test"], 10, *CIFAR10_STATS, flip=True,
+                        class_names=CIFAR10_CLASSES)
 
 
 def _read_idx(path):
@@ -206,7 +209,7 @@ def load_image_folder(data_dir):
         parts.extend(_decode_files(paths, labels, f"folder {split_dir}"))
     if not has_splits:
         parts = list(_split(*parts, len(parts[1]) // 5))
-    return ImageDataset("folder", *parts, len(classes), *_rgb_stats(parts[0]), flip=True)
+    return ImageDataset("folder", *parts, len(classes), *_rgb_stats(parts[0]), flip=True, class_names=classes)
 
 
 def _read_file_list(path):
@@ -247,6 +250,7 @@ def _find_dir(root, marker):
     raise FileNotFoundError(f"no {marker} under --data-dir {root}")
 
 
+BUILT_IN = ("mnist5k", "digits")  # the others read --data-dir
 DATASETS = {
     "mnist5k": load_mnist5k,
     "digits": load_digits,

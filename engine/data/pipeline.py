@@ -17,6 +17,8 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.auto_aug import rand_augment
 
+from engine.data.loaders import BatchOrder
+
 DECODE_BATCH = 1024
 SECOND_VIEWS = (None, "weak", "strong")
 RAND_AUGMENT_OPS, RAND_AUGMENT_MAGNITUDE = 2, 9
@@ -54,7 +56,7 @@ def _augment_pipeline(view, second_view, channels, gpu):
     return first, _crop_flip_normalize(images, **view)
 
 
-class DaliLoader:
+class DaliLoader(BatchOrder):
     """Iterates over (images [B, C, H, W] float32, indices [B] int64) of `images[subset]`, or
     (images, indices, second view of the same images) when second_view is "weak" or "strong".
 
@@ -69,12 +71,9 @@ class DaliLoader:
             raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
         if second_view not in SECOND_VIEWS:
             raise ValueError(f"second_view must be one of {SECOND_VIEWS}, got {second_view!r}")
+        super().__init__(len(images), batch_size, shuffle, seed, indices, drop_last)
         self.images = images
-        self.indices = np.arange(len(images)) if indices is None else np.asarray(indices, dtype=np.int64)
-        self.batch_size = batch_size
-        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self.device = torch.device(device)
-        self.epoch = 0
         height, width = images.shape[1:3]
         device_id = dali_device_id(self.device)
         view = dict(height=height, width=width, pad=max(1, height // 8), flip=augment and flip, random_crop=augment,
@@ -83,18 +82,6 @@ class DaliLoader:
             view=view, second_view=second_view, channels=images.shape[3], gpu=device_id is not None,
             batch_size=batch_size, num_threads=num_threads, device_id=device_id,
             prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
-
-    def __len__(self):
-        full, rest = divmod(len(self.indices), self.batch_size)
-        return full + (0 if self.drop_last or rest == 0 else 1)
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-
-    def epoch_order(self):
-        if not self.shuffle:
-            return self.indices
-        return self.indices[np.random.default_rng([self.seed, self.epoch]).permutation(len(self.indices))]
 
     def __iter__(self):
         # A pipeline per epoch, seeded by (seed, epoch): the augmentations of an epoch do not
@@ -107,9 +94,7 @@ class DaliLoader:
         for warning in caught:
             if "fn.experimental." not in str(warning.message):
                 warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-        order = self.epoch_order()
-        for start in range(len(self)):
-            batch = order[start * self.batch_size:(start + 1) * self.batch_size]
+        for batch in self.batches():
             pipe.feed_input("images", self.images[batch])
             first, *second = (_to_torch(out, self.device) for out in pipe.run())
             yield first, torch.from_numpy(batch), *second

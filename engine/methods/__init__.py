@@ -1,4 +1,8 @@
 """Training methods, one module each, on the interface in engine/methods/base.py."""
+import importlib
+import inspect
+
+from engine.methods.base import Method
 from engine.methods.bldr import BLDR
 from engine.methods.ce import CE
 from engine.methods.jnpl import JNPL
@@ -8,3 +12,39 @@ from engine.methods.pmnar import PMNAR
 from engine.methods.pudistill import PUDistill
 
 METHODS = {method.name: method for method in (CE, NLNL, JNPL, PMNAR, BLDR, L2B, PUDistill)}
+
+
+def method_class(spec):
+    """The Method subclass named by `spec`: a built-in name (METHODS) or "module:Class", a
+    subclass in the user's own module (importable from the working directory or PYTHONPATH)."""
+    if spec in METHODS:
+        return METHODS[spec]
+    if ":" not in spec:
+        raise ValueError(f"unknown method {spec!r}: choose one of {', '.join(METHODS)} or give module:Class")
+    module_name, _, class_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"method {spec}: cannot import {module_name} ({error})") from None
+    cls = getattr(module, class_name, None)
+    if not (inspect.isclass(cls) and issubclass(cls, Method)):
+        raise ValueError(f"method {spec}: {module_name} has no Method subclass named {class_name}")
+    return cls
+
+
+def as_method(method, options):
+    """A Method instance from a name / "module:Class" / class / instance, with `options`
+    (its Config's fields) replacing the preset's values."""
+    if isinstance(method, Method):
+        if options:
+            merged = {**method.options, **options}
+            return type(method)(**merged)
+        return method
+    if inspect.isclass(method) and issubclass(method, Method):
+        return method(**options)
+    if isinstance(method, str):
+        return method_class(method)(**options)
+    raise TypeError(f"method must be a name, a Method subclass or a Method instance, got {type(method).__name__}")
+
+
+__all__ = ["METHODS", "Method", "as_method", "method_class"]

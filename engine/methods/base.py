@@ -1,33 +1,69 @@
-"""The interface between the shared trainer and one training method.
+"""The interface between the trainer and one training method.
 
-A method says only what differs: its stages (each with its own learning-rate schedule),
-the module it trains (one network by default; two networks or extra heads for some methods),
-its loss for a batch, what it reads from one pass over the training set, its per-epoch update
-of per-sample state, and its clean score for label-noise detection. The trainer does everything
-else (data, loop, optimizer, evaluation, checkpoints, outputs).
+A method is an `nn.Module`: its per-sample state (weights, label histories, pseudo-labels, ...)
+are buffers and parameters created in `setup()`, so they move between devices with `.to()` and
+are checkpointed by `state_dict()` without code of their own. It says only what differs from
+plain CE: its hyper-parameters (`Config`, a `MethodConfig` subclass with the paper's presets),
+its stages, the module it trains, its loss for a batch, its per-epoch update from the outputs on
+the whole training set, and its clean score for label-noise detection. The trainer does the
+rest (data, loop, optimizer, evaluation, checkpoints, outputs).
+
+A method written outside this package trains the same way:
+
+    class GCE(Method):
+        name = "gce"
+        Config = GCEConfig          # @dataclass(frozen=True) class GCEConfig(MethodConfig): q: float = 0.7
+        def loss(self, model, batch, step): ...
+
+    engine.fit(x, labels, method=GCE(q=0.5))        # or: --method my_module:GCE --gce-q 0.5
 """
+import enum
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
+from engine.config import MethodConfig, check_fields, with_overrides
 from engine.losses import weighted_ce
+
+CLEAN_THRESHOLD = 0.5  # flagged noisy below this confidence on the given label (JNPL, PMNAR, L2B, PU-distillation)
+
+
+class Phase(enum.Enum):
+    """Stage kinds more than one method has; a method's own kinds are its own Enum."""
+
+    WARMUP = "warmup"    # plain CE (or the method's loss with all weights 1) before the method's regime
+    PSEUDO = "pseudo"    # CE on labels fixed at the start of the stage
+
+
+class CleanSubset(enum.Enum):
+    """What a method does with the held-out clean subset (samples with trusted labels)."""
+
+    NOT_NEEDED = "not needed"   # held out of training if the user asks for one
+    BATCHES = "batches"         # needed: each Batch carries an augmented batch of it (L2B)
+    TRAINED_ON = "trained on"   # needed, and it joins the training batches with its labels (PU-distillation)
 
 
 @dataclass
 class Stage:
     """A run of epochs with one loss regime and one SGD schedule: lr x0.1 at each milestone,
-    or with cosine=True a cosine decay from lr to min_lr over the stage."""
+    or with cosine=True a cosine decay from lr to min_lr over the stage. `kind` is an Enum
+    member; its value names the stage in metrics.csv."""
 
-    name: str
+    kind: enum.Enum
     epochs: int
     lr: float
     milestones: tuple = ()      # fractions of the stage's epochs at which lr drops 10x
     reset_optimizer: bool = False
     cosine: bool = False
     min_lr: float = 0.0
+
+    @property
+    def name(self):
+        return self.kind.value
 
     def lr_at(self, epoch_in_stage):
         if self.cosine:
@@ -37,30 +73,23 @@ class Stage:
 
 
 @dataclass
-class Defaults:
-    """A method's hyper-parameters for a data-set size class (paper or small)."""
+class Step:
+    """Where training is when the loss is asked for."""
 
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    complementary_labels: int | None = 1   # NL methods, per sample and step; None: every other class
-    pseudo_lr: float = 0.1          # methods ending with a pseudo-labeling stage
-    warmup_epochs: int = 0          # CE epochs before the method's own stages (early learning)
-    warmup_lr: float = 0.05
-    model: dict = field(default_factory=lambda: {"small": "small_cnn", "paper": "preact_resnet18"})
-    options: dict = field(default_factory=dict)  # method-specific hyper-parameters for this size class
+    epoch: int                  # 0-based over the whole run
+    stage: Stage
+    epoch_in_stage: int
+    step: int                   # global optimizer step: the offset of the samplers' random streams
+    optimizer: torch.optim.Optimizer
 
 
 @dataclass
 class Batch:
-    images: torch.Tensor      # normalized [B, C, H, W]
+    images: torch.Tensor      # normalized [B, C, H, W] images or [B, D] feature vectors
     indices: torch.Tensor     # int64 [B], positions in the training set
     labels: torch.Tensor      # int64 [B], the given (possibly noisy) labels
-    step: int                 # global optimizer step: the offset of the samplers' random streams
     second_view: torch.Tensor | None = None  # another augmentation of the same images (Method.second_view)
-    clean_images: torch.Tensor | None = None  # a batch of the clean subset (Method.uses_clean_batches)
+    clean_images: torch.Tensor | None = None  # a batch of the clean subset (CleanSubset.BATCHES)
     clean_labels: torch.Tensor | None = None  # and its true labels
 
 
@@ -75,20 +104,20 @@ class Preparation:
     noisy_indices: np.ndarray     # the noisy training set
     make_network: Callable[[], torch.nn.Module]   # a new classifier on the device
     make_optimizer: Callable      # (parameters, lr) -> SGD with the run's momentum and weight decay
-    lr: float                     # the run's learning rate
-    # loader(indices, shuffle=False, augment=False, seed=0, epoch=0) -> (images on the device,
-    # indices) batches of training images `indices` (None: all, in order)
+    # loader(indices, shuffle=False, augment=False, seed=0, epoch=0) -> (inputs on the device,
+    # indices) batches of training samples `indices` (None: all, in order)
     loader: Callable
     autocast: Callable            # () -> the run's autocast context
-    # over_training_set(network, output) -> float32 output(network, images) for every training
-    # image (unaugmented, in order, eval mode, no gradient)
+    # over_training_set(network, output) -> float32 output(network, inputs) for every training
+    # sample (unaugmented, in order, eval mode, no gradient)
     over_training_set: Callable
 
 
 def split_epochs(total, fractions):
     """Whole epochs per stage, in proportion to `fractions`, each >= 1, summing to `total`."""
     if total < len(fractions):
-        raise ValueError(f"--epochs must be >= {len(fractions)} for this method's {len(fractions)} stages")
+        raise ValueError(f"epochs (after any warm-up) must be at least {len(fractions)} for this method's "
+                         f"{len(fractions)} stages, got {total}")
     counts = [max(1, int(round(total * f / sum(fractions)))) for f in fractions]
     counts[-1] = total - sum(counts[:-1])
     if counts[-1] < 1:
@@ -107,7 +136,18 @@ def kl_to_softmax(target_probs, logits, temperature=1.0):
                                       reduction="batchmean")
 
 
-class Method:
+class PeerNetworks(nn.Module):
+    """Networks trained together on the same batches; forward returns their logits as a list."""
+
+    def __init__(self, networks):
+        super().__init__()
+        self.networks = nn.ModuleList(networks)
+
+    def forward(self, x):
+        return [network(x) for network in self.networks]
+
+
+class Method(nn.Module):
     """Plain CE on the given labels; subclasses override what differs.
 
     "outputs" below is what `predict` returns, concatenated over the whole (unaugmented)
@@ -115,58 +155,71 @@ class Method:
     """
 
     name = "ce"
-    # Defaults per data-set size: "paper" for CIFAR-scale data, "small" for mnist5k / digits.
-    DEFAULTS = {
-        "paper": Defaults(epochs=120, batch_size=128, lr=0.02),
-        "small": Defaults(epochs=30, batch_size=128, lr=0.05),
-    }
-    second_view = None  # None, "weak" or "strong": a second augmentation in Batch.second_view
-    needs_clean_subset = False  # True: the run holds out a clean subset (default size in DEFAULTS options)
-    uses_clean_batches = False  # True: each Batch carries an augmented batch of the clean subset
-    trains_on_clean_subset = False  # True: the clean subset joins the training batches (true labels)
-    grad_clip = None  # max gradient norm of the model's parameters, or None
+    Config = MethodConfig
+    clean_subset = CleanSubset.NOT_NEEDED
 
-    @classmethod
-    def add_arguments(cls, parser):
-        """Adds the method's own command-line options (an argument group)."""
+    def __init__(self, **options):
+        """options: fields of `Config` that replace the preset's values."""
+        super().__init__()
+        check_fields(self.Config, options)
+        self.options = options
+        self.config = None
 
-    def __init__(self, args, num_classes, given_labels, device, defaults):
-        self.args = args
-        self.defaults = defaults
-        self.num_classes = num_classes
-        self.given_labels = given_labels.to(device)   # [N] the noisy training labels
-        self.device = device
+    # ------------------------------------------------------------ set-up by the trainer
 
-    def option(self, name):
-        """--<method>-<name> when given on the command line, else the size class's default
-        (DEFAULTS[...].options[name])."""
-        value = getattr(self.args, f"{self.name}_{name}")
-        return self.defaults.options[name] if value is None else value
+    def configure(self, size, num_classes):
+        """The preset for data of size class `size` ("paper" or "small") with the options given."""
+        return with_overrides(self.Config.preset(size, num_classes), self.options)
+
+    def bind(self, config, given_labels, num_classes, seed, device):
+        """Called once before training: the resolved config, the given labels [N] of the whole
+        training set, and the run's seed and device; then `setup()`."""
+        self.config, self.num_classes, self.seed, self.device = config, num_classes, seed, torch.device(device)
+        self.register_buffer("given_labels", given_labels.to(self.device), persistent=False)
+        self.setup()
+
+    def setup(self):
+        """Creates the per-sample state (buffers / parameters on self.device)."""
+
+    @property
+    def second_view(self):
+        """None, "weak" or "strong": a second augmentation in Batch.second_view."""
+        return None
+
+    @property
+    def grad_clip(self):
+        """Max gradient norm of the model's parameters, or None."""
+        return None
+
+    def warmup_stages(self, lr=None):
+        """[a CE warm-up Stage of config.warmup_epochs at `lr` (default: the run's)], or []."""
+        epochs = getattr(self.config, "warmup_epochs", 0)
+        return [Stage(Phase.WARMUP, epochs, self.config.lr if lr is None else lr)] if epochs else []
+
+    # ------------------------------------------------------------ training
 
     def build_model(self, make_network):
         """The module the trainer optimizes; make_network() builds one classifier."""
         return make_network()
-
-    def use_optimizer(self, optimizer):
-        """Called with every optimizer the trainer creates (e.g. to emulate its next step)."""
 
     def param_groups(self):
         """Extra optimizer parameter groups (per-sample parameters, ...). A group with
         "fixed_lr": True keeps its lr; the others follow the stage's schedule."""
         return []
 
-    def stages(self, epochs, lr):
-        return [Stage("ce", epochs, lr, milestones=(0.5, 0.75))]
+    def stages(self):
+        return [Stage(CEStage.CE, self.config.epochs, self.config.lr, milestones=(0.5, 0.75))]
 
     def prepare(self, ctx):
         """Work before the first epoch of a new run (not of a resumed one: what it computes
-        must be in state_dict), with what a Preparation gives."""
+        must be in buffers), with what a Preparation gives."""
 
     def start_stage(self, stage, outputs):
         """Called before a stage's first epoch with the current training-set outputs, e.g. to
         fix pseudo-labels."""
 
-    def batch_loss(self, model, batch, stage):
+    def loss(self, model, batch, step):
+        """The training loss of `batch` (a Batch) at `step` (a Step)."""
         return weighted_ce(model(batch.images), batch.labels)
 
     @torch.no_grad()
@@ -177,21 +230,27 @@ class Method:
         """The module whose predictions are evaluated on the test set (e.g. an EMA copy)."""
         return model
 
-    def end_epoch(self, epoch, stage, outputs):
-        """Per-sample state update from the outputs on the whole training set."""
+    def end_epoch(self, step, outputs):
+        """Per-sample state update from the outputs on the whole training set after the epoch
+        `step.epoch` (its last Step)."""
+
+    # ------------------------------------------------------------ label issues
 
     def clean_scores(self, outputs):
-        """(clean_score [N] in [0, 1], lower = more likely mislabeled; flagged_noisy [N] bool)."""
+        """(label_quality [N] in [0, 1], lower = more likely mislabeled; is_label_issue [N] bool).
+        CE: the confidence on the given label, flagged where the arg-max is another class."""
         probs = outputs["probs"]
+        return confidence_on_labels(probs, self.given_labels), probs.argmax(1) != self.given_labels
+
+    def confidence_scores(self, probs):
+        """The confidence on the given label, flagged below CLEAN_THRESHOLD."""
         score = confidence_on_labels(probs, self.given_labels)
-        return score, probs.argmax(1) != self.given_labels
+        return score, score < CLEAN_THRESHOLD
 
     def summary(self, true_labels):
         """Extra entries for summary.json; true_labels [N] (CPU) only for reporting."""
         return {}
 
-    def state_dict(self):
-        return {}
 
-    def load_state_dict(self, state):
-        pass
+class CEStage(enum.Enum):
+    CE = "ce"

@@ -1,4 +1,4 @@
-"""BLDR (bldr.txt): bidirectional learning with dynamic sample reweighting.
+"""BLDR, "Noise-Robust Bidirectional Learning with Dynamic Sample Reweighting" (arXiv:2209.01334).
 
 One trunk, two linear heads: the positive head ("main") learns the given labels with CE, the
 negative head learns complementary labels: every class but the given label y and the corrected
@@ -36,14 +36,18 @@ Schedule: constant lr during the warm-up, then a cosine from lr down to lr / 200
 2e-4 over 300 epochs).
 """
 import copy
+import enum
 import math
+import typing
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from engine.config import WarmupConfig, option
 from engine.losses import ml_loss, nl_loss, normalize_weights, sample_complementary, weighted_ce
-from engine.methods.base import Defaults, Method, Stage, confidence_on_labels, kl_to_softmax
+from engine.methods.base import Method, Phase, Stage, confidence_on_labels, kl_to_softmax
 from engine.models.heads import MultiHead
 
 CONSISTENCY_WEIGHT = 0.9
@@ -89,95 +93,104 @@ def ema_update(ema, model, decay):
         averaged.copy_(current)
 
 
-class BLDR(Method):
-    name = "bldr"
-    DEFAULTS = {
-        # bldr.txt 3.1: PreAct ResNet-34, SGD lr 0.04 m 0.9 wd 5e-4, batch 256, 320 epochs of
-        # which 20 warm-up (CIFAR-100: --warmup-epochs 40 --epochs 340), cosine T_max 300.
-        "paper": Defaults(epochs=320, batch_size=256, lr=0.04, weight_decay=5e-4, warmup_epochs=20,
-                          model={"paper": "preact_resnet34", "small": "small_cnn"}, options={"sop_scale": 50.0}),
+@dataclass(frozen=True)
+class BLDRConfig(WarmupConfig):
+    """BLDR options (defaults follow the authors' released code where it and the paper differ)."""
+
+    negatives: typing.Literal["all", "sampled"] = option(
+        "all", "negative head: every complementary class at once (released code) or one sampled per step (paper "
+               "eq. 2)")
+    corrected_label: typing.Literal["negative", "sum"] = option(
+        "negative", "corrected label excluded from the complementary labels: arg-max of the negative head "
+                    "(released code) or of the sum of both heads (paper)")
+    weight_norm: typing.Literal["min_max", "max"] = option("min_max", "normalization of the negative head's "
+                                                                      "probabilities into weights")
+    threshold: float = option(0.3, "h: normalized score below which a sample is flagged noisy (estimates r)")
+    reweighting: bool = option(True, "dynamic sample reweighting; off: all weights 1")
+    sop_scale: float = option(50.0, "SOP weight = scale * r^2 (50 as the released code)")
+    sop: bool = option(True, "the SOP term")
+    consistency: bool = option(True, "SOP+ consistency / class balance terms and the strong view")
+    self_distillation: bool = option(True, "stage heads (self-distillation)")
+    ema: bool = option(True, "evaluate the EMA of the model; off: the model itself")
+
+    @classmethod
+    def preset(cls, size, num_classes):
+        if size == "paper":
+            # Section 3.1: PreAct ResNet-34, SGD lr 0.04 m 0.9 wd 5e-4, batch 256, 320 epochs of
+            # which 20 warm-up (CIFAR-100: warmup_epochs 40, epochs 340), cosine T_max 300.
+            return cls(epochs=320, batch_size=256, lr=0.04, weight_decay=5e-4, warmup_epochs=20,
+                       model="preact_resnet34")
         # Small data (30 CPU epochs of a small CNN, measured on mnist5k at 40% noise): the
         # negative head needs a third of the budget as warm-up before its probabilities make
         # usable weights; SOP at 50 r^2 (r ~ 0.5 there) made the loss diverge (test accuracy
         # 21% the epoch after the warm-up, every sample flagged at the end), 5 r^2 helps.
-        "small": Defaults(epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4, warmup_epochs=10,
-                          options={"sop_scale": 5.0}),
-    }
-    second_view = "strong"
+        return cls(epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4, warmup_epochs=10, sop_scale=5.0)
 
-    @classmethod
-    def add_arguments(cls, parser):
-        group = parser.add_argument_group("bldr", "BLDR options")
-        group.add_argument("--bldr-negatives", choices=["all", "sampled"], default="all",
-                           help="negative head: every complementary class at once (released code) or one "
-                                "sampled per step (paper eq. 2)")
-        group.add_argument("--bldr-corrected-label", choices=["negative", "sum"], default="negative",
-                           help="corrected label excluded from the complementary labels: arg-max of the negative "
-                                "head (released code) or of the sum of both heads (paper)")
-        group.add_argument("--bldr-weight-norm", choices=["min_max", "max"], default="min_max",
-                           help="normalization of the negative head's probabilities into weights")
-        group.add_argument("--bldr-threshold", type=float, default=0.3,
-                           help="h: normalized score below which a sample is flagged noisy (estimates r)")
-        group.add_argument("--bldr-no-reweighting", action="store_true", help="all weights 1")
-        group.add_argument("--bldr-sop-scale", type=float,
-                           help="SOP weight = scale * r^2 (default: 50 as the released code; 5 on small data)")
-        group.add_argument("--bldr-no-sop", action="store_true", help="no SOP term")
-        group.add_argument("--bldr-no-consistency", action="store_true",
-                           help="no SOP+ consistency / class balance terms and no strong view")
-        group.add_argument("--bldr-no-self-distillation", action="store_true", help="no stage heads")
-        group.add_argument("--bldr-no-ema", action="store_true", help="evaluate the trained model, not its EMA")
+    def validate(self):
+        super().validate()
+        self.require("threshold", 0.0 < self.threshold < 1.0, "must be in (0, 1)")
+        self.require("sop_scale", self.sop_scale >= 0, "must be >= 0")
 
-    def __init__(self, args, num_classes, given_labels, device, defaults):
-        super().__init__(args, num_classes, given_labels, device, defaults)
-        if not 0.0 < args.bldr_threshold < 1.0:
-            raise ValueError(f"--bldr-threshold must be in (0, 1), got {args.bldr_threshold}")
-        if args.bldr_negatives == "sampled" and num_classes < 3:
-            raise ValueError("--bldr-negatives sampled needs at least 3 classes (y and the corrected label are "
-                             "excluded)")
-        self.threshold = args.bldr_threshold
-        self.sop_scale = self.option("sop_scale")
-        self.consistency = not args.bldr_no_consistency
-        self.second_view = "strong" if self.consistency else None
-        self.self_distill = not args.bldr_no_self_distillation
-        n = len(given_labels)
-        self.weights = torch.ones(n, device=device)
-        self.noise_rate = 0.0  # r, from the latest pass over the training set
-        self.sop_weight = 0.0  # 50 r^2 once the warm-up is over (r means nothing before)
-        self.sop = None
-        if not args.bldr_no_sop:
-            generator = torch.Generator().manual_seed(args.seed)
-            self.sop = {
-                "u": nn.Parameter((SOP_INIT_STD * torch.randn(n, 1, generator=generator)).to(device)),
-                "v": nn.Parameter((SOP_INIT_STD * torch.randn(n, num_classes, generator=generator)).to(device)),
-            }
-        self.model = self.ema = None
+
+class BLDRStage(enum.Enum):
+    BLDR = "bldr"
+
+
+class BLDR(Method):
+    name = "bldr"
+    Config = BLDRConfig
+
+    def setup(self):
+        config = self.config
+        if config.negatives == "sampled" and self.num_classes < 3:
+            raise ValueError("BLDRConfig.negatives 'sampled' needs at least 3 classes (y and the corrected label "
+                             "are excluded)")
+        n = len(self.given_labels)
+        self.register_buffer("weights", torch.ones(n, device=self.device))
+        # r, from the latest pass over the training set, and the SOP weight scale * r^2 once the
+        # warm-up is over (r means nothing before); float64 scalars, read back as Python floats.
+        self.register_buffer("noise_rate", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("sop_weight", torch.zeros((), dtype=torch.float64))
+        self.sop_u = self.sop_v = None
+        if config.sop:
+            generator = torch.Generator().manual_seed(self.seed)
+            self.sop_u = nn.Parameter((SOP_INIT_STD * torch.randn(n, 1, generator=generator)).to(self.device))
+            self.sop_v = nn.Parameter((SOP_INIT_STD * torch.randn(n, self.num_classes, generator=generator)).to(
+                self.device))
+        self.ema = None
+        self.stage_head_count = 0
+
+    @property
+    def second_view(self):
+        return "strong" if self.config.consistency else None
 
     def build_model(self, make_network):
-        self.model = MultiHead(make_network(), extra_heads={"negative": self.num_classes},
-                               with_stage_heads=self.self_distill)
-        if not self.args.bldr_no_ema:
-            self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        return self.model
+        model = MultiHead(make_network(), extra_heads={"negative": self.num_classes},
+                          with_stage_heads=self.config.self_distillation)
+        self.stage_head_count = len(model.stage_heads) if model.stage_heads is not None else 0
+        if self.config.ema:
+            self.ema = copy.deepcopy(model).requires_grad_(False)
+        self.trained = [model]  # a list: the trained model is the trainer's, not part of this module's state
+        return model
 
     def param_groups(self):
-        if self.sop is None:
+        if self.sop_u is None:
             return []
         plain_sgd = dict(momentum=0.0, weight_decay=0.0, fixed_lr=True)
-        return [{"params": [self.sop["u"]], "lr": SOP_LR_U, **plain_sgd},
-                {"params": [self.sop["v"]], "lr": SOP_LR_V, **plain_sgd}]
+        return [{"params": [self.sop_u], "lr": SOP_LR_U, **plain_sgd},
+                {"params": [self.sop_v], "lr": SOP_LR_V, **plain_sgd}]
 
-    def stages(self, epochs, lr):
-        warmup = self.defaults.warmup_epochs
-        if epochs <= warmup:
-            raise ValueError(f"--epochs ({epochs}) must exceed the {warmup} warm-up epochs")
-        main = Stage("bldr", epochs - warmup, lr, cosine=True, min_lr=lr * MIN_LR_RATIO)
-        return ([Stage("warmup", warmup, lr)] if warmup else []) + [main]
+    def stages(self):
+        config = self.config
+        main = Stage(BLDRStage.BLDR, config.epochs - config.warmup_epochs, config.lr, cosine=True,
+                     min_lr=config.lr * MIN_LR_RATIO)
+        return self.warmup_stages() + [main]
 
     def corrected_labels(self, out, labels, stage):
         negative = torch.softmax(out["negative"].detach().float(), 1)
-        if self.args.bldr_corrected_label == "sum":
+        if self.config.corrected_label == "sum":
             return (negative + torch.softmax(out["main"].detach().float(), 1)).argmax(1)
-        if stage.name == "warmup":
+        if stage.kind is Phase.WARMUP:
             # A fresh negative head's arg-max is arbitrary, and excluding it lets the head
             # satisfy NL by putting all its mass there: no corrected label until the warm-up ends.
             return labels
@@ -186,36 +199,37 @@ class BLDR(Method):
     def complementary_labels(self, labels, corrected, step):
         """One complementary label per sample [B, 1], uniform over the classes but y and corrected."""
         exclude = F.one_hot(corrected, self.num_classes).bool()
-        return sample_complementary(labels, self.num_classes, k=1, exclude=exclude, seed=self.args.seed, offset=step)
+        return sample_complementary(labels, self.num_classes, k=1, exclude=exclude, seed=self.seed, offset=step)
 
     def negative_loss(self, logits, labels, corrected, step, weight):
-        if self.args.bldr_negatives == "sampled":
+        if self.config.negatives == "sampled":
             return nl_loss(logits, self.complementary_labels(labels, corrected, step), weight=weight)
         return ml_loss(logits, labels, F.one_hot(corrected, self.num_classes).bool(), weight=weight)
 
-    def batch_loss(self, model, batch, stage):
-        views = [batch.images] + ([batch.second_view] if self.consistency else [])
+    def loss(self, model, batch, step):
+        views = [batch.images] + ([batch.second_view] if self.config.consistency else [])
         out = model(torch.cat(views))
         size = len(batch.labels)
         train = {key: value[:size] for key, value in out.items()}  # the training view's outputs
         weight = self.weights[batch.indices]
-        corrected = self.corrected_labels(train, batch.labels, stage)
+        corrected = self.corrected_labels(train, batch.labels, step.stage)
 
         loss = 0.0
         for view in range(len(views)):
             rows = slice(view * size, (view + 1) * size)
             loss = loss + (weighted_ce(out["main"][rows], batch.labels, weight)
-                           + self.negative_loss(out["negative"][rows], batch.labels, corrected, batch.step,
+                           + self.negative_loss(out["negative"][rows], batch.labels, corrected, step.step,
                                                 weight)) / len(views)
-        if self.sop is not None and self.sop_weight > 0:
-            u, v = self.sop["u"][batch.indices], self.sop["v"][batch.indices]
-            loss = loss + self.sop_weight * sop_loss(train["main"], batch.labels, u, v)
-        if self.consistency:
+        sop_weight = self.sop_weight.item()
+        if self.sop_u is not None and sop_weight > 0:
+            u, v = self.sop_u[batch.indices], self.sop_v[batch.indices]
+            loss = loss + sop_weight * sop_loss(train["main"], batch.labels, u, v)
+        if self.config.consistency:
             for head in ("main", "negative"):
                 target = torch.softmax(train[head].detach().float(), 1)
                 loss = loss + CONSISTENCY_WEIGHT * kl_to_softmax(target, out[head][size:])
             loss = loss + BALANCE_WEIGHT * class_balance(train["main"])
-        if self.self_distill:
+        if self.config.self_distillation:
             loss = loss + self.distillation_loss(train, batch.labels, weight)
         return loss
 
@@ -223,7 +237,7 @@ class BLDR(Method):
         teacher = torch.softmax((out["main"] + out["negative"]).detach().float() / 2 / DISTILL_TEMPERATURE, 1)
         deepest = out["features"].detach().float()
         loss = 0.0
-        for index in range(len(self.model.stage_heads)):
+        for index in range(self.stage_head_count):
             logits, features = out[f"stage{index}"], out[f"stage{index}_features"]
             loss = (loss + weighted_ce(logits, labels, weight)
                     + DISTILL_KL_WEIGHT * DISTILL_TEMPERATURE**2 * kl_to_softmax(teacher, logits, DISTILL_TEMPERATURE)
@@ -240,33 +254,16 @@ class BLDR(Method):
 
     def clean_scores(self, outputs):
         score = normalize_weights(confidence_on_labels(outputs["negative_probs"], self.given_labels),
-                                  self.args.bldr_weight_norm)
-        return score, score < self.threshold
+                                  self.config.weight_norm)
+        return score, score < self.config.threshold
 
-    def end_epoch(self, epoch, stage, outputs):
+    def end_epoch(self, step, outputs):
         score, flagged = self.clean_scores(outputs)
-        self.noise_rate = flagged.float().mean().item()
-        if epoch + 1 >= self.defaults.warmup_epochs:
-            self.sop_weight = self.sop_scale * self.noise_rate**2
-            if not self.args.bldr_no_reweighting:
+        noise_rate = flagged.float().mean().item()
+        self.noise_rate.fill_(noise_rate)
+        if step.epoch + 1 >= self.config.warmup_epochs:
+            self.sop_weight.fill_(self.config.sop_scale * noise_rate**2)
+            if self.config.reweighting:
                 self.weights = score
         if self.ema is not None:
-            ema_update(self.ema, self.model, decay=min(0.9, (1 + epoch) / (10 + epoch)))
-
-    def state_dict(self):
-        state = {"weights": self.weights.cpu(), "noise_rate": self.noise_rate, "sop_weight": self.sop_weight}
-        if self.sop is not None:
-            state["sop"] = {name: p.detach().cpu() for name, p in self.sop.items()}
-        if self.ema is not None:
-            state["ema"] = self.ema.state_dict()
-        return state
-
-    def load_state_dict(self, state):
-        self.weights = state["weights"].to(self.device)
-        self.noise_rate, self.sop_weight = state["noise_rate"], state["sop_weight"]
-        if self.sop is not None:
-            with torch.no_grad():  # in place: the optimizer holds these very parameters
-                for name, p in self.sop.items():
-                    p.copy_(state["sop"][name])
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
+            ema_update(self.ema, self.trained[0], decay=min(0.9, (1 + step.epoch) / (10 + step.epoch)))

@@ -1,78 +1,92 @@
-"""JNPL (jnpl.txt): NL+ + 0.01 PL+ in one stage, then pseudo-labeling.
+"""JNPL, "Joint Negative and Positive Learning for Noisy Labels" (arXiv:2104.06574): NL+ +
+0.01 PL+ in one stage, then pseudo-labeling.
 
 Stage "jnpl": k complementary labels per sample and step (distinct, uniform over the classes
 that are not the given label; k = 1 in the paper), L = NL+ + lambda * PL+ where PL+ is applied
 to the rows that jnpl_select keeps (the mean over those rows; 0 when none is kept).
-An optional CE "warmup" stage comes first (small-data defaults).
-Stage "pseudo": samples whose confidence on the given label is >= clean_threshold keep their
+An optional CE "warmup" stage comes first (small-data preset).
+Stage "pseudo": samples whose confidence on the given label is >= CLEAN_THRESHOLD keep their
 label, the others take the model's arg-max at the start of the stage; CE on these labels.
-The paper trains 1000 + 480 epochs on CIFAR; `--epochs` keeps that 1000:480 ratio.
-Our pseudo stage continues the same network instead of training a new one (document in README).
+The paper trains 1000 + 480 epochs on CIFAR; `epochs` keeps that 1000:480 ratio.
+Our pseudo stage continues the same network instead of training a new one (README).
 """
+import enum
+from dataclasses import dataclass
+
 import torch
 
+from engine.config import WarmupConfig, option
 from engine.losses import jnpl_select, nl_plus_loss, pl_plus_loss, sample_complementary, weighted_ce
-from engine.methods.base import Defaults, Method, Stage, confidence_on_labels, split_epochs
+from engine.methods.base import CLEAN_THRESHOLD, Method, Phase, Stage, confidence_on_labels, split_epochs
 
 
-class JNPL(Method):
-    name = "jnpl"
-    DEFAULTS = {
-        # jnpl.txt: SGD m 0.9, wd 1e-4, batch 128, lr 0.01 (x0.1 at 800 of 1000), pseudo lr 0.1.
-        "paper": Defaults(epochs=1480, batch_size=128, lr=0.01, weight_decay=1e-4,
-                          model={"paper": "preact_resnet34", "small": "small_cnn"}),
+@dataclass(frozen=True)
+class JNPLConfig(WarmupConfig):
+    complementary_labels: int = option(1, "complementary labels per sample and step (distinct while < C)")
+    pl_weight: float = option(0.01, "lambda: weight of PL+ next to NL+")
+    warmup_lr: float = option(0.05, "learning rate of the CE warm-up")
+    pseudo_lr: float = option(0.1, "learning rate of the pseudo-labeling stage")
+
+    @classmethod
+    def preset(cls, size, num_classes):
+        if size == "paper":
+            # The paper: SGD m 0.9, wd 1e-4, batch 128, lr 0.01 (x0.1 at 800 of 1000), pseudo lr 0.1.
+            return cls(epochs=1480, batch_size=128, lr=0.01, weight_decay=1e-4, model="preact_resnet34")
         # Small data (mnist5k, digits; a few dozen epochs on a CPU): one complementary label
         # per step learns too slowly, so every other class is a complementary label (k = C - 1),
         # after 3 CE warm-up epochs (the early-learning phase, before CE memorizes noise);
         # PL+ on a random network makes it collapse onto a few classes, the warm-up avoids it.
-        "small": Defaults(epochs=30, batch_size=64, lr=0.02, weight_decay=1e-4, complementary_labels=None,
-                          pseudo_lr=0.05, warmup_epochs=3),
-    }
-    pl_weight = 0.01
-    clean_threshold = 0.5
+        return cls(epochs=30, batch_size=64, lr=0.02, weight_decay=1e-4, complementary_labels=num_classes - 1,
+                   pseudo_lr=0.05, warmup_epochs=3)
 
-    def __init__(self, args, num_classes, given_labels, device, defaults):
-        super().__init__(args, num_classes, given_labels, device, defaults)
-        self.pseudo_labels = self.given_labels.clone()
-        self.k = self.complementary_count(num_classes)
-        self.replacement = self.k > num_classes - 1  # distinct labels whenever that is possible
+    def validate(self):
+        super().validate()
+        self.require("complementary_labels", self.complementary_labels >= 1, "must be >= 1")
+        self.require("pl_weight", self.pl_weight >= 0, "must be >= 0")
+        self.require("warmup_lr", self.warmup_lr > 0, "must be > 0")
+        self.require("pseudo_lr", self.pseudo_lr > 0, "must be > 0")
 
-    def complementary_count(self, num_classes):
-        k = self.defaults.complementary_labels
-        return num_classes - 1 if k is None else k
 
-    def warmup_stages(self):
-        warmup = self.defaults.warmup_epochs
-        return [Stage("warmup", warmup, self.defaults.warmup_lr)] if warmup else []
+class JNPLStage(enum.Enum):
+    JNPL = "jnpl"
 
-    def stages(self, epochs, lr):
-        warmup = self.warmup_stages()
-        first, second = split_epochs(epochs - self.defaults.warmup_epochs, (1000, 480))
-        return warmup + [Stage("jnpl", first, lr, milestones=(0.8,), reset_optimizer=bool(warmup)),
-                         Stage("pseudo", second, self.defaults.pseudo_lr, milestones=(0.4, 0.6), reset_optimizer=True)]
+
+class JNPL(Method):
+    name = "jnpl"
+    Config = JNPLConfig
+
+    def setup(self):
+        self.register_buffer("pseudo_labels", self.given_labels.clone())
+        self.k = self.config.complementary_labels
+        self.replacement = self.k > self.num_classes - 1  # distinct labels whenever that is possible
+
+    def stages(self):
+        warmup = self.warmup_stages(self.config.warmup_lr)
+        first, second = split_epochs(self.config.epochs - self.config.warmup_epochs, (1000, 480))
+        return warmup + [Stage(JNPLStage.JNPL, first, self.config.lr, milestones=(0.8,), reset_optimizer=bool(warmup)),
+                         self.pseudo_stage(second, milestones=(0.4, 0.6))]
+
+    def pseudo_stage(self, epochs, milestones):
+        return Stage(Phase.PSEUDO, epochs, self.config.pseudo_lr, milestones=milestones, reset_optimizer=True)
 
     def start_stage(self, stage, outputs):
-        if stage.name == "pseudo":
-            clean = confidence_on_labels(outputs["probs"], self.given_labels) >= self.clean_threshold
+        if stage.kind is Phase.PSEUDO:
+            clean = confidence_on_labels(outputs["probs"], self.given_labels) >= CLEAN_THRESHOLD
             self.pseudo_labels = torch.where(clean, self.given_labels, outputs["probs"].argmax(1))
 
-    def batch_loss(self, model, batch, stage):
+    def complementary(self, batch, step):
+        return sample_complementary(batch.labels, self.num_classes, k=self.k, replacement=self.replacement,
+                                    seed=self.seed, offset=step.step)
+
+    def loss(self, model, batch, step):
         logits = model(batch.images)
-        if stage.name == "warmup":
+        if step.stage.kind is Phase.WARMUP:
             return weighted_ce(logits, batch.labels)
-        if stage.name == "pseudo":
+        if step.stage.kind is Phase.PSEUDO:
             return weighted_ce(logits, self.pseudo_labels[batch.indices])
-        comp = sample_complementary(batch.labels, self.num_classes, k=self.k, replacement=self.replacement,
-                                    seed=self.args.seed, offset=batch.step)
-        keep, yhat = jnpl_select(logits, seed=self.args.seed, offset=batch.step)
-        return nl_plus_loss(logits, comp) + self.pl_weight * pl_plus_loss(logits[keep], yhat[keep])
+        keep, yhat = jnpl_select(logits, seed=self.seed, offset=step.step)
+        return nl_plus_loss(logits, self.complementary(batch, step)) + self.config.pl_weight * pl_plus_loss(
+            logits[keep], yhat[keep])
 
     def clean_scores(self, outputs):
-        score = confidence_on_labels(outputs["probs"], self.given_labels)
-        return score, score < self.clean_threshold
-
-    def state_dict(self):
-        return {"pseudo_labels": self.pseudo_labels.cpu()}
-
-    def load_state_dict(self, state):
-        self.pseudo_labels = state["pseudo_labels"].to(self.device)
+        return self.confidence_scores(outputs["probs"])

@@ -1,4 +1,4 @@
-"""L2B (l2b.txt): learning to bootstrap, meta-learned per-sample weights on the given label (alpha)
+"""L2B, "L2B: Learning to Bootstrap Robust Models for Combating Label Noise" (arXiv:2202.04291): learning to bootstrap, meta-learned per-sample weights on the given label (alpha)
 and on the model's own prediction (beta), from a small clean set.
 
 Per batch after the warm-up (Alg. 1): pseudo-labels = the current model's arg-max; a virtual
@@ -9,19 +9,22 @@ functional_call, second order through the virtual step); weights = normalize_wei
 over alpha and beta together ("rectify_sum": max(., 0) / sum, so they sum to 1 per batch;
 "sigmoid" / "softmax" with a temperature as options); then the real step on
 sum_i alpha_i CE(y_i) + beta_i CE(pseudo_i). Gradient norms are clipped.
-Ablation (the paper's Table 7): --l2b-weights alpha (beta = 0: L2RW), beta (alpha = 0), or
+Ablation (the paper's Table 7): weights "alpha" (beta = 0: L2RW), beta (alpha = 0), or
 sum_to_one (alpha_i + beta_i = 1 per sample, then the batch mean).
 Clean score: alpha_i / (alpha_i + beta_i), averaged over the epoch's steps in which the sample
 got any weight (0.5 if it never did); flagged noisy below 0.5.
 """
+import enum
+import typing
+from dataclasses import dataclass
+
 import torch
 from torch.func import functional_call, grad
 from torch.nn import functional as F
 
+from engine.config import WarmupConfig, option
 from engine.losses import normalize_weights, weighted_ce
-from engine.methods.base import Defaults, Method, Stage
-
-CLEAN_THRESHOLD = 0.5
+from engine.methods.base import CLEAN_THRESHOLD, CleanSubset, Method, Phase, Stage
 
 
 def virtual_sgd_step(params, grads, momentum_buffers, lr, momentum, weight_decay):
@@ -70,7 +73,7 @@ def normalized(scores, mode, temperature):
 
 
 def balance_weights(alpha_scores, beta_scores, rule, mode, temperature):
-    """(alpha, beta) [B] each from the negated meta-gradients, by --l2b-weights `rule`:
+    """(alpha, beta) [B] each from the negated meta-gradients, by the weights `rule`:
     "both" normalizes the 2B scores together (see `normalized`); "alpha" / "beta" keep one kind (the
     other is 0); "sum_to_one" rectifies both, then alpha_i + beta_i = 1 per sample (0.5 each
     when both are 0) and the loss becomes the batch mean (weights divided by B)."""
@@ -88,76 +91,73 @@ def balance_weights(alpha_scores, beta_scores, rule, mode, temperature):
     return both[:size], both[size:]
 
 
-class L2B(Method):
-    name = "l2b"
-    needs_clean_subset = True
-    uses_clean_batches = True
-    DEFAULTS = {
-        # l2b.txt 4.1: PreAct ResNet-18, SGD lr 0.15 (cosine), wd 5e-4, batch 512 (CIFAR-10),
-        # 300 epochs, 10 warm-up; 1,000 clean images; gradient clipping 0.25 (released code).
-        "paper": Defaults(epochs=300, batch_size=512, lr=0.15, weight_decay=5e-4, warmup_epochs=10,
-                          options={"clean_size": 1000, "grad_clip": 0.25}),
+@dataclass(frozen=True)
+class L2BConfig(WarmupConfig):
+    """L2B options (needs a clean subset: clean_size / clean_fraction, 1,000 images by default, 5% on small
+    data)."""
+
+    weights: typing.Literal["both", "alpha", "beta", "sum_to_one"] = option(
+        "both", "meta-learn alpha and beta (L2B), alpha only (= L2RW), beta only, or alpha + beta = 1 per sample")
+    normalize: typing.Literal["rectify_sum", "sigmoid", "softmax"] = option(
+        "rectify_sum", "normalize_weights mode for the negated meta-gradients")
+    temperature: float = option(10.0, "for sigmoid / softmax")
+    grad_clip: float = option(0.25, "max gradient norm (the released code's CIFAR-10 value; 0: off)")
+
+    @classmethod
+    def preset(cls, size, num_classes):
+        if size == "paper":
+            # Section 4.1: PreAct ResNet-18, SGD lr 0.15 (cosine), wd 5e-4, batch 512 (CIFAR-10),
+            # 300 epochs, 10 warm-up; 1,000 clean images; gradient clipping 0.25 (released code).
+            return cls(epochs=300, batch_size=512, lr=0.15, weight_decay=5e-4, warmup_epochs=10,
+                       model="preact_resnet18", clean_size=1000)
         # Small data: lr 0.1 and 5 warm-up epochs (at lr 0.05 and 3, measured on mnist5k at 40%
         # noise, the pseudo-labels came from a 62%-accurate model and L2B ended at 92.3%); no
         # clipping (at 0.25 the small CNN learned slowly: 66.5% after the warm-up where CE had
         # 77.3%, 95.2% at the end; unclipped 96.9%).
-        "small": Defaults(epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4, warmup_epochs=5,
-                          options={"clean_fraction": 0.05, "grad_clip": 0}),
-    }
+        return cls(epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4, warmup_epochs=5, clean_fraction=0.05,
+                   grad_clip=0.0)
 
-    @classmethod
-    def add_arguments(cls, parser):
-        group = parser.add_argument_group("l2b", "L2B options (needs a clean subset: --clean-size / "
-                                                 "--clean-fraction, default 1,000 images, 5% on small data)")
-        group.add_argument("--l2b-weights", choices=["both", "alpha", "beta", "sum_to_one"], default="both",
-                           help="meta-learn alpha and beta (L2B), alpha only (= L2RW), beta only, or alpha + beta = "
-                                "1 per sample")
-        group.add_argument("--l2b-normalize", choices=["rectify_sum", "sigmoid", "softmax"], default="rectify_sum",
-                           help="normalize_weights mode for the negated meta-gradients")
-        group.add_argument("--l2b-temperature", type=float, default=10.0, help="for sigmoid / softmax")
-        group.add_argument("--l2b-grad-clip", type=float,
-                           help="max gradient norm (default 0.25, the released code's CIFAR-10 value; off on small "
-                                "data; 0: off)")
+    def validate(self):
+        super().validate()
+        self.require("temperature", self.temperature > 0, "must be > 0")
+        self.require("grad_clip", self.grad_clip >= 0, "must be >= 0")
 
-    def __init__(self, args, num_classes, given_labels, device, defaults):
-        super().__init__(args, num_classes, given_labels, device, defaults)
-        clip = self.option("grad_clip")
-        if clip < 0:
-            raise ValueError(f"--l2b-grad-clip must be >= 0, got {clip}")
-        self.grad_clip = clip or None
-        n = len(given_labels)
-        self.alpha_share_sum = torch.zeros(n, device=device)  # sum over the epoch's steps of alpha / (alpha + beta)
-        self.alpha_share_count = torch.zeros(n, device=device)
-        self.clean_score = torch.full((n,), 0.5, device=device)
-        self.optimizer = None
 
-    def use_optimizer(self, optimizer):
-        self.optimizer = optimizer
+class L2BStage(enum.Enum):
+    L2B = "l2b"
 
-    def stages(self, epochs, lr):
-        warmup = self.defaults.warmup_epochs
-        if epochs <= warmup:
-            raise ValueError(f"--epochs ({epochs}) must exceed the {warmup} warm-up epochs")
-        return ([Stage("warmup", warmup, lr)] if warmup else []) + [Stage("l2b", epochs - warmup, lr, cosine=True)]
 
-    def virtual_step(self, model):
-        """What the real optimizer would do, for meta_gradients: its current lr, momentum
-        buffers and weight decay on the model's parameters (group 0)."""
-        group = self.optimizer.param_groups[0]
-        params = {name: p.detach() for name, p in model.named_parameters()}
-        buffers = {name: self.optimizer.state.get(p, {}).get("momentum_buffer") for name, p in model.named_parameters()}
-        return dict(params=params, momentum_buffers=buffers, lr=group["lr"], momentum=group["momentum"],
-                    weight_decay=group["weight_decay"])
+class L2B(Method):
+    name = "l2b"
+    Config = L2BConfig
+    clean_subset = CleanSubset.BATCHES
 
-    def batch_loss(self, model, batch, stage):
+    def setup(self):
+        n = len(self.given_labels)
+        # Sums over the current epoch's steps of alpha / (alpha + beta), and their counts: zero at
+        # every epoch's end, where checkpoints are taken, so not part of the state.
+        self.register_buffer("alpha_share_sum", torch.zeros(n, device=self.device), persistent=False)
+        self.register_buffer("alpha_share_count", torch.zeros(n, device=self.device), persistent=False)
+        self.register_buffer("clean_score", torch.full((n,), 0.5, device=self.device))
+
+    @property
+    def grad_clip(self):
+        return self.config.grad_clip or None
+
+    def stages(self):
+        config = self.config
+        return self.warmup_stages() + [Stage(L2BStage.L2B, config.epochs - config.warmup_epochs, config.lr,
+                                             cosine=True)]
+
+    def loss(self, model, batch, step):
         logits = model(batch.images)
-        if stage.name == "warmup":
+        if step.stage.kind is Phase.WARMUP:
             return weighted_ce(logits, batch.labels)
         pseudo = logits.detach().argmax(1)
         grad_alpha, grad_beta = meta_gradients(model, batch.images, batch.labels, pseudo, batch.clean_images,
-                                               batch.clean_labels, self.virtual_step(model))
-        alpha, beta = balance_weights(-grad_alpha, -grad_beta, self.args.l2b_weights, self.args.l2b_normalize,
-                                      self.args.l2b_temperature)
+                                               batch.clean_labels, virtual_step(model, step.optimizer))
+        alpha, beta = balance_weights(-grad_alpha, -grad_beta, self.config.weights, self.config.normalize,
+                                      self.config.temperature)
         self.record(batch.indices, alpha, beta)
         return (weighted_ce(logits, batch.labels, alpha, reduction="sum")
                 + weighted_ce(logits, pseudo, beta, reduction="sum"))
@@ -169,8 +169,8 @@ class L2B(Method):
         self.alpha_share_sum.index_add_(0, indices[weighted], (alpha / total.clamp(min=1e-30))[weighted])
         self.alpha_share_count.index_add_(0, indices[weighted], torch.ones_like(alpha[weighted]))
 
-    def end_epoch(self, epoch, stage, outputs):
-        if stage.name == "warmup":
+    def end_epoch(self, step, outputs):
+        if step.stage.kind is Phase.WARMUP:
             return
         seen = self.alpha_share_count > 0
         self.clean_score = torch.where(seen, self.alpha_share_sum / self.alpha_share_count.clamp(min=1),
@@ -181,8 +181,12 @@ class L2B(Method):
     def clean_scores(self, outputs):
         return self.clean_score, self.clean_score < CLEAN_THRESHOLD
 
-    def state_dict(self):
-        return {"clean_score": self.clean_score.cpu()}
 
-    def load_state_dict(self, state):
-        self.clean_score = state["clean_score"].to(self.device)
+def virtual_step(model, optimizer):
+    """What the real optimizer would do, for meta_gradients: its current lr, momentum buffers
+    and weight decay on the model's parameters (group 0)."""
+    group = optimizer.param_groups[0]
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    buffers = {name: optimizer.state.get(p, {}).get("momentum_buffer") for name, p in model.named_parameters()}
+    return dict(params=params, momentum_buffers=buffers, lr=group["lr"], momentum=group["momentum"],
+                weight_decay=group["weight_decay"])

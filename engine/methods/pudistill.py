@@ -1,4 +1,5 @@
-"""PU-distillation (pudistill.txt): clean-set augmentation by positive-unlabeled learning, then a
+"""PU-distillation, "Training Classifiers that are Universally Robust to All Label Noise Levels"
+(arXiv:2105.13892): clean-set augmentation by positive-unlabeled learning, then a
 teacher ensemble trained on the augmented clean set and a student distilled from it.
 
 1. Clean-set augmentation (Alg. 1 lines 1-10), all classes at once, K rounds. Each round a
@@ -25,7 +26,10 @@ teacher ensemble trained on the augmented clean set and a student distilled from
 Clean score: the teachers' mean confidence on the given label, flagged noisy below 0.5.
 """
 import copy
+import enum
 import math
+import typing
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,9 +37,8 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
-from engine.methods.base import Defaults, Method, Stage, confidence_on_labels
-
-CLEAN_THRESHOLD = 0.5
+from engine.config import MethodConfig, option
+from engine.methods.base import CleanSubset, Method, Stage
 MIXUP_ALPHA = 2.0  # Beta(2, 2), the paper's mu
 FILTER_HIDDEN = 64
 FILTER_BATCH = 128
@@ -146,120 +149,112 @@ def accept(probabilities, filters, alpha, agree):
     return torch.where(accepted.sum(0) == 1, accepted.float().argmax(0), torch.full_like(votes[0], -1))
 
 
-class PUDistill(Method):
-    name = "pudistill"
-    needs_clean_subset = True
-    trains_on_clean_subset = True
-    DEFAULTS = {
-        # pudistill.txt IV-A3 (CIFAR-10): PreAct ResNet-18, SGD m 0.9, wd 1e-4, batch 128;
-        # teachers and student 100 epochs at lr 0.05 (/10 after 30, 50 and 80); 10% clean;
-        # alpha 0.9, theta 19 of N 20, 5 teachers, lambda 0.5, eta 0.9 (Table VI); K 10 rounds
-        # (the released code). Trunk epochs per round: ours (the paper trains each binary
-        # classifier 30 epochs).
-        "paper": Defaults(epochs=100, batch_size=128, lr=0.05, weight_decay=1e-4,
-                          options=dict(clean_fraction=0.1, rounds=10, trunk_epochs=10, teachers=5,
-                                       teacher_epochs=100, cosine=False)),
+@dataclass(frozen=True)
+class PUDistillConfig(MethodConfig):
+    """PU-distillation options (needs a clean subset: clean_size / clean_fraction, 10% by default, 5% on small
+    data)."""
+
+    rounds: int = option(10, "clean-set augmentation rounds K")
+    filters: int = option(20, "binary classifiers per class N")
+    agree: int = option(19, "theta: a sample joins a class when this many of its N classifiers accept it")
+    alpha: float = option(0.9, "a classifier accepts at sigmoid >= this")
+    filter_steps: int = option(300, "Adam steps of the binary classifiers per round")
+    trunk_epochs: int = option(10, "feature-trunk epochs per round")
+    teachers: int = option(5, "teacher networks N_t")
+    teacher_epochs: int = option(100, "epochs per teacher")
+    targets: typing.Literal["soft", "hard_bootstrap", "hard"] = option(
+        "soft", "student targets: soft / hard bootstrap labels (eq. 4) or hard labels (eq. 6)")
+    lambda_: float = option(0.5, "teacher share of bootstrap targets")
+    eta: float = option(0.9, "teacher targets only where the teachers' max probability >= eta")
+    mixup: bool = option(True, "mixup for teachers and student")
+    entropy: float = option(0.1, "weight of the entropy regularizer (teachers and student; 0: off)")
+    cosine: bool = option(False, "cosine learning rates instead of the paper's x0.1 after 30, 50 and 80%")
+
+    @classmethod
+    def preset(cls, size, num_classes):
+        if size == "paper":
+            # Section IV-A3 (CIFAR-10): PreAct ResNet-18, SGD m 0.9, wd 1e-4, batch 128; teachers
+            # and student 100 epochs at lr 0.05 (/10 after 30, 50 and 80); 10% clean; alpha 0.9,
+            # theta 19 of N 20, 5 teachers, lambda 0.5, eta 0.9 (Table VI); K 10 rounds (the
+            # released code). Trunk epochs per round: ours (the paper trains each binary
+            # classifier 30 epochs).
+            return cls(epochs=100, batch_size=128, lr=0.05, weight_decay=1e-4, model="preact_resnet18",
+                       clean_fraction=0.1)
         # Small data: 3 rounds of 10 trunk epochs and 3 teachers of 10 epochs keep a CPU run at
         # a few minutes; lr 0.1 with a cosine instead of the paper's steps, which on 15 epochs
         # left a teacher at 88.6% on mnist5k's noisy set (cosine: 93.9%).
-        "small": Defaults(epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4,
-                          options=dict(clean_fraction=0.05, rounds=3, trunk_epochs=10, teachers=3,
-                                       teacher_epochs=10, cosine=True)),
-    }
+        return cls(epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4, clean_fraction=0.05, rounds=3,
+                   teachers=3, teacher_epochs=10, cosine=True)
 
-    @classmethod
-    def add_arguments(cls, parser):
-        group = parser.add_argument_group("pudistill", "PU-distillation options (needs a clean subset: --clean-size "
-                                                       "/ --clean-fraction, default 10%%, 5%% on small data)")
-        group.add_argument("--pudistill-rounds", type=int, help="clean-set augmentation rounds K (default 10; 3 on "
-                                                                "small data)")
-        group.add_argument("--pudistill-filters", type=int, default=20, help="binary classifiers per class N")
-        group.add_argument("--pudistill-agree", type=int, default=19,
-                           help="theta: a sample joins a class when this many of its N classifiers accept it")
-        group.add_argument("--pudistill-alpha", type=float, default=0.9, help="a classifier accepts at sigmoid >= this")
-        group.add_argument("--pudistill-filter-steps", type=int, default=300,
-                           help="Adam steps of the binary classifiers per round")
-        group.add_argument("--pudistill-trunk-epochs", type=int,
-                           help="feature-trunk epochs per round (default 10)")
-        group.add_argument("--pudistill-teachers", type=int, help="teacher networks N_t (default 5; 3 on small data)")
-        group.add_argument("--pudistill-teacher-epochs", type=int, help="epochs per teacher (default 100; 10 on "
-                                                                        "small data)")
-        group.add_argument("--pudistill-targets", choices=["soft", "hard_bootstrap", "hard"], default="soft",
-                           help="student targets: soft / hard bootstrap labels (eq. 4) or hard labels (eq. 6)")
-        group.add_argument("--pudistill-lambda", type=float, default=0.5, help="teacher share of bootstrap targets")
-        group.add_argument("--pudistill-eta", type=float, default=0.9,
-                           help="teacher targets only where the teachers' max probability >= eta")
-        group.add_argument("--pudistill-no-mixup", action="store_true", help="teachers and student without mixup")
-        group.add_argument("--pudistill-entropy", type=float, default=0.1,
-                           help="weight of the entropy regularizer (teachers and student; 0: off)")
+    def validate(self):
+        super().validate()
+        for name in ("rounds", "filters", "filter_steps", "trunk_epochs", "teachers", "teacher_epochs"):
+            self.require(name, getattr(self, name) >= 1, "must be >= 1")
+        self.require("agree", 1 <= self.agree <= self.filters, f"must be in [1, filters = {self.filters}]")
+        for name in ("alpha", "lambda_", "eta"):
+            self.require(name, 0.0 <= getattr(self, name) <= 1.0, "must be in [0, 1]")
+        self.require("entropy", self.entropy >= 0, "must be >= 0")
 
-    def __init__(self, args, num_classes, given_labels, device, defaults):
-        super().__init__(args, num_classes, given_labels, device, defaults)
-        self.rounds, self.trunk_epochs = self.option("rounds"), self.option("trunk_epochs")
-        self.teachers, self.teacher_epochs = self.option("teachers"), self.option("teacher_epochs")
-        self.filters, self.agree, self.alpha = args.pudistill_filters, args.pudistill_agree, args.pudistill_alpha
-        for name, value, low in [("--pudistill-rounds", self.rounds, 1), ("--pudistill-trunk-epochs",
-                                 self.trunk_epochs, 1), ("--pudistill-teacher-epochs", self.teacher_epochs, 1),
-                                 ("--pudistill-filters", self.filters, 1), ("--pudistill-teachers",
-                                 self.teachers, 1), ("--pudistill-filter-steps",
-                                 args.pudistill_filter_steps, 1)]:
-            if value < low:
-                raise ValueError(f"{name} must be >= {low}, got {value}")
-        if not 1 <= self.agree <= self.filters:
-            raise ValueError(f"--pudistill-agree must be in [1, --pudistill-filters = {self.filters}], got {self.agree}")
-        for name, value in [("--pudistill-alpha", self.alpha), ("--pudistill-lambda", args.pudistill_lambda),
-                            ("--pudistill-eta", args.pudistill_eta)]:
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
-        if args.pudistill_entropy < 0:
-            raise ValueError(f"--pudistill-entropy must be >= 0, got {args.pudistill_entropy}")
-        self.mixup = not args.pudistill_no_mixup
-        n = len(given_labels)
-        self.accepted_class = torch.full((n,), -1, dtype=torch.long, device=device)  # class joined, or -1
-        self.teacher_probs = torch.full((n, num_classes), 1.0 / num_classes, device=device)
-        self.targets = F.one_hot(self.given_labels, num_classes).float()
-        self.clean_mask = torch.zeros(n, dtype=torch.bool, device=device)
 
-    def schedule(self, name, epochs, lr):
-        """The paper's lr x0.1 after 30%, 50% and 80% of the epochs, or a cosine on small data."""
-        if self.defaults.options["cosine"]:
-            return Stage(name, epochs, lr, cosine=True)
-        return Stage(name, epochs, lr, milestones=(0.3, 0.5, 0.8))
+class PUDistillStage(enum.Enum):
+    STUDENT = "student"
+    TRUNK = "trunk"
+    TEACHER = "teacher"
 
-    def stages(self, epochs, lr):
-        return [self.schedule("student", epochs, lr)]
+
+class PUDistill(Method):
+    name = "pudistill"
+    Config = PUDistillConfig
+    clean_subset = CleanSubset.TRAINED_ON
+
+    def setup(self):
+        n, num_classes = len(self.given_labels), self.num_classes
+        self.register_buffer("accepted_class", torch.full((n,), -1, dtype=torch.long, device=self.device))
+        self.register_buffer("teacher_probs", torch.full((n, num_classes), 1.0 / num_classes, device=self.device))
+        self.register_buffer("clean_mask", torch.zeros(n, dtype=torch.bool, device=self.device))
+        self.register_buffer("targets", F.one_hot(self.given_labels, num_classes).float())
+
+    def schedule(self, kind, epochs):
+        """The paper's lr x0.1 after 30%, 50% and 80% of the epochs, or a cosine."""
+        if self.config.cosine:
+            return Stage(kind, epochs, self.config.lr, cosine=True)
+        return Stage(kind, epochs, self.config.lr, milestones=(0.3, 0.5, 0.8))
+
+    def stages(self):
+        return [self.schedule(PUDistillStage.STUDENT, self.config.epochs)]
 
     # ------------------------------------------------------------ preparation (Alg. 1, 1-13)
 
     def prepare(self, ctx):
+        config = self.config
         self.clean_mask[torch.from_numpy(ctx.clean_indices).to(self.device)] = True
         clean_labels = ctx.clean_labels.cpu().numpy()
         clean_by_class = [ctx.clean_indices[clean_labels == c] for c in range(self.num_classes)]  # none empty
-        rng = np.random.default_rng([self.args.seed, 7])
-        generator = torch.Generator().manual_seed(self.args.seed)
+        rng = np.random.default_rng([self.seed, 7])
+        generator = torch.Generator().manual_seed(self.seed)
         labels = torch.full((len(self.given_labels),), -1, dtype=torch.long, device=self.device)  # P's labels
         labels[torch.from_numpy(ctx.clean_indices).to(self.device)] = ctx.clean_labels
         trunk, ensemble = ctx.make_network(), None
-        for round_ in range(self.rounds):
+        for round_ in range(config.rounds):
             members = labels >= 0
             fit_network(trunk, ctx, lambda epoch: np.flatnonzero(members.cpu().numpy()), labels,
-                        self.schedule("trunk", self.trunk_epochs, ctx.lr), seed=self.args.seed * 1000 + round_,
+                        self.schedule(PUDistillStage.TRUNK, config.trunk_epochs), seed=self.seed * 1000 + round_,
                         mixup_images=False, entropy=0.0)
             features = standardized(ctx.over_training_set(trunk, lambda net, x: net.forward_features(x)))
             if ensemble is None:  # warm-started over the rounds, as the released code
-                torch.manual_seed(self.args.seed)
-                ensemble = BinaryEnsemble.create(self.num_classes * self.filters, features.shape[1], self.device)
+                torch.manual_seed(self.seed)
+                ensemble = BinaryEnsemble.create(self.num_classes * config.filters, features.shape[1], self.device)
             accepted_by_class = [ctx.noisy_indices[self.accepted_class[ctx.noisy_indices].cpu().numpy() == c]
                                  for c in range(self.num_classes)]
-            samples, targets = bootstrap_sets(clean_by_class, accepted_by_class, ctx.noisy_indices, self.filters, rng)
-            ensemble.fit(features, samples.to(self.device), targets.to(self.device), self.args.pudistill_filter_steps,
-                         generator)
+            samples, targets = bootstrap_sets(clean_by_class, accepted_by_class, ctx.noisy_indices, config.filters,
+                                              rng)
+            ensemble.fit(features, samples.to(self.device), targets.to(self.device), config.filter_steps, generator)
             noisy = torch.from_numpy(ctx.noisy_indices).to(self.device)
             self.accepted_class.fill_(-1)
-            self.accepted_class[noisy] = accept(ensemble.probabilities(features[noisy]), self.filters, self.alpha,
-                                                self.agree)
+            self.accepted_class[noisy] = accept(ensemble.probabilities(features[noisy]), config.filters,
+                                                config.alpha, config.agree)
             labels[noisy] = self.accepted_class[noisy]
-            print(f"pudistill round {round_ + 1}/{self.rounds}: {int((self.accepted_class >= 0).sum())} of "
+            print(f"pudistill round {round_ + 1}/{config.rounds}: {int((self.accepted_class >= 0).sum())} of "
                   f"{len(noisy)} noisy-set samples joined the clean set", flush=True)
         self.teacher_probs = self.train_teachers(ctx, labels)
         self.targets = self.student_targets()
@@ -270,30 +265,30 @@ class PUDistill(Method):
         by_class = [np.flatnonzero((labels == c).cpu().numpy()) for c in range(self.num_classes)]
         per_class = min(len(members) for members in by_class)
         probs = torch.zeros_like(self.teacher_probs)
-        for teacher in range(self.teachers):
-            rng = np.random.default_rng([self.args.seed, 11, teacher])
-            torch.manual_seed(self.args.seed * 1000 + 500 + teacher)
+        for teacher in range(self.config.teachers):
+            rng = np.random.default_rng([self.seed, 11, teacher])
+            torch.manual_seed(self.seed * 1000 + 500 + teacher)
             network = ctx.make_network()
             fit_network(network, ctx, lambda epoch: np.concatenate([rng.choice(m, per_class, replace=False)
                                                                     for m in by_class]),
-                        labels, self.schedule("teacher", self.teacher_epochs, ctx.lr),
-                        seed=self.args.seed * 1000 + 500 + teacher, mixup_images=self.mixup,
-                        entropy=self.args.pudistill_entropy)
+                        labels, self.schedule(PUDistillStage.TEACHER, self.config.teacher_epochs),
+                        seed=self.seed * 1000 + 500 + teacher, mixup_images=self.config.mixup,
+                        entropy=self.config.entropy)
             probs += ctx.over_training_set(network, lambda net, x: torch.softmax(net(x).float(), 1))
-            print(f"pudistill teacher {teacher + 1}/{self.teachers} trained on {per_class} "
+            print(f"pudistill teacher {teacher + 1}/{self.config.teachers} trained on {per_class} "
                   f"samples per class", flush=True)
-        return probs / self.teachers
+        return probs / self.config.teachers
 
     def student_targets(self):
         """y' per training sample [N, C] (see the module docstring)."""
         corrected = torch.where(self.accepted_class >= 0, self.accepted_class, self.given_labels)
         onehot = F.one_hot(corrected, self.num_classes).float()
         confidence, teacher_label = self.teacher_probs.max(1)
-        confident = (confidence >= self.args.pudistill_eta) & ~self.clean_mask
-        lam = self.args.pudistill_lambda
-        if self.args.pudistill_targets == "soft":
+        confident = (confidence >= self.config.eta) & ~self.clean_mask
+        lam = self.config.lambda_
+        if self.config.targets == "soft":
             teacher = lam * self.teacher_probs + (1 - lam) * onehot
-        elif self.args.pudistill_targets == "hard_bootstrap":
+        elif self.config.targets == "hard_bootstrap":
             teacher = lam * F.one_hot(teacher_label, self.num_classes).float() + (1 - lam) * onehot
         else:
             teacher = F.one_hot(teacher_label, self.num_classes).float()
@@ -301,37 +296,28 @@ class PUDistill(Method):
 
     # ------------------------------------------------------------ student (Alg. 1, 14)
 
-    def batch_loss(self, model, batch, stage):
+    def loss(self, model, batch, step):
         images, targets = batch.images, self.targets[batch.indices]
-        if self.mixup:
+        if self.config.mixup:
             images, targets = mixup(images, targets)
-        return soft_target_loss(model(images), targets, self.args.pudistill_entropy)
+        return soft_target_loss(model(images), targets, self.config.entropy)
 
     def clean_scores(self, outputs):
-        score = confidence_on_labels(self.teacher_probs, self.given_labels)
-        return score, score < CLEAN_THRESHOLD
+        return self.confidence_scores(self.teacher_probs)
 
     def summary(self, true_labels):
-        """The augmented clean set drawn from the noisy set: size and precision (the paper's
-        Table I, measured here on the noisy training set), overall and per class."""
+        """The augmented clean set drawn from the noisy set: size and, with true labels, precision
+        (the paper's Table I, measured here on the noisy training set), overall and per class."""
         accepted = self.accepted_class.cpu()
         joined = accepted >= 0
+        if true_labels is None:
+            return {"augmented_clean_set": {"size": int(joined.sum())}}
         correct = joined & (accepted == true_labels)
         per_class = [{"class": c, "size": int((accepted == c).sum()),
                       "precision": float((correct & (accepted == c)).sum() / max(int((accepted == c).sum()), 1))}
                      for c in range(self.num_classes)]
         return {"augmented_clean_set": {"size": int(joined.sum()), "precision": float(correct.sum() / max(int(
             joined.sum()), 1)), "per_class": per_class}}
-
-    def state_dict(self):
-        return {"accepted_class": self.accepted_class.cpu(), "teacher_probs": self.teacher_probs.cpu(),
-                "clean_mask": self.clean_mask.cpu()}
-
-    def load_state_dict(self, state):
-        self.accepted_class = state["accepted_class"].to(self.device)
-        self.teacher_probs = state["teacher_probs"].to(self.device)
-        self.clean_mask = state["clean_mask"].to(self.device)
-        self.targets = self.student_targets()
 
 
 def fit_network(network, ctx, epoch_indices, labels, stage, seed, mixup_images, entropy):

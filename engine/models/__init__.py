@@ -4,6 +4,7 @@ import torch
 
 from engine.models.base import ClassifierBase
 from engine.models.heads import MultiHead, stage_heads
+from engine.models.mlp import MLP
 from engine.models.preact_resnet import preact_resnet18, preact_resnet34
 from engine.models.small_cnn import SmallCNN
 
@@ -11,6 +12,7 @@ MODELS = {
     "preact_resnet18": preact_resnet18,
     "preact_resnet34": preact_resnet34,
     "small_cnn": SmallCNN,
+    "mlp": MLP,
 }
 
 

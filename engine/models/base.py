@@ -4,11 +4,19 @@ import torch
 from torch import nn
 
 
+def global_pool(stage_map):
+    """[B, C, H, W] maps averaged to [B, C]; [B, C] features (an MLP's stages) stay as they are."""
+    if stage_map.ndim == 2:
+        return stage_map
+    return torch.flatten(nn.functional.adaptive_avg_pool2d(stage_map, 1), 1)
+
+
 class ClassifierBase(nn.Module):
     """A stack of stages, a global average pool and a linear head `fc`.
 
     Subclasses only build their stages and pass them in. Then:
-      forward_stages(x)   -> list of the maps after each stage; the last is the one pooled,
+      forward_stages(x)   -> list of the maps (or feature vectors) after each stage; the last is the
+                           one pooled,
       forward_features(x) -> pooled feature [B, feature_dim], exactly what `fc` consumes,
       forward(x)          -> logits [B, num_classes] == fc(forward_features(x)).
     Dropout (if any, default none) is applied inside the pooled feature, so `fc` never sees
@@ -35,7 +43,7 @@ class ClassifierBase(nn.Module):
 
     def pool_features(self, last_map):
         """Pooled feature of the last stage map; lets wrappers reuse maps they already computed."""
-        return self.dropout(torch.flatten(nn.functional.adaptive_avg_pool2d(last_map, 1), 1))
+        return self.dropout(global_pool(last_map))
 
     def forward_features(self, x):
         return self.pool_features(self.forward_stages(x)[-1])

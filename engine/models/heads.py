@@ -4,6 +4,8 @@ import re
 
 from torch import nn
 
+from engine.models.base import global_pool
+
 
 class StageHead(nn.Module):
     """A shallow classifier on an intermediate stage map (self-distillation, Zhang et al. 2019):
@@ -12,12 +14,11 @@ class StageHead(nn.Module):
 
     def __init__(self, channels, feature_dim, num_classes):
         super().__init__()
-        self.bottleneck = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, feature_dim),
-                                        nn.ReLU(inplace=True))
+        self.bottleneck = nn.Sequential(nn.Linear(channels, feature_dim), nn.ReLU(inplace=True))
         self.fc = nn.Linear(feature_dim, num_classes)
 
     def forward(self, stage_map):
-        features = self.bottleneck(stage_map)
+        features = self.bottleneck(global_pool(stage_map))
         return features, self.fc(features)
 
 

@@ -1,0 +1,111 @@
+"""The Python API: train a noise-robust method on your own arrays and see which labels are
+probably wrong.
+
+    result = engine.fit(x, labels, method="jnpl")             # uint8 images [N, H, W, C] or floats [N, D]
+    result.label_issues()                                     # pandas DataFrame, one row per sample
+    issues = engine.find_label_issues(x, labels, return_indices_ranked_by="label_quality")
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from engine.config import RunConfig, size_class
+from engine.data.training_data import from_arrays
+from engine.methods import as_method
+
+RANKINGS = ("label_quality", "self_confidence", "normalized_margin")
+
+
+@dataclass
+class FitResult:
+    """What engine.fit trained: `model` (the evaluated module, e.g. BLDR's EMA copy), the
+    `method` with its per-sample state, the resolved `config` (a RunConfig), the per-epoch
+    `metrics` (a DataFrame), the `summary` and `pred_probs`, the model's class probabilities on
+    the training samples [N, C]."""
+
+    model: torch.nn.Module
+    method: object
+    config: RunConfig
+    metrics: pd.DataFrame
+    summary: dict
+    pred_probs: np.ndarray
+    _trainer: object
+
+    def predict_proba(self, x):
+        """Class probabilities [M, C] (numpy float32) for inputs like the training data (uint8
+        images of the same shape, or feature vectors standardized as the training ones were)."""
+        return self._trainer.predict_proba(x)
+
+    def predict(self, x):
+        return self.predict_proba(x).argmax(1)
+
+    def label_issues(self):
+        """One row per training sample: index, given_label, predicted_label, label_quality (in
+        [0, 1], lower = more likely mislabeled), is_label_issue (cleanlab's names), then
+        true_label / given_class / predicted_class / clean_subset where they apply."""
+        return self._trainer.table.copy()
+
+
+def fit(x, labels, *, method="jnpl", x_test=None, y_test=None, true_labels=None, clean_indices=None, epochs=None,
+        seed=0, device=None, out=None, class_names=None, **options):
+    """Train `method` on inputs `x` with the given (possibly noisy) `labels` [N].
+
+    x: uint8 images [N, H, W, C] (or [N, H, W]) or float feature vectors [N, D] (tabular data:
+    an MLP, no augmentation, features standardized), numpy or torch. method: a built-in name
+    ("ce", "nlnl", "jnpl", "pmnar", "bldr", "l2b", "pudistill"), "module:Class", or a Method
+    (class or instance) of your own. x_test / y_test: a test split (test accuracy per epoch).
+    true_labels: the true labels where known (detection precision / recall). clean_indices:
+    samples whose labels you trust (L2B and PU-distillation need some of every class). epochs
+    and **options: fields of the method's Config (lr=..., batch_size=..., beta=...) replacing
+    its preset (small data below 20,000 samples, else the paper's). out: a folder for the
+    outputs and checkpoints (none by default). Returns a FitResult.
+    """
+    data = from_arrays(x, labels, x_test=x_test, y_test=y_test, true_labels=true_labels, clean_indices=clean_indices,
+                       class_names=class_names)
+    if epochs is not None:
+        options["epochs"] = epochs
+    method = as_method(method, options)
+    config = method.configure(size_class(len(data.x_train)), data.num_classes)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    run = RunConfig(method=method.name, seed=seed, device=str(device), out=out, hyperparameters=config)
+    from engine.trainer import Trainer
+
+    trainer = Trainer(method, data, seed=seed, device=device, out=out, run_config=run, log=lambda line: None)
+    summary = trainer.run()
+    return FitResult(method.eval_model(trainer.model), method, run, pd.DataFrame(trainer.metrics), summary,
+                     trainer.train_outputs["probs"].numpy(), trainer)
+
+
+def label_quality_scores(labels, pred_probs, method):
+    """cleanlab.rank's per-sample scores: "self_confidence" p[label]; "normalized_margin"
+    (p[label] - max other p + 1) / 2. Lower = more likely mislabeled."""
+    self_confidence = pred_probs[np.arange(len(labels)), labels]
+    if method == "self_confidence":
+        return self_confidence
+    others = pred_probs.copy()
+    others[np.arange(len(labels)), labels] = -np.inf
+    return (self_confidence - others.max(1) + 1) / 2
+
+
+def find_label_issues(x, labels, *, method="pmnar", return_indices_ranked_by=None, **fit_options):
+    """Which labels are probably wrong, with cleanlab.filter.find_label_issues' conventions: a
+    boolean mask [N] (True = label issue) by default; with return_indices_ranked_by the indices
+    of the flagged samples, most likely wrong first, ranked by "label_quality" (the method's own
+    score) or by cleanlab's "self_confidence" / "normalized_margin" of the trained model's
+    probabilities. fit_options go to engine.fit."""
+    if return_indices_ranked_by not in (None, *RANKINGS):
+        raise ValueError(f"return_indices_ranked_by must be None or one of {', '.join(RANKINGS)}, got "
+                         f"{return_indices_ranked_by!r}")
+    result = fit(x, labels, method=method, **fit_options)
+    table = result.label_issues()
+    mask = table["is_label_issue"].to_numpy()
+    if return_indices_ranked_by is None:
+        return mask
+    if return_indices_ranked_by == "label_quality":
+        scores = table["label_quality"].to_numpy()
+    else:
+        scores = label_quality_scores(table["given_label"].to_numpy(), result.pred_probs, return_indices_ranked_by)
+    flagged = np.flatnonzero(mask)
+    return flagged[np.argsort(scores[flagged], kind="stable")]

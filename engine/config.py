@@ -1,0 +1,238 @@
+"""Typed configuration of a run: every hyper-parameter is a dataclass field, defined and
+validated in one place, written to and read from YAML, and turned into a command-line flag.
+
+- `MethodConfig`: the training hyper-parameters every method has (epochs, batch size, SGD,
+  model, the held-out clean subset); each method subclasses it with its own options and its
+  two presets (`preset("paper" | "small", num_classes)`, next to the paper's arXiv id).
+- `DataConfig`: the data set and its label noise (command line only; `engine.fit` takes arrays).
+- `RunConfig`: the method (a name or `module:Class`), seed, device, output folder, data and the
+  method's config, as written to `config.yaml` with every value a run actually used.
+"""
+import dataclasses
+import math
+import os
+import types
+import typing
+
+SMALL_DATA = 20_000  # training sets below this size get the methods' "small" presets
+SIZE_CLASSES = ("paper", "small")
+NOISE_KINDS = ("none", "symmetric", "asymmetric", "file", "cifar10n", "cifar100n")
+CIFAR10N_VARIANTS = ("aggre", "random1", "random2", "random3", "worst")
+
+
+class ConfigError(ValueError):
+    """A bad value of one field: `owner` (the config class), `field` and what is wrong (`text`).
+    The command line reports it under the field's flag, the Python API under its name."""
+
+    def __init__(self, owner, field, text):
+        self.owner, self.field, self.text = owner, field, text
+        super().__init__(f"{owner.__name__}.{field} {text}")
+
+
+def option(default, help, **metadata):
+    """A config field with its help text (the flag's help on the command line)."""
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
+
+def size_class(num_samples):
+    return "small" if num_samples < SMALL_DATA else "paper"
+
+
+class Validated:
+    """Checks every field against its annotated type, then the subclass's `validate()`."""
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not _matches(value, hints[field.name]):
+                self.fail(field.name, f"must be {_describe(hints[field.name])}, got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                self.fail(field.name, f"must be finite, got {value}")
+        self.validate()
+
+    def validate(self):
+        """Cross-field and range checks; raise with self.fail(field, text)."""
+
+    def fail(self, field, text):
+        raise ConfigError(type(self), field, text)
+
+    def require(self, field, condition, text):
+        if not condition:
+            self.fail(field, f"{text}, got {getattr(self, field)!r}")
+
+    def to_dict(self):
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _plain(value):
+    return value.to_dict() if isinstance(value, Validated) else value
+
+
+def _matches(value, annotation):
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return value in typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _describe(annotation):
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(annotation)))
+    if origin is not None:
+        return " or ".join(_describe(arg) for arg in typing.get_args(annotation))
+    return "None" if annotation is type(None) else f"a {annotation.__name__}"
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodConfig(Validated):
+    """What every method trains with. A method's presets set these; any field can be overridden
+    (flags `--epochs`, `--lr`, ...; keyword arguments of `engine.fit` and of a method)."""
+
+    epochs: int = option(30, "total epochs over all stages")
+    batch_size: int = option(128, "training batch size")
+    lr: float = option(0.05, "initial learning rate of the first stage")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(5e-4, "SGD weight decay")
+    model: str = option("small_cnn", "network: small_cnn, preact_resnet18, preact_resnet34 (images) or mlp "
+                                     "(feature vectors)")
+    clean_size: int | None = option(None, "hold out this many samples with true labels (the clean subset)")
+    clean_fraction: float | None = option(None, "hold out this fraction of samples with true labels")
+
+    @classmethod
+    def preset(cls, size, num_classes):
+        """The config for data of size class `size` ("paper": >= 20,000 training samples, else
+        "small") with `num_classes` classes; the field defaults unless a method says otherwise."""
+        del size, num_classes
+        return cls()
+
+    def validate(self):
+        from engine.models import MODELS
+
+        self.require("epochs", self.epochs >= 1, "must be >= 1")
+        self.require("batch_size", self.batch_size >= 1, "must be >= 1")
+        self.require("lr", self.lr > 0, "must be > 0")
+        self.require("momentum", 0 <= self.momentum < 1, "must be in [0, 1)")
+        self.require("weight_decay", self.weight_decay >= 0, "must be >= 0")
+        self.require("model", self.model in MODELS, f"must be one of {', '.join(sorted(MODELS))}")
+        if self.clean_size is not None and self.clean_fraction is not None:
+            self.fail("clean_size", "and clean_fraction exclude each other: give one")
+        if self.clean_size is not None:
+            self.require("clean_size", self.clean_size >= 0, "must be >= 0")
+        if self.clean_fraction is not None:
+            self.require("clean_fraction", 0 < self.clean_fraction < 1, "must be in (0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmupConfig(MethodConfig):
+    """A method that starts with warm-up epochs (plain CE, or its loss with all weights 1)."""
+
+    warmup_epochs: int = option(0, "warm-up epochs before the method's own regime")
+
+    def validate(self):
+        super().validate()
+        self.require("warmup_epochs", 0 <= self.warmup_epochs < self.epochs,
+                     f"must be >= 0 and leave at least one of the {self.epochs} epochs after it")
+
+
+# Fields whose flags carry no method prefix (`--epochs`, not `--jnpl-epochs`).
+SHARED_FIELDS = tuple(f.name for f in dataclasses.fields(WarmupConfig))
+
+
+def with_overrides(config, overrides):
+    """`config` with the fields in `overrides` replaced (validated). Giving one of clean_size /
+    clean_fraction drops the preset's other one."""
+    overrides = dict(overrides)
+    if "clean_size" in overrides and "clean_fraction" not in overrides:
+        overrides["clean_fraction"] = None
+    if "clean_fraction" in overrides and "clean_size" not in overrides:
+        overrides["clean_size"] = None
+    check_fields(type(config), overrides)
+    return dataclasses.replace(config, **overrides)
+
+
+def check_fields(config_class, names):
+    known = [f.name for f in dataclasses.fields(config_class)]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"{config_class.__name__} has no option {unknown[0]!r}; its options: {', '.join(known)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(Validated):
+    """The data set and its label noise (the command line's data options)."""
+
+    dataset: str = option("mnist5k", "data set: mnist5k and digits are built in; the others read --data-dir")
+    data_dir: str | None = option(None, "folder (or .npz file) of a data set given by the user")
+    noise: typing.Literal[NOISE_KINDS] = option(
+        "symmetric", "label noise: synthetic (symmetric, asymmetric), per-sample labels from --noise-file, or "
+                     "the human CIFAR-10N / CIFAR-100N labels")
+    noise_rate: float = option(0.4, "fraction of labels corrupted, in [0, 1)")
+    noise_variant: typing.Literal[CIFAR10N_VARIANTS] = option("worst", "which CIFAR-10N label set (CIFAR-100N "
+                                                                       "has one)")
+    noise_file: str | None = option(None, ".npy / .pt array of per-sample noisy labels (with --noise file)")
+    noise_include_true: bool = option(False, "symmetric noise draws from ALL classes (transition-matrix "
+                                             "convention) instead of the others")
+
+    def validate(self):
+        from engine.data.datasets import BUILT_IN, DATASETS
+
+        self.require("dataset", self.dataset in DATASETS, f"must be one of {', '.join(sorted(DATASETS))}")
+        self.require("noise_rate", 0.0 <= self.noise_rate < 1.0, "must be in [0, 1)")
+        if self.dataset not in BUILT_IN and self.data_dir is None:
+            self.fail("data_dir", f"is needed by dataset {self.dataset}")
+        if self.data_dir is not None and not os.path.exists(self.data_dir):
+            self.fail("data_dir", f"{self.data_dir} does not exist")
+        if self.noise == "file" and not self.noise_file:
+            self.fail("noise_file", "is needed by noise 'file'")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig(Validated):
+    """Everything a run used: `python -m engine.train --config config.yaml` repeats it."""
+
+    method: str = option("jnpl", "training method: a built-in name or module:Class of your own")
+    seed: int = option(0, "seeds noise, initialization, shuffling and augmentation")
+    device: str = option("cpu", "where to train: cpu or cuda")
+    out: str | None = option("runs/latest", "output folder")
+    data: DataConfig | None = None
+    hyperparameters: MethodConfig | None = None
+
+    def validate(self):
+        self.require("seed", self.seed >= 0, "must be >= 0")
+        self.require("device", self.device in ("cpu", "cuda"), "must be cpu or cuda")
+
+
+def save_yaml(config, path):
+    """config.yaml: the run's every value, in a file a person can read and edit."""
+    import yaml
+
+    from engine.outputs import write_atomically
+
+    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    write_atomically(path, lambda f: f.write(text.encode()))
+
+
+def load_yaml(path):
+    """The plain dict of a config.yaml (safe loader: no object tags); checked by the caller."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            content = yaml.safe_load(f)
+    except OSError as error:
+        raise ValueError(f"--config {path}: cannot read it ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"--config {path}: not valid YAML ({error})") from None
+    if not isinstance(content, dict):
+        raise ValueError(f"--config {path}: expected a mapping of options, got {type(content).__name__}")
+    return content

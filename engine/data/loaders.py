@@ -1,0 +1,54 @@
+"""What every loader shares (a seeded order of sample indices per epoch, cut into batches) and
+the loader of in-memory feature vectors (tabular data: no augmentation)."""
+import numpy as np
+import torch
+
+
+class BatchOrder:
+    """Batches of positions `indices` (default: all `count` samples): in order, or with
+    shuffle=True in a new permutation per epoch from (seed, epoch), so a resumed run sees the
+    same batches."""
+
+    def __init__(self, count, batch_size, shuffle=False, seed=0, indices=None, drop_last=False):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.indices = np.arange(count) if indices is None else np.asarray(indices, dtype=np.int64)
+        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.epoch = 0
+
+    def __len__(self):
+        full, rest = divmod(len(self.indices), self.batch_size)
+        return full + (0 if self.drop_last or rest == 0 else 1)
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def epoch_order(self):
+        if not self.shuffle:
+            return self.indices
+        return self.indices[np.random.default_rng([self.seed, self.epoch]).permutation(len(self.indices))]
+
+    def batches(self):
+        order = self.epoch_order()
+        for start in range(len(self)):
+            yield order[start * self.batch_size:(start + 1) * self.batch_size]
+
+
+class TensorLoader(BatchOrder):
+    """(features [B, D] float32, indices [B] int64) batches of `features[indices]`, standardized
+    with (mean, std); with second_view set, the same features again as the second view (feature
+    vectors get no augmentation)."""
+
+    def __init__(self, features, batch_size, mean, std, device="cpu", shuffle=False, seed=0, indices=None,
+                 drop_last=False, second_view=None, **image_options):
+        del image_options  # augment / flip: images only
+        super().__init__(len(features), batch_size, shuffle, seed, indices, drop_last)
+        standardized = (np.asarray(features, dtype=np.float32) - mean) / std
+        self.features = torch.from_numpy(standardized.astype(np.float32)).to(device)
+        self.second_view = second_view
+
+    def __iter__(self):
+        for batch in self.batches():
+            indices = torch.from_numpy(batch)
+            features = self.features[indices.to(self.features.device)]
+            yield (features, indices, features) if self.second_view else (features, indices)

@@ -1,0 +1,139 @@
+"""What a run trains on and is measured against: the training inputs with their given (noisy)
+labels, the true labels where known, the held-out clean subset, an optional test split, and how
+inputs become batches (DALI for uint8 images, plain tensors for float feature vectors)."""
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from engine.data.loaders import TensorLoader
+
+IMAGE_CHANNELS = (1, 3)
+
+
+@dataclass
+class TrainingData:
+    name: str
+    x_train: np.ndarray               # uint8 [N, H, W, C] images or float32 [N, D] feature vectors
+    given_labels: np.ndarray          # int64 [N], the labels training sees
+    num_classes: int
+    mean: np.ndarray                  # per channel (images, 0-255 scale) or per feature
+    std: np.ndarray
+    true_labels: np.ndarray | None = None   # int64 [N] when known (detection metrics)
+    clean_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # trusted labels
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+    flip: bool = False                # horizontal flips keep the label (images)
+    class_names: list | None = None
+
+    @property
+    def features(self):
+        """True for feature vectors [N, D], False for images."""
+        return self.x_train.ndim == 2
+
+    @property
+    def train_indices(self):
+        """The samples outside the clean subset (the noisy training set)."""
+        return np.setdiff1d(np.arange(len(self.given_labels)), self.clean_indices)
+
+    @property
+    def input_shape(self):
+        return self.x_train.shape[1:]
+
+    def loader(self, x, batch_size, device, **options):
+        """Batches (inputs, indices[, second view]) of `x` (this data's kind, normalized like the
+        training inputs); options: shuffle, augment, seed, indices, drop_last, second_view."""
+        if self.features:
+            return TensorLoader(x, batch_size, self.mean, self.std, device=device, **options)
+        from engine.data.pipeline import DaliLoader
+
+        return DaliLoader(x, batch_size, self.mean, self.std, device=device, flip=self.flip, **options)
+
+    def check_inputs(self, x, argument="x"):
+        """`x` as the array kind the model was trained on, or a clear error."""
+        x = as_inputs(x, argument)
+        if x.shape[1:] != self.input_shape:
+            raise ValueError(f"{argument}: expected inputs of shape [M, {', '.join(map(str, self.input_shape))}] "
+                             f"like the training data, got {list(x.shape)}")
+        return x
+
+
+def as_inputs(x, argument="x"):
+    """numpy / torch inputs as uint8 images [N, H, W, C] (a [N, H, W] array gets one channel) or
+    float32 feature vectors [N, D]; anything else is a clear error."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x)
+    if x.ndim == 2:
+        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)) or x.dtype == np.uint8:
+            raise ValueError(f"{argument}: feature vectors [N, D] must be floats (or integers), got {x.dtype}")
+        x = x.astype(np.float32)
+        if not np.isfinite(x).all():
+            raise ValueError(f"{argument}: feature vectors hold NaN or infinite values")
+        return x
+    if x.ndim == 3 and x.dtype == np.uint8:
+        x = x[..., None]
+    if x.ndim == 4:
+        if x.dtype != np.uint8:
+            raise ValueError(f"{argument}: images [N, H, W, C] must be uint8 (0-255), got {x.dtype}; convert them, "
+                             f"e.g. (x * 255).round().astype(np.uint8) for floats in [0, 1]")
+        if x.shape[3] not in IMAGE_CHANNELS:
+            raise ValueError(f"{argument}: images [N, H, W, C] need C in {IMAGE_CHANNELS} (channels last), got "
+                             f"shape {list(x.shape)}")
+        return x
+    raise ValueError(f"{argument}: expected uint8 images [N, H, W, C] or float feature vectors [N, D], got shape "
+                     f"{list(x.shape)} of {x.dtype}")
+
+
+def as_labels(labels, count, argument):
+    """Integer class labels [count] as int64, or a clear error."""
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu().numpy()
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != count:
+        raise ValueError(f"{argument}: expected {count} labels (one per sample, 1-D), got shape {list(labels.shape)}")
+    if count and not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{argument}: labels must be integers, got {labels.dtype}")
+    labels = labels.astype(np.int64)
+    if count and labels.min() < 0:
+        raise ValueError(f"{argument}: labels must be >= 0, found {labels.min()}")
+    return labels
+
+
+def from_arrays(x, labels, x_test=None, y_test=None, true_labels=None, clean_indices=None, class_names=None,
+                name="arrays"):
+    """TrainingData from a user's arrays (engine.fit): images are normalized per channel,
+    feature vectors standardized per feature, both with the training set's statistics."""
+    x = as_inputs(x)
+    given = as_labels(labels, len(x), "labels")
+    if len(x) < 2:
+        raise ValueError(f"x: need at least 2 training samples, got {len(x)}")
+    true = None if true_labels is None else as_labels(true_labels, len(x), "true_labels")
+    if (x_test is None) != (y_test is None):
+        raise ValueError("x_test and y_test go together: give both or neither")
+    if x_test is not None:
+        x_test = as_inputs(x_test, "x_test")
+        if x_test.shape[1:] != x.shape[1:]:
+            raise ValueError(f"x_test: samples of shape {list(x_test.shape[1:])} differ from x's "
+                             f"{list(x.shape[1:])}")
+        y_test = as_labels(y_test, len(x_test), "y_test")
+    num_classes = int(max(part.max() for part in (given, true, y_test) if part is not None and len(part))) + 1
+    if class_names is not None:
+        class_names = [str(name) for name in class_names]
+        if len(class_names) < num_classes:
+            raise ValueError(f"class_names: {len(class_names)} names for labels up to {num_classes - 1}")
+        num_classes = len(class_names)
+    if num_classes < 2:
+        raise ValueError(f"labels: need at least 2 classes, got labels in [0, {num_classes - 1}]")
+    clean = np.zeros(0, dtype=np.int64)
+    if clean_indices is not None:
+        clean = np.unique(np.asarray(clean_indices, dtype=np.int64))
+        if len(clean) and (clean[0] < 0 or clean[-1] >= len(x)):
+            raise ValueError(f"clean_indices: must lie in [0, {len(x)}), found {clean[0]}..{clean[-1]}")
+    if x.ndim == 2:
+        mean, std = x.mean(0), np.maximum(x.std(0), 1e-6)
+    else:
+        flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
+        mean, std = flat.mean(0), flat.std(0) + 1e-6
+    return TrainingData(name, x, given, num_classes, mean, std, true_labels=true, clean_indices=clean, x_test=x_test,
+                        y_test=y_test, flip=False, class_names=class_names)

@@ -1,0 +1,69 @@
+"""Labels of a run: the held-out clean subset, the given (noisy) labels of the training set from
+the data config's noise, and how well a method's flags find the wrong ones."""
+import numpy as np
+
+from engine.data.noise import (CIFAR10_ASYMMETRIC, clean_subset, make_noisy_labels, noise_from_file, pair_flip_map,
+                               superclass_ring_map)
+
+
+def asymmetric_map(dataset):
+    if dataset.name == "cifar10":
+        return CIFAR10_ASYMMETRIC
+    if dataset.fine_to_coarse is not None:
+        return superclass_ring_map(dataset.fine_to_coarse)
+    return pair_flip_map(dataset.num_classes)
+
+
+def choose_clean_subset(config, true_labels, seed, method):
+    """Sorted indices of the class-balanced clean subset that `config` (clean_size or
+    clean_fraction) holds out, checked against what `method` needs."""
+    clean = np.zeros(0, dtype=np.int64)
+    if config.clean_size or config.clean_fraction:
+        clean = clean_subset(true_labels, size=config.clean_size, fraction=config.clean_fraction, seed=seed)
+    check_clean_subset(method, clean, true_labels[clean], int(true_labels.max()) + 1)
+    return clean
+
+
+def check_clean_subset(method, clean_indices, clean_labels, num_classes):
+    from engine.methods.base import CleanSubset
+
+    if method.clean_subset is CleanSubset.NOT_NEEDED:
+        return
+    if len(clean_indices) == 0:
+        raise ValueError(f"method {method.name} needs a clean subset (clean_size or clean_fraction > 0; "
+                         f"engine.fit: clean_indices)")
+    missing = np.setdiff1d(np.arange(num_classes), clean_labels)
+    if len(missing):
+        raise ValueError(f"method {method.name} needs clean samples of every class; the clean subset of "
+                         f"{len(clean_indices)} has none of class {missing[0]}: raise clean_size or clean_fraction")
+
+
+def noisy_labels_for(data_config, dataset, clean_indices, seed):
+    """The given label of every training sample. Synthetic noise corrupts only the samples
+    outside the clean subset, so the noise rate is the noise rate of the set the method trains
+    on; per-sample labels (a file, CIFAR-N) are taken as they are. The clean subset keeps its
+    true labels."""
+    true = dataset.y_train
+    if data_config.noise in ("cifar10n", "cifar100n"):
+        from engine.data.cifar_n import load_cifar_n_labels
+
+        given = load_cifar_n_labels(data_config.noise, data_config.noise_variant, true)
+    elif data_config.noise == "file":
+        given = noise_from_file(data_config.noise_file, len(true), dataset.num_classes)
+    else:
+        given = true.copy()
+        noisy_set = np.setdiff1d(np.arange(len(true)), clean_indices)
+        given[noisy_set] = make_noisy_labels(true[noisy_set], data_config.noise, data_config.noise_rate,
+                                             dataset.num_classes, seed, asym_mapping=asymmetric_map(dataset),
+                                             include_true=data_config.noise_include_true)
+    given[clean_indices] = true[clean_indices]
+    return given
+
+
+def detection_metrics(flagged, truly_noisy):
+    """(precision, recall, F1) of the flags against the truly mislabeled samples."""
+    true_positive = (flagged & truly_noisy).sum()
+    precision = true_positive / max(flagged.sum(), 1)
+    recall = true_positive / max(truly_noisy.sum(), 1)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return float(precision), float(recall), float(f1)

@@ -1,0 +1,87 @@
+"""A run's output files, each written atomically (a temporary file unique to the process in
+the same folder, flushed and fsynced, then renamed over the old one): metrics.csv, the
+per-sample label_issues.csv, summary.json, config.yaml, separation.png and checkpoint.pt."""
+import json
+import os
+import tempfile
+
+import numpy as np
+import pandas as pd
+
+METRIC_FIELDS = ["epoch", "stage", "train_loss", "test_acc", "det_precision", "det_recall", "det_f1", "seconds"]
+
+
+def write_atomically(path, write):
+    """write(binary file) fills a temporary file next to `path`, which then replaces `path`: a
+    killed run leaves either the previous complete file or the new complete one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def label_issues_table(given, probs, quality, is_issue, true=None, clean_indices=None, class_names=None):
+    """The per-sample table, cleanlab's column names: index, given_label, predicted_label,
+    label_quality (in [0, 1], lower = more likely mislabeled), is_label_issue; then true_label
+    when the true labels are known, given_class / predicted_class when the classes have names,
+    and clean_subset (trusted labels, never an issue) when there is one."""
+    predicted = probs.argmax(1)
+    is_issue = is_issue.copy()
+    table = {"index": np.arange(len(given)), "given_label": given, "predicted_label": predicted,
+             "label_quality": quality.astype(np.float64), "is_label_issue": is_issue}
+    if true is not None:
+        table["true_label"] = true
+    if class_names is not None:
+        names = np.asarray(class_names, dtype=object)
+        table["given_class"], table["predicted_class"] = names[given], names[predicted]
+    if clean_indices is not None and len(clean_indices):
+        clean = np.zeros(len(given), dtype=bool)
+        clean[clean_indices] = True
+        is_issue[clean] = False
+        table["is_label_issue"] = is_issue
+        table["clean_subset"] = clean
+    return pd.DataFrame(table)
+
+
+def write_csv(table, path, **options):
+    write_atomically(path, lambda f: f.write(table.to_csv(index=False, lineterminator="\n", **options).encode()))
+
+
+def write_metrics(rows, path):
+    write_csv(pd.DataFrame(rows, columns=METRIC_FIELDS), path)
+
+
+def write_label_issues(table, path):
+    write_csv(table, path, float_format="%.6f")
+
+
+def write_json(content, path):
+    write_atomically(path, lambda f: f.write(json.dumps(content, indent=2).encode()))
+
+
+def plot_separation(score, truly_noisy, path, title):
+    """Histogram of label_quality for correctly and wrongly labeled samples (the papers' figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = np.linspace(0, 1, 41)
+    ax.hist(score[~truly_noisy], bins=bins, alpha=0.6, label=f"clean labels ({(~truly_noisy).sum()})")
+    ax.hist(score[truly_noisy], bins=bins, alpha=0.6, label=f"mislabeled ({truly_noisy.sum()})")
+    ax.set_xlabel("label_quality (lower: more likely mislabeled)")
+    ax.set_ylabel("training samples")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
