@@ -16,8 +16,8 @@ import os
 import pytest
 import torch
 
-from engine.train import parse_args
-from engine.trainer import Trainer
+from engine.methods.base import Phase
+from engine.train import parse_args, trainer_for
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CIFAR10 = os.environ.get("NOISY_BENCH_CIFAR10")
@@ -44,14 +44,15 @@ class OnDevice:
         return iter(self.batches)
 
 
-def trainer_for(method, batch_size, tmp_path):
+def prepared_epoch(method, batch_size, tmp_path):
+    """The trainer of a run of `method` and a function that trains one epoch of its own stage."""
     data = ["--dataset", "cifar10", "--data-dir", CIFAR10, "--model", "preact_resnet18"] if CIFAR10 else []
-    args = parse_args(["--method", method, *data, "--noise", "symmetric", "--noise-rate", "0.4",
-                       "--batch-size", str(batch_size), "--device", DEVICE, "--out", str(tmp_path)])
-    trainer = Trainer(args)
+    run, method, _ = parse_args(["--method", method, *data, "--noise", "symmetric", "--noise-rate", "0.4",
+                                 "--batch-size", str(batch_size), "--device", DEVICE, "--out", str(tmp_path)])
+    trainer = trainer_for(run, method)
     trainer.optimizer = trainer.new_optimizer()
     first_stage = trainer.stages[0]
-    epoch = first_stage.epochs if first_stage.name == "warmup" and len(trainer.stages) > 1 else 0
+    epoch = first_stage.epochs if first_stage.kind is Phase.WARMUP and len(trainer.stages) > 1 else 0
     stage, epoch_in_stage = trainer.stage_at(epoch)
     if epoch:
         trainer.method.start_stage(stage, trainer.predict(trainer.train_eval_loader, trainer.model))
@@ -78,7 +79,7 @@ def fused_op_share(run_epoch):
 @pytest.mark.parametrize("batch_size", BATCH_SIZES)
 @pytest.mark.parametrize("method", METHODS)
 def test_epoch(benchmark, method, batch_size, feed, tmp_path):
-    trainer, run_epoch = trainer_for(method, batch_size, tmp_path)
+    trainer, run_epoch = prepared_epoch(method, batch_size, tmp_path)
     if feed == "on_device":
         trainer.train_loader = OnDevice(trainer.train_loader, trainer.to_device)
     run_epoch()  # warm-up: allocator, oneDNN / cuDNN algorithm choice

@@ -66,6 +66,8 @@ def fit(x, labels, *, method="jnpl", x_test=None, y_test=None, true_labels=None,
                        class_names=class_names)
     if epochs is not None:
         options["epochs"] = epochs
+    if data.features:
+        options.setdefault("model", "mlp")
     method = as_method(method, options)
     config = method.configure(size_class(len(data.x_train)), data.num_classes)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

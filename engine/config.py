@@ -14,6 +14,9 @@ import os
 import types
 import typing
 
+from engine.data.datasets import BUILT_IN, DATASETS
+from engine.models import MODELS
+
 SMALL_DATA = 20_000  # training sets below this size get the methods' "small" presets
 SIZE_CLASSES = ("paper", "small")
 NOISE_KINDS = ("none", "symmetric", "asymmetric", "file", "cifar10n", "cifar100n")
@@ -104,7 +107,7 @@ class MethodConfig(Validated):
     momentum: float = option(0.9, "SGD momentum")
     weight_decay: float = option(5e-4, "SGD weight decay")
     model: str = option("small_cnn", "network: small_cnn, preact_resnet18, preact_resnet34 (images) or mlp "
-                                     "(feature vectors)")
+                                     "(feature vectors)", choices=tuple(MODELS))
     clean_size: int | None = option(None, "hold out this many samples with true labels (the clean subset)")
     clean_fraction: float | None = option(None, "hold out this fraction of samples with true labels")
 
@@ -116,8 +119,6 @@ class MethodConfig(Validated):
         return cls()
 
     def validate(self):
-        from engine.models import MODELS
-
         self.require("epochs", self.epochs >= 1, "must be >= 1")
         self.require("batch_size", self.batch_size >= 1, "must be >= 1")
         self.require("lr", self.lr > 0, "must be > 0")
@@ -171,7 +172,8 @@ def check_fields(config_class, names):
 class DataConfig(Validated):
     """The data set and its label noise (the command line's data options)."""
 
-    dataset: str = option("mnist5k", "data set: mnist5k and digits are built in; the others read --data-dir")
+    dataset: str = option("mnist5k", "data set: mnist5k and digits are built in; the others read --data-dir",
+                          choices=tuple(DATASETS))
     data_dir: str | None = option(None, "folder (or .npz file) of a data set given by the user")
     noise: typing.Literal[NOISE_KINDS] = option(
         "symmetric", "label noise: synthetic (symmetric, asymmetric), per-sample labels from --noise-file, or "
@@ -184,8 +186,6 @@ class DataConfig(Validated):
                                              "convention) instead of the others")
 
     def validate(self):
-        from engine.data.datasets import BUILT_IN, DATASETS
-
         self.require("dataset", self.dataset in DATASETS, f"must be one of {', '.join(sorted(DATASETS))}")
         self.require("noise_rate", 0.0 <= self.noise_rate < 1.0, "must be in [0, 1)")
         if self.dataset not in BUILT_IN and self.data_dir is None:
@@ -200,16 +200,16 @@ class DataConfig(Validated):
 class RunConfig(Validated):
     """Everything a run used: `python -m engine.train --config config.yaml` repeats it."""
 
-    method: str = option("jnpl", "training method: a built-in name or module:Class of your own")
+    method: str = option("jnpl", "training method: ce, nlnl, jnpl, pmnar, bldr, l2b, pudistill, or module:Class "
+                                 "(a Method subclass of your own)")
     seed: int = option(0, "seeds noise, initialization, shuffling and augmentation")
-    device: str = option("cpu", "where to train: cpu or cuda")
+    device: typing.Literal["cpu", "cuda"] = option("cpu", "where to train (default: cuda when available)")
     out: str | None = option("runs/latest", "output folder")
     data: DataConfig | None = None
     hyperparameters: MethodConfig | None = None
 
     def validate(self):
         self.require("seed", self.seed >= 0, "must be >= 0")
-        self.require("device", self.device in ("cpu", "cuda"), "must be cpu or cuda")
 
 
 def save_yaml(config, path):

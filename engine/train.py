@@ -23,10 +23,11 @@ RUN_FIELDS = ("method", "seed", "device", "out")
 SECTIONS = ("data", "hyperparameters")
 
 
-def flag(field, method_name=None):
+def flag(field, method_name=None, negative=False):
     """The command-line flag of a config field: --field-name, or --method-field-name for a
-    method's own option (a trailing underscore, as in lambda_, is dropped)."""
-    name = field.rstrip("_").replace("_", "-")
+    method's own option (a trailing underscore, as in lambda_, is dropped); negative=True gives
+    the off switch of a boolean field, --no-field-name / --method-no-field-name."""
+    name = ("no-" if negative else "") + field.rstrip("_").replace("_", "-")
     return f"--{name}" if method_name is None else f"--{method_name}-{name}"
 
 
@@ -36,19 +37,26 @@ def config_flag(error, method):
     return flag(error.field, method.name if own else None)
 
 
-def add_field(group, field, hint, dest, method_name=None):
+def add_field(group, field, hint, dest, method_name=None, note=""):
     annotation = typing.get_type_hints(hint)[field.name]
-    kwargs = dict(dest=dest, default=argparse.SUPPRESS, help=field.metadata.get("help", ""))
+    kwargs = dict(dest=dest, default=argparse.SUPPRESS,
+                  help=(field.metadata.get("help", "") + note).replace("%", "%%"))
     base = annotation
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # X | None: a flag of type X
         base = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
-    if base is bool:
-        kwargs["action"] = argparse.BooleanOptionalAction
+    if base is bool:  # an on and an off switch, e.g. --pmnar-consistency / --pmnar-no-consistency
+        group.add_argument(flag(field.name, method_name, negative=True), dest=dest, default=argparse.SUPPRESS,
+                           action="store_false", help=argparse.SUPPRESS)
+        kwargs["action"] = "store_true"
+        kwargs["help"] += f" (off: {flag(field.name, method_name, negative=True)})"
     elif typing.get_origin(base) is typing.Literal:
         kwargs["choices"] = typing.get_args(base)
     else:
         kwargs["type"] = base
         kwargs["metavar"] = field.name.upper().rstrip("_")
+        if "choices" in field.metadata:
+            kwargs["choices"] = field.metadata["choices"]
+            del kwargs["metavar"]
     group.add_argument(flag(field.name, method_name), **kwargs)
 
 
@@ -77,11 +85,12 @@ def build_parser(methods):
         if field.name in SHARED_FIELDS:
             add_field(training, field, shared_class, f"hyperparameters:{field.name}")
     for cls in methods:
-        group = parser.add_argument_group(cls.name, (cls.Config.__doc__ or "").strip().splitlines()[0])
+        doc = (cls.Config.__doc__ or "").strip().splitlines()
+        group = parser.add_argument_group(cls.name, doc[0] if doc else None)
         for field in dataclasses.fields(cls.Config):
             if field.name not in SHARED_FIELDS:
-                add_field(group, field, cls.Config, f"{cls.name}:{field.name}", cls.name)
-                group._group_actions[-1].help += preset_hint(cls.Config, field.name)
+                add_field(group, field, cls.Config, f"{cls.name}:{field.name}", cls.name,
+                          preset_hint(cls.Config, field.name))
     return parser
 
 

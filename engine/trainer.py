@@ -44,7 +44,7 @@ class Trainer:
 
         torch.manual_seed(seed)
         method.bind(self.config, torch.from_numpy(data.given_labels), data.num_classes, seed, self.device)
-        self.model_name = "mlp" if data.features else self.config.model
+        self.model_name = self.config.model
         if data.features != (self.model_name == "mlp"):
             raise ValueError(f"model {self.model_name!r} does not fit "
                              f"{'feature vectors' if data.features else 'images'}: use "
@@ -164,7 +164,8 @@ class Trainer:
         for key in ("out", "device"):
             identity.pop(key)
         for key in ("data_dir", "noise_file"):
-            identity["data"].pop(key)
+            if identity["data"] is not None:
+                identity["data"].pop(key)
         return identity
 
     def save_checkpoint(self, epoch):

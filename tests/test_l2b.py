@@ -1,11 +1,14 @@
-"""L2B's pieces: the virtual step equals torch.optim.SGD's step, the meta-gradient equals a
-finite-difference check on a tiny model, and the weights' normalization and ablation rules."""
+"""L2B's pieces: the virtual step equals torch.optim.SGD's step (also as read from a live
+optimizer by virtual_step), the meta-gradient equals a finite-difference check on a tiny
+model, the weights' normalization and ablation rules, and the method's loss and clean score."""
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from engine.methods.l2b import balance_weights, meta_gradients, virtual_sgd_step
+from engine.methods.base import Batch, Phase
+from engine.methods.l2b import L2B, L2BStage, balance_weights, meta_gradients, virtual_sgd_step, virtual_step
+from method_testing import N, make_method, step_at
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.3, 0.9, 5e-3
 
@@ -93,3 +96,97 @@ def test_ablation_rules():
     torch.testing.assert_close(alpha * 4, torch.tensor([1.0, 0.0, 0.0, 1.0]))
     assert balance_weights(torch.zeros(3), torch.zeros(3), "sum_to_one", "rectify_sum", 10.0)[0].mul(3).tolist() == [
         0.5, 0.5, 0.5]
+
+
+def test_virtual_step_reads_the_optimizers_current_state():
+    """virtual_step(model, optimizer): group 0's current lr, momentum and weight decay and the
+    momentum buffers, so that the virtual step is exactly the optimizer's next step."""
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    x, y = torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,))
+    step = virtual_step(model, optimizer)
+    assert all(buffer is None for buffer in step["momentum_buffers"].values()), "no buffers before the first step"
+    assert (step["lr"], step["momentum"], step["weight_decay"]) == (LR, MOMENTUM, WEIGHT_DECAY)
+    for lr in (LR, 0.05):  # the second step: momentum buffers, and the lr a schedule set
+        optimizer.param_groups[0]["lr"] = lr
+        step = virtual_step(model, optimizer)
+        assert step["lr"] == lr and not any(p.requires_grad for p in step["params"].values())
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+        expected = virtual_sgd_step(step["params"], grads, step["momentum_buffers"], step["lr"], step["momentum"],
+                                    step["weight_decay"])
+        expected = {name: t.clone() for name, t in expected.items()}
+        optimizer.step()
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(p.detach(), expected[name])
+    assert all(buffer is not None for buffer in virtual_step(model, optimizer)["momentum_buffers"].values())
+
+
+def l2b_batch(method, generator):
+    indices = torch.tensor([1, 4, 6, 9])
+    images = torch.randn(4, 4, generator=generator)
+    clean_images = torch.randn(3, 4, generator=generator)
+    return Batch(images, indices, method.given_labels[indices], clean_images=clean_images,
+                 clean_labels=torch.tensor([0, 1, 2]))
+
+
+def test_l2b_loss_weights_the_batch_by_its_meta_gradients_and_records_the_alpha_share():
+    method = make_method(L2B, warmup=1, num_classes=3)
+    assert [stage.kind for stage in method.stages()] == [Phase.WARMUP, L2BStage.L2B]
+    model = tiny_model().float()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    batch = l2b_batch(method, torch.Generator().manual_seed(2))
+
+    warmup = step_at(method, 0, optimizer=optimizer)
+    torch.testing.assert_close(method.loss(model, batch, warmup), F.cross_entropy(model(batch.images), batch.labels))
+    method.end_epoch(warmup, None)
+    assert torch.equal(method.clean_score, torch.full((N,), 0.5)), "the warm-up records nothing"
+
+    step = step_at(method, 1, optimizer=optimizer)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    loss = method.loss(model, batch, step)
+    logits = model(batch.images)
+    pseudo = logits.argmax(1)
+    grad_alpha, grad_beta = meta_gradients(model, batch.images, batch.labels, pseudo, batch.clean_images,
+                                           batch.clean_labels, virtual_step(model, optimizer))
+    alpha, beta = balance_weights(-grad_alpha, -grad_beta, "both", "rectify_sum", 10.0)
+    assert alpha.sum() + beta.sum() == pytest.approx(1.0) and (alpha > 0).any()
+    expected = (alpha * F.cross_entropy(logits, batch.labels, reduction="none")
+                + beta * F.cross_entropy(logits, pseudo, reduction="none")).sum()
+    torch.testing.assert_close(loss, expected)
+    for name, p in model.named_parameters():
+        assert torch.equal(p.detach(), before[name]), "the virtual step leaves the model as it was"
+
+    method.end_epoch(step, None)
+    weighted = alpha + beta > 0
+    share = torch.full((N,), 0.5)
+    share[batch.indices[weighted]] = (alpha / (alpha + beta))[weighted]
+    torch.testing.assert_close(method.clean_score, share)
+    score, flagged = method.clean_scores(None)
+    assert torch.equal(flagged, share < 0.5)
+    assert not method.alpha_share_count.any() and not method.alpha_share_sum.any(), "zeroed for the next epoch"
+
+
+def test_l2b_clean_score_averages_the_alpha_share_over_the_steps_that_weighted_a_sample():
+    method = make_method(L2B, warmup=0)
+    method.record(torch.tensor([0, 1, 2]), torch.tensor([0.2, 0.0, 0.0]), torch.tensor([0.2, 0.3, 0.0]))
+    method.record(torch.tensor([0, 1]), torch.tensor([0.3, 0.1]), torch.tensor([0.1, 0.1]))
+    method.end_epoch(step_at(method, 0), None)
+    expected = torch.full((N,), 0.5)  # never weighted (sample 2 got 0 + 0): 0.5
+    expected[0], expected[1] = (0.5 + 0.75) / 2, (0.0 + 0.5) / 2
+    torch.testing.assert_close(method.clean_score, expected)
+
+    state = method.state_dict()
+    assert set(state) == {"clean_score"}, "the per-epoch sums are zero at checkpoints: not state"
+    fresh = make_method(L2B, warmup=0)
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh.clean_score, expected)
+
+
+def test_l2b_options():
+    assert make_method(L2B).grad_clip is None, "no clipping on small data"
+    assert make_method(L2B, grad_clip=0.25).grad_clip == 0.25
+    assert L2B().configure("paper", 10).clean_size == 1000 and L2B().configure("small", 10).clean_fraction == 0.05
+    method = make_method(L2B, warmup=0, weights="alpha")
+    assert method.config.weights == "alpha"

@@ -220,19 +220,17 @@ def test_inputs_not_mutated(tmp_path):
 
 
 @pytest.mark.parametrize("clean_size", [0, 97])
-def test_trainer_corrupts_only_the_set_outside_the_clean_subset(clean_size):
-    """--noise-rate is the realized rate of the noisy training set; the clean subset keeps its
-    true labels."""
-    from argparse import Namespace
-
+def test_noisy_labels_for_corrupts_only_the_set_outside_the_clean_subset(clean_size):
+    """A run's given labels (engine.labels.noisy_labels_for): noise_rate (--noise-rate) is the
+    realized rate of the noisy training set; the clean subset keeps its true labels."""
+    from engine.config import DataConfig
     from engine.data.datasets import load_dataset
-    from engine.trainer import noisy_labels_for
+    from engine.labels import noisy_labels_for
 
     data = load_dataset("digits")
     clean = clean_subset(data.y_train, size=clean_size, seed=0) if clean_size else np.zeros(0, dtype=np.int64)
-    args = Namespace(noise="symmetric", noise_rate=0.4, seed=0, noise_include_true=False, noise_variant=None,
-                     noise_file=None)
-    given = noisy_labels_for(args, data, clean)
+    data_config = DataConfig(dataset="digits", noise="symmetric", noise_rate=0.4)
+    given = noisy_labels_for(data_config, data, clean, seed=0)
     noisy_set = np.setdiff1d(np.arange(len(given)), clean)
     assert np.array_equal(given[clean], data.y_train[clean])
     assert (given[noisy_set] != data.y_train[noisy_set]).sum() == round(0.4 * len(noisy_set))

@@ -1,16 +1,19 @@
 """PU-distillation's pieces: the vmapped filter ensemble equals separately trained models, the
 bootstrap sets follow Alg. 1 line 6, acceptance needs theta votes of exactly one class, the
-student targets follow eqs. 4-6, mixup mixes images and targets alike."""
-from argparse import Namespace
+student targets follow eqs. 4-6, mixup mixes images and targets alike, the student's loss is the
+soft-target CE, what prepare computes is in state_dict, and bad options raise a ConfigError that
+names the field."""
+import re
 
 import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
 
-from engine.methods.base import Defaults
-from engine.methods.pudistill import (FILTER_BATCH, FILTER_LR, BinaryEnsemble, BinaryFilter, PUDistill, accept,
-                                      bootstrap_sets, mixup)
+from engine.config import ConfigError
+from engine.methods.base import Batch, Step
+from engine.methods.pudistill import (FILTER_BATCH, FILTER_LR, BinaryEnsemble, BinaryFilter, PUDistill,
+                                      PUDistillConfig, accept, bootstrap_sets, mixup)
 
 
 def test_vmap_ensemble_equals_separately_trained_models():
@@ -81,12 +84,12 @@ def test_accept_needs_theta_votes_of_exactly_one_class():
 
 
 def make_method(targets="soft", lam=0.5, eta=0.9):
-    args = Namespace(seed=0, pudistill_rounds=None, pudistill_trunk_epochs=None, pudistill_teacher_epochs=None,
-                     pudistill_filters=20, pudistill_agree=19, pudistill_alpha=0.9, pudistill_teachers=5,
-                     pudistill_filter_steps=10, pudistill_targets=targets, pudistill_lambda=lam, pudistill_eta=eta,
-                     pudistill_no_mixup=False, pudistill_entropy=0.1)
-    defaults = Defaults(epochs=3, batch_size=8, lr=0.05, options=dict(rounds=1, trunk_epochs=1, teachers=2, teacher_epochs=1, cosine=True))
-    return PUDistill(args, 3, torch.tensor([0, 1, 2, 0]), torch.device("cpu"), defaults)
+    method = PUDistill(epochs=3, batch_size=8, lr=0.05, rounds=1, trunk_epochs=1, teachers=2, teacher_epochs=1,
+                       cosine=True, filters=20, agree=19, alpha=0.9, filter_steps=10, targets=targets, lambda_=lam,
+                       eta=eta, mixup=True, entropy=0.1)
+    config = method.configure("small", 3)
+    method.bind(config, torch.tensor([0, 1, 2, 0]), 3, seed=0, device="cpu")
+    return method
 
 
 @pytest.mark.parametrize("kind", ["soft", "hard_bootstrap", "hard"])
@@ -121,13 +124,62 @@ def test_mixup_mixes_images_and_targets_with_one_coefficient():
 
 
 @pytest.mark.parametrize("option,value,message", [
-    ("pudistill_agree", 21, "--pudistill-agree must be in [1, --pudistill-filters = 20], got 21"),
-    ("pudistill_lambda", 1.5, "--pudistill-lambda must be in [0, 1], got 1.5"),
-    ("pudistill_teachers", 0, "--pudistill-teachers must be >= 1, got 0"),
-    ("pudistill_entropy", -1.0, "--pudistill-entropy must be >= 0, got -1.0"),
+    ("agree", 21, "PUDistillConfig.agree must be in [1, filters = 20], got 21"),
+    ("lambda_", 1.5, "PUDistillConfig.lambda_ must be in [0, 1], got 1.5"),
+    ("teachers", 0, "PUDistillConfig.teachers must be >= 1, got 0"),
+    ("entropy", -1.0, "PUDistillConfig.entropy must be >= 0, got -1.0"),
 ])
 def test_bad_options_name_the_option(option, value, message):
-    method = make_method()
-    setattr(method.args, option, value)
-    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        PUDistill(method.args, 3, torch.tensor([0, 1, 2, 0]), torch.device("cpu"), method.defaults)
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        PUDistill(**{option: value}).configure("small", 3)
+    assert error.value.field == option and error.value.owner is PUDistillConfig
+
+
+def test_what_prepare_computes_is_state_and_round_trips():
+    """A resumed run skips prepare: the accepted classes, teacher probabilities, clean mask and
+    student targets must all come back from state_dict."""
+    method = make_method("soft")
+    method.accepted_class = torch.tensor([-1, 2, -1, -1])
+    method.clean_mask = torch.tensor([False, False, False, True])
+    method.teacher_probs = torch.tensor([[0.05, 0.95, 0.0], [0.1, 0.2, 0.7], [0.0, 0.05, 0.95], [0.0, 0.95, 0.05]])
+    method.targets = method.student_targets()
+    state = method.state_dict()
+    assert set(state) == {"accepted_class", "teacher_probs", "clean_mask", "targets"}
+
+    fresh = make_method("soft")
+    assert not torch.equal(fresh.targets, method.targets)
+    fresh.load_state_dict(state)
+    for name, value in state.items():
+        assert torch.equal(getattr(fresh, name), value), name
+    torch.testing.assert_close(fresh.student_targets(), method.targets)
+    score, flagged = fresh.clean_scores(None)  # the teachers' confidence on the given label
+    torch.testing.assert_close(score, torch.tensor([0.05, 0.2, 0.95, 0.0]))
+    assert flagged.tolist() == [True, True, False, True]
+
+
+def soft_ce(logits, targets, entropy_weight):
+    """Soft-target CE plus entropy_weight x the mean entropy of the prediction."""
+    log_probs = torch.log_softmax(logits, 1)
+    entropy = -(log_probs.exp() * log_probs).sum(1)
+    return (-(targets * log_probs).sum(1) + entropy_weight * entropy).mean()
+
+
+@pytest.mark.parametrize("with_mixup", [False, True])
+def test_student_loss_is_the_soft_target_ce_to_its_targets(with_mixup):
+    method = PUDistill(epochs=3, mixup=with_mixup, entropy=0.1)
+    method.bind(method.configure("small", 3), torch.arange(10) % 3, 3, seed=0, device="cpu")
+    generator = torch.Generator().manual_seed(0)
+    method.targets = torch.softmax(torch.randn(10, 3, generator=generator), 1)
+    weight, inputs = torch.randn(5, 3, generator=generator), torch.randn(6, 5, generator=generator)
+    indices = torch.tensor([2, 0, 3, 9, 7, 5])
+    batch = Batch(inputs, indices, method.given_labels[indices])
+    step = Step(0, method.stages()[0], 0, 0, optimizer=None)
+
+    torch.manual_seed(5)
+    loss = method.loss(lambda x: x @ weight, batch, step)
+    images, targets = inputs, method.targets[indices]
+    if with_mixup:
+        torch.manual_seed(5)  # the same draws: one coefficient and the partners
+        images, targets = mixup(images, targets)
+        assert not torch.equal(images, inputs)
+    torch.testing.assert_close(loss, soft_ce(images @ weight, targets, 0.1))

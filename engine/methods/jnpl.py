@@ -21,11 +21,25 @@ from engine.methods.base import CLEAN_THRESHOLD, Method, Phase, Stage, confidenc
 
 
 @dataclass(frozen=True)
-class JNPLConfig(WarmupConfig):
+class NegativeLearningConfig(WarmupConfig):
+    """What JNPL and NLNL share: complementary labels, the warm-up and pseudo-labeling stages."""
+
     complementary_labels: int = option(1, "complementary labels per sample and step (distinct while < C)")
-    pl_weight: float = option(0.01, "lambda: weight of PL+ next to NL+")
     warmup_lr: float = option(0.05, "learning rate of the CE warm-up")
     pseudo_lr: float = option(0.1, "learning rate of the pseudo-labeling stage")
+
+    def validate(self):
+        super().validate()
+        self.require("complementary_labels", self.complementary_labels >= 1, "must be >= 1")
+        self.require("warmup_lr", self.warmup_lr > 0, "must be > 0")
+        self.require("pseudo_lr", self.pseudo_lr > 0, "must be > 0")
+
+
+@dataclass(frozen=True)
+class JNPLConfig(NegativeLearningConfig):
+    """JNPL options: complementary labels, PL+ weight, the warm-up and pseudo-labeling stages' learning rates."""
+
+    pl_weight: float = option(0.01, "lambda: weight of PL+ next to NL+")
 
     @classmethod
     def preset(cls, size, num_classes):
@@ -41,10 +55,7 @@ class JNPLConfig(WarmupConfig):
 
     def validate(self):
         super().validate()
-        self.require("complementary_labels", self.complementary_labels >= 1, "must be >= 1")
         self.require("pl_weight", self.pl_weight >= 0, "must be >= 0")
-        self.require("warmup_lr", self.warmup_lr > 0, "must be > 0")
-        self.require("pseudo_lr", self.pseudo_lr > 0, "must be > 0")
 
 
 class JNPLStage(enum.Enum):

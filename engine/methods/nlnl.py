@@ -15,11 +15,14 @@ import torch
 from engine.config import option
 from engine.losses import nl_loss, weighted_ce
 from engine.methods.base import CLEAN_THRESHOLD, Phase, Stage, confidence_on_labels, split_epochs
-from engine.methods.jnpl import JNPL, JNPLConfig
+from engine.methods.jnpl import JNPL, JNPLConfig, NegativeLearningConfig
 
 
 @dataclass(frozen=True)
-class NLNLConfig(JNPLConfig):
+class NLNLConfig(NegativeLearningConfig):
+    """NLNL options: complementary labels, the confidence window of the selective stages, the warm-up and
+    pseudo-labeling stages' learning rates."""
+
     window: int = option(10, "epochs of confidence history behind SelNL / SelPL's selections")
 
     @classmethod
@@ -29,8 +32,9 @@ class NLNLConfig(JNPLConfig):
             # 110 (drawn with replacement) on CIFAR-100.
             return cls(epochs=1000, batch_size=128, lr=0.02, weight_decay=1e-4, model="preact_resnet34",
                        complementary_labels=1 if num_classes <= 10 else 110)
-        small = JNPLConfig.preset(size, num_classes)  # the same short-budget choices (README)
-        return cls(**small.to_dict())
+        small = JNPLConfig.preset(size, num_classes).to_dict()  # the same short-budget choices (docs/methods.md)
+        del small["pl_weight"]
+        return cls(**small)
 
     def validate(self):
         super().validate()

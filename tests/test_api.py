@@ -1,0 +1,156 @@
+"""The Python API: engine.fit on images and on feature vectors, the label-issues table,
+find_label_issues with cleanlab's conventions, a method defined outside the package, and the
+README's examples run as written."""
+import os
+import re
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import engine
+from engine.api import label_quality_scores
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLUMNS = ["index", "given_label", "predicted_label", "label_quality", "is_label_issue"]
+
+
+def readme_block(heading):
+    """The first ```python block after `heading` in README.md."""
+    with open(os.path.join(REPO, "README.md")) as f:
+        text = f.read()
+    section = text[text.index(f"\n{heading}\n"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """scikit-learn's digits as feature vectors, 30% of the training labels moved by a random shift."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(0)
+    noisy = y.copy()
+    flip = rng.random(len(y)) < 0.3
+    noisy[flip] = (y[flip] + rng.integers(1, 10, flip.sum())) % 10
+    return x[:1400], noisy[:1400], y[:1400], x[1400:], y[1400:]
+
+
+@pytest.fixture(scope="module")
+def gce_module(tmp_path_factory):
+    """README's GCE method as the module `gce` in a folder on sys.path."""
+    folder = tmp_path_factory.mktemp("user_code")
+    (folder / "gce.py").write_text(readme_block("## Your own method"))
+    sys.path.insert(0, str(folder))
+    import gce
+
+    yield folder, gce
+    sys.path.remove(str(folder))
+
+
+def test_fit_on_feature_vectors_learns_and_finds_the_wrong_labels(digits):
+    x, noisy, true, x_test, y_test = digits
+    result = engine.fit(x, noisy, method="jnpl", x_test=x_test, y_test=y_test, true_labels=true, epochs=12)
+    assert result.summary["model"] == "mlp" and result.config.hyperparameters.model == "mlp"
+    assert result.summary["test_acc"] > 0.85, result.summary
+    assert result.summary["det_f1"] > 0.85, result.summary
+    table = result.label_issues()
+    assert list(table.columns) == COLUMNS + ["true_label"] and len(table) == len(x)
+    assert table["label_quality"].between(0, 1).all() and table["index"].tolist() == list(range(len(x)))
+    wrong = table["given_label"] != table["true_label"]
+    assert (table["is_label_issue"] & wrong).sum() / table["is_label_issue"].sum() == pytest.approx(
+        result.summary["det_precision"])
+    assert isinstance(result.metrics, pd.DataFrame) and len(result.metrics) == 12
+    probs = result.predict_proba(x_test)
+    assert probs.shape == (len(x_test), 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert (probs.argmax(1) == y_test).mean() == pytest.approx(result.summary["test_acc"])
+    assert np.array_equal(result.predict(torch.from_numpy(x_test)), probs.argmax(1))
+
+
+def test_fit_on_images_with_class_names_and_outputs(tmp_path):
+    from engine.data.datasets import load_dataset
+
+    data = load_dataset("mnist5k")
+    x, y = data.x_train[:600], data.y_train[:600]
+    noisy = (y + (np.arange(600) % 5 == 0)) % 10  # every fifth label moved to the next class
+    names = [f"digit {c}" for c in range(10)]
+    result = engine.fit(torch.from_numpy(x[..., 0]), noisy, method="ce", epochs=2, clean_indices=[0, 1, 2],
+                        class_names=names, true_labels=y, out=str(tmp_path), lr=0.1)
+    table = result.label_issues()
+    assert list(table.columns) == COLUMNS + ["true_label", "given_class", "predicted_class", "clean_subset"]
+    assert table["given_class"][5] == f"digit {noisy[5]}" and not table["is_label_issue"][:3].any()
+    assert result.config.hyperparameters.lr == 0.1 and result.config.hyperparameters.model == "small_cnn"
+    for name in ("config.yaml", "metrics.csv", "summary.json", "label_issues.csv", "separation.png", "checkpoint.pt"):
+        assert (tmp_path / name).stat().st_size > 0
+    written = pd.read_csv(tmp_path / "label_issues.csv")
+    assert written["is_label_issue"].tolist() == table["is_label_issue"].tolist()
+    assert result.predict_proba(x[:3]).shape == (3, 10)
+    with pytest.raises(ValueError, match="expected inputs of shape"):
+        result.predict_proba(np.zeros((2, 32, 32, 3), dtype=np.uint8))
+
+
+def test_find_label_issues_follows_cleanlab(digits):
+    x, noisy, true, _, _ = digits
+    options = dict(method="ce", epochs=6, seed=2)
+    result = engine.fit(x, noisy, **options)
+    mask = engine.find_label_issues(x, noisy, **options)
+    table = result.label_issues()
+    assert mask.dtype == bool and mask.shape == (len(x),)
+    assert np.array_equal(mask, table["is_label_issue"].to_numpy()), "training is deterministic on the CPU"
+    assert (noisy != true)[mask].mean() > 0.8 and mask[noisy != true].mean() > 0.6
+    for ranking in ("label_quality", "self_confidence", "normalized_margin"):
+        ranked = engine.find_label_issues(x, noisy, return_indices_ranked_by=ranking, **options)
+        assert sorted(ranked.tolist()) == np.flatnonzero(mask).tolist()
+        scores = (table["label_quality"].to_numpy() if ranking == "label_quality"
+                  else label_quality_scores(noisy, result.pred_probs, ranking))
+        assert np.all(np.diff(scores[ranked]) >= 0), f"{ranking}: most likely wrong first"
+    probs = result.pred_probs
+    others = np.where(np.eye(10, dtype=bool)[noisy], -1, probs).max(1)
+    expected = (probs[np.arange(len(x)), noisy] - others + 1) / 2  # cleanlab's normalized margin
+    np.testing.assert_allclose(label_quality_scores(noisy, probs, "normalized_margin"), expected)
+    with pytest.raises(ValueError, match="return_indices_ranked_by must be"):
+        engine.find_label_issues(x, noisy, return_indices_ranked_by="confidence")
+
+
+def test_a_method_defined_outside_the_package_trains_through_the_api(digits, gce_module):
+    x, noisy, true, x_test, y_test = digits
+    _, gce = gce_module
+    result = engine.fit(x, noisy, method=gce.GCE(q=0.5), x_test=x_test, y_test=y_test, true_labels=true, epochs=8)
+    assert result.config.hyperparameters.q == 0.5 and result.summary["method"] == "gce"
+    assert result.summary["test_acc"] > 0.8, result.summary
+    with pytest.raises(ValueError, match=r"GCEConfig.q must be in \(0, 1\]"):
+        engine.fit(x, noisy, method=gce.GCE, q=1.5, epochs=1)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda x, y: engine.fit(x.astype(np.float32)[..., None, None].repeat(2, 2), y), "must be uint8"),
+    (lambda x, y: engine.fit(x, y[:-1]), "labels: expected 1400 labels"),
+    (lambda x, y: engine.fit(x, y.astype(float) + 0.5), "labels must be integers"),
+    (lambda x, y: engine.fit(x, y, x_test=x[:5]), "x_test and y_test go together"),
+    (lambda x, y: engine.fit(x, y, x_test=x[:5, :10], y_test=y[:5]), "x_test: samples of shape"),
+    (lambda x, y: engine.fit(x, y, method="l2b"), "method l2b needs a clean subset"),
+    (lambda x, y: engine.fit(x, y, clean_indices=[5000]), "clean_indices: must lie in [0, 1400)"),
+    (lambda x, y: engine.fit(x, y, lr=-1.0), "JNPLConfig.lr must be > 0"),
+    (lambda x, y: engine.fit(x, y, gamma=2), "has no option 'gamma'"),
+    (lambda x, y: engine.fit(x, y, method="nosuch"), "unknown method 'nosuch'"),
+    (lambda x, y: engine.fit(np.where(np.arange(64) == 3, np.nan, x), y), "NaN or infinite"),
+    (lambda x, y: engine.fit(x, y, model="small_cnn"), "does not fit feature vectors"),
+])
+def test_bad_api_input_gets_a_clear_error(digits, call, message):
+    x, noisy, _, _, _ = digits
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call(x, noisy)
+
+
+@pytest.mark.slow
+def test_readme_api_example_runs_as_written(capsys):
+    namespace = {}
+    exec(compile(readme_block("## Python API"), "README.md", "exec"), namespace)
+    result, issues, ranked, y, y_noisy = (namespace[k] for k in ("result", "issues", "ranked", "y", "y_noisy"))
+    assert result.summary["test_acc"] > 0.9
+    flagged = issues["is_label_issue"]
+    assert (issues["given_label"] != namespace["mnist"].y_train)[flagged].mean() > 0.8
+    wrong = (y_noisy != y)[ranked]
+    assert len(ranked) > 300 and wrong.mean() > 0.8 and wrong[:200].mean() > 0.95, (len(ranked), wrong.mean())

@@ -1,0 +1,164 @@
+"""BLDR's pieces on small hand-made inputs: reweighting, corrected-label exclusion, SOP
+parameters, EMA, schedules, and its state (EMA included) in state_dict."""
+import pytest
+import torch
+from torch import nn
+
+from engine import reference as R
+from engine.methods.base import CEStage, Phase, Stage
+from engine.methods.bldr import BLDR, BLDRStage, class_balance, ema_update, sop_loss
+from engine.models.mlp import MLP
+from method_testing import N, C, assert_same_state, make_method, random_probs, step_at
+
+
+def make_bldr(warmup=2, **options):
+    """BLDR as the old tests built it: SOP at 50 r^2 (the paper-scale value)."""
+    return make_method(BLDR, warmup=warmup, **{"sop_scale": 50.0, **options})
+
+
+def test_bldr_weights_are_the_min_max_normalized_negative_head_probability():
+    method = make_bldr(warmup=2)
+    negative = random_probs(N, C)
+    outputs = {"probs": random_probs(N, C, seed=3), "negative_probs": negative}
+    method.end_epoch(step_at(method, 0), outputs)
+    assert torch.equal(method.weights, torch.ones(N)), "all 1 during the warm-up"
+    assert method.sop_weight.item() == 0.0, "no SOP during the warm-up"
+    method.end_epoch(step_at(method, 1), outputs)
+    q = negative[torch.arange(N), method.given_labels]
+    expected = (q - q.min()) / (q.max() - q.min())
+    torch.testing.assert_close(method.weights, expected)
+    score, flagged = method.clean_scores(outputs)
+    assert torch.equal(flagged, expected < 0.3)
+    assert method.noise_rate.item() == pytest.approx((expected < 0.3).float().mean().item())
+    assert method.sop_weight.item() == pytest.approx(50.0 * method.noise_rate.item()**2)
+
+    by_max = make_bldr(warmup=0, weight_norm="max")
+    by_max.end_epoch(step_at(by_max, 0), outputs)
+    torch.testing.assert_close(by_max.weights, q / q.max())
+
+
+@pytest.mark.parametrize("rule", ["negative", "sum"])
+def test_bldr_never_samples_the_given_or_the_corrected_label(rule):
+    method = make_bldr(negatives="sampled", corrected_label=rule)
+    labels = torch.arange(200) % C
+    out = {"main": torch.randn(200, C), "negative": torch.randn(200, C)}
+    both_heads = (torch.softmax(out["main"], 1) + torch.softmax(out["negative"], 1)).argmax(1)
+    assert torch.equal(method.corrected_labels(out, labels, Stage(Phase.WARMUP, 1, 0.1)),
+                       labels if rule == "negative" else both_heads)
+    corrected = method.corrected_labels(out, labels, Stage(BLDRStage.BLDR, 1, 0.1))
+    if rule == "negative":
+        assert torch.equal(corrected, out["negative"].argmax(1))
+    else:
+        assert torch.equal(corrected, both_heads)
+    drawn = torch.cat([method.complementary_labels(labels, corrected, step) for step in range(50)], 1)
+    assert not (drawn == labels[:, None]).any() and not (drawn == corrected[:, None]).any()
+    allowed = 5 - 1 - (corrected != labels).long()
+    seen = torch.stack([torch.bincount(row, minlength=C) > 0 for row in drawn]).sum(1)
+    assert torch.equal(seen, allowed), "every allowed class is drawn at some step"
+
+
+def test_bldr_multi_negative_loss_leaves_out_the_corrected_label():
+    method = make_bldr()
+    z, labels = torch.randn(8, C), torch.arange(8) % C
+    corrected = (labels + 1) % C
+    loss = method.negative_loss(z, labels, corrected, step=0, weight=None)
+    exclude = nn.functional.one_hot(corrected, C).bool()
+    torch.testing.assert_close(loss, R.ml_loss(z, labels, exclude).float())
+
+
+def test_sop_parameters_have_per_sample_shapes_and_learn_the_noise():
+    method = make_bldr()
+    u, v = method.sop_u, method.sop_v
+    assert u.shape == (N, 1) and v.shape == (N, C) and u.abs().max() < 1e-6
+    groups = method.param_groups()
+    assert [g["lr"] for g in groups] == [1.0, 10.0] and all(g["fixed_lr"] and g["momentum"] == 0 for g in groups)
+    optimizer = torch.optim.SGD([{"params": [torch.zeros(1, requires_grad=True)]}, *groups], lr=0.1)
+    u.data.fill_(0.1)
+    v.data.fill_(0.1)
+    before_u, before_v = u.detach().clone(), v.detach().clone()
+    indices = torch.tensor([0, 1])
+    labels = torch.tensor([0, 1])
+    logits = torch.tensor([[5.0, 0, 0, 0, 0], [0, 0, 5.0, 0, 0]])  # sample 1 looks like class 2, labeled 1
+    for _ in range(20):
+        optimizer.zero_grad()
+        sop_loss(logits, labels, u[indices], v[indices]).backward()
+        optimizer.step()
+    assert torch.equal(u[2:], before_u[2:]) and torch.equal(v[2:], before_v[2:]), "rows outside the batch stay"
+    assert u[1] ** 2 > 0.5 and v[1, 2] ** 2 > 0.5, "the mislabeled sample's u and v absorb the disagreement"
+    assert u[0] ** 2 < before_u[0] ** 2 and v[0, 1:].pow(2).max() < 0.01, "the clean sample's shrink toward 0"
+
+
+def test_sop_loss_matches_its_formula():
+    z, y = torch.randn(6, C), torch.randint(0, C, (6,))
+    u, v = torch.rand(6, 1), torch.rand(6, C)
+    e = nn.functional.one_hot(y, C).float()
+    s = (u**2 * e).clamp(0, 1) - (v**2 * (1 - e)).clamp(0, 1)
+    p = (torch.softmax(z, 1) + s).clamp(min=1e-4)
+    p = p / p.sum(1, keepdim=True)
+    hard = nn.functional.one_hot(z.argmax(1), C).float()
+    expected = -(e * p.log()).sum(1).mean() + ((hard + s - e) ** 2).sum(1).mean()
+    torch.testing.assert_close(sop_loss(z, y, u, v), expected)
+
+
+def test_class_balance_is_the_kl_from_uniform_to_the_batch_mean_prediction():
+    z = 4 * torch.randn(16, C)
+    mean = torch.softmax(z, 1).mean(0)
+    torch.testing.assert_close(class_balance(z), (torch.log((1 / C) / mean) / C).sum())
+    assert class_balance(torch.zeros(16, C)).abs() < 1e-6
+
+
+def test_ema_update_averages_parameters_and_copies_buffers():
+    model, ema = nn.BatchNorm1d(3), nn.BatchNorm1d(3)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+        ema.weight.fill_(1.0)
+        model.running_mean.fill_(5.0)
+    ema_update(ema, model, decay=0.9)
+    torch.testing.assert_close(ema.weight, torch.full((3,), 1.1))
+    torch.testing.assert_close(ema.running_mean, torch.full((3,), 5.0))
+
+
+def test_bldr_schedule_is_constant_in_the_warmup_then_cosine():
+    method = make_bldr(warmup=2, epochs=12, lr=0.04)
+    warmup, main = method.stages()
+    assert (warmup.name, warmup.epochs, main.epochs) == ("warmup", 2, 10)
+    assert warmup.lr_at(1) == 0.04 and main.lr_at(0) == pytest.approx(0.04)
+    assert main.lr_at(5) == pytest.approx((0.04 + 2e-4) / 2)
+    assert all(main.lr_at(e) > main.lr_at(e + 1) > 2e-4 for e in range(9))
+
+
+def test_step_schedule_drops_tenfold_at_milestones():
+    stage = Stage(CEStage.CE, 10, 0.1, milestones=(0.5, 0.8))
+    assert [round(stage.lr_at(e), 6) for e in (0, 4, 5, 7, 8, 9)] == [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+
+
+def test_bldr_state_holds_weights_sop_and_the_ema_but_not_the_trained_model():
+    def build(method):
+        torch.manual_seed(0)
+        return method.build_model(lambda: MLP(C, in_channels=4))
+
+    method = make_bldr(warmup=1)
+    model = build(method)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # a training step moved the model away from its EMA
+        method.sop_u.add_(0.5)
+    outputs = {"probs": random_probs(N, C, seed=3), "negative_probs": random_probs(N, C, seed=4)}
+    method.end_epoch(step_at(method, 0), outputs)
+    state = method.state_dict()
+    assert {"weights", "noise_rate", "sop_weight", "sop_u", "sop_v"} <= set(state)
+    assert any(key.startswith("ema.") for key in state)
+    assert not any(key.startswith("trained") for key in state) and "given_labels" not in state
+    ema_weight = state["ema.model.fc.weight"]
+    torch.testing.assert_close(ema_weight, model.model.fc.weight.detach() - 0.1,
+                               msg="after epoch 0 the EMA's decay is 0.1: 0.9 of the way to the model")
+
+    fresh = make_bldr(warmup=1)
+    build(fresh)
+    assert not torch.equal(fresh.weights, method.weights)
+    sop_u = fresh.sop_u
+    fresh.load_state_dict(state)
+    assert_same_state(fresh.state_dict(), state)
+    assert fresh.sop_u is sop_u, "loaded in place: an optimizer holds these very parameters"
+    assert fresh.sop_weight.item() > 0
+    assert fresh.sop_weight.item() == pytest.approx(50.0 * method.noise_rate.item()**2)

@@ -1,0 +1,43 @@
+"""The CE baseline: its presets and schedule, its loss, and its clean-score rule (flagged where
+the arg-max is not the given label)."""
+import torch
+
+from engine import reference as R
+from engine.methods.base import Batch, CEStage
+from engine.methods.ce import CE
+from method_testing import N, C, FixedLogits, index_images, make_method, preset_method, step_at
+
+
+def test_presets_and_the_step_schedule():
+    small, paper = preset_method(CE, "small", 10), preset_method(CE, "paper", 10)
+    assert (small.config.epochs, small.config.lr, small.config.model) == (30, 0.05, "small_cnn")
+    assert (paper.config.epochs, paper.config.lr, paper.config.model) == (120, 0.02, "preact_resnet18")
+    assert [(stage.kind, stage.epochs, stage.lr) for stage in small.stages()] == [(CEStage.CE, 30, 0.05)]
+    (stage,) = preset_method(CE, "small", 10, epochs=40).stages()  # x0.1 at 50% and 75% of the epochs
+    assert [round(stage.lr_at(e), 6) for e in (0, 19, 20, 29, 30, 39)] == [0.05, 0.05, 0.005, 0.005, 0.0005, 0.0005]
+    assert CE(lr=0.2).configure("paper", 10).lr == 0.2, "an option replaces the preset's value"
+
+
+def test_loss_is_cross_entropy_on_the_given_labels():
+    method = make_method(CE, warmup=None)
+    logits = torch.randn(N, C, generator=torch.Generator().manual_seed(0))
+    indices = torch.tensor([5, 0, 11])
+    loss = method.loss(FixedLogits(logits), Batch(index_images(indices), indices, method.given_labels[indices]),
+                       step_at(method, 0))
+    torch.testing.assert_close(loss, R.weighted_ce(logits[indices], method.given_labels[indices]))
+
+
+def test_clean_scores_flag_where_the_arg_max_is_another_class():
+    method = make_method(CE, warmup=None)
+    labels = method.given_labels
+    probs = torch.full((N, C), 0.7 / (C - 1))
+    probs[torch.arange(N), labels] = 0.3             # arg-max on the label despite confidence < 0.5 ...
+    wrong = torch.arange(N) % 3 == 0
+    probs[wrong] = 0.1
+    probs[wrong, labels[wrong]] = 0.3
+    probs[wrong, (labels[wrong] + 1) % C] = 0.4      # ... except where another class has more
+    torch.testing.assert_close(probs.sum(1), torch.ones(N))
+    score, flagged = method.clean_scores({"probs": probs})
+    torch.testing.assert_close(score, torch.full((N,), 0.3))
+    assert torch.equal(flagged, wrong)
+    assert method.state_dict() == {}, "no per-sample state"

@@ -1,0 +1,114 @@
+"""Typed configuration: presets, validation where a value is defined, overrides, YAML, and a
+command line generated from the config fields."""
+import dataclasses
+
+import pytest
+import yaml
+
+from engine.config import SHARED_FIELDS, ConfigError, DataConfig, MethodConfig, RunConfig, with_overrides
+from engine.methods import METHODS
+from engine.train import build_parser, flag, main, parse_args
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("size", ["small", "paper"])
+def test_every_preset_is_valid_and_every_field_is_a_flag(name, size):
+    cls = METHODS[name]
+    config = cls.Config.preset(size, 10)
+    assert isinstance(config, MethodConfig) and type(config) is cls.Config
+    flags = build_parser(METHODS.values()).format_help()
+    for field in dataclasses.fields(config):
+        expected = flag(field.name) if field.name in SHARED_FIELDS else flag(field.name, name)
+        assert expected in flags, expected
+
+
+def test_presets_differ_by_size_and_class_count():
+    assert METHODS["jnpl"].Config.preset("small", 10).complementary_labels == 9
+    assert METHODS["jnpl"].Config.preset("paper", 10).complementary_labels == 1
+    assert METHODS["nlnl"].Config.preset("paper", 100).complementary_labels == 110
+    assert METHODS["pmnar"].Config.preset("small", 100).beta == 0.1
+    assert METHODS["l2b"].Config.preset("paper", 10).clean_size == 1000
+
+
+@pytest.mark.parametrize("field,value,text", [
+    ("lr", 0.0, "must be > 0"), ("lr", float("nan"), "must be finite"), ("lr", float("inf"), "must be finite"),
+    ("weight_decay", -1e-4, "must be >= 0"), ("batch_size", 0, "must be >= 1"), ("epochs", 0, "must be >= 1"),
+    ("momentum", 1.0, "must be in [0, 1)"), ("model", "resnet9000", "must be one of"),
+    ("warmup_epochs", 30, "leave at least one"), ("batch_size", 12.5, "must be a int"),
+    ("clean_fraction", 1.5, "must be in (0, 1)"),
+])
+def test_bad_values_are_refused_where_they_are_defined(field, value, text):
+    preset = METHODS["jnpl"].Config.preset("small", 10)
+    with pytest.raises(ConfigError, match="JNPLConfig") as caught:
+        with_overrides(preset, {field: value})
+    assert caught.value.field == field and text in caught.value.text
+
+
+def test_an_override_of_zero_is_kept_and_unknown_options_are_refused():
+    config = with_overrides(METHODS["jnpl"].Config.preset("small", 10), {"weight_decay": 0.0, "warmup_epochs": 0})
+    assert config.weight_decay == 0.0 and config.warmup_epochs == 0
+    with pytest.raises(ValueError, match="has no option 'gamma'"):
+        METHODS["jnpl"](gamma=1.0)
+    # A given clean_size replaces the preset's clean_fraction.
+    l2b = with_overrides(METHODS["l2b"].Config.preset("small", 10), {"clean_size": 100})
+    assert (l2b.clean_size, l2b.clean_fraction) == (100, None)
+
+
+def test_run_config_round_trips_through_yaml(tmp_path):
+    run = RunConfig(method="pmnar", seed=3, device="cpu", out=str(tmp_path), data=DataConfig(dataset="digits"),
+                    hyperparameters=METHODS["pmnar"].Config.preset("small", 10))
+    text = yaml.safe_dump(run.to_dict(), sort_keys=False)
+    back = yaml.safe_load(text)
+    assert back == run.to_dict() and back["hyperparameters"]["view"] == "strong"
+
+
+def test_command_line_flags_and_config_file(tmp_path):
+    run, method, resume = parse_args(["--method", "pmnar", "--dataset", "digits", "--pmnar-no-consistency",
+                                      "--lr", "0.3", "--seed", "4", "--device", "cpu", "--resume"])
+    assert (run.method, run.seed, run.data.dataset, resume) == ("pmnar", 4, "digits", True)
+    assert method.options == {"consistency": False, "lr": 0.3}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"method": "pmnar", "seed": 7, "device": "cpu", "out": str(tmp_path / "x"),
+                                      "data": {"dataset": "digits", "noise": "asymmetric", "noise_rate": 0.2},
+                                      "hyperparameters": {"epochs": 4, "beta": 0.5}}))
+    run, method, _ = parse_args(["--config", str(config), "--pmnar-beta", "0.25", "--noise-rate", "0.3"])
+    assert (run.seed, run.data.noise, run.data.noise_rate) == (7, "asymmetric", 0.3)
+    assert method.options == {"epochs": 4, "beta": 0.25}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--lr", "nan"], "--lr must be finite"),
+    (["--lr", "-1"], "--lr must be > 0"),
+    (["--weight-decay", "-0.1"], "--weight-decay must be >= 0"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--seed", "-1"], "--seed must be >= 0"),
+    (["--noise-rate", "1.0"], "--noise-rate must be in [0, 1)"),
+    (["--bldr-threshold", "0.2"], "--bldr-threshold is an option of --method bldr, not of jnpl"),
+    (["--method", "ce", "--warmup-epochs", "2"], "--warmup-epochs: method ce has no such option"),
+    (["--method", "nosuch"], "unknown method 'nosuch'"),
+    (["--method", "nosuch_module:Thing"], "cannot import nosuch_module"),
+])
+def test_bad_flags_name_the_flag(args, message, capsys, tmp_path):
+    """Values are checked where their config defines them: names and kinds while parsing, ranges
+    once the data set's size has picked the preset (before any training)."""
+    try:
+        code = main(["--device", "cpu", "--dataset", "digits", "--out", str(tmp_path / "run"), *args])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("content,message", [
+    ("- a list", "expected a mapping"),
+    ("method: jnpl\nbogus: 1\n", "unknown entry 'bogus'"),
+    ("method: [unclosed\n", "not valid YAML"),
+    ("method: jnpl\nhyperparameters: {beta: 1}\n", "method jnpl has no such option"),
+    ("!!python/object/apply:os.system ['echo hacked']\n", "not valid YAML"),
+])
+def test_bad_config_files_get_clear_errors(tmp_path, content, message, capsys):
+    path = tmp_path / "config.yaml"
+    path.write_text(content)
+    with pytest.raises((SystemExit, ValueError)) as caught:
+        parse_args(["--config", str(path), "--device", "cpu"])
+    assert message in (str(caught.value) + capsys.readouterr().err)

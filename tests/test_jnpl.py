@@ -1,0 +1,152 @@
+"""JNPL on small hand-made inputs: its stages and epoch split, presets, the loss of each stage
+(NL+ + lambda PL+ on the rows jnpl_select keeps), the pseudo-label rule, clean scores, and its
+per-sample state in state_dict."""
+import pytest
+import torch
+
+from engine import losses as L
+from engine import reference as R
+from engine.methods.base import Batch, Phase
+from engine.methods.jnpl import JNPL, JNPLStage
+from method_testing import (N, C, FixedLogits, assert_same_state, first_epoch_of, index_images, make_method,
+                            preset_method, probs_with_confidence, step_at)
+
+
+def all_other_classes(labels, num_classes):
+    """[B, C - 1]: every class but the label, per row."""
+    classes = torch.arange(num_classes).expand(len(labels), num_classes)
+    return classes[classes != labels[:, None]].view(len(labels), num_classes - 1)
+
+
+def test_small_preset_stages_warmup_then_the_1000_to_480_split():
+    method = preset_method(JNPL, "small", 10)
+    config = method.config
+    assert (config.epochs, config.warmup_epochs, config.complementary_labels) == (30, 3, 10 - 1)
+    warmup, jnpl, pseudo = method.stages()
+    assert [s.kind for s in (warmup, jnpl, pseudo)] == [Phase.WARMUP, JNPLStage.JNPL, Phase.PSEUDO]
+    first = round(27 * 1000 / 1480)  # the 27 epochs after the warm-up, in the paper's 1000:480 ratio
+    assert (warmup.epochs, jnpl.epochs, pseudo.epochs) == (3, first, 27 - first)
+    assert (warmup.lr, jnpl.lr, pseudo.lr) == (config.warmup_lr, config.lr, config.pseudo_lr)
+    assert (jnpl.milestones, pseudo.milestones) == ((0.8,), (0.4, 0.6))
+    assert jnpl.reset_optimizer and pseudo.reset_optimizer, "new SGD after the CE warm-up and for the pseudo stage"
+
+
+def test_paper_preset_has_no_warmup_and_one_complementary_label():
+    method = preset_method(JNPL, "paper", 10)
+    assert method.config.complementary_labels == 1 and not method.replacement
+    jnpl, pseudo = method.stages()
+    assert (jnpl.kind, jnpl.epochs, pseudo.kind, pseudo.epochs) == (JNPLStage.JNPL, 1000, Phase.PSEUDO, 480)
+    assert not jnpl.reset_optimizer
+    assert preset_method(JNPL, "small", 100).config.complementary_labels == 100 - 1
+    assert preset_method(JNPL, "paper", 100).config.complementary_labels == 1
+
+
+def test_pseudo_labels_are_fixed_at_the_start_of_the_pseudo_stage():
+    method = make_method(JNPL)
+    labels = method.given_labels
+    confidence = torch.tensor([0.9, 0.5, 0.49, 0.1, 0.6, 0.3, 0.2, 0.7, 0.5, 0.0, 0.45, 1.0])
+    probs = probs_with_confidence(labels, confidence, C)
+    other = (labels + 2) % C  # the rest of a low-confidence row's mass, its arg-max
+    low = confidence < 0.5
+    probs[low] = 0.0
+    probs[low, labels[low]] = confidence[low]
+    probs[low, other[low]] = 1 - confidence[low]
+    tie = confidence == 0.5  # the rest on class 0, the arg-max of a tie: only ">= 0.5" keeps the label
+    assert (labels[tie] > 0).all()
+    probs[tie] = 0.0
+    probs[tie, labels[tie]] = 0.5
+    probs[tie, 0] = 0.5
+    assert torch.equal(probs[torch.arange(N), labels], confidence)
+    assert (probs.argmax(1)[tie] == 0).all()
+    outputs = {"probs": probs}
+
+    jnpl_stage = step_at(method, first_epoch_of(method, JNPLStage.JNPL)).stage
+    method.start_stage(jnpl_stage, outputs)
+    assert torch.equal(method.pseudo_labels, labels), "only the pseudo stage fixes labels"
+
+    pseudo = step_at(method, first_epoch_of(method, Phase.PSEUDO))
+    method.start_stage(pseudo.stage, outputs)
+    expected = torch.where(confidence >= 0.5, labels, probs.argmax(1))
+    assert torch.equal(method.pseudo_labels, expected)
+    assert torch.equal(method.pseudo_labels[low], other[low]) and torch.equal(method.pseudo_labels[~low], labels[~low])
+
+    logits = torch.randn(N, C, generator=torch.Generator().manual_seed(0))
+    indices = torch.tensor([2, 3, 9, 0])
+    batch = Batch(index_images(indices), indices, labels[indices])
+    loss = method.loss(FixedLogits(logits), batch, pseudo)
+    torch.testing.assert_close(loss, R.weighted_ce(logits[indices], expected[indices]))
+    warmup = step_at(method, 0)
+    assert warmup.stage.kind is Phase.WARMUP
+    torch.testing.assert_close(method.loss(FixedLogits(logits), batch, warmup),
+                               R.weighted_ce(logits[indices], labels[indices]))
+
+
+def jnpl_logits():
+    """Half the rows confident (PL+ candidates: every other class below 1/C), half split
+    between two classes (never candidates)."""
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(N, C, generator=generator) * 0.3
+    rows = torch.arange(N)
+    top = torch.randint(0, C, (N,), generator=generator)
+    logits[rows[::2], top[::2]] += 6.0
+    logits[rows[1::2], top[1::2]] += 3.0
+    logits[rows[1::2], (top[1::2] + 1) % C] += 3.0
+    return logits
+
+
+@pytest.mark.parametrize("pl_weight", [None, 0.5])
+def test_jnpl_loss_is_nl_plus_and_weighted_pl_plus_on_the_selected_rows(pl_weight):
+    options = {} if pl_weight is None else {"pl_weight": pl_weight}
+    method = make_method(JNPL, complementary_labels=C - 1, **options)
+    weight = 0.01 if pl_weight is None else pl_weight
+    assert method.config.pl_weight == weight
+    logits = jnpl_logits()
+    indices = torch.arange(N)
+    batch = Batch(index_images(indices), indices, method.given_labels)
+    step = step_at(method, first_epoch_of(method, JNPLStage.JNPL), step=17)
+    loss = method.loss(FixedLogits(logits), batch, step)
+
+    keep, yhat = L.jnpl_select(logits, seed=0, offset=17)
+    comp = L.sample_complementary(batch.labels, C, k=C - 1, replacement=False, seed=0, offset=17)
+    torch.testing.assert_close(loss, L.nl_plus_loss(logits, comp) + weight * L.pl_plus_loss(logits[keep], yhat[keep]))
+
+    candidates, top, _ = R.jnpl_candidates(logits)
+    assert keep.any() and not keep.all() and not (keep & ~candidates).any(), "PL+ only on (some) candidates"
+    assert torch.equal(yhat[keep], top[keep])
+    # k = C - 1 distinct labels: every class but the given one, whatever the draw.
+    others = all_other_classes(batch.labels, C)
+    expected = R.nl_loss(logits, others, plus=True) + weight * R.pl_plus_loss(logits[keep], yhat[keep])
+    torch.testing.assert_close(loss, expected.float())
+
+
+def test_one_complementary_label_per_step_is_redrawn_and_never_the_given_label():
+    method = make_method(JNPL, complementary_labels=1)
+    assert method.k == 1 and not method.replacement
+    labels = torch.arange(200) % C
+    batch = Batch(index_images(torch.arange(200)), torch.arange(200), labels)
+    epoch = first_epoch_of(method, JNPLStage.JNPL)
+    drawn = torch.cat([method.complementary(batch, step_at(method, epoch, step=s)) for s in range(30)], 1)
+    assert drawn.shape == (200, 30) and not (drawn == labels[:, None]).any()
+    assert not torch.equal(drawn[:, 0], drawn[:, 1]), "a new draw at every step"
+    assert torch.equal(drawn[:, 3], method.complementary(batch, step_at(method, epoch, step=3))[:, 0]), "seeded"
+
+
+def test_clean_scores_flag_confidence_below_one_half():
+    method = make_method(JNPL)
+    confidence = torch.linspace(0.0, 1.0, N)
+    score, flagged = method.clean_scores({"probs": probs_with_confidence(method.given_labels, confidence, C)})
+    torch.testing.assert_close(score, confidence)
+    assert torch.equal(flagged, confidence < 0.5)
+
+
+def test_pseudo_labels_are_state_and_round_trip():
+    method = make_method(JNPL)
+    probs = probs_with_confidence((method.given_labels + 1) % C, torch.full((N,), 0.9), C)
+    method.start_stage(step_at(method, first_epoch_of(method, Phase.PSEUDO)).stage, {"probs": probs})
+    state = method.state_dict()
+    assert set(state) == {"pseudo_labels"} and torch.equal(state["pseudo_labels"], (method.given_labels + 1) % C)
+
+    fresh = make_method(JNPL)
+    assert torch.equal(fresh.pseudo_labels, fresh.given_labels)
+    fresh.load_state_dict(state)
+    assert_same_state(fresh.state_dict(), state)

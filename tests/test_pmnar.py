@@ -1,0 +1,96 @@
+"""PMNAR's pieces on small hand-made inputs: peer weights, the ablation switches, history
+exclusion, the consistency term, and its per-sample state in state_dict."""
+import torch
+from torch import nn
+
+from engine import reference as R
+from engine.methods.base import Batch
+from engine.methods.pmnar import PMNAR, PMNARStage
+from method_testing import N, C, FixedLogits, assert_same_state, index_images, make_method, random_probs, step_at
+
+
+def outputs_of(probs):
+    """PMNAR.predict's outputs over the training set from per-network probabilities [N, networks, C]."""
+    return {"probs": probs.mean(1), "network_probs": probs}
+
+
+def test_pmnar_weights_come_from_the_peer_network_after_the_warmup():
+    method = make_method(PMNAR, warmup=2)
+    probs = random_probs(N, 2, C)
+    outputs = outputs_of(probs)
+    method.end_epoch(step_at(method, 0), outputs)  # epoch 1 of a 2-epoch warm-up: nothing changes
+    assert torch.equal(method.weights, torch.ones(2, N)) and not method.history.any()
+    method.end_epoch(step_at(method, 1), outputs)
+    confidence = probs[torch.arange(N), :, method.given_labels]  # [N, 2]
+    torch.testing.assert_close(method.weights[0], confidence[:, 1] - confidence[:, 1].min())
+    torch.testing.assert_close(method.weights[1], confidence[:, 0] - confidence[:, 0].min())
+
+
+def test_pmnar_single_network_is_weighted_by_itself_and_switches_work():
+    method = make_method(PMNAR, warmup=0, single_network=True)
+    probs = random_probs(N, 1, C)
+    method.end_epoch(step_at(method, 0), outputs_of(probs))
+    confidence = probs[torch.arange(N), 0, method.given_labels]
+    torch.testing.assert_close(method.weights[0], confidence - confidence.min())
+
+    off = make_method(PMNAR, warmup=0, reweighting=False, history=False, consistency=False)
+    probs = random_probs(N, 2, C)
+    off.end_epoch(step_at(off, 0), outputs_of(probs))
+    assert torch.equal(off.weights, torch.ones(2, N)) and not off.history.any()
+    assert off.second_view is None and make_method(PMNAR).second_view == "strong"
+
+
+def test_pmnar_history_accumulates_arg_maxes_and_is_excluded_from_the_loss():
+    method = make_method(PMNAR, warmup=0, consistency=False)
+    first, second = random_probs(N, 2, C, seed=1), random_probs(N, 2, C, seed=2)
+    method.end_epoch(step_at(method, 0), outputs_of(first))
+    method.end_epoch(step_at(method, 1), outputs_of(second))
+    expected = torch.zeros(N, C, dtype=torch.bool)
+    for probs in (first, second):  # the first network's arg-max, ever
+        expected[torch.arange(N), probs[:, 0].argmax(1)] = True
+    assert torch.equal(method.history, expected)
+
+    logits = [torch.randn(N, C), torch.randn(N, C)]
+    model = nn.ModuleList([FixedLogits(z) for z in logits])
+    indices = torch.tensor([3, 7, 0, 11])
+    batch = Batch(index_images(indices), indices, method.given_labels[indices])
+    loss = method.loss(lambda x: [net(x) for net in model], batch, step_at(method, 2))
+    expected_loss = sum(R.pm_loss(z[indices], batch.labels, expected[indices], weight=method.weights[k, indices])
+                        for k, z in enumerate(logits))
+    torch.testing.assert_close(loss, expected_loss.float())
+
+
+def test_pmnar_consistency_is_the_kl_from_the_mean_prediction_to_each_augmented_view():
+    method = make_method(PMNAR, warmup=5, history=False, beta=0.5)
+    clean, augmented = [torch.randn(N, C) for _ in range(2)], [torch.randn(N, C) for _ in range(2)]
+    indices = torch.arange(4)
+    batch = Batch(index_images(indices), indices, method.given_labels[indices], index_images(indices + N))
+    table = [torch.cat([a, b]) for a, b in zip(clean, augmented)]
+    loss = method.loss(lambda x: [FixedLogits(t)(x) for t in table], batch, step_at(method, 0))
+    target = torch.stack([torch.softmax(z[indices], 1) for z in clean]).mean(0)
+    kl = [(target * (target.log() - torch.log_softmax(a[indices], 1))).sum(1).mean() for a in augmented]
+    expected = sum(R.pm_loss(z[indices], batch.labels) for z in clean) + 0.5 * sum(kl)
+    torch.testing.assert_close(loss, expected.float())
+
+
+def test_pmnar_stage_and_options():
+    method = make_method(PMNAR, warmup=3)
+    (stage,) = method.stages()  # the warm-up is PMNAR's own loss with all weights 1: one stage
+    assert (stage.kind, stage.epochs, stage.lr, stage.milestones) == (PMNARStage.PMNAR, 10, 0.1, (0.4, 0.8))
+    assert method.config.beta == 1.0 and PMNAR().configure("small", 100).beta == 0.1
+    assert make_method(PMNAR, view="weak").second_view == "weak"
+    assert make_method(PMNAR, beta=0.0).second_view is None, "beta 0 switches the consistency view off"
+
+
+def test_pmnar_state_round_trips_through_state_dict():
+    method = make_method(PMNAR, warmup=0)
+    for epoch in range(2):
+        method.end_epoch(step_at(method, epoch), outputs_of(random_probs(N, 2, C, seed=epoch)))
+    state = method.state_dict()
+    assert set(state) == {"weights", "history"}, "per-sample state only (given labels are not state)"
+    assert state["history"].any() and not torch.equal(state["weights"], torch.ones(2, N))
+
+    fresh = make_method(PMNAR, warmup=0)
+    assert not torch.equal(fresh.weights, method.weights)
+    fresh.load_state_dict(state)
+    assert_same_state(fresh.state_dict(), state)
