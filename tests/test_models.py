@@ -5,18 +5,22 @@ import torch
 from engine.models import MODELS, MultiHead, build_model
 
 RESNETS = ["preact_resnet18", "preact_resnet34"]
-# (name, in_channels, image_size, num_classes); 8x8 inputs only for small_cnn.
+IMAGE_MODELS = [name for name in MODELS if name != "mlp"]
+# (name, in_channels, image_size, num_classes); 8x8 inputs only for small_cnn; the MLP takes
+# feature vectors [B, in_channels] (64: the digits' pixels; 3: fewer features than classes).
 CASES = [
     (name, *shape)
-    for name in MODELS
+    for name in IMAGE_MODELS
     for shape in [(3, 32, 10), (1, 28, 10), (3, 32, 100)] + ([(1, 8, 10)] if name == "small_cnn" else [])
-]
+] + [("mlp", 64, 1, 10), ("mlp", 3, 1, 100)]
 
 
 def make(name, in_channels, image_size, num_classes):
     """A model and a small input batch (batch 2 keeps the ResNets fast on CPU)."""
     torch.manual_seed(0)
     model = build_model(name, num_classes, in_channels=in_channels, image_size=image_size)
+    if name == "mlp":
+        return model, torch.randn(4, in_channels)
     x = torch.randn(2 if name in RESNETS else 4, in_channels, image_size, image_size)
     return model, x
 
@@ -32,10 +36,10 @@ def test_interface(name, in_channels, image_size, num_classes):
     assert logits.shape == (x.shape[0], num_classes) and model.num_classes == num_classes
     assert isinstance(model.fc, torch.nn.Linear) and features.shape == (x.shape[0], model.feature_dim)
     torch.testing.assert_close(model.fc(features), logits)
-    assert len(maps) == len(model.stage_channels) == (3 if name == "small_cnn" else 4)
+    assert len(maps) == len(model.stage_channels) == (4 if name in RESNETS else 3)
     assert [m.shape[1] for m in maps] == model.stage_channels
     assert model.feature_dim == model.stage_channels[-1]
-    torch.testing.assert_close(maps[-1].mean((2, 3)), features)
+    torch.testing.assert_close(maps[-1] if name == "mlp" else maps[-1].mean((2, 3)), features)
 
 
 @pytest.mark.parametrize("name,in_channels,image_size,num_classes", CASES)
@@ -47,7 +51,7 @@ def test_gradients_reach_every_parameter(name, in_channels, image_size, num_clas
         assert param.grad is not None and param.grad.abs().sum() > 0, param_name
 
 
-@pytest.mark.parametrize("name,in_channels,image_size,num_classes", CASES)
+@pytest.mark.parametrize("name,in_channels,image_size,num_classes", [case for case in CASES if case[0] != "mlp"])
 def test_channels_last_matches_contiguous(name, in_channels, image_size, num_classes):
     model, x = make(name, in_channels, image_size, num_classes)
     model.eval()
@@ -59,7 +63,8 @@ def test_channels_last_matches_contiguous(name, in_channels, image_size, num_cla
 
 @pytest.mark.parametrize(
     "name,low,high",
-    [("preact_resnet18", 11.0e6, 11.4e6), ("preact_resnet34", 21.0e6, 21.5e6), ("small_cnn", 0, 0.5e6)],
+    [("preact_resnet18", 11.0e6, 11.4e6), ("preact_resnet34", 21.0e6, 21.5e6), ("small_cnn", 0, 0.5e6),
+     ("mlp", 0, 0.1e6)],
 )
 def test_parameter_count(name, low, high):
     count = sum(p.numel() for p in build_model(name, 10).parameters())
@@ -68,7 +73,7 @@ def test_parameter_count(name, low, high):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_multihead(name):
-    model, x = make(name, 3, 32, 10)
+    model, x = make(name, *((64, 1) if name == "mlp" else (3, 32)), 10)
     wrapped = MultiHead(model, extra_heads={"negative": 10, "aux": 5}, with_stage_heads=True).eval()
     with torch.no_grad():
         out = wrapped(x)
@@ -93,5 +98,5 @@ def test_multihead_without_stage_heads_and_reserved_names():
 
 
 def test_unknown_model_name():
-    with pytest.raises(ValueError, match="preact_resnet18.*small_cnn"):
+    with pytest.raises(ValueError, match="mlp.*preact_resnet18.*small_cnn"):
         build_model("resnet50", 10)

@@ -1,6 +1,6 @@
 """The training CLI end to end: outputs, exact resume after a kill, bad input, every method's
-ablation switches, and short real runs where JNPL, PMNAR, BLDR, L2B and PU-distillation must
-beat CE under 40% symmetric noise with the same budget."""
+ablation switches, config.yaml reruns, a user's own method, and 30-epoch mnist5k runs where
+every method must beat CE under 30% asymmetric noise with the same budget (marked slow)."""
 import csv
 import json
 import os
@@ -10,13 +10,15 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+import yaml
 
 from engine.train import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUTPUTS = ["metrics.csv", "summary.json", "label_scores.csv", "separation.png", "checkpoint.pt"]
+OUTPUTS = ["config.yaml", "metrics.csv", "summary.json", "label_issues.csv", "separation.png", "checkpoint.pt"]
 
 
 def train(*args, check=True):
@@ -37,25 +39,32 @@ def summary(out):
         return json.load(f)
 
 
+def config_of(out):
+    with open(os.path.join(out, "config.yaml")) as f:
+        return yaml.safe_load(f)
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--method", "coteaching"], "invalid choice: 'coteaching'"),
-        (["--noise-rate", "1.0"], "--noise-rate must be in [0, 1)"),
+        (["--method", "coteaching"], "unknown method 'coteaching'"),
+        (["--noise-rate", "1.0"], "--noise-rate must be in [0, 1), got 1.0"),
         (["--noise-rate", "-0.1"], "--noise-rate must be in [0, 1)"),
-        (["--dataset", "cifar10"], "--dataset cifar10 needs --data-dir"),
+        (["--dataset", "cifar10"], "--data-dir is needed by dataset cifar10"),
         (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "--data-dir /nonexistent/cifar does not exist"),
-        (["--noise", "file"], "--noise file needs --noise-file"),
+        (["--noise", "file"], "--noise-file is needed by noise 'file'"),
         (["--epochs", "0"], "--epochs must be >= 1"),
         (["--warmup-epochs", "-1"], "--warmup-epochs must be >= 0"),
         (["--method", "bldr", "--bldr-negatives", "some"], "invalid choice: 'some'"),
-        (["--method", "bldr", "--dataset", "digits", "--epochs", "8"], "--epochs (8) must exceed the 10 warm-up"),
+        (["--method", "bldr", "--dataset", "digits", "--epochs", "8"],
+         "--warmup-epochs must be >= 0 and leave at least one of the 8 epochs after it, got 10"),
         (["--method", "pmnar", "--dataset", "digits", "--pmnar-beta", "-1"], "--pmnar-beta must be >= 0, got -1.0"),
-        (["--method", "l2b", "--dataset", "digits", "--clean-size", "0"], "--method l2b needs a clean subset"),
+        (["--method", "l2b", "--dataset", "digits", "--clean-size", "0"], "method l2b needs a clean subset"),
         (["--method", "pudistill", "--dataset", "digits", "--pudistill-agree", "25"],
-         "--pudistill-agree must be in [1, --pudistill-filters = 20], got 25"),
+         "--pudistill-agree must be in [1, filters = 20], got 25"),
         (["--method", "pudistill", "--dataset", "digits", "--clean-size", "5"],
-         "--method pudistill needs clean samples of every class; the clean subset of 5 has none of class"),
+         "method pudistill needs clean samples of every class; the clean subset of 5 has none of class"),
+        (["--method", "pudistill", "--warmup-epochs", "1"], "--warmup-epochs: method pudistill has no such option"),
     ],
 )
 def test_bad_cli_input_exits_nonzero_with_a_message(args, message, capsys, tmp_path):
@@ -83,6 +92,7 @@ PUDISTILL_QUICK = ["--pudistill-rounds", "2", "--pudistill-trunk-epochs", "2", "
 
 # BLDR: per-sample SOP parameters in the optimizer, an EMA model and weights outside the model;
 # PU-distillation: state computed before the first epoch.
+@pytest.mark.slow
 @pytest.mark.parametrize("method", [["--method", "jnpl"], ["--method", "bldr", "--warmup-epochs", "3"],
                                     ["--method", "pudistill", *PUDISTILL_QUICK]])
 def test_resume_after_a_kill_repeats_the_uninterrupted_run(tmp_path, method):
@@ -96,12 +106,12 @@ def test_resume_after_a_kill_repeats_the_uninterrupted_run(tmp_path, method):
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
         # The rename is atomic: a checkpoint that exists is complete.
-        if os.path.exists(checkpoint) and torch.load(checkpoint, weights_only=False)["epoch"] >= 3:
+        if os.path.exists(checkpoint) and torch.load(checkpoint, weights_only=True)["epoch"] >= 3:
             break
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    interrupted_at = torch.load(checkpoint, weights_only=False)["epoch"]
+    interrupted_at = torch.load(checkpoint, weights_only=True)["epoch"]
     assert 3 <= interrupted_at < 7, "the kill must land mid-run"
     assert not os.path.exists(os.path.join(killed, "summary.json"))
 
@@ -133,16 +143,23 @@ def test_resume_refuses_a_different_run(tmp_path):
         ["--method", "l2b", "--l2b-weights", "alpha", "--clean-size", "100"],  # L2RW
         ["--method", "l2b", "--l2b-weights", "sum_to_one", "--l2b-normalize", "softmax", "--l2b-grad-clip", "0"],
         ["--method", "l2b", "--l2b-weights", "beta", "--l2b-normalize", "sigmoid", "--l2b-temperature", "5"],
-        ["--method", "pudistill", *PUDISTILL_QUICK, "--pudistill-targets", "hard", "--pudistill-no-mixup",
-         "--pudistill-entropy", "0"],
-        ["--method", "pudistill", *PUDISTILL_QUICK, "--pudistill-targets", "hard_bootstrap", "--pudistill-lambda",
-         "0.8", "--pudistill-eta", "0.5", "--pudistill-filters", "5", "--pudistill-agree", "4"],
     ],
 )
 def test_ablation_switches_run(tmp_path, options):
     out = str(tmp_path / "run")
     train(*options, "--dataset", "digits", "--epochs", "3", "--warmup-epochs", "1", "--out", out)
-    assert summary(out)["args"]["warmup_epochs"] == 1 and len(read_metrics(out)) == 3
+    assert config_of(out)["hyperparameters"]["warmup_epochs"] == 1 and len(read_metrics(out)) == 3
+
+
+@pytest.mark.parametrize("options", [
+    [*PUDISTILL_QUICK, "--pudistill-targets", "hard", "--pudistill-no-mixup", "--pudistill-entropy", "0"],
+    [*PUDISTILL_QUICK, "--pudistill-targets", "hard_bootstrap", "--pudistill-lambda", "0.8", "--pudistill-eta", "0.5",
+     "--pudistill-filters", "5", "--pudistill-agree", "4"],
+])
+def test_pudistill_switches_run(tmp_path, options):
+    out = str(tmp_path / "run")
+    train("--method", "pudistill", *options, "--dataset", "digits", "--epochs", "2", "--out", out)
+    assert config_of(out)["hyperparameters"]["rounds"] == 2 and len(read_metrics(out)) == 2
 
 
 @pytest.mark.parametrize("method", ["pmnar", "bldr", "l2b", "pudistill"])
@@ -153,17 +170,58 @@ def test_preact_resnet_on_cifar_shaped_data(tmp_path, method):
     data = str(tmp_path / "cifar_shaped.npz")
     np.savez(data, x=rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), y=np.arange(64) % 10)
     out = str(tmp_path / "run")
+    options = PUDISTILL_QUICK if method == "pudistill" else ["--warmup-epochs", "1"]
     train("--method", method, "--dataset", "npz", "--data-dir", data, "--model", "preact_resnet18", "--epochs", "2",
-          "--warmup-epochs", "1", "--batch-size", "16", "--clean-size", "20", *PUDISTILL_QUICK, "--out", out)
+          "--batch-size", "16", "--clean-size", "20", *options, "--out", out)
     assert summary(out)["model"] == "preact_resnet18" and len(read_metrics(out)) == 2
 
 
-MNIST5K_40_SYMMETRIC = ["--dataset", "mnist5k", "--noise", "symmetric", "--noise-rate", "0.4", "--epochs", "30",
-                        "--seed", "0"]
-COMPARED = ["l2b", "pmnar", "bldr", "pudistill", "jnpl", "ce"]  # the longest runs first (L2B about 6 min)
-# BLDR's detection is unstable on this budget (F1 0.62-0.84 over seeds 0-2, README): its floor
-# asks for more than flagging every sample does (F1 2r / (1 + r) = 0.571 at r = 0.4).
-MIN_DETECTION_F1 = {"pmnar": 0.9, "l2b": 0.5, "bldr": 0.6, "pudistill": 0.8, "jnpl": 0.8}
+def test_config_yaml_reruns_the_run_exactly_and_flags_override_it(tmp_path):
+    """L2B's default clean subset is a fraction: config.yaml records the count it gave."""
+    first, again, changed = (str(tmp_path / name) for name in ("first", "again", "changed"))
+    train("--method", "l2b", "--dataset", "digits", "--noise", "asymmetric", "--noise-rate", "0.3", "--epochs", "3",
+          "--warmup-epochs", "1", "--seed", "2", "--out", first)
+    recorded = config_of(first)
+    assert recorded["hyperparameters"]["clean_size"] == 70 and recorded["hyperparameters"]["clean_fraction"] is None
+    assert recorded["hyperparameters"]["lr"] == 0.1 and recorded["data"]["noise"] == "asymmetric"
+    train("--config", os.path.join(first, "config.yaml"), "--out", again)
+    assert read_metrics(again) == read_metrics(first)
+    assert {k: v for k, v in summary(again).items()} == summary(first)
+    assert config_of(again) == {**recorded, "out": again}
+    train("--config", os.path.join(first, "config.yaml"), "--out", changed, "--epochs", "2", "--l2b-temperature", "5")
+    expected = {**recorded, "out": changed,
+                "hyperparameters": {**recorded["hyperparameters"], "epochs": 2, "temperature": 5.0}}
+    assert config_of(changed) == expected and len(read_metrics(changed)) == 2
+
+
+def test_a_method_defined_in_a_user_file_trains_through_the_cli(tmp_path):
+    """README's GCE example, saved as gce.py in the working directory."""
+    from test_api import readme_block
+
+    (tmp_path / "gce.py").write_text(readme_block("## Your own method"))
+    out = str(tmp_path / "run")
+    command = [sys.executable, "-m", "engine.train", "--device", "cpu", "--method", "gce:GCE", "--gce-q", "0.5",
+               "--dataset", "digits", "--epochs", "2", "--out", out]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    recorded = config_of(out)
+    assert recorded["method"] == "gce:GCE" and recorded["hyperparameters"]["q"] == 0.5
+    assert len(read_metrics(out)) == 2 and summary(out)["method"] == "gce"
+    command[command.index("0.5")] = "1.5"
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "--gce-q must be in (0, 1], got 1.5" in result.stderr
+
+
+MNIST5K_30_ASYMMETRIC = ["--dataset", "mnist5k", "--noise", "asymmetric", "--noise-rate", "0.3", "--epochs", "30",
+                         "--seed", "0"]
+COMPARED = ["l2b", "pmnar", "bldr", "pudistill", "jnpl", "nlnl", "ce"]  # the longest runs first (L2B about 6 min)
+# Pair-flip noise, where CE memorizes the flipped labels (88.9% on 2026-12-02) and the methods
+# do not (95.4-97.4%): every comparison holds by several points, so a last-bit change of the
+# kernels (an FMA build) cannot flip it. BLDR is the exception (90.8%, a 1.9-point margin; its
+# detection is the weakest too): it must beat CE by a point.
+MIN_MARGIN_OVER_CE = {"pmnar": 0.03, "l2b": 0.03, "pudistill": 0.03, "jnpl": 0.03, "nlnl": 0.03, "bldr": 0.01}
+# Detection F1 floors (measured 0.800-0.957; BLDR 0.636, flagging every sample gives 0.46).
+MIN_DETECTION_F1 = {"pmnar": 0.9, "l2b": 0.7, "bldr": 0.55, "pudistill": 0.8, "jnpl": 0.9, "nlnl": 0.9}
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +236,7 @@ def compared_runs(tmp_path_factory):
         while waiting and len(running) < 2:
             method = waiting.pop(0)
             command = [sys.executable, "-m", "engine.train", "--device", "cpu", "--method", method,
-                       *MNIST5K_40_SYMMETRIC, "--out", str(root / method)]
+                       *MNIST5K_30_ASYMMETRIC, "--out", str(root / method)]
             with open(root / f"{method}.log", "w") as log:  # a file, not a pipe nobody reads meanwhile
                 running[method] = subprocess.Popen(command, cwd=REPO, env=environment, stdout=log,
                                                    stderr=subprocess.STDOUT)
@@ -192,37 +250,43 @@ def compared_runs(tmp_path_factory):
     return finished
 
 
-@pytest.mark.parametrize("method", ["pmnar", "bldr", "l2b", "pudistill", "jnpl"])
-def test_method_beats_ce_on_mnist5k_with_40_percent_symmetric_noise(method, compared_runs):
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["pmnar", "bldr", "l2b", "pudistill", "jnpl", "nlnl"])
+def test_method_beats_ce_on_mnist5k_with_30_percent_asymmetric_noise(method, compared_runs):
     out, stdout = compared_runs[method]
     assert f"outputs in {os.path.abspath(out)}" in stdout
     for name in OUTPUTS:
         assert os.path.getsize(os.path.join(out, name)) > 0
     run, ce = summary(out), summary(compared_runs["ce"][0])
-    assert run["test_acc"] > ce["test_acc"], (method, run["test_acc"], ce["test_acc"])
-    assert abs(run["true_noise_rate"] - 0.4) < 1e-9
+    assert run["test_acc"] > ce["test_acc"] + MIN_MARGIN_OVER_CE[method], (method, run["test_acc"], ce["test_acc"])
     assert run["det_f1"] > MIN_DETECTION_F1[method], run["det_f1"]
 
 
+@pytest.mark.slow
 def test_run_outputs_agree_with_each_other(compared_runs):
     out = compared_runs["jnpl"][0]
     jnpl = summary(out)
-    with open(os.path.join(out, "label_scores.csv")) as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == 4000
-    assert set(rows[0]) == {"index", "given_label", "true_label", "clean_score", "flagged_noisy", "suggested_label"}
-    flagged = [r for r in rows if r["flagged_noisy"] == "1"]
-    mislabeled = sum(r["given_label"] != r["true_label"] for r in flagged)
-    assert mislabeled / len(flagged) == pytest.approx(jnpl["det_precision"])
+    table = pd.read_csv(os.path.join(out, "label_issues.csv"))
+    assert list(table.columns) == ["index", "given_label", "predicted_label", "label_quality", "is_label_issue",
+                                   "true_label"]
+    assert len(table) == 4000 and table["index"].tolist() == list(range(4000))
+    flagged = table[table["is_label_issue"]]
+    assert (flagged["given_label"] != flagged["true_label"]).mean() == pytest.approx(jnpl["det_precision"])
+    assert ((table["label_quality"] < 0.5) == table["is_label_issue"]).all(), "JNPL flags below 0.5"
     metrics = read_metrics(out)
     assert [row["stage"] for row in metrics][:4] == ["warmup", "warmup", "warmup", "jnpl"]
-    for method in ("l2b", "pudistill"):
-        assert summary(compared_runs[method][0])["clean_subset_size"] == 200, "5% of mnist5k by default"
     assert metrics[-1]["stage"] == "pseudo" and len(metrics) == 30
+    for method in ("l2b", "pudistill"):
+        out = compared_runs[method][0]
+        assert summary(out)["clean_subset_size"] == 200, "5% of mnist5k by default"
+        table = pd.read_csv(os.path.join(out, "label_issues.csv"))
+        assert table["clean_subset"].sum() == 200 and not table["is_label_issue"][table["clean_subset"]].any()
+        assert config_of(out)["hyperparameters"]["clean_size"] == 200
 
 
+@pytest.mark.slow
 def test_pudistill_augmented_clean_set_is_precise(compared_runs):
-    """The paper's Table I on mnist5k at 40% noise: the noisy-set samples that joined the clean
+    """The paper's Table I on mnist5k at 30% asymmetric noise: the noisy-set samples that joined the clean
     set carry the right class."""
     augmented = summary(compared_runs["pudistill"][0])["augmented_clean_set"]
     assert augmented["precision"] > 0.9 and augmented["size"] > 1000, augmented
