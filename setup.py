@@ -69,12 +69,9 @@ if with_cuda:
 else:
     extension = CppExtension(sources=sources, extra_compile_args={"cxx": cxx_flags}, **kwargs)
 
+# Name, version and dependencies: pyproject.toml.
 setup(
-    name="noisy-label-engine",
-    version="0.1.0",
-    description="Fused noise-robust losses (NL, NL+, PL+, PM, weighted CE) and a training engine for noisy labels",
     packages=find_packages(include=["engine", "engine.*"]),
     ext_modules=[extension],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    python_requires=">=3.10",
 )

@@ -5,7 +5,7 @@ probably wrong.
     result.label_issues()                                     # pandas DataFrame, one row per sample
     issues = engine.find_label_issues(x, labels, return_indices_ranked_by="label_quality")
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -31,7 +31,7 @@ class FitResult:
     metrics: pd.DataFrame
     summary: dict
     pred_probs: np.ndarray
-    _trainer: object
+    _trainer: object = field(repr=False)
 
     def predict_proba(self, x):
         """Class probabilities [M, C] (numpy float32) for inputs like the training data (uint8

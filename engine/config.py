@@ -10,6 +10,7 @@ validated in one place, written to and read from YAML, and turned into a command
 """
 import dataclasses
 import math
+import numbers
 import os
 import types
 import typing
@@ -42,16 +43,18 @@ def size_class(num_samples):
 
 
 class Validated:
-    """Checks every field against its annotated type, then the subclass's `validate()`."""
+    """Checks every field against its annotated type (numpy numbers become Python ones, ints in
+    float fields floats), then the subclass's `validate()`."""
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
         for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
+            value = _coerced(getattr(self, field.name), hints[field.name])
             if not _matches(value, hints[field.name]):
                 self.fail(field.name, f"must be {_describe(hints[field.name])}, got {value!r}")
             if isinstance(value, float) and not math.isfinite(value):
                 self.fail(field.name, f"must be finite, got {value}")
+            object.__setattr__(self, field.name, value)
         self.validate()
 
     def validate(self):
@@ -72,6 +75,20 @@ def _plain(value):
     return value.to_dict() if isinstance(value, Validated) else value
 
 
+def _allows(annotation, kind):
+    return annotation is kind or kind in typing.get_args(annotation)
+
+
+def _coerced(value, annotation):
+    if isinstance(value, bool) or not isinstance(value, numbers.Number):
+        return value
+    if _allows(annotation, float) and isinstance(value, numbers.Real):
+        return float(value)
+    if _allows(annotation, int) and isinstance(value, numbers.Integral):
+        return int(value)
+    return value
+
+
 def _matches(value, annotation):
     origin = typing.get_origin(annotation)
     if origin is typing.Literal:
@@ -80,10 +97,8 @@ def _matches(value, annotation):
         return any(_matches(value, arg) for arg in typing.get_args(annotation))
     if annotation is type(None):
         return value is None
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation in (int, float) and isinstance(value, bool):
+        return False
     return isinstance(value, annotation)
 
 
@@ -93,7 +108,8 @@ def _describe(annotation):
         return "one of " + ", ".join(map(repr, typing.get_args(annotation)))
     if origin is not None:
         return " or ".join(_describe(arg) for arg in typing.get_args(annotation))
-    return "None" if annotation is type(None) else f"a {annotation.__name__}"
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "None"}
+    return names.get(annotation, f"a {annotation.__name__}")
 
 
 @dataclasses.dataclass(frozen=True)

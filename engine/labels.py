@@ -14,13 +14,13 @@ def asymmetric_map(dataset):
     return pair_flip_map(dataset.num_classes)
 
 
-def choose_clean_subset(config, true_labels, seed, method):
+def choose_clean_subset(config, true_labels, num_classes, seed, method):
     """Sorted indices of the class-balanced clean subset that `config` (clean_size or
     clean_fraction) holds out, checked against what `method` needs."""
     clean = np.zeros(0, dtype=np.int64)
     if config.clean_size or config.clean_fraction:
         clean = clean_subset(true_labels, size=config.clean_size, fraction=config.clean_fraction, seed=seed)
-    check_clean_subset(method, clean, true_labels[clean], int(true_labels.max()) + 1)
+    check_clean_subset(method, clean, true_labels[clean], num_classes)
     return clean
 
 

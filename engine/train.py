@@ -16,9 +16,11 @@ import typing
 
 import torch
 
-from engine.config import SHARED_FIELDS, ConfigError, DataConfig, RunConfig, load_yaml, size_class, with_overrides
+from engine.config import (SHARED_FIELDS, ConfigError, DataConfig, RunConfig, check_fields, load_yaml, size_class,
+                           with_overrides)
 from engine.methods import METHODS, method_class
 
+PROG = "python -m engine.train"
 RUN_FIELDS = ("method", "seed", "device", "out")
 SECTIONS = ("data", "hyperparameters")
 
@@ -66,7 +68,7 @@ def preset_hint(config_class, field):
 
 
 def build_parser(methods):
-    parser = argparse.ArgumentParser(prog="python -m engine.train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="config.yaml of an earlier run: repeat it (flags given with it override "
                                          "its values)")
     parser.add_argument("--resume", action="store_true", default=argparse.SUPPRESS,
@@ -97,13 +99,15 @@ def build_parser(methods):
 def parse_args(argv=None):
     """(RunConfig without hyperparameters, the Method with its options, resume) from the command
     line and an optional --config file; argparse errors exit with status 2."""
-    first = argparse.ArgumentParser(add_help=False)
+    first = argparse.ArgumentParser(prog=PROG, add_help=False)
     first.add_argument("--config")
     first.add_argument("--method")
     known, _ = first.parse_known_args(argv)
     base = load_yaml(known.config) if known.config else {}
     spec = known.method or base.get("method") or RunConfig.method
     try:
+        if not isinstance(spec, str):
+            raise ValueError(f"--config {known.config}: method must be a name or module:Class, got {spec!r}")
         chosen = method_class(spec)
     except ValueError as error:
         first.error(str(error))
@@ -131,6 +135,7 @@ def assemble(spec, chosen, given, base, config_path):
     run["method"] = spec
     run.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
     data = dict(base.get("data") or {})
+    check_fields(DataConfig, data)
     hyper = dict(base.get("hyperparameters") or {})
     for dest, value in given.items():
         section, _, field = dest.partition(":")
@@ -149,8 +154,10 @@ def assemble(spec, chosen, given, base, config_path):
             raise ValueError(f"{where}: method {chosen.name} has no such option")
     if run["device"] == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
-    out = run.get("out", RunConfig.out)
-    if out is not None and os.path.exists(out) and not os.path.isdir(out):
+    out = run.setdefault("out", RunConfig.out)
+    if not isinstance(out, str) or not out:
+        raise ValueError(f"--out must name a folder, got {out!r}")
+    if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out {out} is a file, not a folder")
     config = RunConfig(**run, data=DataConfig(**data))
     return config, chosen(**hyper), given.get("resume", False)
@@ -166,7 +173,7 @@ def trainer_for(run, method, resume=False):
 
     dataset = load_dataset(run.data.dataset, run.data.data_dir)
     config = method.configure(size_class(len(dataset.y_train)), dataset.num_classes)
-    clean = choose_clean_subset(config, dataset.y_train, run.seed, method)
+    clean = choose_clean_subset(config, dataset.y_train, dataset.num_classes, run.seed, method)
     if config.clean_fraction is not None:  # recorded as the count it gave: the same draw on a rerun
         config = with_overrides(config, {"clean_size": len(clean)})
     method.config = config

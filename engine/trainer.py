@@ -88,10 +88,8 @@ class Trainer:
         return nullcontext()
 
     def new_optimizer(self):
-        optimizer = torch.optim.SGD([{"params": self.model.parameters()}, *self.method.param_groups()],
-                                    lr=self.config.lr, momentum=self.config.momentum,
-                                    weight_decay=self.config.weight_decay)
-        return optimizer
+        return torch.optim.SGD([{"params": self.model.parameters()}, *self.method.param_groups()],
+                               lr=self.config.lr, momentum=self.config.momentum, weight_decay=self.config.weight_decay)
 
     def preparation(self):
         def loader(indices, shuffle=False, augment=False, seed=0, epoch=0):

@@ -2,6 +2,7 @@
 command line generated from the config fields."""
 import dataclasses
 
+import numpy as np
 import pytest
 import yaml
 
@@ -34,7 +35,7 @@ def test_presets_differ_by_size_and_class_count():
     ("lr", 0.0, "must be > 0"), ("lr", float("nan"), "must be finite"), ("lr", float("inf"), "must be finite"),
     ("weight_decay", -1e-4, "must be >= 0"), ("batch_size", 0, "must be >= 1"), ("epochs", 0, "must be >= 1"),
     ("momentum", 1.0, "must be in [0, 1)"), ("model", "resnet9000", "must be one of"),
-    ("warmup_epochs", 30, "leave at least one"), ("batch_size", 12.5, "must be a int"),
+    ("warmup_epochs", 30, "leave at least one"), ("batch_size", 12.5, "must be an integer"), ("lr", "0.1", "must be a number"),
     ("clean_fraction", 1.5, "must be in (0, 1)"),
 ])
 def test_bad_values_are_refused_where_they_are_defined(field, value, text):
@@ -47,6 +48,8 @@ def test_bad_values_are_refused_where_they_are_defined(field, value, text):
 def test_an_override_of_zero_is_kept_and_unknown_options_are_refused():
     config = with_overrides(METHODS["jnpl"].Config.preset("small", 10), {"weight_decay": 0.0, "warmup_epochs": 0})
     assert config.weight_decay == 0.0 and config.warmup_epochs == 0
+    numpy_values = with_overrides(config, {"epochs": np.int64(12), "lr": np.float32(0.5), "momentum": 0})
+    assert (type(numpy_values.epochs), type(numpy_values.lr), type(numpy_values.momentum)) == (int, float, float)
     with pytest.raises(ValueError, match="has no option 'gamma'"):
         METHODS["jnpl"](gamma=1.0)
     # A given clean_size replaces the preset's clean_fraction.
@@ -105,6 +108,10 @@ def test_bad_flags_name_the_flag(args, message, capsys, tmp_path):
     ("method: [unclosed\n", "not valid YAML"),
     ("method: jnpl\nhyperparameters: {beta: 1}\n", "method jnpl has no such option"),
     ("!!python/object/apply:os.system ['echo hacked']\n", "not valid YAML"),
+    ("method: jnpl\ndata: {bogus: 1}\n", "DataConfig has no option 'bogus'"),
+    ("method: 5\n", "method must be a name or module:Class"),
+    ("method: jnpl\nseed: abc\n", "--seed must be an integer"),
+    ("method: jnpl\nout: null\n", "--out must name a folder"),
 ])
 def test_bad_config_files_get_clear_errors(tmp_path, content, message, capsys):
     path = tmp_path / "config.yaml"

@@ -33,13 +33,11 @@ def method_class(spec):
 
 
 def as_method(method, options):
-    """A Method instance from a name / "module:Class" / class / instance, with `options`
-    (its Config's fields) replacing the preset's values."""
+    """A new Method instance from a name / "module:Class" / class / instance (its options
+    copied: a trained instance is never reused), with `options` (its Config's fields) replacing
+    the preset's values."""
     if isinstance(method, Method):
-        if options:
-            merged = {**method.options, **options}
-            return type(method)(**merged)
-        return method
+        return type(method)(**{**method.options, **options})
     if inspect.isclass(method) and issubclass(method, Method):
         return method(**options)
     if isinstance(method, str):

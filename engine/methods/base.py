@@ -39,6 +39,10 @@ class Phase(enum.Enum):
     PSEUDO = "pseudo"    # CE on labels fixed at the start of the stage
 
 
+class CEStage(enum.Enum):
+    CE = "ce"
+
+
 class CleanSubset(enum.Enum):
     """What a method does with the held-out clean subset (samples with trusted labels)."""
 
@@ -250,7 +254,3 @@ class Method(nn.Module):
     def summary(self, true_labels):
         """Extra entries for summary.json; true_labels [N] (CPU) only for reporting."""
         return {}
-
-
-class CEStage(enum.Enum):
-    CE = "ce"
