@@ -15,7 +15,7 @@ from tqdm import tqdm
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import save_yaml, size_class
 from engine.labels import check_clean_subset, detection_metrics
-from engine.methods.base import Batch, CleanSubset, Preparation, Step
+from engine.methods.base import Batch, CleanSubset, Preparation, Step, epoch_seed
 from engine.models import build_model
 from engine.outputs import (label_issues_table, plot_separation, write_json, write_label_issues, write_metrics)
 
@@ -192,7 +192,7 @@ class Trainer:
             if not group.get("fixed_lr", False):
                 group["lr"] = stage.lr_at(epoch_in_stage)
         self.train_loader.set_epoch(epoch)
-        torch.manual_seed(self.seed * 100_003 + epoch)  # model-side randomness, per epoch
+        torch.manual_seed(epoch_seed(self.seed, epoch))
         total, batches = torch.zeros((), device=self.device), 0
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.config.epochs} [{stage.name}]", leave=False,
                    disable=None)

@@ -117,6 +117,17 @@ class Preparation:
     over_training_set: Callable
 
 
+def epoch_seed(seed, epoch):
+    """The torch seed of model-side randomness (initial draws, mixup partners) in epoch `epoch`
+    of a training seeded `seed`: the run's loop and a method's own sub-trainings."""
+    return seed * 100_003 + epoch
+
+
+def sub_training_seed(seed, part):
+    """The seed of a method's own sub-training number `part` (a feature trunk, a teacher)."""
+    return seed * 1000 + part
+
+
 def split_epochs(total, fractions):
     """Whole epochs per stage, in proportion to `fractions`, each >= 1, summing to `total`."""
     if total < len(fractions):

@@ -247,7 +247,8 @@ class BLDR(Method):
     @torch.no_grad()
     def predict(self, model, images):
         out = model(images)
-        return {"probs": torch.softmax(out["main"].float(), 1), "negative_probs": torch.softmax(out["negative"].float(), 1)}
+        return {"probs": torch.softmax(out["main"].float(), 1),
+                "negative_probs": torch.softmax(out["negative"].float(), 1)}
 
     def eval_model(self, model):
         return self.ema if self.ema is not None else model

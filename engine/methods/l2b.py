@@ -1,5 +1,6 @@
-"""L2B, "L2B: Learning to Bootstrap Robust Models for Combating Label Noise" (arXiv:2202.04291): learning to bootstrap, meta-learned per-sample weights on the given label (alpha)
-and on the model's own prediction (beta), from a small clean set.
+"""L2B, "L2B: Learning to Bootstrap Robust Models for Combating Label Noise" (arXiv:2202.04291):
+meta-learned per-sample weights on the given label (alpha) and on the model's own prediction
+(beta), from a small clean set.
 
 Per batch after the warm-up (Alg. 1): pseudo-labels = the current model's arg-max; a virtual
 SGD step on sum_i eps_a,i CE(x_i, y_i) + eps_b,i CE(x_i, pseudo_i), emulating the real optimizer

@@ -38,11 +38,12 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
 from engine.config import MethodConfig, option
-from engine.methods.base import CleanSubset, Method, Stage
+from engine.methods.base import CleanSubset, Method, Stage, epoch_seed, sub_training_seed
 MIXUP_ALPHA = 2.0  # Beta(2, 2), the paper's mu
 FILTER_HIDDEN = 64
 FILTER_BATCH = 128
 FILTER_LR = 1e-2
+TEACHER_PARTS = 500  # sub-training seeds: trunk rounds count from 0, teachers from 500
 
 
 class BinaryFilter(nn.Module):
@@ -238,8 +239,8 @@ class PUDistill(Method):
         for round_ in range(config.rounds):
             members = labels >= 0
             fit_network(trunk, ctx, lambda epoch: np.flatnonzero(members.cpu().numpy()), labels,
-                        self.schedule(PUDistillStage.TRUNK, config.trunk_epochs), seed=self.seed * 1000 + round_,
-                        mixup_images=False, entropy=0.0)
+                        self.schedule(PUDistillStage.TRUNK, config.trunk_epochs),
+                        seed=sub_training_seed(self.seed, round_), mixup_images=False, entropy=0.0)
             features = standardized(ctx.over_training_set(trunk, lambda net, x: net.forward_features(x)))
             if ensemble is None:  # warm-started over the rounds, as the released code
                 torch.manual_seed(self.seed)
@@ -267,12 +268,12 @@ class PUDistill(Method):
         probs = torch.zeros_like(self.teacher_probs)
         for teacher in range(self.config.teachers):
             rng = np.random.default_rng([self.seed, 11, teacher])
-            torch.manual_seed(self.seed * 1000 + 500 + teacher)
+            torch.manual_seed(sub_training_seed(self.seed, TEACHER_PARTS + teacher))
             network = ctx.make_network()
             fit_network(network, ctx, lambda epoch: np.concatenate([rng.choice(m, per_class, replace=False)
                                                                     for m in by_class]),
                         labels, self.schedule(PUDistillStage.TEACHER, self.config.teacher_epochs),
-                        seed=self.seed * 1000 + 500 + teacher, mixup_images=self.config.mixup,
+                        seed=sub_training_seed(self.seed, TEACHER_PARTS + teacher), mixup_images=self.config.mixup,
                         entropy=self.config.entropy)
             probs += ctx.over_training_set(network, lambda net, x: torch.softmax(net(x).float(), 1))
             print(f"pudistill teacher {teacher + 1}/{self.config.teachers} trained on {per_class} "
@@ -328,7 +329,7 @@ def fit_network(network, ctx, epoch_indices, labels, stage, seed, mixup_images, 
     for epoch in range(stage.epochs):
         for group in optimizer.param_groups:
             group["lr"] = stage.lr_at(epoch)
-        torch.manual_seed(seed * 100_003 + epoch)
+        torch.manual_seed(epoch_seed(seed, epoch))
         network.train()
         for images, indices in ctx.loader(epoch_indices(epoch), shuffle=True, augment=True, seed=seed, epoch=epoch):
             targets = F.one_hot(labels[indices.to(labels.device)], num_classes).float()
