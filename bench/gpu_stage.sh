@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The versions this checkout runs with (its .venv, as CI installs it), unpinned where absent.
 PACKAGES="nvidia-dali-cuda130 nvidia-nvimgcodec-cu13 nvidia-libnvcomp-cu13 nvidia-nvjpeg nvidia-nvjpeg2k-cu13
-  nvidia-nvtiff-cu13 astunparse gast libcst makefun nvtx optree mlxtend"
+  nvidia-nvtiff-cu13 astunparse gast libcst makefun nvtx optree mlxtend pandas python-dateutil tzdata six pyyaml"
 PINNED=$(python3 -c "
 import sys
 from importlib.metadata import PackageNotFoundError, version

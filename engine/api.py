@@ -49,7 +49,7 @@ class FitResult:
 
 
 def fit(x, labels, *, method="jnpl", x_test=None, y_test=None, true_labels=None, clean_indices=None, epochs=None,
-        seed=0, device=None, out=None, class_names=None, **options):
+        seed=0, device=None, out=None, class_names=None, verbose=False, **options):
     """Train `method` on inputs `x` with the given (possibly noisy) `labels` [N].
 
     x: uint8 images [N, H, W, C] (or [N, H, W]) or float feature vectors [N, D] (tabular data:
@@ -60,7 +60,8 @@ def fit(x, labels, *, method="jnpl", x_test=None, y_test=None, true_labels=None,
     samples whose labels you trust (L2B and PU-distillation need some of every class). epochs
     and **options: fields of the method's Config (lr=..., batch_size=..., beta=...) replacing
     its preset (small data below 20,000 samples, else the paper's). out: a folder for the
-    outputs and checkpoints (none by default). Returns a FitResult.
+    outputs and checkpoints (none by default). verbose: print a line per epoch. Returns a
+    FitResult.
     """
     data = from_arrays(x, labels, x_test=x_test, y_test=y_test, true_labels=true_labels, clean_indices=clean_indices,
                        class_names=class_names)
@@ -74,7 +75,8 @@ def fit(x, labels, *, method="jnpl", x_test=None, y_test=None, true_labels=None,
     run = RunConfig(method=method.name, seed=seed, device=str(device), out=out, hyperparameters=config)
     from engine.trainer import Trainer
 
-    trainer = Trainer(method, data, seed=seed, device=device, out=out, run_config=run, log=lambda line: None)
+    trainer = Trainer(method, data, seed=seed, device=device, out=out, run_config=run,
+                      log=print if verbose else lambda line: None)
     summary = trainer.run()
     return FitResult(method.eval_model(trainer.model), method, run, pd.DataFrame(trainer.metrics), summary,
                      trainer.train_outputs["probs"].numpy(), trainer)

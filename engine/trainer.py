@@ -25,12 +25,12 @@ EVAL_BATCH = 512
 class Trainer:
     """trainer = Trainer(method, data, seed=0, device="cpu", out=None); summary = trainer.run().
 
-    The method is configured for the data's size class unless it already is; with `out`, every
-    output is written there (run_config, a RunConfig, goes to config.yaml) and `resume=True`
-    continues from out/checkpoint.pt."""
+    The method is configured for the data's size class unless it already is (method.config);
+    with `out`, every output is written there (run_config, a RunConfig, goes to config.yaml)
+    and `resume=True` continues from out/checkpoint.pt."""
 
     def __init__(self, method, data, *, seed=0, device="cpu", out=None, resume=False, run_config=None,
-                 log=print):
+                 log=lambda line: print(line, flush=True)):
         self.method, self.data, self.seed = method, data, seed
         self.device = torch.device(device)
         self.out, self.resume, self.run_config, self.log = out, resume, run_config, log
@@ -108,7 +108,7 @@ class Trainer:
         clean = self.data.clean_indices
         return Preparation(clean, torch.from_numpy(self.data.given_labels[clean]).to(self.device),
                            self.train_indices, self.make_network, make_optimizer, loader, self.autocast,
-                           over_training_set)
+                           over_training_set, self.log)
 
     def clean_batches(self, epoch):
         """Endless augmented batches of the clean subset with their labels; each pass over it is

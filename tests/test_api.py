@@ -69,7 +69,7 @@ def test_fit_on_feature_vectors_learns_and_finds_the_wrong_labels(digits):
     assert np.array_equal(result.predict(torch.from_numpy(x_test)), probs.argmax(1))
 
 
-def test_fit_on_images_with_class_names_and_outputs(tmp_path):
+def test_fit_on_images_with_class_names_and_outputs(tmp_path, capsys):
     from engine.data.datasets import load_dataset
 
     data = load_dataset("mnist5k")
@@ -77,7 +77,8 @@ def test_fit_on_images_with_class_names_and_outputs(tmp_path):
     noisy = (y + (np.arange(600) % 5 == 0)) % 10  # every fifth label moved to the next class
     names = [f"digit {c}" for c in range(10)]
     result = engine.fit(torch.from_numpy(x[..., 0]), noisy, method="ce", epochs=2, clean_indices=[0, 1, 2],
-                        class_names=names, true_labels=y, out=str(tmp_path), lr=0.1)
+                        class_names=names, true_labels=y, out=str(tmp_path), lr=0.1, verbose=True)
+    assert "epoch 2/2 [ce]" in capsys.readouterr().out
     table = result.label_issues()
     assert list(table.columns) == COLUMNS + ["true_label", "given_class", "predicted_class", "clean_subset"]
     assert table["given_class"][5] == f"digit {noisy[5]}" and not table["is_label_issue"][:3].any()

@@ -177,6 +177,10 @@ def test_cifar_pickle_folders(tmp_path):
                          "coarse_labels": list(fine // 5)}, f)
     data100 = load_dataset("cifar100", str(tmp_path / "c100"))
     assert data100.num_classes == 100 and data100.fine_to_coarse.tolist() == (fine // 5).tolist()
+    assert data.class_names[3] == "cat" and data100.class_names is None
+    with open(root100 / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"fine{c}" for c in fine]}, f)
+    assert load_dataset("cifar100", str(tmp_path / "c100")).class_names[7] == "fine7"
 
 
 def test_npz_arrays(tmp_path):
@@ -228,7 +232,7 @@ def test_image_folder_and_file_list(tmp_path):
                 images[str(path)] = image
     data = load_dataset("folder", str(tmp_path / "folder"))
     assert data.x_train.shape == (12, 32, 32, 3) and data.num_classes == 3
-    assert data.y_train.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert data.y_train.tolist() == [0] * 4 + [1] * 4 + [2] * 4 and data.class_names == ["cat", "dog", "emu"]
     assert np.array_equal(data.x_train[4], images[str(tmp_path / "folder" / "train" / "dog" / "0.bmp")])
 
     for split in ("train", "test"):

@@ -108,7 +108,8 @@ def load_cifar10(data_dir):
         "cifar10",
         np.concatenate([_cifar_images(b) for b in batches]),
         np.concatenate([np.asarray(b["labels"]) for b in batches]),
-        _cifar_images(test), np.asarray(test["labels"]), 10, *CIFAR10_STATS, flip=True, class_names=CIFAR10_CLASSES)
+        _cifar_images(test), np.asarray(test["labels"]), 10, *CIFAR10_STATS, flip=True,
+        class_names=CIFAR10_CLASSES)
 
 
 def load_cifar100(data_dir):
@@ -117,8 +118,10 @@ def load_cifar100(data_dir):
     fine, coarse = np.asarray(train["fine_labels"]), np.asarray(train["coarse_labels"])
     fine_to_coarse = np.zeros(100, dtype=np.int64)
     fine_to_coarse[fine] = coarse
+    meta = os.path.join(root, "meta")  # the class names, where the archive has them
+    names = list(_unpickle(meta)["fine_label_names"]) if os.path.exists(meta) else None
     return ImageDataset("cifar100", _cifar_images(train), fine, _cifar_images(test), np.asarray(test["fine_labels"]),
-                        100, *CIFAR100_STATS, flip=True, fine_to_coarse=fine_to_coarse)
+                        100, *CIFAR100_STATS, flip=True, fine_to_coarse=fine_to_coarse, class_names=names)
 
 
 def load_cifar10_jpeg(path):

@@ -115,6 +115,7 @@ class Preparation:
     # over_training_set(network, output) -> float32 output(network, inputs) for every training
     # sample (unaugmented, in order, eval mode, no gradient)
     over_training_set: Callable
+    log: Callable = print         # (line) -> the run's progress output
 
 
 def epoch_seed(seed, epoch):
@@ -183,8 +184,10 @@ class Method(nn.Module):
     # ------------------------------------------------------------ set-up by the trainer
 
     def configure(self, size, num_classes):
-        """The preset for data of size class `size` ("paper" or "small") with the options given."""
-        return with_overrides(self.Config.preset(size, num_classes), self.options)
+        """self.config: the preset for data of size class `size` ("paper" or "small") with
+        `num_classes` classes, with the options given replacing its values."""
+        self.config = with_overrides(self.Config.preset(size, num_classes), self.options)
+        return self.config
 
     def bind(self, config, given_labels, num_classes, seed, device):
         """Called once before training: the resolved config, the given labels [N] of the whole

@@ -255,8 +255,8 @@ class PUDistill(Method):
             self.accepted_class[noisy] = accept(ensemble.probabilities(features[noisy]), config.filters,
                                                 config.alpha, config.agree)
             labels[noisy] = self.accepted_class[noisy]
-            print(f"pudistill round {round_ + 1}/{config.rounds}: {int((self.accepted_class >= 0).sum())} of "
-                  f"{len(noisy)} noisy-set samples joined the clean set", flush=True)
+            ctx.log(f"pudistill round {round_ + 1}/{config.rounds}: {int((self.accepted_class >= 0).sum())} of "
+                    f"{len(noisy)} noisy-set samples joined the clean set")
         self.teacher_probs = self.train_teachers(ctx, labels)
         self.targets = self.student_targets()
 
@@ -276,8 +276,8 @@ class PUDistill(Method):
                         seed=sub_training_seed(self.seed, TEACHER_PARTS + teacher), mixup_images=self.config.mixup,
                         entropy=self.config.entropy)
             probs += ctx.over_training_set(network, lambda net, x: torch.softmax(net(x).float(), 1))
-            print(f"pudistill teacher {teacher + 1}/{self.config.teachers} trained on {per_class} "
-                  f"samples per class", flush=True)
+            ctx.log(f"pudistill teacher {teacher + 1}/{self.config.teachers} trained on {per_class} "
+                    f"samples per class")
         return probs / self.config.teachers
 
     def student_targets(self):
