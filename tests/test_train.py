@@ -1,5 +1,5 @@
 """The training CLI end to end: outputs, exact resume after a kill, bad input, every method's
-ablation switches, config.yaml reruns, a user's own method, and 30-epoch mnist5k runs where
+ablation switches, config.yaml reruns, a user's own method, and 20-epoch mnist5k runs where
 every method must beat CE under 30% asymmetric noise with the same budget (marked slow)."""
 import csv
 import json
@@ -177,16 +177,17 @@ def test_a_method_defined_in_a_user_file_trains_through_the_cli(tmp_path):
     assert result.returncode == 2 and "--gce-q must be in (0, 1], got 1.5" in result.stderr
 
 
-MNIST5K_30_ASYMMETRIC = ["--dataset", "mnist5k", "--noise", "asymmetric", "--noise-rate", "0.3", "--epochs", "30",
+MNIST5K_30_ASYMMETRIC = ["--dataset", "mnist5k", "--noise", "asymmetric", "--noise-rate", "0.3", "--epochs", "20",
                          "--seed", "0"]
-COMPARED = ["l2b", "pmnar", "bldr", "pudistill", "jnpl", "nlnl", "ce"]  # the longest runs first (L2B about 6 min)
-# Pair-flip noise, where CE memorizes the flipped labels (88.9% on 2026-12-02) and the methods
-# do not (95.4-97.4%): every comparison holds by several points, so a last-bit change of the
-# kernels (an FMA build) cannot flip it. BLDR is the exception (90.8%, a 1.9-point margin; its
-# detection is the weakest too): it must beat CE by a point.
-MIN_MARGIN_OVER_CE = {"pmnar": 0.03, "l2b": 0.03, "pudistill": 0.03, "jnpl": 0.03, "nlnl": 0.03, "bldr": 0.01}
-# Detection F1 floors (measured 0.800-0.957; BLDR 0.636, flagging every sample gives 0.46).
-MIN_DETECTION_F1 = {"pmnar": 0.9, "l2b": 0.7, "bldr": 0.55, "pudistill": 0.8, "jnpl": 0.9, "nlnl": 0.9}
+COMPARED = ["l2b", "pmnar", "bldr", "pudistill", "jnpl", "nlnl", "ce"]  # the longest runs first (L2B about 4 min)
+# Pair-flip noise, where CE memorizes the flipped labels and the methods do not. Measured on
+# 2026-12-02 with these 20 epochs: CE 89.5%, NLNL 93.2%, JNPL 95.0%, PMNAR 96.1%, L2B 97.0%,
+# PU-distillation 96.5%: margins of 3.7-7.5 points, so a last-bit change of the kernels (an
+# FMA build moved runs by up to 0.8 points) cannot flip a comparison. BLDR is the exception
+# (91.4%, 1.9 points; its detection is the weakest too): it must beat CE by a point.
+MIN_MARGIN_OVER_CE = {"pmnar": 0.02, "l2b": 0.02, "pudistill": 0.02, "jnpl": 0.02, "nlnl": 0.02, "bldr": 0.01}
+# Detection F1 floors (measured 0.809-0.930; BLDR 0.634, flagging every sample gives 0.46).
+MIN_DETECTION_F1 = {"pmnar": 0.88, "l2b": 0.7, "bldr": 0.55, "pudistill": 0.8, "jnpl": 0.88, "nlnl": 0.88}
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +241,7 @@ def test_run_outputs_agree_with_each_other(compared_runs):
     assert ((table["label_quality"] < 0.5) == table["is_label_issue"]).all(), "JNPL flags below 0.5"
     metrics = read_metrics(out)
     assert [row["stage"] for row in metrics][:4] == ["warmup", "warmup", "warmup", "jnpl"]
-    assert metrics[-1]["stage"] == "pseudo" and len(metrics) == 30
+    assert metrics[-1]["stage"] == "pseudo" and len(metrics) == 20
     for method in ("l2b", "pudistill"):
         out = compared_runs[method][0]
         assert summary(out)["clean_subset_size"] == 200, "5% of mnist5k by default"
