@@ -67,12 +67,12 @@ def fit(x, labels, *, method="jnpl", x_test=None, y_test=None, true_labels=None,
                        class_names=class_names)
     if epochs is not None:
         options["epochs"] = epochs
-    if data.features:
-        options.setdefault("model", "mlp")
     method = as_method(method, options)
+    if data.features and "model" not in method.options:
+        method = as_method(method, {"model": "mlp"})
     config = method.configure(size_class(len(data.x_train)), data.num_classes)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    run = RunConfig(method=method.name, seed=seed, device=str(device), out=out, hyperparameters=config)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    run = RunConfig(method=method.name, seed=seed, device=device.type, out=out, hyperparameters=config)
     from engine.trainer import Trainer
 
     trainer = Trainer(method, data, seed=seed, device=device, out=out, run_config=run,

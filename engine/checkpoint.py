@@ -9,6 +9,10 @@ import torch
 from engine.outputs import write_atomically
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from: unreadable, or another run's."""
+
+
 def save_checkpoint(path, state):
     write_atomically(path, lambda f: torch.save(state, f))
 
@@ -18,10 +22,10 @@ def load_checkpoint(path, identity, device):
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as error:
-        raise ValueError(f"--resume: {path} cannot be read ({str(error).splitlines()[0]}); delete it to start "
+        raise CheckpointError(f"--resume: {path} cannot be read ({str(error).splitlines()[0]}); delete it to start "
                          f"over") from None
     if not isinstance(state, dict) or "identity" not in state:
-        raise ValueError(f"--resume: {path} is not a checkpoint of this engine; delete it to start over")
+        raise CheckpointError(f"--resume: {path} is not a checkpoint of this engine; delete it to start over")
     if state["identity"] != identity:
-        raise ValueError(f"--resume: {path} belongs to a different run: {state['identity']} vs {identity}")
+        raise CheckpointError(f"--resume: {path} belongs to a different run: {state['identity']} vs {identity}")
     return state

@@ -16,8 +16,9 @@ import typing
 
 import torch
 
-from engine.config import (SHARED_FIELDS, ConfigError, DataConfig, RunConfig, check_fields, load_yaml, size_class,
-                           with_overrides)
+from engine.config import (SHARED_FIELDS, ConfigError, DataConfig, RunConfig, WarmupConfig, check_fields, load_yaml,
+                           size_class, with_overrides)
+from engine.checkpoint import CheckpointError
 from engine.methods import METHODS, method_class
 
 PROG = "python -m engine.train"
@@ -39,8 +40,9 @@ def config_flag(error, method):
     return flag(error.field, method.name if own else None)
 
 
-def add_field(group, field, hint, dest, method_name=None, note=""):
-    annotation = typing.get_type_hints(hint)[field.name]
+def add_field(group, field, config_class, dest, method_name=None, note=""):
+    """The flag (or on / off pair) of one config field, its kind taken from the annotation."""
+    annotation = typing.get_type_hints(config_class)[field.name]
     kwargs = dict(dest=dest, default=argparse.SUPPRESS,
                   help=(field.metadata.get("help", "") + note).replace("%", "%%"))
     base = annotation
@@ -82,10 +84,8 @@ def build_parser(methods):
         add_field(data, field, DataConfig, f"data:{field.name}")
     training = parser.add_argument_group("training (default: the method's preset for the data's size: small below "
                                          "20,000 training samples, else the paper's)")
-    shared_class = METHODS["jnpl"].Config
-    for field in dataclasses.fields(shared_class):
-        if field.name in SHARED_FIELDS:
-            add_field(training, field, shared_class, f"hyperparameters:{field.name}")
+    for field in dataclasses.fields(WarmupConfig):  # SHARED_FIELDS
+        add_field(training, field, WarmupConfig, f"hyperparameters:{field.name}")
     for cls in methods:
         doc = (cls.Config.__doc__ or "").strip().splitlines()
         group = parser.add_argument_group(cls.name, doc[0] if doc else None)
@@ -195,7 +195,11 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as error:  # a bad configuration: say what, no traceback
         print(f"python -m engine.train: error: {error}", file=sys.stderr)
         return 2
-    summary = trainer.run()
+    try:
+        summary = trainer.run()
+    except CheckpointError as error:  # --resume of an unreadable or another run's checkpoint: nothing written
+        print(f"python -m engine.train: error: {error}", file=sys.stderr)
+        return 2
     line = []
     if summary["test_acc"] is not None:
         line.append(f"test_acc {summary['test_acc']:.4f} (best {summary['best_test_acc']:.4f})")

@@ -35,20 +35,18 @@ class Trainer:
         self.device = torch.device(device)
         self.out, self.resume, self.run_config, self.log = out, resume, run_config, log
         self.config = method.config or method.configure(size_class(len(data.x_train)), data.num_classes)
-        if out is not None:
-            os.makedirs(out, exist_ok=True)
         self.checkpoint_path = None if out is None else os.path.join(out, "checkpoint.pt")
         clean = data.clean_indices
         check_clean_subset(method, clean, data.given_labels[clean], data.num_classes)
         self.train_indices = data.train_indices
-
-        torch.manual_seed(seed)
-        method.bind(self.config, torch.from_numpy(data.given_labels), data.num_classes, seed, self.device)
         self.model_name = self.config.model
         if data.features != (self.model_name == "mlp"):
             raise ValueError(f"model {self.model_name!r} does not fit "
                              f"{'feature vectors' if data.features else 'images'}: use "
                              f"{'mlp' if data.features else 'small_cnn or a preact_resnet'}")
+
+        torch.manual_seed(seed)
+        method.bind(self.config, torch.from_numpy(data.given_labels), data.num_classes, seed, self.device)
         self.model = method.build_model(self.make_network)
         self.stages = method.stages()
 
@@ -219,12 +217,15 @@ class Trainer:
     def run(self):
         """Trains (or continues a resumed run) to the last epoch; returns the summary."""
         start_epoch = 0
+        if self.out is not None:
+            os.makedirs(self.out, exist_ok=True)
+        resumed = self.resume and self.checkpoint_path and os.path.exists(self.checkpoint_path)
+        if resumed:
+            start_epoch = self.load_checkpoint()  # refuses another run's checkpoint before anything is written
+            self.log(f"resumed from {self.checkpoint_path} after epoch {start_epoch}")
         if self.out is not None and self.run_config is not None:
             save_yaml(self.run_config, os.path.join(self.out, "config.yaml"))
-        if self.resume and self.checkpoint_path and os.path.exists(self.checkpoint_path):
-            start_epoch = self.load_checkpoint()
-            self.log(f"resumed from {self.checkpoint_path} after epoch {start_epoch}")
-        else:
+        if not resumed:
             self.optimizer = self.new_optimizer()
             self.method.prepare(self.preparation())
             self.save_checkpoint(-1)  # a run killed from here on keeps what prepare computed

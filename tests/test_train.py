@@ -87,12 +87,19 @@ def test_resume_after_a_kill_repeats_the_uninterrupted_run(tmp_path, method):
         assert summary(killed)[key] == summary(whole)[key]
 
 
-def test_resume_refuses_a_different_run(tmp_path):
+def test_resume_refuses_a_different_run_and_a_corrupt_checkpoint(tmp_path):
     out = str(tmp_path / "run")
     train("--method", "ce", "--dataset", "digits", "--epochs", "1", "--out", out)
+    before = {name: open(os.path.join(out, name), "rb").read() for name in OUTPUTS}
     result = train("--method", "ce", "--dataset", "digits", "--epochs", "1", "--seed", "5", "--out", out, "--resume",
                    check=False)
-    assert result.returncode != 0 and "belongs to a different run" in result.stderr
+    assert result.returncode == 2 and "belongs to a different run" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert before == {name: open(os.path.join(out, name), "rb").read() for name in OUTPUTS}, "nothing rewritten"
+    with open(os.path.join(out, "checkpoint.pt"), "r+b") as f:
+        f.truncate(100)
+    result = train("--method", "ce", "--dataset", "digits", "--epochs", "1", "--out", out, "--resume", check=False)
+    assert result.returncode == 2 and "checkpoint.pt cannot be read" in result.stderr and "delete it" in result.stderr
 
 
 @pytest.mark.parametrize(
