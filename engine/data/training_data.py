@@ -65,8 +65,8 @@ def as_inputs(x, argument="x"):
         x = x.detach().cpu().numpy()
     x = np.asarray(x)
     if x.ndim == 2:
-        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)) or x.dtype == np.uint8:
-            raise ValueError(f"{argument}: feature vectors [N, D] must be floats (or integers), got {x.dtype}")
+        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+            raise ValueError(f"{argument}: feature vectors [N, D] must be numbers, got {x.dtype}")
         x = x.astype(np.float32)
         if not np.isfinite(x).all():
             raise ValueError(f"{argument}: feature vectors hold NaN or infinite values")
