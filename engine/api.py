@@ -67,6 +67,10 @@ def fit(x, labels, *, method="jnpl", x_test=None, y_test=None, true_labels=None,
                        class_names=class_names)
     if epochs is not None:
         options["epochs"] = epochs
+    if {"clean_size", "clean_fraction"} & set(options):
+        raise ValueError("engine.fit takes the clean subset as clean_indices (the samples whose labels you trust), "
+                         "not clean_size / clean_fraction")
+    options["clean_size"] = len(data.clean_indices)  # config.yaml records the subset the run used
     method = as_method(method, options)
     if data.features and "model" not in method.options:
         method = as_method(method, {"model": "mlp"})

@@ -82,7 +82,8 @@ def test_fit_on_images_with_class_names_and_outputs(tmp_path, capsys):
     table = result.label_issues()
     assert list(table.columns) == COLUMNS + ["true_label", "given_class", "predicted_class", "clean_subset"]
     assert table["given_class"][5] == f"digit {noisy[5]}" and not table["is_label_issue"][:3].any()
-    assert result.config.hyperparameters.lr == 0.1 and result.config.hyperparameters.model == "small_cnn"
+    hyperparameters = result.config.hyperparameters
+    assert (hyperparameters.lr, hyperparameters.model, hyperparameters.clean_size) == (0.1, "small_cnn", 3)
     for name in ("config.yaml", "metrics.csv", "summary.json", "label_issues.csv", "separation.png", "checkpoint.pt"):
         assert (tmp_path / name).stat().st_size > 0
     written = pd.read_csv(tmp_path / "label_issues.csv")
@@ -135,6 +136,7 @@ def test_a_method_defined_outside_the_package_trains_through_the_api(digits, gce
     (lambda x, y: engine.fit(x, y, clean_indices=[5000]), "clean_indices: must lie in [0, 1400)"),
     (lambda x, y: engine.fit(x, y, lr=-1.0), "JNPLConfig.lr must be > 0"),
     (lambda x, y: engine.fit(x, y, gamma=2), "has no option 'gamma'"),
+    (lambda x, y: engine.fit(x, y, method="l2b", clean_fraction=0.1), "takes the clean subset as clean_indices"),
     (lambda x, y: engine.fit(x, y, method="nosuch"), "unknown method 'nosuch'"),
     (lambda x, y: engine.fit(np.where(np.arange(64) == 3, np.nan, x), y), "NaN or infinite"),
     (lambda x, y: engine.fit(x, y, model="small_cnn"), "does not fit feature vectors"),
