@@ -4,6 +4,7 @@ import numpy as np
 
 from engine.data.noise import (CIFAR10_ASYMMETRIC, clean_subset, make_noisy_labels, noise_from_file, pair_flip_map,
                                superclass_ring_map)
+from engine.methods.base import CleanSubset
 
 
 def asymmetric_map(dataset):
@@ -25,8 +26,6 @@ def choose_clean_subset(config, true_labels, num_classes, seed, method):
 
 
 def check_clean_subset(method, clean_indices, clean_labels, num_classes):
-    from engine.methods.base import CleanSubset
-
     if method.clean_subset is CleanSubset.NOT_NEEDED:
         return
     if len(clean_indices) == 0:

@@ -34,19 +34,17 @@ def label_issues_table(given, probs, quality, is_issue, true=None, clean_indices
     when the true labels are known, given_class / predicted_class when the classes have names,
     and clean_subset (trusted labels, never an issue) when there is one."""
     predicted = probs.argmax(1)
-    is_issue = is_issue.copy()
+    clean = np.zeros(len(given), dtype=bool)
+    if clean_indices is not None:
+        clean[clean_indices] = True
     table = {"index": np.arange(len(given)), "given_label": given, "predicted_label": predicted,
-             "label_quality": quality.astype(np.float64), "is_label_issue": is_issue}
+             "label_quality": quality.astype(np.float64), "is_label_issue": is_issue & ~clean}
     if true is not None:
         table["true_label"] = true
     if class_names is not None:
         names = np.asarray(class_names, dtype=object)
         table["given_class"], table["predicted_class"] = names[given], names[predicted]
-    if clean_indices is not None and len(clean_indices):
-        clean = np.zeros(len(given), dtype=bool)
-        clean[clean_indices] = True
-        is_issue[clean] = False
-        table["is_label_issue"] = is_issue
+    if clean.any():
         table["clean_subset"] = clean
     return pd.DataFrame(table)
 
