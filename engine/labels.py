@@ -15,14 +15,12 @@ def asymmetric_map(dataset):
     return pair_flip_map(dataset.num_classes)
 
 
-def choose_clean_subset(config, true_labels, num_classes, seed, method):
+def choose_clean_subset(config, true_labels, seed):
     """Sorted indices of the class-balanced clean subset that `config` (clean_size or
-    clean_fraction) holds out, checked against what `method` needs."""
-    clean = np.zeros(0, dtype=np.int64)
+    clean_fraction) holds out (the Trainer checks it against what the method needs)."""
     if config.clean_size or config.clean_fraction:
-        clean = clean_subset(true_labels, size=config.clean_size, fraction=config.clean_fraction, seed=seed)
-    check_clean_subset(method, clean, true_labels[clean], num_classes)
-    return clean
+        return clean_subset(true_labels, size=config.clean_size, fraction=config.clean_fraction, seed=seed)
+    return np.zeros(0, dtype=np.int64)
 
 
 def check_clean_subset(method, clean_indices, clean_labels, num_classes):

@@ -173,7 +173,7 @@ def trainer_for(run, method, resume=False):
 
     dataset = load_dataset(run.data.dataset, run.data.data_dir)
     config = method.configure(size_class(len(dataset.y_train)), dataset.num_classes)
-    clean = choose_clean_subset(config, dataset.y_train, dataset.num_classes, run.seed, method)
+    clean = choose_clean_subset(config, dataset.y_train, run.seed)
     if config.clean_fraction is not None:  # recorded as the count it gave: the same draw on a rerun
         config = with_overrides(config, {"clean_size": len(clean)})
     method.config = config
