@@ -18,7 +18,8 @@ import typing
 from engine.data.datasets import BUILT_IN, DATASETS
 from engine.models import MODELS
 
-SMALL_DATA = 20_000  # training sets below this size get the methods' "small" presets
+SMALL_DATA = 20_000  # training sets below this size get the methods' "small" presets,
+SHORT_BUDGET = 50    # and so does a budget of at most this many epochs (the papers train for hundreds)
 SIZE_CLASSES = ("paper", "small")
 NOISE_KINDS = ("none", "symmetric", "asymmetric", "file", "cifar10n", "cifar100n")
 CIFAR10N_VARIANTS = ("aggre", "random1", "random2", "random3", "worst")

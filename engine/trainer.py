@@ -17,6 +17,7 @@ from engine.config import save_yaml, size_class
 from engine.labels import check_clean_subset, detection_metrics
 from engine.methods.base import Batch, CleanSubset, Preparation, Step, epoch_seed
 from engine.models import build_model
+from engine.models.base import recalibrate_batchnorm
 from engine.outputs import (label_issues_table, plot_separation, write_json, write_label_issues, write_metrics)
 
 EVAL_BATCH = 512
@@ -239,8 +240,12 @@ class Trainer:
                 self.method.start_stage(stage, train_outputs if train_outputs is not None else self.predict(
                     self.train_eval_loader, self.model))
             train_loss, step = self.train_epoch(epoch, stage, epoch_in_stage)
+            self.recalibrate_batchnorm(self.model)
             train_outputs = self.predict(self.train_eval_loader, self.model)
             self.method.end_epoch(step, train_outputs)
+            evaluated = self.method.eval_model(self.model)
+            if evaluated is not self.model:  # e.g. BLDR's EMA of the weights, updated by end_epoch
+                self.recalibrate_batchnorm(evaluated)
             test_acc = self.test_accuracy()
             _, flagged = self.method.clean_scores(train_outputs)
             precision, recall, f1 = self.detection(flagged.cpu().numpy())
@@ -255,6 +260,13 @@ class Trainer:
             train_outputs = self.predict(self.train_eval_loader, self.model)
         self.train_outputs = {key: value.cpu() for key, value in train_outputs.items()}
         return self.finish()
+
+    def recalibrate_batchnorm(self, model):
+        """BatchNorm statistics of `model` from the (unaugmented) training set, after each epoch
+        and before anything evaluates it: the method's per-epoch update, the test accuracy, the
+        checkpoint."""
+        with self.autocast():
+            recalibrate_batchnorm(model, (self.to_device(inputs) for inputs, *_ in self.train_eval_loader))
 
     def test_accuracy(self):
         if self.test_loader is None:

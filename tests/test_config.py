@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from engine.config import SHARED_FIELDS, ConfigError, DataConfig, MethodConfig, RunConfig, with_overrides
+from engine.config import SHARED_FIELDS, SHORT_BUDGET, ConfigError, DataConfig, MethodConfig, RunConfig, with_overrides
 from engine.methods import METHODS
 from engine.train import build_parser, flag, main, parse_args
 
@@ -29,6 +29,16 @@ def test_presets_differ_by_size_and_class_count():
     assert METHODS["nlnl"].Config.preset("paper", 100).complementary_labels == 110
     assert METHODS["pmnar"].Config.preset("small", 100).beta == 0.1
     assert METHODS["l2b"].Config.preset("paper", 10).clean_size == 1000
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_a_short_budget_on_paper_scale_data_takes_the_small_preset(name):
+    small = METHODS[name].Config.preset("small", 10)
+    short = METHODS[name](epochs=SHORT_BUDGET).configure("paper", 10)
+    assert short == with_overrides(small, {"epochs": SHORT_BUDGET}), "every value of the small preset but epochs"
+    long = METHODS[name](epochs=SHORT_BUDGET + 1).configure("paper", 10)
+    assert long == with_overrides(METHODS[name].Config.preset("paper", 10), {"epochs": SHORT_BUDGET + 1})
+    assert METHODS[name]().configure("paper", 10) == METHODS[name].Config.preset("paper", 10)
 
 
 @pytest.mark.parametrize("field,value,text", [

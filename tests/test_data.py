@@ -206,6 +206,20 @@ def test_cifar10_jpeg_archive_decodes_and_matches_cifar10n():
         load_cifar_n_labels("cifar10n", "aggre", y_train[::-1].copy())
 
 
+def test_cifar10_finds_the_jpeg_archive_in_the_data_folder(tmp_path, monkeypatch):
+    from engine.data import datasets
+
+    opened = []
+    monkeypatch.setattr(datasets, "load_cifar10_jpeg", opened.append)
+    (tmp_path / "cifar10_jpeg_ordered.npz").write_bytes(b"")
+    datasets.load_cifar10(str(tmp_path))
+    datasets.load_cifar10(str(tmp_path / "cifar10_jpeg_ordered.npz"))
+    assert opened == [str(tmp_path / "cifar10_jpeg_ordered.npz")] * 2
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="data_batch_1"):
+        datasets.load_cifar10(str(tmp_path / "empty"))
+
+
 def write_bmp(path, rgb):
     """A 24-bit BMP (rows bottom-up, BGR, rows padded to 4 bytes): an encoded image written
     without any imaging library."""

@@ -131,7 +131,7 @@ def l2b_batch(method, generator):
                  clean_labels=torch.tensor([0, 1, 2]))
 
 
-def test_l2b_loss_weights_the_batch_by_its_meta_gradients_and_records_the_alpha_share():
+def test_l2b_loss_weights_the_batch_by_its_meta_gradients():
     method = make_method(L2B, warmup=1, num_classes=3)
     assert [stage.kind for stage in method.stages()] == [Phase.WARMUP, L2BStage.L2B]
     model = tiny_model().float()
@@ -140,8 +140,6 @@ def test_l2b_loss_weights_the_batch_by_its_meta_gradients_and_records_the_alpha_
 
     warmup = step_at(method, 0, optimizer=optimizer)
     torch.testing.assert_close(method.loss(model, batch, warmup), F.cross_entropy(model(batch.images), batch.labels))
-    method.end_epoch(warmup, None)
-    assert torch.equal(method.clean_score, torch.full((N,), 0.5)), "the warm-up records nothing"
 
     step = step_at(method, 1, optimizer=optimizer)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -158,30 +156,16 @@ def test_l2b_loss_weights_the_batch_by_its_meta_gradients_and_records_the_alpha_
     for name, p in model.named_parameters():
         assert torch.equal(p.detach(), before[name]), "the virtual step leaves the model as it was"
 
-    method.end_epoch(step, None)
-    weighted = alpha + beta > 0
-    share = torch.full((N,), 0.5)
-    share[batch.indices[weighted]] = (alpha / (alpha + beta))[weighted]
-    torch.testing.assert_close(method.clean_score, share)
-    score, flagged = method.clean_scores(None)
-    assert torch.equal(flagged, share < 0.5)
-    assert not method.alpha_share_count.any() and not method.alpha_share_sum.any(), "zeroed for the next epoch"
 
 
-def test_l2b_clean_score_averages_the_alpha_share_over_the_steps_that_weighted_a_sample():
-    method = make_method(L2B, warmup=0)
-    method.record(torch.tensor([0, 1, 2]), torch.tensor([0.2, 0.0, 0.0]), torch.tensor([0.2, 0.3, 0.0]))
-    method.record(torch.tensor([0, 1]), torch.tensor([0.3, 0.1]), torch.tensor([0.1, 0.1]))
-    method.end_epoch(step_at(method, 0), None)
-    expected = torch.full((N,), 0.5)  # never weighted (sample 2 got 0 + 0): 0.5
-    expected[0], expected[1] = (0.5 + 0.75) / 2, (0.0 + 0.5) / 2
-    torch.testing.assert_close(method.clean_score, expected)
-
-    state = method.state_dict()
-    assert set(state) == {"clean_score"}, "the per-epoch sums are zero at checkpoints: not state"
-    fresh = make_method(L2B, warmup=0)
-    fresh.load_state_dict(state)
-    torch.testing.assert_close(fresh.clean_score, expected)
+def test_l2b_clean_score_is_the_confidence_on_the_given_label():
+    method = make_method(L2B, warmup=0, num_classes=3)
+    probs = torch.softmax(torch.randn(N, 3, generator=torch.Generator().manual_seed(3)), 1)
+    score, flagged = method.clean_scores({"probs": probs})
+    expected = probs[torch.arange(N), method.given_labels]
+    torch.testing.assert_close(score, expected)
+    assert torch.equal(flagged, expected < 0.5) and flagged.any() and not flagged.all()
+    assert not method.state_dict(), "no per-sample state"
 
 
 def test_l2b_options():

@@ -1,8 +1,10 @@
 """engine.models: the shared interface, parameter counts, and MultiHead."""
 import pytest
 import torch
+from torch import nn
 
 from engine.models import MODELS, MultiHead, build_model
+from engine.models.base import recalibrate_batchnorm
 
 RESNETS = ["preact_resnet18", "preact_resnet34"]
 IMAGE_MODELS = [name for name in MODELS if name != "mlp"]
@@ -100,3 +102,31 @@ def test_multihead_without_stage_heads_and_reserved_names():
 def test_unknown_model_name():
     with pytest.raises(ValueError, match="mlp.*preact_resnet18.*small_cnn"):
         build_model("resnet50", 10)
+
+
+def test_recalibrate_batchnorm_sets_the_statistics_of_the_current_weights():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Dropout(0.5), nn.Linear(3, 2), nn.BatchNorm1d(2))
+    model.train()
+    for _ in range(5):  # stale running averages, as training leaves them
+        model(torch.randn(8, 4) * 3 + 1)
+    batches = [torch.randn(16, 4, generator=torch.Generator().manual_seed(seed)) for seed in range(3)]
+    recalibrate_batchnorm(model, batches)
+
+    assert model.training, "the training mode is restored"
+    assert [m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm1d)] == [0.1, 0.1]
+    first = torch.stack([model[0](x) for x in batches])                  # [3, 16, 3]
+    torch.testing.assert_close(model[1].running_mean, first.mean(1).mean(0))
+    torch.testing.assert_close(model[1].running_var, first.var(1).mean(0))  # unbiased per batch, averaged
+    with torch.no_grad():  # each BatchNorm normalizes by its batch's statistics meanwhile; no dropout
+        norm = model[1]
+        second = torch.stack([model[3](nn.functional.batch_norm(model[0](x), None, None, norm.weight, norm.bias,
+                                                                training=True)) for x in batches])
+    torch.testing.assert_close(model[4].running_mean, second.mean(1).mean(0))
+    torch.testing.assert_close(model[4].running_var, second.var(1).mean(0))
+
+
+def test_recalibrate_batchnorm_leaves_a_model_without_batchnorm_alone():
+    model = nn.Linear(4, 2).eval()
+    recalibrate_batchnorm(model, [torch.randn(3, 4)])
+    assert not model.training

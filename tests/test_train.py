@@ -188,13 +188,12 @@ MNIST5K_30_ASYMMETRIC = ["--dataset", "mnist5k", "--noise", "asymmetric", "--noi
                          "--seed", "0"]
 COMPARED = ["l2b", "pmnar", "bldr", "pudistill", "jnpl", "nlnl", "ce"]  # the longest runs first (L2B about 4 min)
 # Pair-flip noise, where CE memorizes the flipped labels and the methods do not. Measured on
-# 2026-12-02 with these 20 epochs: CE 89.5%, NLNL 93.2%, JNPL 95.0%, PMNAR 96.1%, L2B 97.0%,
-# PU-distillation 96.5%: margins of 3.7-7.5 points, so a last-bit change of the kernels (an
-# FMA build moved runs by up to 0.8 points) cannot flip a comparison. BLDR is the exception
-# (91.4%, 1.9 points; its detection is the weakest too): it must beat CE by a point.
-MIN_MARGIN_OVER_CE = {"pmnar": 0.02, "l2b": 0.02, "pudistill": 0.02, "jnpl": 0.02, "nlnl": 0.02, "bldr": 0.01}
-# Detection F1 floors (measured 0.809-0.930; BLDR 0.634, flagging every sample gives 0.46).
-MIN_DETECTION_F1 = {"pmnar": 0.88, "l2b": 0.7, "bldr": 0.55, "pudistill": 0.8, "jnpl": 0.88, "nlnl": 0.88}
+# 2026-12-02 with these 20 epochs: CE 88.9%, BLDR 95.3%, JNPL 94.3%, NLNL 95.9%, PMNAR 97.0%,
+# L2B 97.0%, PU-distillation 96.9%: margins of 5.4-8.1 points, so a last-bit change of the
+# kernels (an FMA build moved runs by up to 0.8 points) cannot flip a comparison.
+MIN_MARGIN_OVER_CE = 0.03
+# Detection F1 floors (measured 0.857-0.968; CE 0.831; flagging every sample gives 0.46).
+MIN_DETECTION_F1 = {"pmnar": 0.88, "l2b": 0.88, "bldr": 0.9, "pudistill": 0.8, "jnpl": 0.88, "nlnl": 0.88}
 
 
 @pytest.fixture(scope="module")
@@ -231,8 +230,48 @@ def test_method_beats_ce_on_mnist5k_with_30_percent_asymmetric_noise(method, com
     for name in OUTPUTS:
         assert os.path.getsize(os.path.join(out, name)) > 0
     run, ce = summary(out), summary(compared_runs["ce"][0])
-    assert run["test_acc"] > ce["test_acc"] + MIN_MARGIN_OVER_CE[method], (method, run["test_acc"], ce["test_acc"])
+    assert run["test_acc"] > ce["test_acc"] + MIN_MARGIN_OVER_CE, (method, run["test_acc"], ce["test_acc"])
     assert run["det_f1"] > MIN_DETECTION_F1[method], run["det_f1"]
+
+
+@pytest.mark.slow
+def test_bldr_detects_better_than_ce(compared_runs):
+    """BLDR's negative head against CE's own confidence on the given labels (measured F1 0.968
+    against 0.831): its class balance keeps every class alive in the head (docs/methods.md)."""
+    bldr, ce = summary(compared_runs["bldr"][0]), summary(compared_runs["ce"][0])
+    assert bldr["det_f1"] > ce["det_f1"] + 0.05 and bldr["det_precision"] > 0.9, (bldr, ce)
+
+
+def largest_fall_at_stage_changes(metrics, warmup_epochs):
+    """(points, epoch): the largest fall of test accuracy, in a stage entered after the warm-up,
+    below the best since the warm-up ended (a warm-up at its high lr is not a result the method
+    keeps, and the first stage after it starts the method's regime)."""
+    rows, best, fall = metrics[warmup_epochs:], 0.0, (0.0, None)
+    for row in rows:
+        accuracy = float(row["test_acc"])
+        if row["stage"] != rows[0]["stage"]:
+            fall = max(fall, (best - accuracy, int(row["epoch"])), key=lambda item: item[0])
+        best = max(best, accuracy)
+    return fall
+
+
+def test_largest_fall_at_stage_changes():
+    rows = [("w", 0.9), ("a", 0.5), ("a", 0.8), ("a", 0.7), ("b", 0.79), ("b", 0.75), ("c", 0.81), ("c", 0.78)]
+    metrics = [{"epoch": str(e + 1), "stage": stage, "test_acc": str(acc)} for e, (stage, acc) in enumerate(rows)]
+    assert largest_fall_at_stage_changes(metrics, 1) == (pytest.approx(0.05), 6)
+    assert largest_fall_at_stage_changes(metrics, 0) == (pytest.approx(0.4), 2)
+    assert largest_fall_at_stage_changes(metrics[:4], 1) == (0.0, None), "no stage change after the warm-up"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["jnpl", "nlnl"])
+def test_no_collapse_at_stage_changes(method, compared_runs):
+    """JNPL's and NLNL's later stages (SelNL, SelPL, pseudo-labeling) keep test accuracy within
+    3 points of its best so far (measured 2026-12-02: falls of 1.7 and 1.3 points)."""
+    out = compared_runs[method][0]
+    warmup_epochs = config_of(out)["hyperparameters"].get("warmup_epochs", 0)
+    fall, epoch = largest_fall_at_stage_changes(read_metrics(out), warmup_epochs)
+    assert fall <= 0.03, f"{method}: {fall:.3f} below the best so far at epoch {epoch}"
 
 
 @pytest.mark.slow

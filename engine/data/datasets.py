@@ -97,10 +97,14 @@ def _cifar_images(batch):
     return np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
 
 
+CIFAR10_JPEG_ARCHIVE = "cifar10_jpeg_ordered.npz"  # found by name in --data-dir
+
+
 def load_cifar10(data_dir):
     data_dir = _require_dir(data_dir, "cifar10")
-    if data_dir.endswith(".npz"):
-        return load_cifar10_jpeg(data_dir)
+    archive = os.path.join(data_dir, CIFAR10_JPEG_ARCHIVE)
+    if data_dir.endswith(".npz") or os.path.isfile(archive):
+        return load_cifar10_jpeg(data_dir if data_dir.endswith(".npz") else archive)
     root = _find_dir(data_dir, "data_batch_1")
     batches = [_unpickle(os.path.join(root, f"data_batch_{i}")) for i in range(1, 6)]
     test = _unpickle(os.path.join(root, "test_batch"))

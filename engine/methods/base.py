@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.config import MethodConfig, check_fields, with_overrides
+from engine.config import SHORT_BUDGET, MethodConfig, check_fields, with_overrides
 from engine.losses import weighted_ce
 
 CLEAN_THRESHOLD = 0.5  # flagged noisy below this confidence on the given label (JNPL, PMNAR, L2B, PU-distillation)
@@ -185,7 +185,12 @@ class Method(nn.Module):
 
     def configure(self, size, num_classes):
         """self.config: the preset for data of size class `size` ("paper" or "small") with
-        `num_classes` classes, with the options given replacing its values."""
+        `num_classes` classes, with the options given replacing its values. Options asking for
+        at most SHORT_BUDGET epochs get the "small" preset whatever the size: the paper presets
+        squeezed into a short budget learn too slowly (docs/methods.md)."""
+        epochs = self.options.get("epochs")
+        if epochs is not None and epochs <= SHORT_BUDGET:
+            size = "small"
         self.config = with_overrides(self.Config.preset(size, num_classes), self.options)
         return self.config
 

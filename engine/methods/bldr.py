@@ -22,15 +22,19 @@ Regularizers (each switchable), as in the released code:
   v [N, C], N(0, 1e-8) at start, trained by plain SGD (lr 1 and 10, no momentum, no decay,
   no schedule). sop_loss below gives the formula.
 - SOP+'s consistency (0.9): KL(training view || strong view) on both heads, the training
-  view's prediction detached; and class balance (0.1): KL(uniform || batch-mean softmax of the
-  positive head).
+  view's prediction detached; and class balance (0.1): KL(uniform || batch-mean softmax) on both
+  heads' training view. On the negative head it is what keeps every class alive: NL's pull
+  towards a class vanishes with the class's probability, so without it the head can drop whole
+  classes in the first epoch and never recover them, and their clean samples all get weight 0.
 - Self-distillation (Zhang et al. 2019) on the training view: a StageHead per intermediate
   stage, weighted CE to the given labels + 0.1 * T^2 KL(teacher / T || stage / T) with the
   teacher = the mean of both heads' logits (T = 3, T^2 as in Hinton et al.) + 1e-6 * the
   squared L2 distance (summed over the batch) between each stage head's feature and the
   deepest pooled feature. Teacher logits and feature are detached.
-- EMA of the parameters once per epoch, decay min(0.9, (1 + e) / (10 + e)), BN buffers copied;
-  the EMA model's positive head is what the test accuracy measures.
+- EMA of the parameters once per epoch, decay min(0.9, (1 + e) / (10 + e)); its BN statistics
+  are recalibrated for the averaged weights (the trainer does it for every evaluated model;
+  the released code copies the model's); the EMA model's positive head is what the test
+  accuracy measures.
 The head losses use both views (training view and strong RandAugment view) in one forward.
 Schedule: constant lr during the warm-up, then a cosine from lr down to lr / 200 (paper: 0.04 to
 2e-4 over 300 epochs).
@@ -87,10 +91,9 @@ def class_balance(logits):
 
 @torch.no_grad()
 def ema_update(ema, model, decay):
+    """The parameters only: the trainer then recalibrates the EMA's BatchNorm statistics for its own weights."""
     for averaged, current in zip(ema.parameters(), model.parameters()):
         averaged.lerp_(current, 1 - decay)
-    for averaged, current in zip(ema.buffers(), model.buffers()):
-        averaged.copy_(current)
 
 
 @dataclass(frozen=True)
@@ -227,8 +230,8 @@ class BLDR(Method):
         if self.config.consistency:
             for head in ("main", "negative"):
                 target = torch.softmax(train[head].detach().float(), 1)
-                loss = loss + CONSISTENCY_WEIGHT * kl_to_softmax(target, out[head][size:])
-            loss = loss + BALANCE_WEIGHT * class_balance(train["main"])
+                loss = loss + (CONSISTENCY_WEIGHT * kl_to_softmax(target, out[head][size:])
+                               + BALANCE_WEIGHT * class_balance(train[head]))
         if self.config.self_distillation:
             loss = loss + self.distillation_loss(train, batch.labels, weight)
         return loss

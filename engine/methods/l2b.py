@@ -12,8 +12,11 @@ over alpha and beta together ("rectify_sum": max(., 0) / sum, so they sum to 1 p
 sum_i alpha_i CE(y_i) + beta_i CE(pseudo_i). Gradient norms are clipped.
 Ablation (the paper's Table 7): weights "alpha" (beta = 0: L2RW), beta (alpha = 0), or
 sum_to_one (alpha_i + beta_i = 1 per sample, then the batch mean).
-Clean score: alpha_i / (alpha_i + beta_i), averaged over the epoch's steps in which the sample
-got any weight (0.5 if it never did); flagged noisy below 0.5.
+Clean score: the model's confidence on the given label, flagged noisy below 0.5, as for JNPL and
+PMNAR (the paper detects nothing). The meta-weights make a worse detector: a sample that the
+model predicts as labeled gets alpha = beta, so its share alpha / (alpha + beta) is 1/2 whatever
+its label, and one clean batch's meta-gradient per step is noisy (docs/methods.md has the
+measurements).
 """
 import enum
 import typing
@@ -25,7 +28,7 @@ from torch.nn import functional as F
 
 from engine.config import WarmupConfig, option
 from engine.losses import normalize_weights, weighted_ce
-from engine.methods.base import CLEAN_THRESHOLD, CleanSubset, Method, Phase, Stage
+from engine.methods.base import CleanSubset, Method, Phase, Stage
 
 
 def virtual_sgd_step(params, grads, momentum_buffers, lr, momentum, weight_decay):
@@ -133,14 +136,6 @@ class L2B(Method):
     Config = L2BConfig
     clean_subset = CleanSubset.BATCHES
 
-    def setup(self):
-        n = len(self.given_labels)
-        # Sums over the current epoch's steps of alpha / (alpha + beta), and their counts: zero at
-        # every epoch's end, where checkpoints are taken, so not part of the state.
-        self.register_buffer("alpha_share_sum", torch.zeros(n, device=self.device), persistent=False)
-        self.register_buffer("alpha_share_count", torch.zeros(n, device=self.device), persistent=False)
-        self.register_buffer("clean_score", torch.full((n,), 0.5, device=self.device))
-
     @property
     def grad_clip(self):
         return self.config.grad_clip or None
@@ -159,28 +154,11 @@ class L2B(Method):
                                                batch.clean_labels, virtual_step(model, step.optimizer))
         alpha, beta = balance_weights(-grad_alpha, -grad_beta, self.config.weights, self.config.normalize,
                                       self.config.temperature)
-        self.record(batch.indices, alpha, beta)
         return (weighted_ce(logits, batch.labels, alpha, reduction="sum")
                 + weighted_ce(logits, pseudo, beta, reduction="sum"))
 
-    @torch.no_grad()
-    def record(self, indices, alpha, beta):
-        total = alpha + beta
-        weighted = total > 0
-        self.alpha_share_sum.index_add_(0, indices[weighted], (alpha / total.clamp(min=1e-30))[weighted])
-        self.alpha_share_count.index_add_(0, indices[weighted], torch.ones_like(alpha[weighted]))
-
-    def end_epoch(self, step, outputs):
-        if step.stage.kind is Phase.WARMUP:
-            return
-        seen = self.alpha_share_count > 0
-        self.clean_score = torch.where(seen, self.alpha_share_sum / self.alpha_share_count.clamp(min=1),
-                                       torch.full_like(self.clean_score, 0.5))
-        self.alpha_share_sum.zero_()
-        self.alpha_share_count.zero_()
-
     def clean_scores(self, outputs):
-        return self.clean_score, self.clean_score < CLEAN_THRESHOLD
+        return self.confidence_scores(outputs["probs"])
 
 
 def virtual_step(model, optimizer):

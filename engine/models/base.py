@@ -11,6 +11,30 @@ def global_pool(stage_map):
     return torch.flatten(nn.functional.adaptive_avg_pool2d(stage_map, 1), 1)
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model, batches):
+    """Sets every BatchNorm's running statistics of `model` to their average over `batches` (an
+    iterable of inputs) under the current weights ("precise BN"); the rest of the model runs in
+    eval mode (no dropout). The running averages kept during training lag the weights: after a
+    change of loss they made test accuracy look 10-20 points lower for an epoch or two than the
+    same weights give with recalibrated statistics (measured on mnist5k, JNPL's pseudo-label
+    stage: 72.0% against 92.0%)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return
+    was_training, momenta = model.training, [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+        m.train()
+    for inputs in batches:
+        model(inputs)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+
+
 class ClassifierBase(nn.Module):
     """A stack of stages, a global average pool and a linear head `fc`.
 
