@@ -53,8 +53,11 @@ class Trainer:
 
         trained = (np.arange(len(data.given_labels)) if method.clean_subset is CleanSubset.TRAINED_ON
                    else self.train_indices)
+        # A last batch of one sample has no batch statistics (BatchNorm1d refuses it): left out,
+        # a different sample each epoch.
         self.train_loader = self.loader(self.config.batch_size, shuffle=True, augment=True, seed=seed,
-                                        indices=trained, second_view=method.second_view)
+                                        indices=trained, second_view=method.second_view,
+                                        drop_last=len(trained) % self.config.batch_size == 1)
         self.clean_loader = None
         if method.clean_subset is CleanSubset.BATCHES:
             self.clean_loader = self.loader(min(self.config.batch_size, len(clean)), shuffle=True, augment=True,

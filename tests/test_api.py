@@ -69,6 +69,16 @@ def test_fit_on_feature_vectors_learns_and_finds_the_wrong_labels(digits):
     assert np.array_equal(result.predict(torch.from_numpy(x_test)), probs.argmax(1))
 
 
+def test_fit_trains_when_a_batch_would_hold_one_sample():
+    """513 feature vectors: a last training batch (128) and evaluation batch (512) of one sample,
+    which BatchNorm1d refuses in training mode."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(513, 5)).astype(np.float32)
+    labels = (x[:, 0] > 0).astype(np.int64)
+    result = engine.fit(x, labels, method="ce", epochs=3, verbose=False)
+    assert (result.predict(x) == labels).mean() > 0.9
+
+
 def test_fit_on_images_with_class_names_and_outputs(tmp_path, capsys):
     from engine.data.datasets import load_dataset
 

@@ -130,3 +130,14 @@ def test_recalibrate_batchnorm_leaves_a_model_without_batchnorm_alone():
     model = nn.Linear(4, 2).eval()
     recalibrate_batchnorm(model, [torch.randn(3, 4)])
     assert not model.training
+
+
+def test_recalibrate_batchnorm_skips_single_samples_and_keeps_the_statistics_without_any_batch():
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    with torch.no_grad():
+        model[1].running_mean.fill_(2.0)
+    recalibrate_batchnorm(model, [torch.randn(1, 4)])
+    torch.testing.assert_close(model[1].running_mean, torch.full((3,), 2.0))
+    batch = torch.randn(5, 4)
+    recalibrate_batchnorm(model, [batch, torch.randn(1, 4)])
+    torch.testing.assert_close(model[1].running_mean, model[0](batch).mean(0))

@@ -24,11 +24,16 @@ def recalibrate_batchnorm(model, batches):
         return
     was_training, momenta = model.training, [m.momentum for m in norms]
     model.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over the batches
-        m.train()
+    started = False
     for inputs in batches:
+        if len(inputs) < 2:
+            continue  # one sample has no batch statistics (BatchNorm1d refuses it)
+        if not started:  # reset only once there is something to replace the statistics with
+            for m in norms:
+                m.reset_running_stats()
+                m.momentum = None  # a cumulative average over the batches
+                m.train()
+            started = True
         model(inputs)
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
