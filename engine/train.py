@@ -66,7 +66,7 @@ def add_field(group, field, config_class, dest, method_name=None, note=""):
 
 def preset_hint(config_class, field):
     small, paper = (getattr(config_class.preset(size, 10), field) for size in ("small", "paper"))
-    return f" (small data: {small}" + ("" if small == paper else f"; paper scale: {paper}") + ")"
+    return f" (short budget or small data: {small}" + ("" if small == paper else f"; paper scale: {paper}") + ")"
 
 
 def build_parser(methods):
