@@ -6,10 +6,10 @@ runs `python -m engine.train --dataset cifar10 --noise cifar10n --noise-variant 
 method and label set (`worst`: 40.2% wrong, `aggre`: 9.0%), `--jobs` runs at a time with
 `--threads` threads each, and writes `table.md` (test accuracy, best test accuracy, detection
 precision / recall / F1 against the true CIFAR-10 labels, training minutes: the sum of the
-epochs' times in metrics.csv) into `--out`, next to each
-run's own folder. A run whose folder already holds a summary.json is not trained again, so an
-interrupted benchmark continues where it stopped. Options after `--` go to every run (e.g.
-`-- --model small_cnn --device cuda`).
+epochs' times in metrics.csv) into `--out`, next to each run's own folder. A run whose folder
+already holds a summary.json of the same epochs and seed is not trained again, so an
+interrupted benchmark continues where it stopped (one of other epochs or another seed is an
+error). Options after `--` go to every run (e.g. `-- --model small_cnn --device cuda`).
 """
 import argparse
 import csv
@@ -18,6 +18,8 @@ import os
 import subprocess
 import sys
 import time
+
+import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -46,6 +48,7 @@ def parse_args(argv):
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     args.extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+    args.data_dir = os.path.abspath(args.data_dir)  # the runs start in the repository
     return args
 
 
@@ -59,13 +62,25 @@ def run_folder(args, method, variant):
     return os.path.join(os.path.abspath(args.out), f"{variant}_{method}")
 
 
+def finished(args, method, variant):
+    """Whether the run's folder holds a finished run of these epochs and seed (another is an error)."""
+    folder = run_folder(args, method, variant)
+    if not os.path.exists(os.path.join(folder, "summary.json")):
+        return False
+    with open(os.path.join(folder, "config.yaml")) as f:
+        config = yaml.safe_load(f)
+    if (config["hyperparameters"]["epochs"], config["seed"]) != (args.epochs, args.seed):
+        raise SystemExit(f"{folder} holds a run of {config['hyperparameters']['epochs']} epochs, seed "
+                         f"{config['seed']}: use another --out for {args.epochs} epochs, seed {args.seed}")
+    return True
+
+
 def run_all(args):
     """Runs what has no summary yet, `--jobs` at a time."""
     environment = dict(os.environ)
     if args.threads:
         environment["OMP_NUM_THREADS"] = environment["MKL_NUM_THREADS"] = str(args.threads)
-    waiting = [(m, v) for v in args.variants for m in args.methods
-               if not os.path.exists(os.path.join(run_folder(args, m, v), "summary.json"))]
+    waiting = [(m, v) for v in args.variants for m in args.methods if not finished(args, m, v)]
     running = {}
     while waiting or running:
         while waiting and len(running) < args.jobs:

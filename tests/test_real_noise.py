@@ -1,0 +1,55 @@
+"""bench/real_noise.py without training: the runs it starts, the table it writes from finished
+runs, and the refusal to mix in a run of another budget."""
+import json
+import os
+import sys
+
+import pytest
+import yaml
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import real_noise  # noqa: E402
+
+
+def finished_run(folder, method, epochs, seed, test_acc, seconds):
+    os.makedirs(folder)
+    with open(os.path.join(folder, "summary.json"), "w") as f:
+        json.dump({"model": "small_cnn", "test_acc": test_acc, "best_test_acc": test_acc + 0.01,
+                   "det_precision": 0.5, "det_recall": 0.75, "det_f1": 0.6}, f)
+    with open(os.path.join(folder, "config.yaml"), "w") as f:
+        yaml.safe_dump({"method": method, "seed": seed, "hyperparameters": {"epochs": epochs}}, f)
+    with open(os.path.join(folder, "metrics.csv"), "w") as f:
+        f.write("epoch,stage,test_acc,seconds\n" + "".join(f"{e + 1},s,0.5,{s}\n" for e, s in enumerate(seconds)))
+
+
+def test_finished_runs_make_the_table_and_nothing_is_trained_again(tmp_path, capsys):
+    out = tmp_path / "bench"
+    for method, acc in (("ce", 0.589), ("jnpl", 0.445)):
+        finished_run(str(out / f"worst_{method}"), method, 20, 0, acc, [60.0, 120.0])
+    real_noise.main(["--data-dir", str(tmp_path), "--epochs", "20", "--out", str(out), "--methods", "ce", "jnpl",
+                     "--variants", "worst"])
+    table = (out / "table.md").read_text()
+    assert "| worst | ce | small_cnn | 58.9% / 59.9% | 0.500 / 0.750 / 0.600 | 3 |" in table
+    assert "| worst | jnpl | small_cnn | 44.5% / 45.5% |" in table
+    assert "started" not in capsys.readouterr().out
+
+
+def test_a_run_of_another_budget_is_refused(tmp_path):
+    out = tmp_path / "bench"
+    finished_run(str(out / "worst_ce"), "ce", 10, 0, 0.5, [1.0])
+    with pytest.raises(SystemExit, match="10 epochs, seed 0: use another --out for 20 epochs"):
+        real_noise.main(["--data-dir", str(tmp_path), "--epochs", "20", "--out", str(out), "--methods", "ce",
+                         "--variants", "worst"])
+
+
+def test_each_run_is_the_command_line_with_the_data_the_labels_and_the_extra_options(tmp_path):
+    args = real_noise.parse_args(["--data-dir", "data", "--epochs", "5", "--out", str(tmp_path), "--seed", "2",
+                                  "--", "--model", "small_cnn"])
+    command = real_noise.command(args, "bldr", "aggre")
+    assert command[1:3] == ["-m", "engine.train"]
+    flags = dict(zip(command[3::2], command[4::2]))
+    assert flags == {"--method": "bldr", "--dataset": "cifar10", "--data-dir": os.path.abspath("data"),
+                     "--noise": "cifar10n", "--noise-variant": "aggre", "--epochs": "5", "--seed": "2",
+                     "--out": str(tmp_path / "aggre_bldr"), "--model": "small_cnn"}
+    with pytest.raises(SystemExit):
+        real_noise.parse_args(["--data-dir", "data", "--epochs", "0", "--out", str(tmp_path)])
