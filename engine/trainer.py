@@ -53,11 +53,8 @@ class Trainer:
 
         trained = (np.arange(len(data.given_labels)) if method.clean_subset is CleanSubset.TRAINED_ON
                    else self.train_indices)
-        # A last batch of one sample has no batch statistics (BatchNorm1d refuses it): left out,
-        # a different sample each epoch.
         self.train_loader = self.loader(self.config.batch_size, shuffle=True, augment=True, seed=seed,
-                                        indices=trained, second_view=method.second_view,
-                                        drop_last=len(trained) % self.config.batch_size == 1)
+                                        indices=trained, second_view=method.second_view)
         self.clean_loader = None
         if method.clean_subset is CleanSubset.BATCHES:
             self.clean_loader = self.loader(min(self.config.batch_size, len(clean)), shuffle=True, augment=True,
@@ -82,7 +79,14 @@ class Trainer:
         return network.to(self.device, memory_format=torch.channels_last)
 
     def loader(self, batch_size, x=None, **options):
-        return self.data.loader(self.data.x_train if x is None else x, batch_size, self.device, **options)
+        """Batches of `x` (default: the training inputs). Training batches (augment=True) leave
+        out a last batch of one sample, which has no batch statistics (BatchNorm1d refuses it):
+        a different sample each epoch (the run's loop and a method's own sub-trainings)."""
+        x = self.data.x_train if x is None else x
+        if options.get("augment") and "drop_last" not in options:
+            count = len(x) if options.get("indices") is None else len(options["indices"])
+            options["drop_last"] = count % batch_size == 1
+        return self.data.loader(x, batch_size, self.device, **options)
 
     def autocast(self):
         if self.device.type == "cuda":
@@ -110,7 +114,7 @@ class Trainer:
         clean = self.data.clean_indices
         return Preparation(clean, torch.from_numpy(self.data.given_labels[clean]).to(self.device),
                            self.train_indices, self.make_network, make_optimizer, loader, self.autocast,
-                           over_training_set, self.log)
+                           over_training_set, self.recalibrate_batchnorm, self.log)
 
     def clean_batches(self, epoch):
         """Endless augmented batches of the clean subset with their labels; each pass over it is

@@ -79,6 +79,20 @@ def test_fit_trains_when_a_batch_would_hold_one_sample():
     assert (result.predict(x) == labels).mean() > 0.9
 
 
+@pytest.mark.parametrize("count, sizes", [(9, [4, 4]), (10, [4, 4, 2]), (8, [4, 4])])
+def test_training_batches_of_the_run_and_of_a_methods_sub_trainings_never_hold_one_sample(count, sizes):
+    from engine.data.training_data import from_arrays
+    from engine.methods import CE
+    from engine.trainer import Trainer
+
+    x = np.random.default_rng(0).normal(size=(count, 3)).astype(np.float32)
+    trainer = Trainer(CE(epochs=1, batch_size=4, model="mlp"), from_arrays(x, np.arange(count) % 2))
+    assert [len(indices) for _, indices in trainer.train_loader] == sizes
+    sub_training = trainer.preparation().loader(np.arange(count), shuffle=True, augment=True)
+    assert [len(indices) for _, indices in sub_training] == sizes  # PU-distillation's teachers, ...
+    assert [len(indices) for _, indices in trainer.preparation().loader(np.arange(count))] == [count]  # evaluation
+
+
 def test_fit_on_images_with_class_names_and_outputs(tmp_path, capsys):
     from engine.data.datasets import load_dataset
 

@@ -6,7 +6,7 @@ import torch
 
 from engine import losses as L
 from engine import reference as R
-from engine.methods.base import Batch, Phase
+from engine.methods.base import Batch, Phase, clean_selection
 from engine.methods.jnpl import JNPL, JNPLStage
 from method_testing import (N, C, FixedLogits, assert_same_state, first_epoch_of, index_images, make_method,
                             preset_method, probs_with_confidence, step_at)
@@ -42,7 +42,7 @@ def test_paper_preset_has_no_warmup_and_one_complementary_label():
 
 
 def test_pseudo_labels_are_fixed_at_the_start_of_the_pseudo_stage():
-    method = make_method(JNPL)
+    method = make_method(JNPL, clean_class_share=0.0)  # the paper's rule alone
     labels = method.given_labels
     confidence = torch.tensor([0.9, 0.5, 0.49, 0.1, 0.6, 0.3, 0.2, 0.7, 0.5, 0.0, 0.45, 1.0])
     probs = probs_with_confidence(labels, confidence, C)
@@ -79,6 +79,32 @@ def test_pseudo_labels_are_fixed_at_the_start_of_the_pseudo_stage():
     assert warmup.stage.kind is Phase.WARMUP
     torch.testing.assert_close(method.loss(FixedLogits(logits), batch, warmup),
                                R.weighted_ce(logits[indices], labels[indices]))
+
+
+def test_clean_selection_adds_each_classes_most_confident_share_to_the_threshold():
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
+    confidence = torch.tensor([0.9, 0.8, 0.1, 0.2, 0.3, 0.05, 0.2, 0.4, 0.6, 0.01])
+    assert torch.equal(clean_selection(confidence, labels, 4, 0.0), confidence >= 0.5)  # the paper's rule
+    # class 0's two above 0.5 are its top half; class 1 (none above 0.5) keeps its top two;
+    # class 2 its one; class 3 has no samples
+    half = torch.tensor([1, 1, 0, 0, 1, 0, 0, 1, 1, 0], dtype=torch.bool)
+    assert torch.equal(clean_selection(confidence, labels, 4, 0.5), half)
+    quarter = torch.tensor([1, 1, 0, 0, 0, 0, 0, 1, 1, 0], dtype=torch.bool)  # one of four; class 2's 0.6 passes
+    assert torch.equal(clean_selection(confidence, labels, 4, 0.25), quarter)
+    assert clean_selection(confidence, labels, 4, 1.0).all()
+
+
+def test_pseudo_stage_of_a_weak_model_keeps_the_label_of_each_classes_most_confident_half():
+    method = make_method(JNPL)
+    assert method.config.clean_class_share == 0.5  # the short-budget preset
+    labels = method.given_labels  # i mod 5: classes of 3, 3, 2, 2, 2 samples
+    confidence = torch.linspace(0.05, 0.3, N)  # none passes 0.5
+    probs = probs_with_confidence((labels + 1) % C, 1 - confidence, C)
+    probs[torch.arange(N), labels] = confidence
+    probs /= probs.sum(1, keepdim=True)
+    method.start_stage(step_at(method, first_epoch_of(method, Phase.PSEUDO)).stage, {"probs": probs})
+    kept = torch.arange(N) >= 5  # each class's round(0.5 * size) most confident: 2 of 3, 1 of 2 (samples 5-11)
+    assert torch.equal(method.pseudo_labels, torch.where(kept, labels, (labels + 1) % C))
 
 
 def jnpl_logits():
@@ -131,16 +157,18 @@ def test_one_complementary_label_per_step_is_redrawn_and_never_the_given_label()
     assert torch.equal(drawn[:, 3], method.complementary(batch, step_at(method, epoch, step=3))[:, 0]), "seeded"
 
 
-def test_clean_scores_flag_confidence_below_one_half():
-    method = make_method(JNPL)
+@pytest.mark.parametrize("share", [0.0, 0.5])
+def test_clean_scores_flag_what_the_pseudo_stage_would_not_take_as_clean(share):
+    method = make_method(JNPL, clean_class_share=share)
     confidence = torch.linspace(0.0, 1.0, N)
     score, flagged = method.clean_scores({"probs": probs_with_confidence(method.given_labels, confidence, C)})
     torch.testing.assert_close(score, confidence)
-    assert torch.equal(flagged, confidence < 0.5)
+    assert torch.equal(flagged, ~clean_selection(confidence, method.given_labels, C, share))
+    assert torch.equal(flagged, confidence < 0.5) == (share == 0.0), "sample 5 (0.45) is its class's 2nd of 3"
 
 
 def test_pseudo_labels_are_state_and_round_trip():
-    method = make_method(JNPL)
+    method = make_method(JNPL, clean_class_share=0.0)
     probs = probs_with_confidence((method.given_labels + 1) % C, torch.full((N,), 0.9), C)
     method.start_stage(step_at(method, first_epoch_of(method, Phase.PSEUDO)).stage, {"probs": probs})
     state = method.state_dict()

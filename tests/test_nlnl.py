@@ -4,7 +4,7 @@ the filled entries), SelNL's and SelPL's selections from it, and its state in st
 import torch
 
 from engine import reference as R
-from engine.methods.base import Batch, Phase
+from engine.methods.base import Batch, Phase, clean_selection
 from engine.methods.nlnl import NLNL, NLNLStage
 from method_testing import (N, C, FixedLogits, assert_same_state, first_epoch_of, index_images, make_method,
                             preset_method, probs_with_confidence, step_at)
@@ -91,7 +91,7 @@ def test_selnl_trains_nl_only_on_samples_above_one_over_c():
 
 
 def test_selpl_trains_ce_only_on_samples_with_mean_confidence_at_least_one_half():
-    method = make_method(NLNL)
+    method = make_method(NLNL, clean_class_share=0.0)  # the paper's rule alone
     first = torch.tensor([0.5, 0.9, 0.2, 0.6, 0.4, 0.5, 1.0, 0.0, 0.7, 0.3, 0.8, 0.55])
     second = torch.tensor([0.5, 0.3, 0.9, 0.2, 0.6, 0.4, 1.0, 0.1, 0.2, 0.8, 0.9, 0.4])
     end_epochs(method, [first, second])
@@ -105,8 +105,20 @@ def test_selpl_trains_ce_only_on_samples_with_mean_confidence_at_least_one_half(
     torch.testing.assert_close(loss, R.weighted_ce(logits, batch.labels, weight=selected.float()).float())
 
 
+def test_selpl_adds_each_classes_most_confident_share_from_the_mean_confidence():
+    method = make_method(NLNL)  # the short-budget preset: clean_class_share 0.5
+    confidence = torch.linspace(0.0, 0.4, N)  # none passes 0.5: SelPL trains on each class's top half
+    end_epochs(method, [confidence, confidence])
+    expected = clean_selection(confidence, method.given_labels, C, 0.5)
+    assert torch.equal(method.selected, expected) and int(expected.sum()) == 7
+    logits = torch.randn(N, C, generator=torch.Generator().manual_seed(5))
+    batch = nlnl_batch(method)
+    loss = method.loss(FixedLogits(logits), batch, step_at(method, first_epoch_of(method, NLNLStage.SELPL)))
+    torch.testing.assert_close(loss, R.weighted_ce(logits, batch.labels, weight=expected.float()).float())
+
+
 def test_empty_selections_give_a_zero_loss():
-    method = make_method(NLNL)
+    method = make_method(NLNL, clean_class_share=0.0)
     end_epochs(method, [torch.zeros(N)])
     logits = torch.randn(N, C)
     batch = nlnl_batch(method)
@@ -116,7 +128,7 @@ def test_empty_selections_give_a_zero_loss():
 
 
 def test_pseudo_stage_keeps_confident_labels_and_relabels_the_rest():
-    method = make_method(NLNL)
+    method = make_method(NLNL, clean_class_share=0.0)
     confidence = torch.linspace(0.0, 1.0, N)
     probs = probs_with_confidence(method.given_labels, confidence, C)
     probs[confidence < 0.5] = probs_with_confidence((method.given_labels[confidence < 0.5] + 1) % C,
@@ -132,7 +144,7 @@ def test_history_and_pseudo_labels_are_state_and_round_trip():
     end_epochs(method, confidences[:2])  # one slot still empty (NaN)
     method.pseudo_labels = (method.given_labels + 1) % C
     state = method.state_dict()
-    assert set(state) == {"pseudo_labels", "history", "epochs_seen"}
+    assert set(state) == {"pseudo_labels", "history", "epochs_seen", "selected"}
     assert state["history"][:, 2].isnan().all() and int(state["epochs_seen"]) == 2
 
     fresh = make_method(NLNL, window=3)

@@ -11,9 +11,9 @@ import torch
 from torch.nn import functional as F
 
 from engine.config import ConfigError
-from engine.methods.base import Batch, Step
+from engine.methods.base import Batch, Stage, Step
 from engine.methods.pudistill import (FILTER_BATCH, FILTER_LR, BinaryEnsemble, BinaryFilter, PUDistill,
-                                      PUDistillConfig, accept, bootstrap_sets, mixup)
+                                      PUDistillConfig, PUDistillStage, accept, bootstrap_sets, fit_network, mixup)
 
 
 def test_vmap_ensemble_equals_separately_trained_models():
@@ -155,6 +155,27 @@ def test_what_prepare_computes_is_state_and_round_trips():
     score, flagged = fresh.clean_scores(None)  # the teachers' confidence on the given label
     torch.testing.assert_close(score, torch.tensor([0.05, 0.2, 0.95, 0.0]))
     assert flagged.tolist() == [True, True, False, True]
+
+
+def test_a_sub_trained_network_gets_the_batchnorm_statistics_of_the_training_set():
+    """Teachers and the feature trunk are evaluated like the trainer's model: with BatchNorm
+    statistics of the whole training set, not the momentum average of their last batches."""
+    from engine.data.training_data import from_arrays
+    from engine.methods import CE
+    from engine.models.base import recalibrate_batchnorm
+    from engine.trainer import Trainer
+
+    x = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32) * 3
+    trainer = Trainer(CE(epochs=1, batch_size=8, model="mlp"), from_arrays(x, np.arange(40) % 2))
+    ctx = trainer.preparation()
+    network = ctx.make_network()
+    fit_network(network, ctx, lambda epoch: np.arange(10), torch.arange(40) % 2, Stage(PUDistillStage.TEACHER, 2, 0.1),
+                seed=0, mixup_images=False, entropy=0.0)
+    recalibrated = {name: value.clone() for name, value in network.state_dict().items() if "running" in name}
+    assert recalibrated
+    recalibrate_batchnorm(network, [inputs for inputs, _ in ctx.loader(None)])
+    for name, value in recalibrated.items():
+        torch.testing.assert_close(network.state_dict()[name], value, msg=name)
 
 
 def soft_ce(logits, targets, entropy_weight):

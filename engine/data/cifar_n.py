@@ -8,7 +8,8 @@ import os
 import zipfile
 
 import numpy as np
-import torch
+
+from engine.safe_loading import torch_load
 
 PACKAGE = "noisy_cifar"
 CIFAR10N_KEYS = {"aggre": "aggre_label", "random1": "random_label1", "random2": "random_label2",
@@ -27,7 +28,7 @@ def _read_member(suffix):
         name = next((n for n in archive.namelist() if n.endswith(suffix)), None)
         if name is None:
             raise FileNotFoundError(f"{suffix} not found in {_archive_path()}")
-        return torch.load(io.BytesIO(archive.read(name)), weights_only=False)
+        return torch_load(io.BytesIO(archive.read(name)), f"{name} in {_archive_path()}")
 
 
 def load_cifar_n_labels(noise, variant, true_labels):

@@ -11,10 +11,11 @@ WebVision layout); image files are decoded once by DALI and held in memory at 32
 import gzip
 import importlib.resources
 import os
-import pickle
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from engine.safe_loading import unpickle_arrays
 
 # Per-channel mean / std on the 0-255 scale, used by the pipelines' normalize step.
 CIFAR10_STATS = ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7))
@@ -88,11 +89,6 @@ def _require_dir(data_dir, dataset):
     return data_dir
 
 
-def _unpickle(path):
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
-
-
 def _cifar_images(batch):
     return np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
 
@@ -106,8 +102,8 @@ def load_cifar10(data_dir):
     if data_dir.endswith(".npz") or os.path.isfile(archive):
         return load_cifar10_jpeg(data_dir if data_dir.endswith(".npz") else archive)
     root = _find_dir(data_dir, "data_batch_1")
-    batches = [_unpickle(os.path.join(root, f"data_batch_{i}")) for i in range(1, 6)]
-    test = _unpickle(os.path.join(root, "test_batch"))
+    batches = [unpickle_arrays(os.path.join(root, f"data_batch_{i}")) for i in range(1, 6)]
+    test = unpickle_arrays(os.path.join(root, "test_batch"))
     return ImageDataset(
         "cifar10",
         np.concatenate([_cifar_images(b) for b in batches]),
@@ -118,12 +114,12 @@ def load_cifar10(data_dir):
 
 def load_cifar100(data_dir):
     root = _find_dir(_require_dir(data_dir, "cifar100"), "train")
-    train, test = _unpickle(os.path.join(root, "train")), _unpickle(os.path.join(root, "test"))
+    train, test = unpickle_arrays(os.path.join(root, "train")), unpickle_arrays(os.path.join(root, "test"))
     fine, coarse = np.asarray(train["fine_labels"]), np.asarray(train["coarse_labels"])
     fine_to_coarse = np.zeros(100, dtype=np.int64)
     fine_to_coarse[fine] = coarse
     meta = os.path.join(root, "meta")  # the class names, where the archive has them
-    names = list(_unpickle(meta)["fine_label_names"]) if os.path.exists(meta) else None
+    names = list(unpickle_arrays(meta)["fine_label_names"]) if os.path.exists(meta) else None
     return ImageDataset("cifar100", _cifar_images(train), fine, _cifar_images(test), np.asarray(test["fine_labels"]),
                         100, *CIFAR100_STATS, flip=True, fine_to_coarse=fine_to_coarse, class_names=names)
 

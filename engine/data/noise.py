@@ -7,6 +7,8 @@ import os
 
 import numpy as np
 
+from engine.safe_loading import torch_load
+
 NOISE_KINDS = ("none", "symmetric", "asymmetric", "file")
 
 # Patrini et al.'s CIFAR-10 map: truck->automobile, bird->airplane, deer->horse, cat<->dog.
@@ -97,8 +99,7 @@ def _load_label_array(path):
     if suffix == ".pt":
         import torch  # only .pt files need torch
 
-        # weights_only=False: files saved from numpy pickle ndarrays, which the safe loader refuses.
-        content = torch.load(path, map_location="cpu", weights_only=False)
+        content = torch_load(path, f"noise file {path}")
         if isinstance(content, dict):
             arrays = {key: value for key, value in content.items()
                       if isinstance(value, (np.ndarray, torch.Tensor))}

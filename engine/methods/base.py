@@ -115,6 +115,8 @@ class Preparation:
     # over_training_set(network, output) -> float32 output(network, inputs) for every training
     # sample (unaugmented, in order, eval mode, no gradient)
     over_training_set: Callable
+    # recalibrate_batchnorm(network): its BatchNorm statistics from the training set (after training it)
+    recalibrate_batchnorm: Callable
     log: Callable = print         # (line) -> the run's progress output
 
 
@@ -144,6 +146,20 @@ def split_epochs(total, fractions):
 
 def confidence_on_labels(probs, labels):
     return probs.gather(1, labels[:, None]).squeeze(1)
+
+
+def clean_selection(confidence, labels, num_classes, class_share):
+    """bool [N]: the samples taken as clean, those with `confidence` on their given `labels` >=
+    CLEAN_THRESHOLD (the papers' rule) and, whatever their confidence, the `class_share` most
+    confident of each given class. A model still weak (a short budget on hard data) passes 0.5
+    on few samples, most of a few easy classes (CIFAR-10N worst, small CNN, 20 epochs of CE: 16%
+    of the samples, 41 of one class), and CE on them alone starves the other classes."""
+    selected = confidence >= CLEAN_THRESHOLD
+    for label in range(num_classes) if class_share > 0 else ():
+        members = (labels == label).nonzero().squeeze(1)
+        count = round(class_share * len(members))
+        selected[members[confidence[members].topk(count).indices]] = True
+    return selected
 
 
 def kl_to_softmax(target_probs, logits, temperature=1.0):

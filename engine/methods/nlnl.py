@@ -3,7 +3,8 @@ pseudo-labeling.
 
 NL: k complementary labels per sample and step, -log(1 - p). SelNL: NL only on samples whose
 mean confidence on the given label over the last `window` epochs is > 1/C. SelPL: CE only on
-samples with that mean >= 0.5. Warm-up and pseudo stages: as JNPL's (engine/methods/jnpl.py).
+the samples that mean takes as clean (>= 0.5, and each class's `clean_class_share` most
+confident: `clean_selection`). Warm-up and pseudo stages: as JNPL's (engine/methods/jnpl.py).
 Empty selections give a zero loss, never NaN. Stage lengths: 40/20/20/20 % of the epochs
 after the warm-up.
 """
@@ -14,7 +15,7 @@ import torch
 
 from engine.config import option
 from engine.losses import nl_loss, weighted_ce
-from engine.methods.base import CLEAN_THRESHOLD, Phase, Stage, confidence_on_labels, split_epochs
+from engine.methods.base import Phase, Stage, confidence_on_labels, split_epochs
 from engine.methods.jnpl import JNPL, JNPLConfig, NegativeLearningConfig
 
 
@@ -60,6 +61,7 @@ class NLNL(JNPL):
         self.register_buffer("history", torch.full((len(self.given_labels), self.config.window), float("nan"),
                                                    device=self.device))
         self.register_buffer("epochs_seen", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("selected", torch.zeros(len(self.given_labels), dtype=torch.bool, device=self.device))
 
     def stages(self):
         warmup = self.warmup_stages(self.config.warmup_lr)
@@ -79,8 +81,7 @@ class NLNL(JNPL):
             return super().loss(model, batch, step)
         logits = model(batch.images)
         if kind is NLNLStage.SELPL:
-            keep = self.mean_confidence()[batch.indices] >= CLEAN_THRESHOLD
-            return weighted_ce(logits, batch.labels, weight=keep.float())
+            return weighted_ce(logits, batch.labels, weight=self.selected[batch.indices].float())
         weight = None
         if kind is NLNLStage.SELNL:
             weight = (self.mean_confidence()[batch.indices] > 1.0 / self.num_classes).float()
@@ -90,3 +91,4 @@ class NLNL(JNPL):
         self.history[:, int(self.epochs_seen) % self.config.window] = confidence_on_labels(outputs["probs"],
                                                                                           self.given_labels)
         self.epochs_seen += 1
+        self.selected = self.clean_selection(self.mean_confidence())

@@ -323,7 +323,8 @@ class PUDistill(Method):
 
 def fit_network(network, ctx, epoch_indices, labels, stage, seed, mixup_images, entropy):
     """SGD (the run's momentum and weight decay, the lr schedule of `stage`) on CE to `labels`
-    [N] over the training images epoch_indices(epoch) (augmented, shuffled)."""
+    [N] over the training images epoch_indices(epoch) (augmented, shuffled); then its BatchNorm
+    statistics from the training set, as the trainer's model gets after each epoch."""
     optimizer = ctx.make_optimizer(network.parameters(), stage.lr)
     num_classes = network.num_classes
     for epoch in range(stage.epochs):
@@ -340,6 +341,7 @@ def fit_network(network, ctx, epoch_indices, labels, stage, seed, mixup_images, 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+    ctx.recalibrate_batchnorm(network)
 
 
 def standardized(features):

@@ -1,0 +1,60 @@
+"""Reading files that may come from someone else without running their code. Pickle-based
+formats can call any importable function while they load; these readers admit only what the
+formats hold: torch files (checkpoints, label files) through torch's weights-only unpickler
+with numpy arrays of plain numeric types admitted besides tensors, and CIFAR's python batches
+through an unpickler that admits numpy arrays besides dicts, lists, strings and numbers."""
+import pickle
+
+import numpy as np
+
+NUMERIC_DTYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16",
+                  "float32", "float64")
+_reconstruct = np._core.multiarray._reconstruct
+# How numpy arrays pickle: by numpy 1 (numpy.core) and numpy 2 (numpy._core) names.
+TORCH_NUMPY_GLOBALS = [_reconstruct, (_reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype,
+                       *(type(np.dtype(name)) for name in NUMERIC_DTYPES)]
+PICKLE_ARRAY_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),  # numpy numbers
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("_codecs", "encode"),  # bytes as protocol-2 pickles write them
+})
+
+
+def torch_load(source, what, map_location="cpu"):
+    """torch.load of `source` (a path or file object) with weights_only=True, numpy arrays
+    admitted; anything else in it raises ValueError naming `what`, before any of it runs."""
+    import torch  # only torch files need it: the data modules load without
+
+    try:
+        with torch.serialization.safe_globals(TORCH_NUMPY_GLOBALS):
+            return torch.load(source, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        refused = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line or "got <" in line),
+                       "it holds objects other than tensors, arrays, numbers, strings, lists and dicts")
+        raise ValueError(f"{what}: refused, not a plain tensor / array file ({refused})") from None
+
+
+class _Refused(pickle.UnpicklingError):
+    """A global outside PICKLE_ARRAY_GLOBALS."""
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) not in PICKLE_ARRAY_GLOBALS:
+            raise _Refused(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def unpickle_arrays(path):
+    """A pickle of dicts, lists, strings, bytes, numbers and numpy arrays (CIFAR's python
+    batches; Python 2 strings read as latin-1), refusing anything else with a ValueError."""
+    with open(path, "rb") as file:
+        try:
+            return _ArrayUnpickler(file, encoding="latin1").load()
+        except _Refused as error:
+            raise ValueError(f"{path}: refused, a CIFAR batch holds only arrays, lists, strings and numbers, "
+                             f"this one calls {error}") from None
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
+            raise ValueError(f"{path}: not a readable CIFAR batch ({error})") from None
