@@ -27,5 +27,10 @@ def load_checkpoint(path, identity, device):
     if not isinstance(state, dict) or "identity" not in state:
         raise CheckpointError(f"--resume: {path} is not a checkpoint of this engine; delete it to start over")
     if state["identity"] != identity:
-        raise CheckpointError(f"--resume: {path} belongs to a different run: {state['identity']} vs {identity}")
+        stored = state["identity"] if isinstance(state["identity"], dict) else {}
+        differs = sorted(key for key in {*stored, *identity} if stored.get(key) != identity.get(key))
+        what = {"data_fingerprint": "the training data, labels or test split"}
+        raise CheckpointError(f"--resume: {path} belongs to a different run (other "
+                              f"{', '.join(what.get(key, key) for key in differs)}); resume with that run's "
+                              f"options or choose another --out")
     return state

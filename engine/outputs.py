@@ -1,6 +1,8 @@
 """A run's output files, each written atomically (a temporary file unique to the process in
 the same folder, flushed and fsynced, then renamed over the old one): metrics.csv, the
 per-sample label_issues.csv, summary.json, config.yaml, separation.png and checkpoint.pt."""
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -9,6 +11,32 @@ import numpy as np
 import pandas as pd
 
 METRIC_FIELDS = ["epoch", "stage", "train_loss", "test_acc", "det_precision", "det_recall", "det_f1", "seconds"]
+
+
+LOCK_NAME = ".lock"
+
+
+class FolderInUse(RuntimeError):
+    """Another live run writes to the output folder."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder):
+    """Holds `folder`/.lock for the block, or raises FolderInUse when another process holds it.
+    An flock: the system drops it when its process ends, killed or not, so no stale lock."""
+    fd = os.open(os.path.join(folder, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            raise FolderInUse(f"output folder {folder} is in use by another run (pid {holder}): wait for it to "
+                              f"end or choose another folder") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def write_atomically(path, write):

@@ -20,6 +20,7 @@ from engine.config import (SHARED_FIELDS, ConfigError, DataConfig, RunConfig, Wa
                            size_class, with_overrides)
 from engine.checkpoint import CheckpointError
 from engine.methods import METHODS, method_class
+from engine.outputs import FolderInUse
 
 PROG = "python -m engine.train"
 RUN_FIELDS = ("method", "seed", "device", "out")
@@ -197,7 +198,8 @@ def main(argv=None):
         return 2
     try:
         summary = trainer.run()
-    except CheckpointError as error:  # --resume of an unreadable or another run's checkpoint: nothing written
+    except (CheckpointError, FolderInUse) as error:  # nothing written: --resume of an unreadable or
+        # another run's checkpoint, or an --out that a live run writes to
         print(f"python -m engine.train: error: {error}", file=sys.stderr)
         return 2
     line = []

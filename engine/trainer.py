@@ -18,7 +18,8 @@ from engine.labels import check_clean_subset, detection_metrics
 from engine.methods.base import Batch, CleanSubset, Preparation, Step, epoch_seed
 from engine.models import build_model
 from engine.models.base import recalibrate_batchnorm
-from engine.outputs import (label_issues_table, plot_separation, write_json, write_label_issues, write_metrics)
+from engine.outputs import (folder_lock, label_issues_table, plot_separation, write_json, write_label_issues,
+                            write_metrics)
 
 EVAL_BATCH = 512
 
@@ -66,6 +67,7 @@ class Trainer:
         self.metrics = []
         self.train_outputs = None
         self.table = None
+        self.data_fingerprint = None  # computed when a checkpoint first needs it
 
     # ------------------------------------------------------------------ helpers
 
@@ -161,16 +163,20 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def identity(self):
-        """What must match for --resume: the run config without where it runs and writes."""
+        """What must match for --resume: the run config without where it runs and writes (its
+        files: their content is in the data's fingerprint)."""
+        if self.data_fingerprint is None:
+            self.data_fingerprint = self.data.fingerprint()
         if self.run_config is None:
-            return {"seed": self.seed, "method": self.method.name, "hyperparameters": self.config.to_dict()}
+            return {"seed": self.seed, "method": self.method.name, "hyperparameters": self.config.to_dict(),
+                    "data_fingerprint": self.data_fingerprint}
         identity = self.run_config.to_dict()
         for key in ("out", "device"):
             identity.pop(key)
         for key in ("data_dir", "noise_file"):
             if identity["data"] is not None:
                 identity["data"].pop(key)
-        return identity
+        return {**identity, "data_fingerprint": self.data_fingerprint}
 
     def save_checkpoint(self, epoch):
         if self.checkpoint_path is None:
@@ -223,10 +229,16 @@ class Trainer:
                                                                 self.optimizer)
 
     def run(self):
-        """Trains (or continues a resumed run) to the last epoch; returns the summary."""
+        """Trains (or continues a resumed run) to the last epoch; returns the summary. The
+        output folder is locked for the run: a second run on it is refused (FolderInUse)."""
+        if self.out is None:
+            return self.train_all_epochs()
+        os.makedirs(self.out, exist_ok=True)
+        with folder_lock(self.out):
+            return self.train_all_epochs()
+
+    def train_all_epochs(self):
         start_epoch = 0
-        if self.out is not None:
-            os.makedirs(self.out, exist_ok=True)
         resumed = self.resume and self.checkpoint_path and os.path.exists(self.checkpoint_path)
         if resumed:
             start_epoch = self.load_checkpoint()  # refuses another run's checkpoint before anything is written

@@ -102,6 +102,36 @@ def test_resume_refuses_a_different_run_and_a_corrupt_checkpoint(tmp_path):
     assert result.returncode == 2 and "checkpoint.pt cannot be read" in result.stderr and "delete it" in result.stderr
 
 
+def test_resume_refuses_a_checkpoint_of_other_data(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (60, 8, 8), dtype=np.uint8), np.arange(60) % 3
+    np.savez(tmp_path / "a.npz", x=x, y=y)
+    np.savez(tmp_path / "b.npz", x=x[::-1], y=y)  # same shapes and labels, other images
+    out = str(tmp_path / "run")
+    common = ["--method", "ce", "--dataset", "npz", "--epochs", "1", "--out", out]
+    train(*common, "--data-dir", str(tmp_path / "a.npz"))
+    result = train(*common, "--data-dir", str(tmp_path / "b.npz"), "--resume", check=False)
+    assert result.returncode == 2 and "belongs to a different run (other the training data" in result.stderr
+    assert "resumed" in train(*common, "--data-dir", str(tmp_path / "a.npz"), "--resume").stdout
+
+
+def test_a_second_run_on_a_live_runs_folder_is_refused_and_a_killed_run_leaves_no_lock(tmp_path):
+    out = str(tmp_path / "run")
+    common = ["--method", "ce", "--dataset", "digits", "--epochs", "200", "--out", out]
+    first = subprocess.Popen([sys.executable, "-m", "engine.train", "--device", "cpu", *common], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert "epoch 1/200" in first.stdout.readline(), "the first run is training (and holds the folder)"
+        second = train(*common, check=False)
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        assert f"output folder {out} is in use by another run (pid {first.pid})" in second.stderr
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    train("--method", "ce", "--dataset", "digits", "--epochs", "1", "--out", out)  # the dead run's lock went with it
+
+
 @pytest.mark.parametrize(
     "options",
     [

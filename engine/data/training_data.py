@@ -1,6 +1,7 @@
 """What a run trains on and is measured against: the training inputs with their given (noisy)
 labels, the true labels where known, the held-out clean subset, an optional test split, and how
 inputs become batches (DALI for uint8 images, plain tensors for float feature vectors)."""
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +36,17 @@ class TrainingData:
     def train_indices(self):
         """The samples outside the clean subset (the noisy training set)."""
         return np.setdiff1d(np.arange(len(self.given_labels)), self.clean_indices)
+
+    def fingerprint(self):
+        """sha256 (hex) of everything a run's state depends on: the training inputs, given
+        labels, clean subset and test split. --resume refuses a checkpoint of other data."""
+        digest = hashlib.sha256()
+        for array in (self.x_train, self.given_labels, self.clean_indices, self.x_test, self.y_test):
+            if array is not None:
+                array = np.ascontiguousarray(array)
+                digest.update(f"{array.dtype.str}{array.shape}".encode())
+                digest.update(memoryview(array.reshape(-1)).cast("B"))
+        return digest.hexdigest()
 
     @property
     def input_shape(self):
