@@ -1,31 +1,62 @@
 """Per-epoch checkpoints with exact resume: the model, the optimizer, the method's per-sample
 state (its buffers and parameters), the step counter and the metrics so far, with the run's
 identity; written atomically and read back with torch's safe loader (tensors, numbers,
-strings, lists and dicts only: a checkpoint cannot run code)."""
+strings, lists and dicts only: a checkpoint cannot run code). The state is stored as the bytes
+of its torch file next to their sha256, so a file changed after writing (a flipped bit, a
+partial copy) is refused instead of resumed from."""
+import hashlib
+import io
 import pickle
+import struct
 
 import torch
 
 from engine.outputs import write_atomically
 
+FORMAT = "noisy-label-engine checkpoint 1"
+STATE_KEYS = ("epoch", "step", "identity", "model", "optimizer", "method", "metrics")
+# What a damaged file can raise inside torch's reader besides its own errors.
+READ_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, IndexError, KeyError, TypeError,
+               AttributeError, OSError, struct.error)
+
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed from: unreadable, or another run's."""
+    """A checkpoint that cannot be resumed from: unreadable, damaged, or another run's."""
 
 
 def save_checkpoint(path, state):
-    write_atomically(path, lambda f: torch.save(state, f))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    wrapped = {"format": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
+               "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}
+    write_atomically(path, lambda f: torch.save(wrapped, f))
+
+
+def read_checkpoint(path, device="cpu"):
+    """The state saved at `path`, or CheckpointError saying what is wrong and what to do."""
+    def refuse(problem):
+        return CheckpointError(f"--resume: {path} {problem}; delete it to start over")
+
+    try:
+        wrapped = torch.load(path, map_location="cpu", weights_only=True)
+    except READ_ERRORS as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise refuse(f"cannot be read ({reason})") from None
+    if not isinstance(wrapped, dict) or wrapped.get("format") != FORMAT:
+        raise refuse("is not a checkpoint of this engine")
+    payload = wrapped["payload"].numpy().tobytes()
+    if hashlib.sha256(payload).hexdigest() != wrapped["sha256"]:
+        raise refuse("is damaged (its content does not match the digest written with it)")
+    state = torch.load(io.BytesIO(payload), map_location=device, weights_only=True)
+    if not isinstance(state, dict) or any(key not in state for key in STATE_KEYS):
+        raise refuse("is not a checkpoint of this engine")
+    return state
 
 
 def load_checkpoint(path, identity, device):
     """The checkpoint at `path`, refused when it belongs to another run than `identity`."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as error:
-        raise CheckpointError(f"--resume: {path} cannot be read ({str(error).splitlines()[0]}); delete it to start "
-                         f"over") from None
-    if not isinstance(state, dict) or "identity" not in state:
-        raise CheckpointError(f"--resume: {path} is not a checkpoint of this engine; delete it to start over")
+    state = read_checkpoint(path, device)
     if state["identity"] != identity:
         stored = state["identity"] if isinstance(state["identity"], dict) else {}
         differs = sorted(key for key in {*stored, *identity} if stored.get(key) != identity.get(key))

@@ -226,7 +226,8 @@ class RunConfig(Validated):
     hyperparameters: MethodConfig | None = None
 
     def validate(self):
-        self.require("seed", self.seed >= 0, "must be >= 0")
+        # 32 bits: per-epoch and sub-training seeds are derived from it by multiplication (int64)
+        self.require("seed", 0 <= self.seed < 2**32, "must be in [0, 2**32)")
 
 
 def save_yaml(config, path):

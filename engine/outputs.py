@@ -34,26 +34,52 @@ def folder_lock(folder):
                               f"end or choose another folder") from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
+        remove_leftovers(folder)
         yield
     finally:
         os.close(fd)  # releases the lock
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give: mkstemp's files are private (0600)
+TMP_SUFFIX = ".engine.tmp"  # distinctive: remove_leftovers deletes only these
+
+
 def write_atomically(path, write):
     """write(binary file) fills a temporary file next to `path`, which then replaces `path`: a
-    killed run leaves either the previous complete file or the new complete one."""
+    killed run leaves either the previous complete file or the new complete one (and perhaps
+    a hidden temporary file, which the next run on the folder removes: remove_leftovers)."""
     folder = os.path.dirname(os.path.abspath(path))
-    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=TMP_SUFFIX, dir=folder)
     try:
         with os.fdopen(handle, "wb") as f:
             write(f)
             f.flush()
+            os.fchmod(f.fileno(), FILE_MODE)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    directory = os.open(folder, os.O_RDONLY)  # the rename itself survives a power cut
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def remove_leftovers(folder):
+    """Deletes the temporary files of writes that a killed run left in `folder` (call it
+    holding the folder's lock: no live writer then)."""
+    for name in os.listdir(folder):
+        if name.startswith(".") and name.endswith(TMP_SUFFIX):
+            os.remove(os.path.join(folder, name))
 
 
 def label_issues_table(given, probs, quality, is_issue, true=None, clean_indices=None, class_names=None):

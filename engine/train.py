@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import tempfile
 import types
 import typing
 
@@ -161,7 +162,18 @@ def assemble(spec, chosen, given, base, config_path):
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out {out} is a file, not a folder")
     config = RunConfig(**run, data=DataConfig(**data))
+    check_writable(out)
     return config, chosen(**hyper), given.get("resume", False)
+
+
+def check_writable(out):
+    """Creates --out and writes a file in it, before any data is read: an output folder that
+    cannot hold the run's files fails now, not after the training."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as error:
+        raise ValueError(f"--out {out} cannot be written ({error.strerror or error})") from None
 
 
 def trainer_for(run, method, resume=False):

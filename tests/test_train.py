@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from engine.checkpoint import read_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTPUTS = ["config.yaml", "metrics.csv", "summary.json", "label_issues.csv", "separation.png", "checkpoint.pt"]
@@ -71,12 +72,12 @@ def test_resume_after_a_kill_repeats_the_uninterrupted_run(tmp_path, method):
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
         # The rename is atomic: a checkpoint that exists is complete.
-        if os.path.exists(checkpoint) and torch.load(checkpoint, weights_only=True)["epoch"] >= 3:
+        if os.path.exists(checkpoint) and read_checkpoint(checkpoint)["epoch"] >= 3:
             break
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    interrupted_at = torch.load(checkpoint, weights_only=True)["epoch"]
+    interrupted_at = read_checkpoint(checkpoint)["epoch"]
     assert 3 <= interrupted_at < 7, "the kill must land mid-run"
     assert not os.path.exists(os.path.join(killed, "summary.json"))
 

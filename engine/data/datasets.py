@@ -11,6 +11,7 @@ WebVision layout); image files are decoded once by DALI and held in memory at 32
 import gzip
 import importlib.resources
 import os
+import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -162,16 +163,57 @@ def load_fashion_mnist(data_dir):
     return _load_idx_dataset(data_dir, "fashion_mnist", FASHION_STATS)
 
 
+# Labels in users' files (npz, filelist) must lie in [0, MAX_CLASSES): the class count is the
+# largest label + 1, so one stray huge label would otherwise size every per-class array.
+MAX_CLASSES = 100_000
+
+
+def _npz_arrays(path):
+    """All arrays of the archive, read now so that a broken member fails here, naming the file."""
+    try:
+        archive = np.load(path)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not named arrays")
+        with archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"npz {path}: not a readable .npz archive ({error})") from None
+
+
+def _npz_integers(path, arrays, name, high, dtype, hint):
+    """arrays[name] as `dtype` when it is an integer array with values in [0, high); else a
+    ValueError naming the file and the array (floats are refused: casting would truncate or wrap)."""
+    array = arrays[name]
+    if array.dtype.kind not in "iu":
+        raise ValueError(f"npz {path}: {name} must be an integer array, got {array.dtype}; {hint}")
+    if array.size and (array.min() < 0 or array.max() >= high):
+        raise ValueError(f"npz {path}: {name} must lie in [0, {high}), got values from {array.min()} to "
+                         f"{array.max()}; {hint}")
+    return array.astype(dtype)
+
+
 def load_npz(data_dir):
-    """Arrays x (uint8 [N, H, W] or [N, H, W, C]) and y; x_test / y_test, else 20% held out."""
-    archive = np.load(_require_dir(data_dir, "npz"))
-    as_nhwc = lambda x: (x[..., None] if x.ndim == 3 else x).astype(np.uint8)  # noqa: E731
-    x, y = as_nhwc(archive["x"]), archive["y"].astype(np.int64)
-    if "x_test" in archive:
-        parts = (x, y, as_nhwc(archive["x_test"]), archive["y_test"].astype(np.int64))
-    else:
-        parts = _split(x, y, len(x) // 5)
-    num_classes = int(max(parts[1].max(), parts[3].max())) + 1
+    """Arrays x (integers 0..255, [N, H, W] or [N, H, W, C]) and y (integer labels [N]);
+    x_test / y_test, else 20% held out."""
+    path = _require_dir(data_dir, "npz")
+    arrays = _npz_arrays(path)
+    names = ["x", "y"] + (["x_test", "y_test"] if "x_test" in arrays or "y_test" in arrays else [])
+    missing = [name for name in names if name not in arrays]
+    if missing:
+        raise ValueError(f"npz {path}: needs arrays x and y (and x_test with y_test), missing {', '.join(missing)}; "
+                         f"it has {', '.join(arrays) or 'none'}")
+    parts = []
+    for x_name, y_name in zip(names[::2], names[1::2]):
+        x = _npz_integers(path, arrays, x_name, 256, np.uint8,
+                          "store uint8 pixels, e.g. (x * 255).round().astype(np.uint8) for floats in [0, 1]")
+        y = _npz_integers(path, arrays, y_name, MAX_CLASSES, np.int64, "labels are class indices 0, 1, ...")
+        if x.ndim not in (3, 4) or y.ndim != 1 or len(x) != len(y) or not len(x):
+            raise ValueError(f"npz {path}: {x_name} must be [N, H, W] or [N, H, W, C] and {y_name} [N] with the same "
+                             f"N > 0, got {x_name} {list(x.shape)} and {y_name} {list(y.shape)}")
+        parts += [x[..., None] if x.ndim == 3 else x, y]
+    if len(parts) == 2:
+        parts = _split(*parts, len(parts[0]) // 5)
+    num_classes = int(max(parts[1].max(), parts[3].max(initial=0))) + 1
     return ImageDataset("npz", *parts, num_classes, *_rgb_stats(parts[0]), flip=False)
 
 
@@ -179,13 +221,14 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 FILE_IMAGE_SIZE = 32  # images read from files are decoded once and resized to this (in memory)
 
 
-def _decode_files(paths, labels, name):
+def _decode_files(paths, labels, name, sources=None):
+    """sources: how a decoding error names each file (its list line), else by its path."""
     from engine.data.pipeline import decode_images
 
     if not paths:
         raise ValueError(f"{name}: no images found")
     encoded = [np.fromfile(p, dtype=np.uint8) for p in paths]
-    return decode_images(encoded, size=FILE_IMAGE_SIZE), np.asarray(labels, dtype=np.int64)
+    return decode_images(encoded, size=FILE_IMAGE_SIZE, names=sources or paths), np.asarray(labels, dtype=np.int64)
 
 
 def _rgb_stats(x):
@@ -205,10 +248,15 @@ def load_image_folder(data_dir):
         paths, labels = [], []
         for label, cls in enumerate(classes):
             folder = os.path.join(split_dir, cls)
-            for file in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-                if file.lower().endswith(IMAGE_SUFFIXES):
-                    paths.append(os.path.join(folder, file))
-                    labels.append(label)
+            listed = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+            files = [f for f in listed if f.lower().endswith(IMAGE_SUFFIXES)]
+            # A training class without images would be a class the model never sees (and skipping
+            # it would shift the indices of the classes after it); test/ may lack a class.
+            if not files and split_dir == split_dirs[0]:
+                raise ValueError(f"folder {folder}: a class folder without images ({', '.join(IMAGE_SUFFIXES)}); "
+                                 f"add images or remove it")
+            paths += [os.path.join(folder, f) for f in files]
+            labels += [label] * len(files)
         parts.extend(_decode_files(paths, labels, f"folder {split_dir}"))
     if not has_splits:
         parts = list(_split(*parts, len(parts[1]) // 5))
@@ -216,18 +264,32 @@ def load_image_folder(data_dir):
 
 
 def _read_file_list(path):
-    folder, paths, labels = os.path.dirname(path), [], []
+    """The paths, labels and 'list:line: path' (how errors name an entry) of each line. Paths are
+    relative to the list's folder (--data-dir) and must stay inside it: a data set is then one
+    folder that can be moved or shared; link other folders into it to use their files."""
+    folder, paths, labels, lines = os.path.dirname(path), [], [], []
     with open(path) as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            where = f"{path}:{number}"
             try:
-                file, label = line.rsplit(maxsplit=1)
-                labels.append(int(label))
+                file, label = line.strip().rsplit(maxsplit=1)
+                label = int(label)
             except ValueError:
-                raise ValueError(f"{path}:{number}: expected 'path label', got {line.strip()!r}") from None
-            paths.append(os.path.join(folder, file))
-    return paths, labels
+                raise ValueError(f"{where}: expected 'path label', got {line.strip()!r}") from None
+            if os.path.isabs(file) or os.path.normpath(file).split(os.sep)[0] == os.pardir:
+                raise ValueError(f"{where}: {file} is outside --data-dir {folder}; list paths must be relative "
+                                 f"and inside it (to use files elsewhere, link their folder into it)")
+            if not 0 <= label < MAX_CLASSES:
+                raise ValueError(f"{where}: label {label} is not a class index in [0, {MAX_CLASSES})")
+            full = os.path.join(folder, file)
+            if not os.path.isfile(full):
+                raise FileNotFoundError(f"{where}: {full} is missing")
+            paths.append(full)
+            labels.append(label)
+            lines.append(f"{where}: {full}")
+    return paths, labels, lines
 
 
 def load_file_list(data_dir):
@@ -240,7 +302,8 @@ def load_file_list(data_dir):
         list_path = os.path.join(root, f"{split}.txt")
         if not os.path.exists(list_path):
             raise FileNotFoundError(f"filelist: {list_path} is missing")
-        parts.extend(_decode_files(*_read_file_list(list_path), f"filelist {list_path}"))
+        paths, labels, lines = _read_file_list(list_path)
+        parts.extend(_decode_files(paths, labels, f"filelist {list_path}", lines))
     num_classes = int(max(parts[1].max(), parts[3].max())) + 1
     return ImageDataset("filelist", *parts, num_classes, *_rgb_stats(parts[0]), flip=True)
 

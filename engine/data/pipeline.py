@@ -119,15 +119,46 @@ def _decode_pipeline(size, channels):
     return images
 
 
-def decode_images(encoded, size=None, channels=3):
+def decode_images(encoded, size=None, channels=3, names=None):
     """Decodes a list of encoded images (JPEG/PNG/... bytes as uint8 arrays) to uint8 NHWC,
-    resized to size x size when given (needed when the images differ in size)."""
-    pipe = _decode_pipeline(size=size, channels=channels, batch_size=DECODE_BATCH, num_threads=2, device_id=None,
-                            prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
-    pipe.build()
+    resized to size x size when given (needed when the images differ in size). An image that
+    does not decode raises a ValueError naming it by names[i] (else by its index)."""
+    pipe = _decode_pipe(size, channels, DECODE_BATCH)
     parts = []
     for start in range(0, len(encoded), DECODE_BATCH):
-        pipe.feed_input("encoded", encoded[start:start + DECODE_BATCH])
-        (out,) = pipe.run()
-        parts.append(np.stack([np.array(out.at(i)) for i in range(len(out))]))
+        chunk = encoded[start:start + DECODE_BATCH]
+        try:
+            parts.append(_decode_batch(pipe, chunk))
+        except RuntimeError:
+            # DALI names neither the file nor, always, the sample, and its pipeline is unusable
+            # after a failure: decode this batch one image at a time on a fresh one to find it.
+            bad = _first_undecodable(chunk, size, channels)
+            if bad is None:
+                raise
+            name = names[start + bad] if names is not None else f"image #{start + bad}"
+            raise ValueError(f"{name}: not a decodable image (empty, truncated or corrupt)") from None
     return np.concatenate(parts)
+
+
+def _decode_pipe(size, channels, batch_size):
+    pipe = _decode_pipeline(size=size, channels=channels, batch_size=batch_size, num_threads=2, device_id=None,
+                            prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
+    pipe.build()
+    return pipe
+
+
+def _decode_batch(pipe, encoded):
+    pipe.feed_input("encoded", encoded)
+    (out,) = pipe.run()
+    return np.stack([np.array(out.at(i)) for i in range(len(out))])
+
+
+def _first_undecodable(encoded, size, channels):
+    """The index of the first image in `encoded` that fails to decode alone, or None."""
+    pipe = _decode_pipe(size, channels, 1)
+    for i, blob in enumerate(encoded):
+        try:
+            _decode_batch(pipe, [blob])
+        except RuntimeError:
+            return i
+    return None

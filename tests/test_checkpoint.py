@@ -1,0 +1,61 @@
+"""Checkpoints: a saved state reads back exactly; an empty, truncated, random, bit-flipped,
+foreign or incomplete file, or a folder in its place, is refused with a CheckpointError that
+names the file and says to delete it, never a traceback from inside torch."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from engine.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+
+STATE = {"epoch": 3, "step": 120, "identity": {"seed": 0}, "model": {"w": torch.arange(1000.0)},
+         "optimizer": {"state": {}}, "method": {}, "metrics": [{"epoch": 1, "test_acc": 0.5}]}
+
+
+def saved(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(str(path), STATE)
+    return path
+
+
+def test_a_saved_state_reads_back(tmp_path):
+    state = read_checkpoint(str(saved(tmp_path)))
+    assert state["epoch"] == 3 and state["metrics"] == STATE["metrics"]
+    assert torch.equal(state["model"]["w"], STATE["model"]["w"])
+
+
+def damaged_files(tmp_path):
+    good = saved(tmp_path).read_bytes()
+    rng = np.random.default_rng(0)
+    yield "empty", b""
+    yield "truncated", good[: len(good) // 2]
+    for seed in range(30):
+        yield f"random {seed}", np.random.default_rng(seed).integers(0, 256, int(rng.integers(1, 3000)),
+                                                                       dtype=np.uint8).tobytes()
+    for position in (len(good) // 3, len(good) // 2, 2 * len(good) // 3):
+        flipped = bytearray(good)
+        flipped[position] ^= 0x10
+        yield f"bit flipped at {position}", bytes(flipped)
+
+
+def test_damaged_files_are_refused_naming_the_file(tmp_path):
+    for name, content in list(damaged_files(tmp_path)):
+        path = tmp_path / "damaged.pt"
+        path.write_bytes(content)
+        with pytest.raises(CheckpointError, match=f"{path} .*; delete it to start over"):
+            read_checkpoint(str(path))
+
+
+@pytest.mark.parametrize("content", [[1, 2], {"epoch": 1}, STATE])
+def test_torch_files_that_are_not_checkpoints_are_refused(tmp_path, content):
+    path = tmp_path / "other.pt"
+    torch.save(content, path)  # STATE itself: the raw state without the digest around it
+    with pytest.raises(CheckpointError, match="is not a checkpoint of this engine"):
+        read_checkpoint(str(path))
+
+
+def test_a_folder_in_place_of_the_file_is_refused(tmp_path):
+    os.mkdir(tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        read_checkpoint(str(tmp_path / "checkpoint.pt"))

@@ -1,0 +1,194 @@
+"""Bad data files: each is refused with a ValueError / FileNotFoundError naming the file (and a
+list's line), which the command line prints as one line."""
+import os
+
+import numpy as np
+import pytest
+
+from engine.data import pipeline
+from engine.data.datasets import MAX_CLASSES, load_dataset
+from engine.train import main
+from test_data import write_bmp
+
+# Three ways an image file can be bad: no bytes, cut after its header, not an image at all.
+BAD_IMAGES = {"empty": lambda good: b"", "truncated": lambda good: good[:60], "garbage": lambda good: bytes(100)}
+
+
+def image_folder(root, classes=("cat", "dog"), count=3, seed=0):
+    """root/<class>/<i>.bmp, 8x8 images; returns {path: image}."""
+    rng = np.random.default_rng(seed)
+    images = {}
+    for cls in classes:
+        (root / cls).mkdir(parents=True)
+        for i in range(count):
+            images[str(root / cls / f"{i}.bmp")] = image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            write_bmp(root / cls / f"{i}.bmp", image)
+    return images
+
+
+def spoil(path, how):
+    with open(path, "rb") as f:
+        good = f.read()
+    with open(path, "wb") as f:
+        f.write(BAD_IMAGES[how](good))
+
+
+def write_list(path, lines):
+    path.write_text("".join(f"{line}\n" for line in lines))
+
+
+@pytest.mark.parametrize("how", sorted(BAD_IMAGES))
+def test_an_undecodable_image_in_a_folder_is_named(tmp_path, how):
+    image_folder(tmp_path)
+    spoil(tmp_path / "dog" / "1.bmp", how)
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/dog/1.bmp: not a decodable image "
+                                         r"\(empty, truncated or corrupt\)$"):
+        load_dataset("folder", str(tmp_path))
+
+
+def test_an_undecodable_image_in_a_file_list_is_named_with_its_line(tmp_path):
+    image_folder(tmp_path / "img")
+    write_list(tmp_path / "train.txt", [f"img/{cls}/{i}.bmp {c}" for c, cls in enumerate(["cat", "dog"])
+                                        for i in range(3)])
+    write_list(tmp_path / "test.txt", ["img/cat/0.bmp 0", "", "img/dog/2.bmp 1"])
+    assert load_dataset("filelist", str(tmp_path)).x_test.shape == (2, 32, 32, 3)
+    spoil(tmp_path / "img" / "dog" / "2.bmp", "truncated")
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/train.txt:6: {tmp_path}/img/dog/2.bmp: not a decodable image"):
+        load_dataset("filelist", str(tmp_path))
+
+
+def test_decoding_finds_the_bad_image_in_any_batch(tmp_path, monkeypatch):
+    images = image_folder(tmp_path, classes=("a",), count=10)
+    encoded = [np.fromfile(path, dtype=np.uint8) for path in images]
+    monkeypatch.setattr(pipeline, "DECODE_BATCH", 4)  # the bad image in the second of three batches
+    assert np.array_equal(pipeline.decode_images(encoded), np.stack(list(images.values())))
+    encoded[6] = encoded[6][:60]
+    with pytest.raises(ValueError, match=r"^image #6: not a decodable image"):
+        pipeline.decode_images(encoded)
+    with pytest.raises(ValueError, match=r"^seven: not a decodable image"):
+        pipeline.decode_images(encoded, names=[str(i) for i in range(6)] + ["seven"] + [""] * 3)
+
+
+def test_a_missing_file_in_a_file_list_is_named_with_its_line(tmp_path):
+    image_folder(tmp_path / "img")
+    write_list(tmp_path / "train.txt", ["img/cat/0.bmp 0", "img/cat/9.bmp 0"])
+    write_list(tmp_path / "test.txt", ["img/dog/0.bmp 1"])
+    with pytest.raises(FileNotFoundError, match=rf"^{tmp_path}/train.txt:2: {tmp_path}/img/cat/9.bmp is missing$"):
+        load_dataset("filelist", str(tmp_path))
+
+
+@pytest.mark.parametrize("listed", ["../outside/cat/0.bmp", "img/../../outside/cat/0.bmp", "ABSOLUTE"])
+def test_file_list_paths_must_stay_inside_the_data_dir(tmp_path, listed):
+    image_folder(tmp_path / "outside")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    listed = listed.replace("ABSOLUTE", str(tmp_path / "outside" / "cat" / "0.bmp"))
+    write_list(data_dir / "train.txt", ["link/cat/1.bmp 0", f"{listed} 0"])
+    write_list(data_dir / "test.txt", ["link/dog/0.bmp 1"])
+    os.symlink(tmp_path / "outside", data_dir / "link")  # the way to use files stored elsewhere
+    with pytest.raises(ValueError, match=rf"^{data_dir}/train.txt:2: {listed} is outside --data-dir {data_dir}; "
+                                         r"list paths must be relative and inside it"):
+        load_dataset("filelist", str(data_dir))
+    write_list(data_dir / "train.txt", ["link/cat/1.bmp 0", "link/cat/0.bmp 0"])
+    assert load_dataset("filelist", str(data_dir)).y_train.tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("label", [-1, MAX_CLASSES, 10**9])
+def test_file_list_labels_must_be_class_indices(tmp_path, label):
+    image_folder(tmp_path / "img")
+    write_list(tmp_path / "train.txt", ["img/cat/0.bmp 0", f"img/dog/0.bmp {label}"])
+    write_list(tmp_path / "test.txt", ["img/dog/1.bmp 1"])
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/train.txt:2: label {label} is not a class index in "
+                                         rf"\[0, {MAX_CLASSES}\)$"):
+        load_dataset("filelist", str(tmp_path))
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_a_class_folder_without_images_is_refused(tmp_path, split):
+    train = tmp_path / "train" if split else tmp_path
+    image_folder(train, classes=("ant", "cat", "dog"))
+    if split:
+        image_folder(tmp_path / "test", classes=("ant", "dog"), count=1)  # test/ may lack a class
+        assert load_dataset("folder", str(tmp_path)).y_test.tolist() == [0, 2]
+    for file in os.listdir(train / "cat"):
+        os.rename(train / "cat" / file, train / "cat" / f"{file}.txt")  # files, but no images
+    with pytest.raises(ValueError, match=rf"^folder {train}/cat: a class folder without images \(.png, "):
+        load_dataset("folder", str(tmp_path))
+
+
+X = np.random.default_rng(0).integers(0, 256, (10, 8, 8), dtype=np.uint8)
+Y = np.arange(10) % 3
+
+
+def broken_zip(path):
+    np.savez(path, x=X, y=Y)
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def corrupt_member(path):
+    """A whole zip whose x.npy bytes are flipped: it opens, and fails when x is read."""
+    np.savez(path, x=X, y=Y)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"NUMPY") + 200
+    data[at:at + 20] = bytes(255 - b for b in data[at:at + 20])
+    path.write_bytes(bytes(data))
+
+
+def npy_file(path):
+    with open(path, "wb") as f:
+        np.save(f, X)
+
+
+# A bad .npz: how to write it, and the error after "npz <path>: ".
+NPZ_CASES = {
+    "float images in [0, 1]": (lambda p: np.savez(p, x=X / 255, y=Y),
+                               r"x must be an integer array, got float64; store uint8 pixels"),
+    "pixels above 255": (lambda p: np.savez(p, x=X.astype(np.int64) + 45, y=Y),
+                         r"x must lie in \[0, 256\), got values from \d+ to 300; store uint8 pixels"),
+    "float labels": (lambda p: np.savez(p, x=X, y=Y + 0.5), r"y must be an integer array, got float64"),
+    "a huge label": (lambda p: np.savez(p, x=X, y=np.r_[Y[:-1], 10**9]),
+                     rf"y must lie in \[0, {MAX_CLASSES}\), got values from 0 to 1000000000"),
+    "a negative label": (lambda p: np.savez(p, x=X, y=Y - 1), r"y must lie in \[0, 100000\), got values from -1 to 1"),
+    "no y": (lambda p: np.savez(p, x=X, labels=Y),
+             r"needs arrays x and y \(and x_test with y_test\), missing y; it has x, labels$"),
+    "x_test without y_test": (lambda p: np.savez(p, x=X, y=Y, x_test=X),
+                              r"needs .* missing y_test; it has x, y, x_test$"),
+    "x and y differ in length": (lambda p: np.savez(p, x=X, y=Y[:-1]),
+                                 r"x must be \[N, H, W\] or \[N, H, W, C\] and y \[N\] with the same N > 0, "
+                                 r"got x \[10, 8, 8\] and y \[9\]$"),
+    "test arrays differ in length": (lambda p: np.savez(p, x=X, y=Y, x_test=X, y_test=Y[:3]),
+                                     r"x_test must be .* got x_test \[10, 8, 8\] and y_test \[3\]$"),
+    "an empty file": (lambda p: p.write_bytes(b""), r"not a readable .npz archive \(No data left in file\)$"),
+    "a broken zip": (broken_zip, r"not a readable .npz archive \(File is not a zip file\)$"),
+    "a corrupt member": (corrupt_member, r"not a readable .npz archive \("),
+    "a .npy array": (npy_file,
+                     r"not a readable .npz archive \(a single .npy array, not named arrays\)$"),
+}
+
+
+@pytest.mark.parametrize("case", list(NPZ_CASES))
+def test_a_bad_npz_is_refused_naming_the_file_and_the_array(tmp_path, case):
+    path = tmp_path / "data.npz"
+    write, pattern = NPZ_CASES[case]
+    write(path)
+    with pytest.raises(ValueError, match=rf"^npz {path}: {pattern}"):
+        load_dataset("npz", str(path))
+
+
+def test_npz_integer_images_in_range_are_kept_exactly(tmp_path):
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 256, (6, 8, 8, 3)), rng.integers(0, 2, 6)  # int64, as numpy draws them
+    np.savez(tmp_path / "data.npz", x=x, y=y, x_test=x[:2].astype(np.int16), y_test=np.array([0, 1], np.uint8))
+    data = load_dataset("npz", str(tmp_path / "data.npz"))
+    assert data.x_train.dtype == np.uint8 and np.array_equal(data.x_train, x) and data.num_classes == 2
+    np.savez(tmp_path / "small.npz", x=x[:4], y=y[:4])  # too few to hold a test sample out
+    assert len(load_dataset("npz", str(tmp_path / "small.npz")).y_test) == 0
+
+
+def test_the_command_line_prints_one_line_naming_the_file(tmp_path, capsys):
+    image_folder(tmp_path / "data")
+    spoil(tmp_path / "data" / "cat" / "2.bmp", "garbage")
+    assert main(["--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"python -m engine.train: error: {tmp_path}/data/cat/2.bmp: not a decodable image " \
+                  "(empty, truncated or corrupt)\n"

@@ -1,0 +1,61 @@
+"""Outputs are written atomically: a write that fails or is killed (kill -9, in a loop) leaves
+the previous complete file or the new complete one, never a cut-off file; the files get the
+usual permissions; the next run on the folder removes what a killed write left."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from engine.outputs import FILE_MODE, folder_lock, write_atomically
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROWS = 200_000  # a label_issues.csv of CIFAR size takes a while to write: kills land mid-write
+
+
+def version(number):
+    return b"".join(b"%d,%d\n" % (number, row) for row in range(ROWS)) + b"end\n"
+
+
+def test_a_failing_write_keeps_the_old_file_and_leaves_nothing(tmp_path):
+    path = tmp_path / "metrics.csv"
+    write_atomically(str(path), lambda f: f.write(b"old\n"))
+
+    def fail(f):
+        f.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_atomically(str(path), fail)
+    assert path.read_bytes() == b"old\n" and os.listdir(tmp_path) == ["metrics.csv"]
+    assert path.stat().st_mode & 0o777 == FILE_MODE  # like open(), not mkstemp's 0600
+
+
+WRITER = """
+import sys
+from engine.outputs import write_atomically
+from tests.test_outputs import version
+number = 0
+while True:
+    number += 1
+    write_atomically(sys.argv[1], lambda f: f.write(version(number)))
+    print(number, flush=True)
+"""
+
+
+def test_kill_9_during_writes_leaves_a_complete_file(tmp_path):
+    path = tmp_path / "label_issues.csv"
+    for kill in range(8):
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], cwd=REPO, stdout=subprocess.PIPE)
+        writer.stdout.readline()  # one complete write done
+        time.sleep(0.01 + 0.03 * kill)  # then somewhere in a later write
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        content = path.read_bytes()
+        number = int(content.split(b",", 1)[0])
+        assert content == version(number), f"kill {kill}: a cut-off file"
+    assert any(name.endswith(".engine.tmp") for name in os.listdir(tmp_path)), "no kill landed mid-write"
+    with folder_lock(str(tmp_path)):  # a new run on the folder
+        assert sorted(os.listdir(tmp_path)) == [".lock", "label_issues.csv"]
