@@ -107,6 +107,25 @@ def test_pseudo_stage_of_a_weak_model_keeps_the_label_of_each_classes_most_confi
     assert torch.equal(method.pseudo_labels, torch.where(kept, labels, (labels + 1) % C))
 
 
+@pytest.mark.parametrize("relabel_confidence", [None, 0.0])
+def test_pseudo_stage_relabels_only_where_the_model_is_confident_in_its_arg_max(relabel_confidence):
+    options = {} if relabel_confidence is None else {"relabel_confidence": relabel_confidence}
+    method = make_method(JNPL, **options)  # the short-budget preset: relabel_confidence 0.5
+    labels, rows = method.given_labels, torch.arange(N)
+    on_label = 0.05 + 0.001 * rows  # below 0.5 everywhere; the class share keeps each class's top half
+    on_argmax = torch.where(rows % 2 == 0, 0.9, 0.4)  # label + 1: confident on even rows only
+    probs = ((1 - on_label - on_argmax) / (C - 2))[:, None].repeat(1, C)
+    probs[rows, labels] = on_label
+    probs[rows, (labels + 1) % C] = on_argmax
+    assert torch.equal(probs.argmax(1), (labels + 1) % C)
+    method.start_stage(step_at(method, first_epoch_of(method, Phase.PSEUDO)).stage, {"probs": probs})
+    unselected = ~clean_selection(on_label, labels, C, 0.5)
+    confident = rows % 2 == 0 if relabel_confidence is None else torch.ones(N, dtype=torch.bool)
+    if relabel_confidence is None:
+        assert (unselected & ~confident).any(), "some unselected rows keep their label"
+    assert torch.equal(method.pseudo_labels, torch.where(unselected & confident, (labels + 1) % C, labels))
+
+
 def jnpl_logits():
     """Half the rows confident (PL+ candidates: every other class below 1/C), half split
     between two classes (never candidates)."""
