@@ -15,7 +15,7 @@ def outputs_of(probs):
 
 
 def test_pmnar_weights_come_from_the_peer_network_after_the_warmup():
-    method = make_method(PMNAR, warmup=2)
+    method = make_method(PMNAR, warmup=2, class_balanced=False)  # eq. 4 as written
     probs = random_probs(N, 2, C)
     outputs = outputs_of(probs)
     method.end_epoch(step_at(method, 0), outputs)  # epoch 1 of a 2-epoch warm-up: nothing changes
@@ -27,7 +27,7 @@ def test_pmnar_weights_come_from_the_peer_network_after_the_warmup():
 
 
 def test_pmnar_single_network_is_weighted_by_itself_and_switches_work():
-    method = make_method(PMNAR, warmup=0, single_network=True)
+    method = make_method(PMNAR, warmup=0, single_network=True, class_balanced=False)
     probs = random_probs(N, 1, C)
     method.end_epoch(step_at(method, 0), outputs_of(probs))
     confidence = probs[torch.arange(N), 0, method.given_labels]
@@ -38,6 +38,24 @@ def test_pmnar_single_network_is_weighted_by_itself_and_switches_work():
     off.end_epoch(step_at(off, 0), outputs_of(probs))
     assert torch.equal(off.weights, torch.ones(2, N)) and not off.history.any()
     assert off.second_view is None and make_method(PMNAR).second_view == "strong"
+
+
+def test_short_budget_weights_are_scaled_to_mean_one_per_given_class():
+    method = make_method(PMNAR, warmup=0)
+    assert method.config.class_balanced
+    probs = random_probs(N, 2, C, seed=3)
+    method.end_epoch(step_at(method, 0), outputs_of(probs))
+    labels = method.given_labels
+    for k, peer in ((0, 1), (1, 0)):
+        confidence = probs[torch.arange(N), peer, labels]
+        plain = confidence - confidence.min()
+        for c in range(C):
+            members = labels == c
+            torch.testing.assert_close(method.weights[k, members], plain[members] / plain[members].mean())
+    zero = torch.zeros(2, N)
+    zero[:, labels == 1] = torch.rand(2, int((labels == 1).sum()))
+    balanced = method.balanced(zero)
+    assert torch.equal(balanced[:, labels == 0], torch.ones(2, int((labels == 0).sum()))), "all-0 class: 1s"
 
 
 def test_pmnar_history_accumulates_arg_maxes_and_is_excluded_from_the_loss():
