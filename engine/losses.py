@@ -4,29 +4,69 @@ Every loss takes logits [B, C] (float32/float64/bfloat16/float16, any strides; c
 float32, float64 for float64 input) and returns a float32 (float64) loss. An optional
 per-sample `weight` [B] is detached. reduction: "none" -> [B]; "sum"; "mean" -> sum(w_i l_i) / B,
 which is 0 (not NaN) for an empty batch. Formulas: ../shared/METHODS.md and engine.reference.
+The fused losses have first derivatives only: double backward and forward-mode AD raise (the
+plain-PyTorch engine.reference functions support both).
 """
-import torch
+import numbers
 
-from engine.ops import ops
+import torch
+from torch.autograd import forward_ad
+
+from engine.ops import check_same_device, ops
 
 REDUCTIONS = ("none", "mean", "sum")
 
+# What each kind of argument accepts. Ints refuse bool and float (int() would turn True into 1
+# and 1.7 into 1); torch.SymInt / SymFloat are what torch.compile traces a Python number as.
+_KINDS = {
+    "tensor": (torch.Tensor,),
+    "int": (numbers.Integral, torch.SymInt),
+    "bool": (bool,),
+    "float": (numbers.Real, torch.SymFloat, torch.SymInt),
+}
 
-def _needs_grad(logits):
-    return logits.requires_grad and torch.is_grad_enabled()
+
+def _arg(api, name, value, kind, optional=False, unsigned=False):
+    """`value`, checked: a TypeError naming the argument unless it is of `kind` (a key of _KINDS)
+    or, if `optional`, None. An int must fit the op's int64, or with `unsigned` (seeds and
+    offsets, which the kernels read as uint64) lie in [0, 2**64); it is passed on as the int64
+    of the same bits."""
+    if value is None and optional:
+        return value
+    if not isinstance(value, _KINDS[kind]) or (kind != "bool" and isinstance(value, bool)):
+        raise TypeError(f"{api}(): {name} must be {'an int' if kind == 'int' else 'a ' + kind}"
+                        f"{' or None' if optional else ''}, got {type(value).__name__} {value!r:.40}")
+    if kind == "int":
+        if not isinstance(value, torch.SymInt):  # a traced int stays symbolic
+            value = int(value)  # numpy integers: to the Python int the op takes
+        low, high, text = (0, 2**64, "[0, 2**64)") if unsigned else (-(2**63), 2**63, "[-2**63, 2**63)")
+        if not low <= value < high:
+            raise ValueError(f"{api}(): {name} must be in {text}, got {value}")
+        return value - 2**64 if value >= 2**63 else value
+    return value
+
+
+def _per_sample(api, op, logits, *args):
+    """The per-row loss of the loss op `op(logits, *args, compute_grad)`."""
+    _arg(api, "logits", logits, "tensor")
+    # Forward-mode AD passes the op by (no tangent comes out): refuse it rather than return 0.
+    if forward_ad.unpack_dual(logits).tangent is not None:
+        raise NotImplementedError(f"{api}(): forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) is not "
+                                  f"supported by the fused {op._qualified_op_name}; use engine.reference.{api}")
+    per_sample, _ = op(logits, *args, logits.requires_grad and torch.is_grad_enabled())
+    return per_sample
 
 
 def _reduce(api, per_sample, weight, reduction):
     if reduction not in REDUCTIONS:
         raise ValueError(f"{api}(): reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if weight is not None:
-        if not isinstance(weight, torch.Tensor) or weight.shape != per_sample.shape:
-            shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
-            raise ValueError(f"{api}(): weight must be a tensor of shape {tuple(per_sample.shape)}, got {shape}")
+    if _arg(api, "weight", weight, "tensor", optional=True) is not None:
+        if weight.shape != per_sample.shape:
+            raise ValueError(f"{api}(): weight must be a tensor of shape {tuple(per_sample.shape)}, "
+                             f"got {tuple(weight.shape)}")
         if not weight.is_floating_point():
             raise TypeError(f"{api}(): weight must be floating point, got {weight.dtype}")
-        if weight.device != per_sample.device:
-            raise ValueError(f"{api}(): weight is on {weight.device} but logits are on {per_sample.device}")
+        check_same_device(api, [("logits", per_sample), ("weight", weight)])
         per_sample = per_sample * weight.detach().to(per_sample.dtype)
     if reduction == "none":
         return per_sample
@@ -41,11 +81,12 @@ def nl_loss(logits, comp_labels, weight=None, plus=False, reduction="mean", clam
     (NL+, plus=True). clamp_eps: use log(max(1 - p, eps)) as the NLNL code does (default:
     exact, computed without cancellation).
     """
-    if isinstance(comp_labels, torch.Tensor) and comp_labels.dim() == 1:
+    api = "nl_plus_loss" if plus is True else "nl_loss"
+    if _arg(api, "comp_labels", comp_labels, "tensor").dim() == 1:
         comp_labels = comp_labels.unsqueeze(1)
-    per_sample, _ = ops.nl_forward(logits, comp_labels, plus, 0.0 if clamp_eps is None else float(clamp_eps),
-                                   _needs_grad(logits))
-    return _reduce("nl_plus_loss" if plus else "nl_loss", per_sample, weight, reduction)
+    clamp_eps = 0.0 if clamp_eps is None else _arg(api, "clamp_eps", clamp_eps, "float")
+    per_sample = _per_sample(api, ops.nl_forward, logits, comp_labels, _arg(api, "plus", plus, "bool"), clamp_eps)
+    return _reduce(api, per_sample, weight, reduction)
 
 
 def nl_plus_loss(logits, comp_labels, weight=None, reduction="mean", clamp_eps=None):
@@ -58,8 +99,10 @@ def pl_plus_loss(logits, target, n=3, weight=None, reduction="mean"):
 
     Pass only the selected rows (see jnpl_select); the mean is over the rows passed.
     """
-    per_sample, _ = ops.pl_plus_forward(logits, target, int(n), _needs_grad(logits))
-    return _reduce("pl_plus_loss", per_sample, weight, reduction)
+    api = "pl_plus_loss"
+    per_sample = _per_sample(api, ops.pl_plus_forward, logits, _arg(api, "target", target, "tensor"),
+                             _arg(api, "n", n, "int"))
+    return _reduce(api, per_sample, weight, reduction)
 
 
 def pm_loss(logits, labels, exclude=None, weight=None, reduction="mean"):
@@ -67,22 +110,27 @@ def pm_loss(logits, labels, exclude=None, weight=None, reduction="mean"):
 
     exclude: optional bool [B, C], e.g. PMNAR's "ever predicted" history rows.
     """
-    per_sample, _ = ops.pm_forward(logits, labels, exclude, True, _needs_grad(logits))
-    return _reduce("pm_loss", per_sample, weight, reduction)
+    return _multi_negative("pm_loss", logits, labels, exclude, True, weight, reduction)
 
 
 def ml_loss(logits, labels, exclude=None, weight=None, reduction="mean"):
     """Multi-negative learning (pmnar.txt eq. 6), PM without its -log p_y term:
     -sum over k != y, not exclude[i, k] of log(1 - p_k). BLDR's negative head uses it with
     the corrected label excluded."""
-    per_sample, _ = ops.pm_forward(logits, labels, exclude, False, _needs_grad(logits))
-    return _reduce("ml_loss", per_sample, weight, reduction)
+    return _multi_negative("ml_loss", logits, labels, exclude, False, weight, reduction)
+
+
+def _multi_negative(api, logits, labels, exclude, positive, weight, reduction):
+    per_sample = _per_sample(api, ops.pm_forward, logits, _arg(api, "labels", labels, "tensor"),
+                             _arg(api, "exclude", exclude, "tensor", optional=True), positive)
+    return _reduce(api, per_sample, weight, reduction)
 
 
 def weighted_ce(logits, labels, weight=None, reduction="mean"):
     """Cross-entropy -log p_y with an optional per-sample weight."""
-    per_sample, _ = ops.ce_forward(logits, labels, _needs_grad(logits))
-    return _reduce("weighted_ce", per_sample, weight, reduction)
+    api = "weighted_ce"
+    per_sample = _per_sample(api, ops.ce_forward, logits, _arg(api, "labels", labels, "tensor"))
+    return _reduce(api, per_sample, weight, reduction)
 
 
 def jnpl_select(logits, seed, offset):
@@ -91,7 +139,9 @@ def jnpl_select(logits, seed, offset):
     yhat = arg-max; a row is a candidate when every other class has p < 1/C, and a
     candidate is kept with probability p_yhat, drawn from Philox(seed, offset, row).
     """
-    return ops.jnpl_select(logits.detach(), int(seed), int(offset))
+    api = "jnpl_select"
+    return ops.jnpl_select(_arg(api, "logits", logits, "tensor").detach(), _arg(api, "seed", seed, "int", unsigned=True),
+                           _arg(api, "offset", offset, "int", unsigned=True))
 
 
 def sample_complementary(labels, num_classes, k=1, exclude=None, replacement=True, seed=0, offset=0):
@@ -101,8 +151,11 @@ def sample_complementary(labels, num_classes, k=1, exclude=None, replacement=Tru
     (k <= allowed classes). Draws come from Philox(seed, offset, row): the same on CPU and
     CUDA; use a new offset (e.g. the step number) for new draws.
     """
-    return ops.sample_complementary(labels, int(num_classes), int(k), exclude, bool(replacement), int(seed),
-                                    int(offset))
+    api = "sample_complementary"
+    return ops.sample_complementary(
+        _arg(api, "labels", labels, "tensor"), _arg(api, "num_classes", num_classes, "int"), _arg(api, "k", k, "int"),
+        _arg(api, "exclude", exclude, "tensor", optional=True), _arg(api, "replacement", replacement, "bool"),
+        _arg(api, "seed", seed, "int", unsigned=True), _arg(api, "offset", offset, "int", unsigned=True))
 
 
 def normalize_weights(x, mode, temperature=10.0):
@@ -112,12 +165,16 @@ def normalize_weights(x, mode, temperature=10.0):
     (e.g. min_max of a constant vector is all ones). temperature is used by softmax only.
     The result carries no gradient.
     """
-    return ops.normalize_weights(x.detach(), mode, float(temperature))
+    api = "normalize_weights"
+    return ops.normalize_weights(_arg(api, "x", x, "tensor").detach(), mode,
+                                 _arg(api, "temperature", temperature, "float"))
 
 
 def update_history(history, indices, logits):
     """In place: history[indices[i], argmax(logits[i])] = True (PMNAR's "ever predicted" set)."""
-    ops.update_history(history, indices, logits.detach())
+    api = "update_history"
+    ops.update_history(_arg(api, "history", history, "tensor"), _arg(api, "indices", indices, "tensor"),
+                       _arg(api, "logits", logits, "tensor").detach())
     return history
 
 

@@ -2,7 +2,8 @@
 
 The C++ library (engine._C) registers the schemas and the CPU / CUDA kernels. Each loss
 op returns the per-row loss and, in the same pass, its gradient wrt the logits; backward
-only scales that stored gradient by the incoming per-row gradient.
+only scales that stored gradient by the incoming per-row gradient. So the losses have no
+second derivative (double backward raises) and no forward-mode AD (engine.losses raises).
 """
 import torch
 
@@ -11,14 +12,44 @@ import engine._C  # noqa: F401  (registers torch.ops.noisy)
 ops = torch.ops.noisy
 
 
+def api_name(op_name, args):
+    """The public function (engine.losses, engine.reference) that calls `op_name` with `args`:
+    the name error messages give, as the C++ checks do."""
+    if op_name == "nl_forward":
+        return "nl_plus_loss" if args[2] else "nl_loss"
+    if op_name == "pm_forward":
+        return "pm_loss" if args[3] else "ml_loss"
+    return {"ce_forward": "weighted_ce", "pl_plus_forward": "pl_plus_loss"}.get(op_name, op_name)
+
+
+def check_same_device(api, named_tensors):
+    """ValueError naming the argument unless the tensors of `named_tensors` ((name, tensor or
+    None) pairs) all lie on the first one's device."""
+    (ref_name, ref), *others = [(name, t) for name, t in named_tensors if t is not None]
+    for name, t in others:
+        if t.device != ref.device:
+            raise ValueError(f"{api}(): {name} is on {t.device} but {ref_name} is on {ref.device}")
+
+
+def _check_devices(op_name, args):
+    """The C++ kernels check devices, but a call with any meta tensor is sent here, to the fake
+    kernel, whatever device the other tensors are on: without this check it would return
+    uninitialized memory (or, for update_history, silently do nothing)."""
+    schema = getattr(ops, op_name).default._schema
+    check_same_device(api_name(op_name, args),
+                      [(arg.name, value) for arg, value in zip(schema.arguments, args) if isinstance(value, torch.Tensor)])
+
+
 @torch.library.register_fake("noisy::jnpl_select")
 def _jnpl_select_fake(logits, seed, offset):
+    _check_devices("jnpl_select", (logits, seed, offset))
     rows = logits.shape[:1]
     return logits.new_empty(rows, dtype=torch.bool), logits.new_empty(rows, dtype=torch.int64)
 
 
 @torch.library.register_fake("noisy::sample_complementary")
 def _sample_complementary_fake(labels, num_classes, k, exclude, replacement, seed, offset):
+    _check_devices("sample_complementary", (labels, num_classes, k, exclude, replacement, seed, offset))
     return labels.new_empty((labels.shape[0], k))
 
 
@@ -29,6 +60,7 @@ def _normalize_weights_fake(x, mode, temperature):
 
 @torch.library.register_fake("noisy::update_history")
 def _update_history_fake(history, indices, logits):
+    _check_devices("update_history", (history, indices, logits))
     return None
 
 
@@ -37,6 +69,7 @@ def _register_loss_op(name, num_other_inputs):
     -> (per-row loss, gradient wrt logits or an empty placeholder)."""
 
     def fake(logits, *others):
+        _check_devices(name, (logits, *others))
         compute_grad = others[-1]
         loss_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
         grad = logits.new_empty(logits.shape) if compute_grad else logits.new_empty((0,))
@@ -48,8 +81,16 @@ def _register_loss_op(name, num_other_inputs):
         # The stored gradient never receives one: without this, autograd would fill a zero
         # tensor of its size for backward's second argument on every call.
         ctx.set_materialize_grads(False)
+        ctx.api = api_name(name, inputs)
 
     def backward(ctx, grad_loss, _grad_of_grad):
+        if torch.is_grad_enabled():
+            # create_graph=True: the gradient is to be differentiated again. The op stores
+            # the gradient only, a constant to autograd: the second derivative would silently
+            # come out as zero.
+            raise NotImplementedError(
+                f"{ctx.api}(): double backward (create_graph=True: gradgradcheck, gradient penalties, "
+                f"torch.func.hessian) is not supported by the fused noisy::{name}; use engine.reference.{ctx.api}")
         (grad,) = ctx.saved_tensors
         if grad_loss is None:  # only the (non-differentiable) gradient output was used
             return (None,) * (1 + num_other_inputs)

@@ -97,15 +97,16 @@ struct SerialGroup {
     return top;
   }
 
-  // Turns the cached row into exp(z_j - ref) in place, 0 for the arg column (evaluated at
-  // -inf: its term never enters the sum, which stays exact when every other term is tiny).
+  // Turns the block [begin, end) of the cached row into exp(z_j - ref) in place, 0 for the
+  // arg column (evaluated at -inf: its term never enters the sum, which stays exact when every
+  // other term is tiny).
   template <class Logit>
-  Acc rest_exp_sum(const Logit&, int64_t classes, int64_t arg, Acc ref) const {
+  Acc rest_exp_sum(const Logit&, int64_t begin, int64_t end, int64_t arg, Acc ref) const {
     Acc* rel = row_cache;
-    if (arg >= 0) rel[arg] = neg_infinity<Acc>();
+    if (arg >= begin && arg < end) rel[arg] = neg_infinity<Acc>();
     Acc sum = 0;
 #pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < classes; ++j) {
+    for (int64_t j = begin; j < end; ++j) {
       rel[j] = exp_nonpositive(rel[j] - ref);
       sum += rel[j];
     }

@@ -45,9 +45,9 @@ struct LaneGroup {
   }
 
   template <class Logit, class T>
-  NOISY_HD T rest_exp_sum(const Logit& logit, int64_t classes, int64_t arg, T ref) const {
+  NOISY_HD T rest_exp_sum(const Logit& logit, int64_t begin, int64_t end, int64_t arg, T ref) const {
     T sum = 0;
-    for (int64_t j = lane; j < classes; j += Width) {
+    for (int64_t j = begin + lane; j < end; j += Width) {
       if (j != arg) sum += math_exp(logit(j) - ref);
     }
     return sum;

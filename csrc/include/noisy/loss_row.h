@@ -63,6 +63,14 @@ struct NegativeSums {
   T odds_sum = 0;   // B above
   T arg_coef = 0;   // A above
 
+  // Adds the sums of another part of the row (a block's into the double totals, and back).
+  template <class U>
+  NOISY_HD void merge(const NegativeSums<U>& part) {
+    loss += part.loss;
+    odds_sum += part.odds_sum;
+    arg_coef += part.arg_coef;
+  }
+
   NOISY_HD void add(const SoftmaxRow<T>& s, T rel, int64_t k, T count, bool plus, T clamp_eps) {
     if (k != s.arg) {
       const T p = s.prob(rel, k);
@@ -157,17 +165,18 @@ NOISY_HD void with_kept_columns(const RowLossProblem<Scalar, Acc>& P, int64_t ro
   }
 }
 
-// The negative terms of every column but the arg-max and y (NegativeSet::all_but_label),
+// The negative terms of the columns [begin, end) but the arg-max and y (NegativeSet::all_but_label),
 // from the cached exp terms of a row: the CPU's vectorized form of the loop in row_loss.
 template <class Scalar, class Acc>
 NOISY_HD void add_all_but_label(const RowLossProblem<Scalar, Acc>& P, int64_t row, const SoftmaxRow<Acc>& s,
-                                int64_t y, const Acc* rel, Acc clamp_eps, NegativeSums<Acc>& neg) {
+                                int64_t y, const Acc* rel, int64_t begin, int64_t end, Acc clamp_eps,
+                                NegativeSums<Acc>& neg) {
   const Acc log_clamp_eps = math_log(clamp_eps);
   with_plus(P.spec.plus, [&](auto plus) {
     with_kept_columns(P, row, [&](const auto& kept) {
       Acc loss_sum = 0, odds_sum = 0;
       NOISY_SIMD_SUMS
-      for (int64_t j = 0; j < P.classes; ++j) {
+      for (int64_t j = begin; j < end; ++j) {
         const Acc p = rel[j] * s.ref_prob;
         const Acc count = Acc(j != s.arg) * Acc(j != y) * kept(j);
         loss_sum += count * negative_loss(p, plus, log_clamp_eps);
@@ -200,14 +209,22 @@ NOISY_HD void row_loss(const RowLossProblem<Scalar, Acc>& P, int64_t row, const 
       neg.add(s, group.rel_exp(s, logit, k), k, Acc(1), spec.plus, clamp_eps);
     }
   } else if (spec.negatives == NegativeSet::all_but_label) {
+    NegativeSums<double> total;  // block by block (see kSumBlock)
+    for_each_column_block(C, [&](int64_t begin, int64_t end) {
+      NegativeSums<Acc> part;
+      if constexpr (Group::caches_row) {
+        add_all_but_label(P, row, s, y, group.row_cache, begin, end, clamp_eps, part);
+      } else {
+        for (int64_t j = begin + group.lane; j < end; j += Group::width) {
+          if (negative_count(P, row, j, y) != Acc(0)) part.add(s, group.rel_exp(s, logit, j), j, Acc(1), spec.plus, clamp_eps);
+        }
+      }
+      total.merge(part);
+    });
+    neg.merge(total);
     if constexpr (Group::caches_row) {
-      add_all_but_label(P, row, s, y, group.row_cache, clamp_eps, neg);
       if (s.arg >= 0 && negative_count(P, row, s.arg, y) != Acc(0)) {
         neg.add(s, Acc(0), s.arg, Acc(1), spec.plus, clamp_eps);
-      }
-    } else {
-      for (int64_t j = group.lane; j < C; j += Group::width) {
-        if (negative_count(P, row, j, y) != Acc(0)) neg.add(s, group.rel_exp(s, logit, j), j, Acc(1), spec.plus, clamp_eps);
       }
     }
   }

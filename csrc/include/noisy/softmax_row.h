@@ -94,13 +94,30 @@ struct SoftmaxRow {
   NOISY_HD T neg_log_prob(T z, int64_t j) const { return j == arg ? log1p_rest : lse - z; }
 };
 
+// Sums over the columns of a row run block by block: each block's partial sum in Acc (the
+// CPU's vectorized loops, a warp's lane-strided loops), the blocks' sums added in double. A
+// float running sum stops growing once it is 2^24 times its terms (each lane of an 8-lane SIMD
+// sum of 2^28 equal terms stopped at 2^24: CE of 2^28 equal logits gave log(2^27)); blocks
+// bound that error for any number of classes, and a row of at most kSumBlock columns sums as
+// before, bit for bit. A multiple of every group width, so a lane keeps the same columns.
+constexpr int64_t kSumBlock = 4096;
+
+// block(begin, end) for consecutive blocks [begin, end) of at most kSumBlock columns.
+template <class Block>
+NOISY_HD void for_each_column_block(int64_t classes, const Block& block) {
+  for (int64_t begin = 0; begin < classes; begin += kSumBlock) {
+    block(begin, classes - begin < kSumBlock ? classes : begin + kSumBlock);
+  }
+}
+
 // The two reductions over a row of `classes` logits, logit(j) -> Acc, done by a Group
 // of threads: one thread on the CPU (which caches the row), a warp on CUDA. A Group has
 // `lane`, a static `width`, an all-reduce `sum`, and
-//   top_two_of(logit, classes, second)      the TopTwo of the whole row (max2 may be left
-//                                           at -inf when !second),
-//   rest_exp_sum(logit, classes, arg, ref)  this lane's part of rest_sum,
-//   rel_exp(s, logit, j)                    exp(z_j - ref) (0 for arg) for later passes.
+//   top_two_of(logit, classes, second)           the TopTwo of the whole row (max2 may be
+//                                                left at -inf when !second),
+//   rest_exp_sum(logit, begin, end, arg, ref)    this lane's part of rest_sum over the
+//                                                columns [begin, end) (one block),
+//   rel_exp(s, logit, j)                         exp(z_j - ref) (0 for arg) for later passes.
 // Every thread of the group gets the result.
 // second_largest = false: ref = max (see the top of this file), the same on every device.
 template <class Acc, class Group, class Logit>
@@ -108,8 +125,11 @@ NOISY_HD SoftmaxRow<Acc> softmax_row(const Logit& logit, int64_t classes, const 
                                      bool second_largest = true) {
   TopTwo<Acc> top = group.top_two_of(logit, classes, second_largest);
   if (!second_largest) top.max2 = neg_infinity<Acc>();
-  const Acc rest_sum = group.rest_exp_sum(logit, classes, top.arg, top.rest_reference());
-  return SoftmaxRow<Acc>(top, group.sum(rest_sum));
+  double rest_sum = 0;
+  for_each_column_block(classes, [&](int64_t begin, int64_t end) {
+    rest_sum += group.rest_exp_sum(logit, begin, end, top.arg, top.rest_reference());
+  });
+  return SoftmaxRow<Acc>(top, group.sum(static_cast<Acc>(rest_sum)));
 }
 
 }  // namespace noisy
