@@ -26,11 +26,11 @@ _KINDS = {
 }
 
 
-def _arg(api, name, value, kind, optional=False, unsigned=False):
+def _arg(api, name, value, kind, optional=False, bits=False):
     """`value`, checked: a TypeError naming the argument unless it is of `kind` (a key of _KINDS)
-    or, if `optional`, None. An int must fit the op's int64, or with `unsigned` (seeds and
-    offsets, which the kernels read as uint64) lie in [0, 2**64); it is passed on as the int64
-    of the same bits."""
+    or, if `optional`, None. An int must fit the op's int64; with `bits` (seeds and offsets,
+    whose 64 bits key Philox) it may also be an unsigned 64-bit int, passed on as the int64 of
+    the same bits."""
     if value is None and optional:
         return value
     if not isinstance(value, _KINDS[kind]) or (kind != "bool" and isinstance(value, bool)):
@@ -39,8 +39,8 @@ def _arg(api, name, value, kind, optional=False, unsigned=False):
     if kind == "int":
         if not isinstance(value, torch.SymInt):  # a traced int stays symbolic
             value = int(value)  # numpy integers: to the Python int the op takes
-        low, high, text = (0, 2**64, "[0, 2**64)") if unsigned else (-(2**63), 2**63, "[-2**63, 2**63)")
-        if not low <= value < high:
+        high, text = (2**64, "[-2**63, 2**64)") if bits else (2**63, "[-2**63, 2**63)")
+        if not -(2**63) <= value < high:
             raise ValueError(f"{api}(): {name} must be in {text}, got {value}")
         return value - 2**64 if value >= 2**63 else value
     return value
@@ -81,11 +81,11 @@ def nl_loss(logits, comp_labels, weight=None, plus=False, reduction="mean", clam
     (NL+, plus=True). clamp_eps: use log(max(1 - p, eps)) as the NLNL code does (default:
     exact, computed without cancellation).
     """
-    api = "nl_plus_loss" if plus is True else "nl_loss"
+    api = "nl_plus_loss" if _arg("nl_loss", "plus", plus, "bool") else "nl_loss"
     if _arg(api, "comp_labels", comp_labels, "tensor").dim() == 1:
         comp_labels = comp_labels.unsqueeze(1)
     clamp_eps = 0.0 if clamp_eps is None else _arg(api, "clamp_eps", clamp_eps, "float")
-    per_sample = _per_sample(api, ops.nl_forward, logits, comp_labels, _arg(api, "plus", plus, "bool"), clamp_eps)
+    per_sample = _per_sample(api, ops.nl_forward, logits, comp_labels, plus, clamp_eps)
     return _reduce(api, per_sample, weight, reduction)
 
 
@@ -140,8 +140,8 @@ def jnpl_select(logits, seed, offset):
     candidate is kept with probability p_yhat, drawn from Philox(seed, offset, row).
     """
     api = "jnpl_select"
-    return ops.jnpl_select(_arg(api, "logits", logits, "tensor").detach(), _arg(api, "seed", seed, "int", unsigned=True),
-                           _arg(api, "offset", offset, "int", unsigned=True))
+    return ops.jnpl_select(_arg(api, "logits", logits, "tensor").detach(), _arg(api, "seed", seed, "int", bits=True),
+                           _arg(api, "offset", offset, "int", bits=True))
 
 
 def sample_complementary(labels, num_classes, k=1, exclude=None, replacement=True, seed=0, offset=0):
@@ -155,7 +155,7 @@ def sample_complementary(labels, num_classes, k=1, exclude=None, replacement=Tru
     return ops.sample_complementary(
         _arg(api, "labels", labels, "tensor"), _arg(api, "num_classes", num_classes, "int"), _arg(api, "k", k, "int"),
         _arg(api, "exclude", exclude, "tensor", optional=True), _arg(api, "replacement", replacement, "bool"),
-        _arg(api, "seed", seed, "int", unsigned=True), _arg(api, "offset", offset, "int", unsigned=True))
+        _arg(api, "seed", seed, "int", bits=True), _arg(api, "offset", offset, "int", bits=True))
 
 
 def normalize_weights(x, mode, temperature=10.0):

@@ -32,17 +32,16 @@ def check_same_device(api, named_tensors):
 
 
 def _check_devices(op_name, args):
-    """The C++ kernels check devices, but a call with any meta tensor is sent here, to the fake
-    kernel, whatever device the other tensors are on: without this check it would return
-    uninitialized memory (or, for update_history, silently do nothing)."""
+    """check_same_device on the tensor arguments of op `op_name`. The C++ kernels check devices,
+    but a call with any meta tensor comes to the fake kernel instead, whatever device the other
+    tensors are on: unchecked, it returned uninitialized memory (update_history did nothing)."""
     schema = getattr(ops, op_name).default._schema
-    check_same_device(api_name(op_name, args),
-                      [(arg.name, value) for arg, value in zip(schema.arguments, args) if isinstance(value, torch.Tensor)])
+    tensors = [(arg.name, value) for arg, value in zip(schema.arguments, args) if isinstance(value, torch.Tensor)]
+    check_same_device(api_name(op_name, args), tensors)
 
 
 @torch.library.register_fake("noisy::jnpl_select")
 def _jnpl_select_fake(logits, seed, offset):
-    _check_devices("jnpl_select", (logits, seed, offset))
     rows = logits.shape[:1]
     return logits.new_empty(rows, dtype=torch.bool), logits.new_empty(rows, dtype=torch.int64)
 
@@ -90,7 +89,7 @@ def _register_loss_op(name, num_other_inputs):
             # come out as zero.
             raise NotImplementedError(
                 f"{ctx.api}(): double backward (create_graph=True: gradgradcheck, gradient penalties, "
-                f"torch.func.hessian) is not supported by the fused noisy::{name}; use engine.reference.{ctx.api}")
+                f"meta-gradients) is not supported by the fused noisy::{name}; use engine.reference.{ctx.api}")
         (grad,) = ctx.saved_tensors
         if grad_loss is None:  # only the (non-differentiable) gradient output was used
             return (None,) * (1 + num_other_inputs)

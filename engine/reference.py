@@ -38,6 +38,10 @@ def nl_loss(logits, comp_labels, weight=None, plus=False, reduction="mean", clam
     return _reduce(-(a * log1m).sum(1), weight, reduction)
 
 
+def nl_plus_loss(logits, comp_labels, weight=None, reduction="mean", clamp_eps=None):
+    return nl_loss(logits, comp_labels, weight=weight, plus=True, reduction=reduction, clamp_eps=clamp_eps)
+
+
 def pl_plus_loss(logits, target, n=3, weight=None, reduction="mean"):
     log_p = torch.log_softmax(_acc(logits), 1).gather(1, target.unsqueeze(1)).squeeze(1)
     p = log_p.detach().exp()

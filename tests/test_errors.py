@@ -105,5 +105,5 @@ def test_device_mix_raises():
 
 
 def test_weight_on_another_device_raises():
-    with pytest.raises(ValueError, match=r"weighted_ce\(\): weight is on meta but logits are on cpu"):
+    with pytest.raises(ValueError, match=r"weighted_ce\(\): weight is on meta but logits is on cpu"):
         L.weighted_ce(Z, Y, weight=torch.ones(4, device="meta"))

@@ -100,7 +100,7 @@ struct SoftmaxRow {
 // sum of 2^28 equal terms stopped at 2^24: CE of 2^28 equal logits gave log(2^27)); blocks
 // bound that error for any number of classes, and a row of at most kSumBlock columns sums as
 // before, bit for bit. A multiple of every group width, so a lane keeps the same columns.
-constexpr int64_t kSumBlock = 4096;
+constexpr int64_t kSumBlock = 1024;
 
 // block(begin, end) for consecutive blocks [begin, end) of at most kSumBlock columns.
 template <class Block>
