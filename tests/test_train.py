@@ -12,7 +12,6 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 from engine.checkpoint import read_checkpoint
