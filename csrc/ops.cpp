@@ -57,6 +57,13 @@ void check_exclude(const char* api, const Tensor& exclude, int64_t rows, int64_t
   check_same_device(api, ref, ref_name, exclude, "exclude");
 }
 
+// The Philox rows first_row .. first_row + rows - 1 of a call must fit 32 bits.
+void check_first_row(const char* api, int64_t first_row, int64_t rows) {
+  TORCH_CHECK_VALUE(first_row >= 0, api, "(): first_row must be >= 0, got ", first_row);
+  TORCH_CHECK_VALUE(first_row <= (int64_t{1} << 32) - rows, api, "(): first_row + rows must be <= 2^32 (Philox rows ",
+                    "are 32-bit), got first_row = ", first_row, " and ", rows, " rows");
+}
+
 // ---------------------------------------------------------------- dispatch helpers
 
 #ifdef WITH_CUDA
@@ -131,22 +138,23 @@ std::tuple<Tensor, Tensor> pl_plus_forward(const Tensor& logits, const Tensor& t
 
 // ---------------------------------------------------------------- sampling
 
-std::tuple<Tensor, Tensor> jnpl_select(const Tensor& logits, int64_t seed, int64_t offset) {
+std::tuple<Tensor, Tensor> jnpl_select(const Tensor& logits, int64_t seed, int64_t offset, int64_t first_row) {
   check_logits("jnpl_select", logits);
-  return run_select(logits, seed, offset, [&](const auto& p) {
+  check_first_row("jnpl_select", first_row, logits.size(0));
+  return run_select(logits, seed, offset, first_row, [&](const auto& p) {
     on_device(logits, [&] { cpu::jnpl_select(p); }, [&](void* stream) { return cuda::jnpl_select(p, stream); });
   });
 }
 
 Tensor sample_complementary(const Tensor& labels, int64_t num_classes, int64_t k, const c10::optional<Tensor>& exclude,
-                            bool replacement, int64_t seed, int64_t offset) {
+                            bool replacement, int64_t seed, int64_t offset, int64_t first_row) {
   const char* api = "sample_complementary";
   TORCH_CHECK_VALUE(num_classes >= 2, api, "(): num_classes must be >= 2, got ", num_classes);
   TORCH_CHECK_VALUE(num_classes <= (int64_t{1} << 31), api, "(): num_classes must be < 2^31, got ", num_classes);
   TORCH_CHECK_VALUE(k >= 1, api, "(): k must be >= 1, got ", k);
   const int64_t rows = labels.dim() == 1 ? labels.size(0) : -1;
-  TORCH_CHECK_VALUE(rows <= (int64_t{1} << 32), api, "(): at most 2^32 labels per call, got ", rows);
   check_class_indices(api, labels, "labels", 1, rows, num_classes, labels, "labels");
+  check_first_row(api, first_row, rows);
   const int64_t needed = replacement ? 1 : k;
   TORCH_CHECK_VALUE(replacement || k <= num_classes - 1, api, "(): k = ", k, " > num_classes - 1 = ", num_classes - 1,
                     " complementary labels cannot be drawn without replacement");
@@ -174,6 +182,7 @@ Tensor sample_complementary(const Tensor& labels, int64_t num_classes, int64_t k
   p.replacement = replacement;
   p.seed = static_cast<uint64_t>(seed);
   p.offset = static_cast<uint64_t>(offset);
+  p.first_row = static_cast<uint64_t>(first_row);
   p.out = out.mutable_data_ptr<int64_t>();
   on_device(labels, [&] { cpu::sample_complementary(p); },
             [&](void* stream) { return cuda::sample_complementary(p, stream); });
@@ -226,9 +235,9 @@ TORCH_LIBRARY(noisy, m) {
   m.def("pm_forward(Tensor logits, Tensor labels, Tensor? exclude, bool positive, bool compute_grad) -> (Tensor, Tensor)");
   m.def("ce_forward(Tensor logits, Tensor labels, bool compute_grad) -> (Tensor, Tensor)");
   m.def("pl_plus_forward(Tensor logits, Tensor target, int n, bool compute_grad) -> (Tensor, Tensor)");
-  m.def("jnpl_select(Tensor logits, int seed, int offset) -> (Tensor, Tensor)");
+  m.def("jnpl_select(Tensor logits, int seed, int offset, int first_row=0) -> (Tensor, Tensor)");
   m.def("sample_complementary(Tensor labels, int num_classes, int k, Tensor? exclude, bool replacement, int seed, "
-        "int offset) -> Tensor");
+        "int offset, int first_row=0) -> Tensor");
   m.def("normalize_weights(Tensor x, str mode, float temperature) -> Tensor");
   m.def("update_history(Tensor(a!) history, Tensor indices, Tensor logits) -> ()");
 }

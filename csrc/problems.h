@@ -72,7 +72,8 @@ std::tuple<at::Tensor, at::Tensor> run_row_loss(const at::Tensor& logits, const 
 
 // PL+ selection: (keep bool [B], arg-max int64 [B]).
 template <class Run>
-std::tuple<at::Tensor, at::Tensor> run_select(const at::Tensor& logits, int64_t seed, int64_t offset, Run&& run) {
+std::tuple<at::Tensor, at::Tensor> run_select(const at::Tensor& logits, int64_t seed, int64_t offset, int64_t first_row,
+                                              Run&& run) {
   const int64_t rows = logits.size(0);
   at::Tensor keep = at::empty({rows}, logits.options().dtype(at::kBool));
   at::Tensor argmax = at::empty({rows}, logits.options().dtype(at::kLong));
@@ -81,8 +82,8 @@ std::tuple<at::Tensor, at::Tensor> run_select(const at::Tensor& logits, int64_t 
     using S = typename decltype(types)::Scalar;
     using A = typename decltype(types)::Acc;
     run(SelectProblem<S, A>{rows, logits.size(1), matrix<S>(logits), static_cast<uint64_t>(seed),
-                            static_cast<uint64_t>(offset), keep.mutable_data_ptr<bool>(),
-                            argmax.mutable_data_ptr<int64_t>()});
+                            static_cast<uint64_t>(offset), static_cast<uint64_t>(first_row),
+                            keep.mutable_data_ptr<bool>(), argmax.mutable_data_ptr<int64_t>()});
   });
   return {keep, argmax};
 }

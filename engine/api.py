@@ -49,7 +49,7 @@ class FitResult:
 
 
 def fit(x, labels, *, method="jnpl", x_test=None, y_test=None, true_labels=None, clean_indices=None, epochs=None,
-        seed=0, device=None, out=None, class_names=None, verbose=False, **options):
+        seed=0, device=None, out=None, class_names=None, verbose=False, sync_bn=False, **options):
     """Train `method` on inputs `x` with the given (possibly noisy) `labels` [N].
 
     x: uint8 images [N, H, W, C] (or [N, H, W]) or float feature vectors [N, D] (tabular data:
@@ -61,7 +61,8 @@ def fit(x, labels, *, method="jnpl", x_test=None, y_test=None, true_labels=None,
     and **options: fields of the method's Config (lr=..., batch_size=..., beta=...) replacing
     its preset (small data below 20,000 samples, else the paper's). out: a folder for the
     outputs and checkpoints (none by default). verbose: print a line per epoch. Returns a
-    FitResult.
+    FitResult. Under torchrun, every process calls fit with the same arguments and trains its
+    share (README "Distributed training"); sync_bn: SyncBatchNorm there (CUDA).
     """
     data = from_arrays(x, labels, x_test=x_test, y_test=y_test, true_labels=true_labels, clean_indices=clean_indices,
                        class_names=class_names)
@@ -76,10 +77,11 @@ def fit(x, labels, *, method="jnpl", x_test=None, y_test=None, true_labels=None,
         method = as_method(method, {"model": "mlp"})
     config = method.configure(size_class(len(data.x_train)), data.num_classes)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    run = RunConfig(method=method.name, seed=seed, device=device.type, out=out, hyperparameters=config)
+    run = RunConfig(method=method.name, seed=seed, device=device.type, out=out, sync_bn=sync_bn,
+                    hyperparameters=config)
     from engine.trainer import Trainer
 
-    trainer = Trainer(method, data, seed=seed, device=device, out=out, run_config=run,
+    trainer = Trainer(method, data, seed=seed, device=device, out=out, run_config=run, sync_bn=sync_bn,
                       log=print if verbose else lambda line: None)
     summary = trainer.run()
     return FitResult(method.eval_model(trainer.model), method, run, pd.DataFrame(trainer.metrics), summary,

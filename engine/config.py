@@ -222,12 +222,16 @@ class RunConfig(Validated):
     seed: int = option(0, "seeds noise, initialization, shuffling and augmentation")
     device: typing.Literal["cpu", "cuda"] = option("cpu", "where to train (default: cuda when available)")
     out: str | None = option("runs/latest", "output folder")
+    sync_bn: bool = option(False, "under torchrun on CUDA: BatchNorm statistics over the global batch "
+                                  "(SyncBatchNorm) instead of each process's part")
     data: DataConfig | None = None
     hyperparameters: MethodConfig | None = None
 
     def validate(self):
         # 32 bits: per-epoch and sub-training seeds are derived from it by multiplication (int64)
         self.require("seed", 0 <= self.seed < 2**32, "must be in [0, 2**32)")
+        self.require("sync_bn", not self.sync_bn or self.device == "cuda", "runs on CUDA only (SyncBatchNorm has no "
+                                                                            "CPU kernel); leave it off on the CPU")
 
 
 def save_yaml(config, path):

@@ -133,29 +133,33 @@ def weighted_ce(logits, labels, weight=None, reduction="mean"):
     return _reduce(api, per_sample, weight, reduction)
 
 
-def jnpl_select(logits, seed, offset):
+def jnpl_select(logits, seed, offset, first_row=0):
     """PL+ selection (jnpl.txt Alg. 1) -> (mask bool [B], yhat int64 [B]).
 
     yhat = arg-max; a row is a candidate when every other class has p < 1/C, and a
-    candidate is kept with probability p_yhat, drawn from Philox(seed, offset, row).
+    candidate is kept with probability p_yhat, drawn from Philox(seed, offset, first_row + row).
+    first_row: a shard of a batch passes its first row's position in the global batch, so that
+    its rows draw what they draw in the whole batch.
     """
     api = "jnpl_select"
     return ops.jnpl_select(_arg(api, "logits", logits, "tensor").detach(), _arg(api, "seed", seed, "int", bits=True),
-                           _arg(api, "offset", offset, "int", bits=True))
+                           _arg(api, "offset", offset, "int", bits=True), _arg(api, "first_row", first_row, "int"))
 
 
-def sample_complementary(labels, num_classes, k=1, exclude=None, replacement=True, seed=0, offset=0):
+def sample_complementary(labels, num_classes, k=1, exclude=None, replacement=True, seed=0, offset=0, first_row=0):
     """k labels per row [B, k], uniform over the classes that are not the label and not excluded.
 
     exclude: optional bool [B, num_classes]. Without replacement the k labels are distinct
-    (k <= allowed classes). Draws come from Philox(seed, offset, row): the same on CPU and
-    CUDA; use a new offset (e.g. the step number) for new draws.
+    (k <= allowed classes). Draws come from Philox(seed, offset, first_row + row): the same on
+    CPU and CUDA; use a new offset (e.g. the step number) for new draws. first_row: as in
+    jnpl_select (a shard of a batch passes its first row's position in the global batch).
     """
     api = "sample_complementary"
     return ops.sample_complementary(
         _arg(api, "labels", labels, "tensor"), _arg(api, "num_classes", num_classes, "int"), _arg(api, "k", k, "int"),
         _arg(api, "exclude", exclude, "tensor", optional=True), _arg(api, "replacement", replacement, "bool"),
-        _arg(api, "seed", seed, "int", bits=True), _arg(api, "offset", offset, "int", bits=True))
+        _arg(api, "seed", seed, "int", bits=True), _arg(api, "offset", offset, "int", bits=True),
+        _arg(api, "first_row", first_row, "int"))
 
 
 def normalize_weights(x, mode, temperature=10.0):

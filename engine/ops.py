@@ -41,14 +41,14 @@ def _check_devices(op_name, args):
 
 
 @torch.library.register_fake("noisy::jnpl_select")
-def _jnpl_select_fake(logits, seed, offset):
+def _jnpl_select_fake(logits, seed, offset, first_row=0):
     rows = logits.shape[:1]
     return logits.new_empty(rows, dtype=torch.bool), logits.new_empty(rows, dtype=torch.int64)
 
 
 @torch.library.register_fake("noisy::sample_complementary")
-def _sample_complementary_fake(labels, num_classes, k, exclude, replacement, seed, offset):
-    _check_devices("sample_complementary", (labels, num_classes, k, exclude, replacement, seed, offset))
+def _sample_complementary_fake(labels, num_classes, k, exclude, replacement, seed, offset, first_row=0):
+    _check_devices("sample_complementary", (labels, num_classes, k, exclude, replacement, seed, offset, first_row))
     return labels.new_empty((labels.shape[0], k))
 
 

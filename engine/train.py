@@ -24,7 +24,7 @@ from engine.methods import METHODS, method_class
 from engine.outputs import FolderInUse
 
 PROG = "python -m engine.train"
-RUN_FIELDS = ("method", "seed", "device", "out")
+RUN_FIELDS = ("method", "seed", "device", "out", "sync_bn")
 SECTIONS = ("data", "hyperparameters")
 
 
@@ -195,7 +195,8 @@ def trainer_for(run, method, resume=False):
                         true_labels=dataset.y_train, clean_indices=clean, x_test=dataset.x_test,
                         y_test=dataset.y_test, flip=dataset.flip, class_names=dataset.class_names)
     run = dataclasses.replace(run, hyperparameters=config)
-    return Trainer(method, data, seed=run.seed, device=run.device, out=run.out, resume=resume, run_config=run)
+    return Trainer(method, data, seed=run.seed, device=run.device, out=run.out, resume=resume, run_config=run,
+                   sync_bn=run.sync_bn)
 
 
 def main(argv=None):
@@ -214,6 +215,8 @@ def main(argv=None):
         # another run's checkpoint, or an --out that a live run writes to
         print(f"python -m engine.train: error: {error}", file=sys.stderr)
         return 2
+    if not trainer.processes.main:  # rank 0 reports for the job
+        return 0
     line = []
     if summary["test_acc"] is not None:
         line.append(f"test_acc {summary['test_acc']:.4f} (best {summary['best_test_acc']:.4f})")

@@ -2,7 +2,8 @@
 label-noise detection metrics, per-epoch checkpoints with exact resume, and the run's outputs.
 
 Built from parts: a Method (engine/methods), TrainingData (engine/data/training_data.py), the
-method's config, a seed and a device; `out` (a folder) is optional.
+method's config, a seed and a device; `out` (a folder) is optional. Under torchrun it trains on
+every process of the job (engine/distributed.py says what is kept in step and how).
 """
 import os
 import time
@@ -14,6 +15,7 @@ from tqdm import tqdm
 
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import save_yaml, size_class
+from engine.distributed import Processes, from_environment
 from engine.labels import check_clean_subset, detection_metrics
 from engine.methods.base import Batch, CleanSubset, Preparation, Step, epoch_seed
 from engine.models import build_model
@@ -29,14 +31,23 @@ class Trainer:
 
     The method is configured for the data's size class unless it already is (method.config);
     with `out`, every output is written there (run_config, a RunConfig, goes to config.yaml)
-    and `resume=True` continues from out/checkpoint.pt."""
+    and `resume=True` continues from out/checkpoint.pt. Under torchrun, `batch_size` is the
+    global batch (each process takes batch_size / processes of it) and sync_bn=True (CUDA)
+    turns the BatchNorm layers into SyncBatchNorm."""
 
     def __init__(self, method, data, *, seed=0, device="cpu", out=None, resume=False, run_config=None,
-                 log=lambda line: print(line, flush=True)):
+                 sync_bn=False, log=lambda line: print(line, flush=True)):
         self.method, self.data, self.seed = method, data, seed
-        self.device = torch.device(device)
-        self.out, self.resume, self.run_config, self.log = out, resume, run_config, log
+        self.processes, self.device = from_environment(device)
+        self.out, self.resume, self.run_config = out, resume, run_config
+        self.log = log if self.processes.main else lambda line: None
         self.config = method.config or method.configure(size_class(len(data.x_train)), data.num_classes)
+        world = self.processes.world
+        if self.config.batch_size % world:
+            raise ValueError(f"batch size {self.config.batch_size} is the global batch: it must be divisible by the "
+                             f"{world} processes (each takes an equal part)")
+        if sync_bn and self.device.type != "cuda":
+            raise ValueError("sync_bn: SyncBatchNorm runs on CUDA only; leave it off on the CPU")
         self.checkpoint_path = None if out is None else os.path.join(out, "checkpoint.pt")
         clean = data.clean_indices
         check_clean_subset(method, clean, data.given_labels[clean], data.num_classes)
@@ -48,20 +59,27 @@ class Trainer:
                              f"{'mlp' if data.features else 'small_cnn or a preact_resnet'}")
 
         torch.manual_seed(seed)
-        method.bind(self.config, torch.from_numpy(data.given_labels), data.num_classes, seed, self.device)
+        method.bind(self.config, torch.from_numpy(data.given_labels), data.num_classes, seed, self.device,
+                    processes=self.processes)
         self.model = method.build_model(self.make_network)
+        self.trained = self.model  # what the loss runs: the model, in DDP on several processes
+        if self.processes.distributed:
+            if sync_bn:
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            self.trained = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.stages = method.stages()
 
         trained = (np.arange(len(data.given_labels)) if method.clean_subset is CleanSubset.TRAINED_ON
                    else self.train_indices)
         self.train_loader = self.loader(self.config.batch_size, shuffle=True, augment=True, seed=seed,
-                                        indices=trained, second_view=method.second_view)
+                                        indices=trained, second_view=method.second_view, shard=True)
         self.clean_loader = None
         if method.clean_subset is CleanSubset.BATCHES:
             self.clean_loader = self.loader(min(self.config.batch_size, len(clean)), shuffle=True, augment=True,
                                             seed=seed + 1, indices=clean, drop_last=True)
-        self.train_eval_loader = self.loader(EVAL_BATCH)
-        self.test_loader = None if data.x_test is None else self.loader(EVAL_BATCH, x=data.x_test)
+        self.train_eval_loader = self.loader(EVAL_BATCH, shard=True)
+        self.test_loader = None if data.x_test is None else self.loader(EVAL_BATCH, x=data.x_test, shard=True)
         self.optimizer = None
         self.step = 0
         self.metrics = []
@@ -80,15 +98,18 @@ class Trainer:
         network = build_model(self.model_name, self.data.num_classes, in_channels=in_channels, image_size=image_size)
         return network.to(self.device, memory_format=torch.channels_last)
 
-    def loader(self, batch_size, x=None, **options):
-        """Batches of `x` (default: the training inputs). Training batches (augment=True) leave
-        out a last batch of one sample, which has no batch statistics (BatchNorm1d refuses it):
-        a different sample each epoch (the run's loop and a method's own sub-trainings)."""
+    def loader(self, batch_size, x=None, shard=False, **options):
+        """Batches of `x` (default: the training inputs); shard=True: this process's share of
+        them (the run's own loaders; a method's sub-trainings run whole on every process).
+        Training batches (augment=True) leave out a last batch that would give a process one
+        sample, which has no batch statistics (BatchNorm1d refuses it): different samples each
+        epoch (the run's loop and a method's own sub-trainings)."""
         x = self.data.x_train if x is None else x
+        processes = self.processes if shard else Processes()
         if options.get("augment") and "drop_last" not in options:
             count = len(x) if options.get("indices") is None else len(options["indices"])
-            options["drop_last"] = count % batch_size == 1
-        return self.data.loader(x, batch_size, self.device, **options)
+            options["drop_last"] = 0 < count % batch_size < 2 * processes.world
+        return self.data.loader(x, batch_size, self.device, processes=processes, **options)
 
     def autocast(self):
         if self.device.type == "cuda":
@@ -111,7 +132,8 @@ class Trainer:
                                    weight_decay=self.config.weight_decay)
 
         def over_training_set(network, output):
-            return torch.cat([part.float() for part in self.evaluate(self.train_eval_loader, network, output)])
+            parts = self.evaluate(self.train_eval_loader, network, output)
+            return self.processes.gather_rows(torch.cat([part.float() for part in parts]))
 
         clean = self.data.clean_indices
         return Preparation(clean, torch.from_numpy(self.data.given_labels[clean]).to(self.device),
@@ -143,13 +165,13 @@ class Trainer:
 
     def predict(self, loader, model):
         """The method's outputs over a whole split, in the split's order (a dict of tensors on
-        the device; "probs" is the float32 [N, C] class prediction)."""
+        the device; "probs" is the float32 [N, C] class prediction), gathered from every process."""
         parts = self.evaluate(loader, model, self.method.predict)
-        return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+        return {key: self.processes.gather_rows(torch.cat([part[key] for part in parts])) for key in parts[0]}
 
     def predict_proba(self, x):
         """Class probabilities [M, C] (numpy) of the evaluated model for inputs like the training data's."""
-        loader = self.loader(EVAL_BATCH, x=self.data.check_inputs(x))
+        loader = self.loader(EVAL_BATCH, x=self.data.check_inputs(x), shard=True)
         return self.predict(loader, self.method.eval_model(self.model))["probs"].cpu().numpy()
 
     def stage_at(self, epoch):
@@ -179,7 +201,7 @@ class Trainer:
         return {**identity, "data_fingerprint": self.data_fingerprint}
 
     def save_checkpoint(self, epoch):
-        if self.checkpoint_path is None:
+        if self.checkpoint_path is None or not self.processes.main:
             return
         save_checkpoint(self.checkpoint_path, {
             "epoch": epoch, "step": self.step, "identity": self.identity(),
@@ -207,21 +229,28 @@ class Trainer:
         torch.manual_seed(epoch_seed(self.seed, epoch))
         total, batches = torch.zeros((), device=self.device), 0
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.config.epochs} [{stage.name}]", leave=False,
-                   disable=None)
+                   disable=None if self.processes.main else True)
         clean = self.clean_batches(epoch) if self.clean_loader is not None else None
         step = None
-        for inputs, indices, *second_view in bar:
+        for number, (inputs, indices, *second_view) in enumerate(bar):
             indices = indices.to(self.device)
             batch = Batch(self.to_device(inputs), indices, self.method.given_labels[indices],
-                          self.to_device(second_view[0]) if second_view else None, *(next(clean) if clean else ()))
+                          self.to_device(second_view[0]) if second_view else None, *(next(clean) if clean else ()),
+                          first_row=self.train_loader.first_row(number))
             step = Step(epoch, stage, epoch_in_stage, self.step, self.optimizer)
             with self.autocast():
-                loss = self.method.loss(self.model, batch, step)
+                loss = self.method.loss(self.trained, batch, step)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            sample_parameters = self.method.sample_parameters()
+            for parameter in sample_parameters:  # outside DDP: their rows' gradients as in the global batch
+                if parameter.grad is not None:
+                    parameter.grad /= self.processes.world
             if self.method.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.method.grad_clip)
             self.optimizer.step()
+            for parameter in sample_parameters:
+                self.processes.sync_rows(parameter, indices)
             self.step += 1
             total += loss.detach()
             batches += 1
@@ -231,7 +260,7 @@ class Trainer:
     def run(self):
         """Trains (or continues a resumed run) to the last epoch; returns the summary. The
         output folder is locked for the run: a second run on it is refused (FolderInUse)."""
-        if self.out is None:
+        if self.out is None or not self.processes.main:  # rank 0 alone writes
             return self.train_all_epochs()
         os.makedirs(self.out, exist_ok=True)
         with folder_lock(self.out):
@@ -243,11 +272,13 @@ class Trainer:
         if resumed:
             start_epoch = self.load_checkpoint()  # refuses another run's checkpoint before anything is written
             self.log(f"resumed from {self.checkpoint_path} after epoch {start_epoch}")
-        if self.out is not None and self.run_config is not None:
+            self.processes.barrier()  # every process has read it before rank 0 writes the next
+        if self.out is not None and self.run_config is not None and self.processes.main:
             save_yaml(self.run_config, os.path.join(self.out, "config.yaml"))
         if not resumed:
             self.optimizer = self.new_optimizer()
             self.method.prepare(self.preparation())
+            self.processes.broadcast_state(self.method)
             self.save_checkpoint(-1)  # a run killed from here on keeps what prepare computed
         train_outputs = None
         for epoch in range(start_epoch, self.config.epochs):
@@ -258,10 +289,12 @@ class Trainer:
                     self.optimizer = self.new_optimizer()
                 self.method.start_stage(stage, train_outputs if train_outputs is not None else self.predict(
                     self.train_eval_loader, self.model))
+                self.processes.broadcast_state(self.method)
             train_loss, step = self.train_epoch(epoch, stage, epoch_in_stage)
             self.recalibrate_batchnorm(self.model)
             train_outputs = self.predict(self.train_eval_loader, self.model)
             self.method.end_epoch(step, train_outputs)
+            self.processes.broadcast_state(self.method)
             evaluated = self.method.eval_model(self.model)
             if evaluated is not self.model:  # e.g. BLDR's EMA of the weights, updated by end_epoch
                 self.recalibrate_batchnorm(evaluated)
@@ -285,7 +318,8 @@ class Trainer:
         and before anything evaluates it: the method's per-epoch update, the test accuracy, the
         checkpoint."""
         with self.autocast():
-            recalibrate_batchnorm(model, (self.to_device(inputs) for inputs, *_ in self.train_eval_loader))
+            used = recalibrate_batchnorm(model, (self.to_device(inputs) for inputs, *_ in self.train_eval_loader))
+        self.processes.average_batchnorm(model, used)
 
     def test_accuracy(self):
         if self.test_loader is None:
@@ -325,7 +359,7 @@ class Trainer:
             "clean_subset_size": int(len(data.clean_indices)),
             **self.method.summary(None if data.true_labels is None else torch.from_numpy(data.true_labels)),
         }
-        if self.out is not None:
+        if self.out is not None and self.processes.main:
             write_metrics(self.metrics, os.path.join(self.out, "metrics.csv"))
             write_label_issues(self.table, os.path.join(self.out, "label_issues.csv"))
             write_json(summary, os.path.join(self.out, "summary.json"))

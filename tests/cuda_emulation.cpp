@@ -78,8 +78,9 @@ std::tuple<at::Tensor, at::Tensor> row_loss(const at::Tensor& logits, const c10:
                              });
 }
 
-std::tuple<at::Tensor, at::Tensor> jnpl_select(const at::Tensor& logits, int64_t seed, int64_t offset) {
-  return noisy::run_select(logits, seed, offset, [](const auto& p) {
+std::tuple<at::Tensor, at::Tensor> jnpl_select(const at::Tensor& logits, int64_t seed, int64_t offset,
+                                               int64_t first_row) {
+  return noisy::run_select(logits, seed, offset, first_row, [](const auto& p) {
     on_lanes(p.rows, [&](int64_t row, const EmulatedWarp& g) { noisy::select_row(p, row, g); });
   });
 }

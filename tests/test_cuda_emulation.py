@@ -116,7 +116,7 @@ def test_jnpl_select_and_history_match_cpu(emulated, C):
     z[7:107, 0] += 8  # confident rows: PL+ candidates
     z = z.float()
     keep, yhat = ops.jnpl_select(z, 11, 12)
-    lane_keep, lane_yhat = emulated.jnpl_select(z, 11, 12)
+    lane_keep, lane_yhat = emulated.jnpl_select(z, 11, 12, 0)
     assert torch.equal(lane_yhat, yhat)
     assert yhat[3] == 1  # the tie across lanes went to the first index
     assert 0 < int(keep.sum()) < len(keep)
@@ -128,6 +128,21 @@ def test_jnpl_select_and_history_match_cpu(emulated, C):
     lane_history = torch.zeros(50, C, dtype=torch.bool)
     emulated.update_history(lane_history, indices, z)
     assert history.any() and torch.equal(lane_history, history)
+
+
+@pytest.mark.parametrize("split", [0, 37, 150])
+def test_jnpl_select_shards_on_lanes_select_what_the_whole_batch_selects(emulated, split):
+    """The warp's rows with first_row: a shard [a, B) passed with first_row=a, as the CPU does."""
+    g = torch.Generator().manual_seed(split)
+    z = 2 * torch.randn(150, 10, generator=g)
+    z[:100, 0] += 6  # candidates
+    whole = emulated.jnpl_select(z, 11, 12, 0)
+    shards = emulated.jnpl_select(z[:split], 11, 12, 0), emulated.jnpl_select(z[split:], 11, 12, split)
+    for i in range(2):
+        assert torch.equal(torch.cat([shard[i] for shard in shards]), whole[i])
+    keep, yhat = ops.jnpl_select(z[split:], 11, 12, split)
+    assert torch.equal(shards[1][1], yhat)
+    assert (shards[1][0] != keep).sum() <= 2  # as in test_jnpl_select_and_history_match_cpu
 
 
 @pytest.mark.parametrize("size", [1, 5, 64, 1000, 4097])

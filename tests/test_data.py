@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.data.datasets import load_dataset
-from engine.data.pipeline import DaliLoader, decode_images
+from engine.data.pipeline import DaliLoader, decode_images, sample_uniforms
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR10_JPEG = os.path.join(REPO, "..", "shared", "data", "cifar10_jpeg_ordered.npz")
@@ -111,6 +111,59 @@ def test_strong_second_view_is_rand_augmented_and_reproducible(channels):
     assert sum(not is_shifted_copy(a[0], b[0]) for a, b in zip(x, strong)) > 32
     (_, _, again) = next(iter(loader))
     assert torch.equal(strong, again), "same (seed, epoch), same augmentation"
+
+
+def by_index(loader, view=0):
+    """{sample index: its image in view `view`} over one epoch of `loader`."""
+    return {int(i): x for batch in loader for x, i in zip(batch[0 if view == 0 else 2], batch[1])}
+
+
+def test_sample_uniforms_hash_only_seed_epoch_index_and_view():
+    u = sample_uniforms(7, 3, np.arange(10_000), views=2)
+    assert u.shape == (2, 3, 10_000) and u.dtype == np.float32 and 0 <= u.min() and u.max() < 1
+    assert np.allclose(u.mean(axis=2), 0.5, atol=0.01)
+    assert np.abs(np.corrcoef(u.reshape(6, -1)) - np.eye(6)).max() < 0.03, "the 2 views x 3 draws are independent"
+    assert np.array_equal(sample_uniforms(7, 3, [9_999, 42]), u[:1, :, [9_999, 42]]), "the batch does not matter"
+    assert (sample_uniforms(8, 3, np.arange(10_000), 2) != u).mean() > 0.99
+    assert (sample_uniforms(7, 4, np.arange(10_000), 2) != u).mean() > 0.99
+
+
+def test_a_samples_augmentation_does_not_depend_on_its_batch(mnist5k):
+    # The same seed, other batch sizes, order and neighbours: the same crops and flips of both views.
+    options = dict(augment=True, flip=True, seed=5, second_view="weak")
+    one = DaliLoader(mnist5k.x_train, 32, (0.0,), (1.0,), shuffle=True, indices=np.arange(100), **options)
+    other = DaliLoader(mnist5k.x_train, 20, (0.0,), (1.0,), indices=np.arange(50, 150), **options)
+    for view in (0, 1):
+        a, b = by_index(one, view), by_index(other, view)
+        assert all(torch.equal(a[i], b[i]) for i in range(50, 100))
+    alone = DaliLoader(mnist5k.x_train, 100, (0.0,), (1.0,), augment=True, flip=True, seed=5, indices=np.arange(100))
+    a, b = by_index(one), by_index(alone)
+    assert all(torch.equal(a[i], b[i]) for i in range(100)), "view 0 is the same with or without a second view"
+
+
+def test_each_epoch_has_new_crops_and_an_epoch_repeats(mnist5k):
+    loader = DaliLoader(mnist5k.x_train, 128, (0.0,), (1.0,), augment=True, flip=True, seed=6, indices=np.arange(500))
+    epoch0 = by_index(loader)
+    loader.set_epoch(1)
+    epoch1 = by_index(loader)
+    assert sum(not torch.equal(epoch0[i], epoch1[i]) for i in epoch0) > 450
+    loader.set_epoch(0)
+    assert all(torch.equal(epoch0[i], x) for i, x in by_index(loader).items()), "the reused pipeline keeps no state"
+
+
+def test_flips_take_half_the_samples_and_crops_take_every_position():
+    images = np.random.default_rng(1).integers(0, 256, (1000, 16, 16, 1), dtype=np.uint8)  # no two alike
+    loader = DaliLoader(images, 128, (0.0,), (1.0,), augment=True, flip=True, seed=7)
+    views = by_index(loader)
+    views = np.stack([views[i][0].numpy() for i in range(1000)])
+    padded = np.pad(images[..., 0].astype(np.float32), ((0, 0), (2, 2), (2, 2)))  # pad = 16 // 8
+    found = np.full(1000, -1)
+    for k, (flipped, dy, dx) in enumerate(np.ndindex(2, 5, 5)):
+        window = padded[:, dy:dy + 16, dx:dx + 16]
+        found[((window[:, :, ::-1] if flipped else window) == views).all(axis=(1, 2))] = k
+    assert (found >= 0).all(), "each view is a padded crop of its image, flipped or not"
+    assert abs((found >= 25).mean() - 0.5) < 0.05
+    assert len(np.unique(found % 25)) == 25
 
 
 def test_second_view_must_be_known(mnist5k):

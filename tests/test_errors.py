@@ -80,6 +80,16 @@ Z1 = torch.randn(4, 1)
          r"update_history\(\): history must have shape \[num_samples, 5\], got \[9\]"),
         (lambda: L.update_history(torch.zeros(9, 5, dtype=torch.bool), Y, Z.view(4, 5, 1)), ValueError,
          r"update_history\(\): logits must be 2-D"),
+        (lambda: L.sample_complementary(Y, 5, first_row=-1), ValueError,
+         r"sample_complementary\(\): first_row must be >= 0, got -1"),
+        (lambda: L.jnpl_select(Z, 0, 0, first_row=-(2**63)), ValueError,
+         r"jnpl_select\(\): first_row must be >= 0, got -9223372036854775808"),
+        # Philox rows are 32-bit: the last row of a shard, first_row + 3, must be below 2^32.
+        (lambda: L.sample_complementary(Y, 5, first_row=2**32 - 3), ValueError,
+         r"sample_complementary\(\): first_row \+ rows must be <= 2\^32 \(Philox rows are 32-bit\), "
+         r"got first_row = 4294967293 and 4 rows"),
+        (lambda: L.jnpl_select(Z, 0, 0, first_row=2**63 - 1), ValueError,
+         r"jnpl_select\(\): first_row \+ rows must be <= 2\^32 .*, got first_row = 9223372036854775807 and 4 rows"),
         (lambda: L.NLLoss(reduction="avg"), ValueError, r"NLLoss\(\): reduction must be one of \('none', 'mean', 'sum'\), got 'avg'"),
         (lambda: L.nl_plus_loss(Z, COMP, reduction="avg"), ValueError, r"nl_plus_loss\(\): reduction must be one of"),
     ],

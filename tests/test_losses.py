@@ -257,6 +257,8 @@ def opcheck_cases(device):
         (ops.jnpl_select, (strided.detach(), 1, 2)),
         (ops.sample_complementary, (y, C, 3, torch.nn.functional.one_hot((y + 1) % C, C).bool(), False, 5, 6)),
         (ops.sample_complementary, (y, C, 4, None, True, 5, 6)),
+        (ops.jnpl_select, (z.detach(), 1, 2, 2**32 - B)),
+        (ops.sample_complementary, (y, C, 2, exclude & (torch.arange(C, device=device) < 3), True, 5, 6, 1000)),
         (ops.normalize_weights, (torch.rand(B, generator=g).to(device), "min_max", 10.0)),
         (ops.update_history, (history, indices, z.detach())),
     ]

@@ -90,6 +90,9 @@ TYPE_CASES = [
     (lambda: L.jnpl_select(Z, 1.5, 0), r"jnpl_select\(\): seed must be an int, got float 1.5"),
     (lambda: L.jnpl_select(Z, 0, True), r"jnpl_select\(\): offset must be an int, got bool"),
     (lambda: L.jnpl_select(Z.numpy(), 0, 0), r"jnpl_select\(\): logits must be a tensor, got ndarray"),
+    (lambda: L.jnpl_select(Z, 0, 0, first_row=1.0), r"jnpl_select\(\): first_row must be an int, got float 1.0"),
+    (lambda: L.sample_complementary(Y, 5, first_row=True),
+     r"sample_complementary\(\): first_row must be an int, got bool True"),
     (lambda: L.pl_plus_loss(Z, Y, n=1.7), r"pl_plus_loss\(\): n must be an int, got float 1.7"),
     (lambda: L.pl_plus_loss(Z, Y.tolist()), r"pl_plus_loss\(\): target must be a tensor, got list"),
     (lambda: L.weighted_ce(Z, [0, 1, 2, 3]), r"weighted_ce\(\): labels must be a tensor, got list"),
@@ -127,6 +130,7 @@ def test_an_argument_of_the_wrong_type_raises_naming_it(call_, pattern):
         (lambda: L.jnpl_select(Z, 0, 2**64), r"jnpl_select\(\): offset must be in \[-2\*\*63, 2\*\*64\)"),
         (lambda: L.sample_complementary(Y, 5, k=2**63),
          r"sample_complementary\(\): k must be in \[-2\*\*63, 2\*\*63\)"),
+        (lambda: L.jnpl_select(Z, 0, 0, first_row=2**63), r"jnpl_select\(\): first_row must be in \[-2\*\*63, 2\*\*63\)"),
     ],
 )
 def test_an_int_beyond_64_bits_raises_naming_it(call_, pattern):

@@ -18,13 +18,14 @@ def test_philox_known_answers():
         0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]
 
 
-@pytest.mark.parametrize("seed,offset", [(0, 0), (123, 7), (-5, 2**40 + 3)])
-def test_draws_follow_the_philox_stream_exactly(seed, offset, device):
+@pytest.mark.parametrize("seed,offset,first_row", [(0, 0, 0), (123, 7, 0), (-5, 2**40 + 3, 0), (123, 7, 1000),
+                                                   (-5, 2**40 + 3, 2**32 - 6)])  # up to the last 32-bit row
+def test_draws_follow_the_philox_stream_exactly(seed, offset, first_row, device):
     labels = torch.tensor([0, 3, 9, 5, 2, 2])
     C, k = 10, 5
-    out = L.sample_complementary(labels.to(device), C, k=k, seed=seed, offset=offset).cpu()
+    out = L.sample_complementary(labels.to(device), C, k=k, seed=seed, offset=offset, first_row=first_row).cpu()
     for row, y in enumerate(labels.tolist()):
-        rng = Stream(seed, offset, row)
+        rng = Stream(seed, offset, first_row + row)
         expected = []
         for _ in range(k):
             r = rng.below(C - 1)
@@ -133,11 +134,12 @@ def test_jnpl_select_keeps_only_candidates_with_probability_p(device):
     assert abs(keep_rate[candidate].mean().item() - mean_p) < 0.01
 
 
-def test_jnpl_select_follows_the_philox_stream(device):
+@pytest.mark.parametrize("first_row", [0, 7, 2**32 - 3])
+def test_jnpl_select_follows_the_philox_stream(first_row, device):
     z = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.1, 5.0, 0.2]])
-    keep, yhat = L.jnpl_select(z.to(device), seed=11, offset=5)
+    keep, yhat = L.jnpl_select(z.to(device), seed=11, offset=5, first_row=first_row)
     p = torch.softmax(z, 1).max(1).values
-    expected = [Stream(11, 5, row).uniform() < p[row].item() for row in range(3)]
+    expected = [Stream(11, 5, first_row + row).uniform() < p[row].item() for row in range(3)]
     expected[1] = False  # a uniform row is no candidate (its other classes have p = 1/C)
     assert keep.cpu().tolist() == expected
     assert yhat.cpu().tolist() == [0, 0, 1]
@@ -209,3 +211,36 @@ def test_two_classes_always_draw_the_other_label(device):
         for replacement, k in [(True, 1), (True, 5), (False, 1)]:
             out = L.sample_complementary(labels.to(device), 2, k=k, exclude=m, replacement=replacement, seed=8).cpu()
             assert torch.equal(out, (1 - labels)[:, None].expand(-1, k))
+
+
+SHARD_CASES = [(1, 2, 0), (1, 2, 1), (2, 2, 1), (7, 5, 3), (300, 10, 150), (300, 10, 299), (1000, 100, 401)]
+
+
+@pytest.mark.parametrize("B,C,split", SHARD_CASES)
+def test_shards_of_a_batch_sample_what_the_whole_batch_samples(B, C, split, device):
+    """Distributed training: a process holding rows [a, b) of the global batch passes first_row=a."""
+    g = torch.Generator().manual_seed(B + C + split)
+    labels = torch.randint(0, C, (B,), generator=g)
+    k = min(3, C - 1)
+    exclude = torch.rand(B, C, generator=g) < 0.3
+    for j in range(1, k + 1):  # k allowed classes per row at least, for draws without replacement
+        exclude[torch.arange(B), (labels + j) % C] = False
+    labels, exclude = labels.to(device), exclude.to(device)
+    for mask in (None, exclude):
+        for replacement in (True, False):
+            def draw(rows, first_row):
+                return L.sample_complementary(labels[rows], C, k=k, exclude=None if mask is None else mask[rows],
+                                              replacement=replacement, seed=3, offset=8, first_row=first_row)
+            shards = torch.cat([draw(slice(0, split), 0), draw(slice(split, B), split)])
+            assert torch.equal(shards, draw(slice(0, B), 0))
+
+
+@pytest.mark.parametrize("B,C,split", SHARD_CASES)
+def test_shards_of_a_batch_select_what_the_whole_batch_selects(B, C, split, device):
+    g = torch.Generator().manual_seed(B + C + split)
+    z = (2 * torch.randn(B, C, generator=g)).to(device)
+    z[: B // 2, 0] += 3 + math.log(C)  # candidates, some kept
+    whole = L.jnpl_select(z, 4, 9)
+    shards = L.jnpl_select(z[:split], 4, 9, first_row=0), L.jnpl_select(z[split:], 4, 9, first_row=split)
+    for i in range(2):
+        assert torch.equal(torch.cat([shard[i] for shard in shards]), whole[i])

@@ -1,7 +1,6 @@
 """The training CLI end to end: outputs, exact resume after a kill, bad input, every method's
 ablation switches, config.yaml reruns, a user's own method, and 20-epoch mnist5k runs where
 every method must beat CE under 30% asymmetric noise with the same budget (marked slow)."""
-import csv
 import json
 import os
 import signal
@@ -14,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from engine.checkpoint import read_checkpoint
+from run_testing import assert_resume_repeats, read_metrics, wait_for_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTPUTS = ["config.yaml", "metrics.csv", "summary.json", "label_issues.csv", "separation.png", "checkpoint.pt"]
@@ -26,11 +25,6 @@ def train(*args, check=True):
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
     return result
-
-
-def read_metrics(out):
-    with open(os.path.join(out, "metrics.csv")) as f:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
 
 
 def summary(out):
@@ -68,21 +62,10 @@ def test_resume_after_a_kill_repeats_the_uninterrupted_run(tmp_path, method):
     process = subprocess.Popen([sys.executable, "-m", "engine.train", "--device", "cpu", *common, "--out", killed],
                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = os.path.join(killed, "checkpoint.pt")
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        # The rename is atomic: a checkpoint that exists is complete.
-        if os.path.exists(checkpoint) and read_checkpoint(checkpoint)["epoch"] >= 3:
-            break
-        time.sleep(0.05)
+    wait_for_checkpoint(process, checkpoint, 3)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    interrupted_at = read_checkpoint(checkpoint)["epoch"]
-    assert 3 <= interrupted_at < 7, "the kill must land mid-run"
-    assert not os.path.exists(os.path.join(killed, "summary.json"))
-
-    result = train(*common, "--out", killed, "--resume")
-    assert f"resumed from {checkpoint} after epoch {interrupted_at + 1}" in result.stdout
-    assert read_metrics(killed) == read_metrics(whole)
+    assert_resume_repeats(killed, whole, lambda: train(*common, "--out", killed, "--resume"), 3, 7)
     for key in ("test_acc", "det_f1", "det_precision", "det_recall", "estimated_noise_rate"):
         assert summary(killed)[key] == summary(whole)[key]
 

@@ -1,23 +1,35 @@
-"""What every loader shares (a seeded order of sample indices per epoch, cut into batches) and
-the loader of in-memory feature vectors (tabular data: no augmentation)."""
+"""What every loader shares (a seeded order of sample indices per epoch, cut into batches, and
+this process's share of them) and the loader of in-memory feature vectors (tabular data: no
+augmentation)."""
 import numpy as np
 import torch
+
+from engine.distributed import Processes
 
 
 class BatchOrder:
     """Batches of positions `indices` (default: all `count` samples): in order, or with
     shuffle=True in a new permutation per epoch from (seed, epoch), so a resumed run sees the
-    same batches."""
+    same batches.
 
-    def __init__(self, count, batch_size, shuffle=False, seed=0, indices=None, drop_last=False):
+    processes (engine.distributed.Processes): the share of this process. With shuffle=True
+    (training) every process takes its contiguous part of each batch, the global batch
+    (`first_row` says where it starts); in order (passes over a split) it takes its contiguous
+    part of the samples, in batches of batch_size."""
+
+    def __init__(self, count, batch_size, shuffle=False, seed=0, indices=None, drop_last=False,
+                 processes=Processes()):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.indices = np.arange(count) if indices is None else np.asarray(indices, dtype=np.int64)
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.processes = processes
         self.epoch = 0
 
     def __len__(self):
-        full, rest = divmod(len(self.indices), self.batch_size)
+        """This process's number of batches (with shuffle=True, the same on every process)."""
+        count = len(self.indices) if self.shuffle else len(self.epoch_order())
+        full, rest = divmod(count, self.batch_size)
         return full + (0 if self.drop_last or rest == 0 else 1)
 
     def set_epoch(self, epoch):
@@ -25,13 +37,20 @@ class BatchOrder:
 
     def epoch_order(self):
         if not self.shuffle:
-            return self.indices
+            return self.indices[slice(*self.processes.part(len(self.indices)))]
         return self.indices[np.random.default_rng([self.seed, self.epoch]).permutation(len(self.indices))]
+
+    def first_row(self, number):
+        """Where this process's part of (global) batch `number` starts in it."""
+        if not self.shuffle:
+            return 0
+        return self.processes.part(min(self.batch_size, len(self.indices) - number * self.batch_size))[0]
 
     def batches(self):
         order = self.epoch_order()
-        for start in range(len(self)):
-            yield order[start * self.batch_size:(start + 1) * self.batch_size]
+        for number in range(len(self)):
+            batch = order[number * self.batch_size:(number + 1) * self.batch_size]
+            yield batch[slice(*self.processes.part(len(batch)))] if self.shuffle else batch
 
 
 class TensorLoader(BatchOrder):
@@ -40,9 +59,9 @@ class TensorLoader(BatchOrder):
     vectors get no augmentation)."""
 
     def __init__(self, features, batch_size, mean, std, device="cpu", shuffle=False, seed=0, indices=None,
-                 drop_last=False, second_view=None, **image_options):
+                 drop_last=False, second_view=None, processes=Processes(), **image_options):
         del image_options  # augment / flip: images only
-        super().__init__(len(features), batch_size, shuffle, seed, indices, drop_last)
+        super().__init__(len(features), batch_size, shuffle, seed, indices, drop_last, processes)
         standardized = (np.asarray(features, dtype=np.float32) - mean) / std
         self.features = torch.from_numpy(standardized.astype(np.float32)).to(device)
         self.second_view = second_view

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from engine.config import SHORT_BUDGET, MethodConfig, check_fields, with_overrides
+from engine.distributed import Processes
 from engine.losses import weighted_ce
 
 CLEAN_THRESHOLD = 0.5  # flagged noisy below this confidence on the given label (JNPL, PMNAR, L2B, PU-distillation)
@@ -95,6 +96,7 @@ class Batch:
     second_view: torch.Tensor | None = None  # another augmentation of the same images (Method.second_view)
     clean_images: torch.Tensor | None = None  # a batch of the clean subset (CleanSubset.BATCHES)
     clean_labels: torch.Tensor | None = None  # and its true labels
+    first_row: int = 0        # where this process's part starts in the global batch (random streams)
 
 
 @dataclass
@@ -210,10 +212,12 @@ class Method(nn.Module):
         self.config = with_overrides(self.Config.preset(size, num_classes), self.options)
         return self.config
 
-    def bind(self, config, given_labels, num_classes, seed, device):
+    def bind(self, config, given_labels, num_classes, seed, device, processes=Processes()):
         """Called once before training: the resolved config, the given labels [N] of the whole
-        training set, and the run's seed and device; then `setup()`."""
+        training set, the run's seed and device, and the processes of the job (a loss that
+        normalizes over the batch needs the global batch's totals); then `setup()`."""
         self.config, self.num_classes, self.seed, self.device = config, num_classes, seed, torch.device(device)
+        self.processes = processes
         self.register_buffer("given_labels", given_labels.to(self.device), persistent=False)
         self.setup()
 
@@ -244,6 +248,11 @@ class Method(nn.Module):
     def param_groups(self):
         """Extra optimizer parameter groups (per-sample parameters, ...). A group with
         "fixed_lr": True keeps its lr; the others follow the stage's schedule."""
+        return []
+
+    def sample_parameters(self):
+        """Parameters with one row per training sample that the optimizer updates each step
+        (kept out of DDP: on several processes, the rows of each step's batch are synced)."""
         return []
 
     def stages(self):

@@ -176,6 +176,9 @@ class BLDR(Method):
         self.trained = [model]  # a list: the trained model is the trainer's, not part of this module's state
         return model
 
+    def sample_parameters(self):
+        return [] if self.sop_u is None else [self.sop_u, self.sop_v]
+
     def param_groups(self):
         if self.sop_u is None:
             return []
@@ -199,14 +202,15 @@ class BLDR(Method):
             return labels
         return negative.argmax(1)
 
-    def complementary_labels(self, labels, corrected, step):
+    def complementary_labels(self, labels, corrected, step, first_row=0):
         """One complementary label per sample [B, 1], uniform over the classes but y and corrected."""
         exclude = F.one_hot(corrected, self.num_classes).bool()
-        return sample_complementary(labels, self.num_classes, k=1, exclude=exclude, seed=self.seed, offset=step)
+        return sample_complementary(labels, self.num_classes, k=1, exclude=exclude, seed=self.seed, offset=step,
+                                    first_row=first_row)
 
-    def negative_loss(self, logits, labels, corrected, step, weight):
+    def negative_loss(self, logits, labels, corrected, step, weight, first_row=0):
         if self.config.negatives == "sampled":
-            return nl_loss(logits, self.complementary_labels(labels, corrected, step), weight=weight)
+            return nl_loss(logits, self.complementary_labels(labels, corrected, step, first_row), weight=weight)
         return ml_loss(logits, labels, F.one_hot(corrected, self.num_classes).bool(), weight=weight)
 
     def loss(self, model, batch, step):
@@ -222,7 +226,7 @@ class BLDR(Method):
             rows = slice(view * size, (view + 1) * size)
             loss = loss + (weighted_ce(out["main"][rows], batch.labels, weight)
                            + self.negative_loss(out["negative"][rows], batch.labels, corrected, step.step,
-                                                weight)) / len(views)
+                                                weight, batch.first_row)) / len(views)
         sop_weight = self.sop_weight.item()
         if self.sop_u is not None and sop_weight > 0:
             u, v = self.sop_u[batch.indices], self.sop_v[batch.indices]

@@ -110,7 +110,7 @@ class JNPL(Method):
 
     def complementary(self, batch, step):
         return sample_complementary(batch.labels, self.num_classes, k=self.k, replacement=self.replacement,
-                                    seed=self.seed, offset=step.step)
+                                    seed=self.seed, offset=step.step, first_row=batch.first_row)
 
     def loss(self, model, batch, step):
         logits = model(batch.images)
@@ -118,7 +118,7 @@ class JNPL(Method):
             return weighted_ce(logits, batch.labels)
         if step.stage.kind is Phase.PSEUDO:
             return weighted_ce(logits, self.pseudo_labels[batch.indices])
-        keep, yhat = jnpl_select(logits, seed=self.seed, offset=step.step)
+        keep, yhat = jnpl_select(logits, seed=self.seed, offset=step.step, first_row=batch.first_row)
         return nl_plus_loss(logits, self.complementary(batch, step)) + self.config.pl_weight * pl_plus_loss(
             logits[keep], yhat[keep])
 

@@ -27,6 +27,7 @@ from torch.func import functional_call, grad
 from torch.nn import functional as F
 
 from engine.config import WarmupConfig, option
+from engine.distributed import unwrap
 from engine.losses import normalize_weights, weighted_ce
 from engine.methods.base import CleanSubset, Method, Phase, Stage
 
@@ -150,12 +151,18 @@ class L2B(Method):
         if step.stage.kind is Phase.WARMUP:
             return weighted_ce(logits, batch.labels)
         pseudo = logits.detach().argmax(1)
-        grad_alpha, grad_beta = meta_gradients(model, batch.images, batch.labels, pseudo, batch.clean_images,
-                                               batch.clean_labels, virtual_step(model, step.optimizer))
-        alpha, beta = balance_weights(-grad_alpha, -grad_beta, self.config.weights, self.config.normalize,
+        network = unwrap(model)  # the meta-gradient's functional calls bypass DDP
+        grad_alpha, grad_beta = meta_gradients(network, batch.images, batch.labels, pseudo, batch.clean_images,
+                                               batch.clean_labels, virtual_step(network, step.optimizer))
+        # The weights are normalized over the global batch: its scores gathered from every
+        # process (a no-op on one), this process's rows taken back out.
+        scores = self.processes.gather_rows(torch.stack([-grad_alpha, -grad_beta], 1))
+        alpha, beta = balance_weights(scores[:, 0], scores[:, 1], self.config.weights, self.config.normalize,
                                       self.config.temperature)
-        return (weighted_ce(logits, batch.labels, alpha, reduction="sum")
-                + weighted_ce(logits, pseudo, beta, reduction="sum"))
+        rows = slice(batch.first_row, batch.first_row + len(batch.labels))
+        # DDP averages the processes' gradients; the weighted sum is over the global batch.
+        return self.processes.world * (weighted_ce(logits, batch.labels, alpha[rows], reduction="sum")
+                                       + weighted_ce(logits, pseudo, beta[rows], reduction="sum"))
 
     def clean_scores(self, outputs):
         return self.confidence_scores(outputs["probs"])

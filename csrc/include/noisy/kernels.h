@@ -18,6 +18,7 @@ struct SamplingProblem {
   bool replacement;
   uint64_t seed;
   uint64_t offset;
+  uint64_t first_row;          // Philox row of row 0: a shard's position in the global batch
   int64_t* out;                // [rows, k] contiguous
 };
 
@@ -25,7 +26,7 @@ struct SamplingProblem {
 NOISY_HD void sample_row(const SamplingProblem& p, int64_t row) {
   const AllowedClasses classes{p.classes, p.labels[row * p.label_stride],
                                p.exclude.data ? &p.exclude.at(row, 0) : nullptr, p.exclude.col_stride};
-  PhiloxStream rng(p.seed, p.offset, static_cast<uint64_t>(row));
+  PhiloxStream rng(p.seed, p.offset, p.first_row + static_cast<uint64_t>(row));
   sample_complementary_row(classes, p.k, p.replacement, rng, p.out + row * p.k, 1);
 }
 
@@ -36,6 +37,7 @@ struct SelectProblem {
   Matrix<const Scalar> logits;
   uint64_t seed;
   uint64_t offset;
+  uint64_t first_row;          // as in SamplingProblem
   bool* keep;                  // [rows]
   int64_t* argmax;             // [rows]
 };
@@ -46,7 +48,7 @@ NOISY_HD void select_row(const SelectProblem<Scalar, Acc>& p, int64_t row, const
   const auto logit = [&](int64_t j) { return load_as<Acc>(p.logits.at(row, j)); };
   const SoftmaxRow<Acc> s = softmax_row<Acc>(logit, p.classes, group);
   if (group.lane != 0) return;
-  PhiloxStream rng(p.seed, p.offset, static_cast<uint64_t>(row));
+  PhiloxStream rng(p.seed, p.offset, p.first_row + static_cast<uint64_t>(row));
   p.keep[row] = jnpl_keep(s, p.classes, rng);
   p.argmax[row] = s.arg;
 }

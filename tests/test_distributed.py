@@ -1,0 +1,142 @@
+"""Distributed training on 2 CPU processes (torchrun, gloo): every method runs to the end with
+its per-sample state equal on both processes after every epoch, the two processes' parts of
+each step are the one-process batch, label_issues.csv holds every sample once, a resume after
+kill -9 of one process is exact, and bad set-ups give clear errors. The sharding itself is
+tested without processes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.data.loaders import BatchOrder
+from engine.distributed import Processes
+from run_testing import assert_resume_repeats, wait_for_checkpoint
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(REPO, "tests", "distributed_worker.py")
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+DIGITS_TRAIN = 1400
+COMMON = ["--dataset", "digits", "--noise", "symmetric", "--noise-rate", "0.4", "--batch-size", "64", "--device",
+          "cpu", "--seed", "3"]
+# Each method's quick run (epochs, options): its stage changes and per-epoch updates inside.
+METHODS = {
+    "ce": (4, []),
+    "nlnl": (5, ["--warmup-epochs", "1", "--nlnl-window", "1"]),
+    "jnpl": (4, ["--warmup-epochs", "1"]),
+    "pmnar": (4, ["--warmup-epochs", "1"]),
+    "bldr": (4, ["--warmup-epochs", "1"]),
+    "l2b": (4, ["--warmup-epochs", "1"]),
+    "pudistill": (4, ["--pudistill-rounds", "1", "--pudistill-trunk-epochs", "1", "--pudistill-teachers", "2",
+                      "--pudistill-teacher-epochs", "1", "--pudistill-filter-steps", "20"]),
+}
+
+
+# ------------------------------------------------------------------ sharding, without processes
+
+@pytest.mark.parametrize("length", [0, 1, 5, 64, 65])
+def test_each_process_takes_a_contiguous_part_and_together_they_take_everything(length):
+    parts = [Processes(rank, 3).part(length) for rank in range(3)]
+    assert parts[0][0] == 0 and parts[-1][1] == length
+    assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+    assert max(stop - start for start, stop in parts) - min(stop - start for start, stop in parts) <= 1
+
+
+@pytest.mark.parametrize("count,batch", [(130, 64), (128, 64), (7, 4)])
+def test_training_batches_are_split_into_parts_of_the_one_process_batch(count, batch):
+    whole = BatchOrder(count, batch, shuffle=True, seed=5)
+    shards = [BatchOrder(count, batch, shuffle=True, seed=5, processes=Processes(rank, 2)) for rank in range(2)]
+    for loader in (whole, *shards):
+        loader.set_epoch(3)
+    assert len(shards[0]) == len(shards[1]) == len(whole)
+    for number, (batch_whole, part0, part1) in enumerate(zip(whole.batches(), *(s.batches() for s in shards))):
+        assert list(part0) + list(part1) == list(batch_whole)
+        assert shards[0].first_row(number) == 0 and shards[1].first_row(number) == len(part0)
+
+
+def test_passes_over_a_split_give_each_process_a_contiguous_run_of_samples():
+    loaders = [BatchOrder(1000, 128, indices=np.arange(5, 1005), processes=Processes(rank, 2)) for rank in range(2)]
+    seen = [index for loader in loaders for batch in loader.batches() for index in batch]
+    assert seen == list(range(5, 1005))
+    assert [len(loader) for loader in loaders] == [4, 4]
+
+
+# ------------------------------------------------------------------ runs on 2 processes
+
+def launch(out, args, world):
+    """Runs the worker on `world` processes; returns each process's record."""
+    os.makedirs(out, exist_ok=True)
+    command = (TORCHRUN if world == 2 else [sys.executable]) + [WORKER, str(out), *args, "--out", str(out / "run")]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return [json.load(open(out / f"rank{rank}.json")) for rank in range(world)]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_on_two_processes_in_step_with_one(tmp_path, method):
+    epochs, options = METHODS[method]
+    args = [*COMMON, "--method", method, "--epochs", str(epochs), *options]
+    first, second = launch(tmp_path / "two", args, world=2)
+    (alone,) = launch(tmp_path / "one", args, world=1)
+
+    # The per-sample state each process computed from the gathered outputs, and the weights.
+    assert len(first["epochs"]) == epochs
+    assert first["epochs"] == second["epochs"]
+    # Each step's global batch is the one-process batch, cut in two contiguous parts.
+    assert len(first["steps"]) == len(second["steps"]) == len(alone["steps"])
+    for (row0, part0), (row1, part1), (_, whole) in zip(first["steps"], second["steps"], alone["steps"]):
+        assert row0 == 0 and row1 == len(part0) and len(part0) == len(part1)
+        assert part0 + part1 == whole
+    # Outputs once, from rank 0, over every sample.
+    table = pd.read_csv(tmp_path / "two" / "run" / "label_issues.csv")
+    assert sorted(table["index"]) == list(range(DIGITS_TRAIN))
+    assert first["summary"] == second["summary"]
+    gap = abs(first["summary"]["test_acc"] - alone["summary"]["test_acc"])
+    print(f"{method}: test accuracy on 2 processes {first['summary']['test_acc']:.4f}, on 1 "
+          f"{alone['summary']['test_acc']:.4f}")
+    # A few epochs on 1,400 digits, BatchNorm over half batches: close, not equal.
+    assert gap <= 0.06
+
+
+def torchrun_train(*args, check=True):
+    command = [*TORCHRUN, "-m", "engine.train", *args]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def test_resume_after_kill_of_one_process_repeats_the_uninterrupted_run(tmp_path):
+    # BLDR: per-sample SOP parameters synced each step, an EMA model, per-epoch weights.
+    common = [*COMMON, "--method", "bldr", "--warmup-epochs", "1", "--epochs", "8"]
+    whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
+    torchrun_train(*common, "--out", whole)
+
+    agent = subprocess.Popen([*TORCHRUN, "-m", "engine.train", *common, "--out", killed], cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = os.path.join(killed, "checkpoint.pt")
+    wait_for_checkpoint(agent, checkpoint, 2)
+    workers = subprocess.run(["pgrep", "-P", str(agent.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2, "torchrun runs two worker processes"
+    os.kill(int(max(workers, key=int)), signal.SIGKILL)  # one process; torchrun ends the job
+    assert agent.wait(timeout=120) != 0
+    assert_resume_repeats(killed, whole, lambda: torchrun_train(*common, "--out", killed, "--resume"), 2, 7)
+
+
+def test_a_global_batch_that_does_not_divide_among_the_processes_is_refused(tmp_path):
+    result = torchrun_train(*COMMON, "--method", "ce", "--epochs", "1", "--batch-size", "63", "--out",
+                            str(tmp_path / "run"), check=False)
+    assert result.returncode != 0
+    assert "batch size 63 is the global batch: it must be divisible by the 2 processes" in result.stderr
+
+
+def test_sync_bn_on_the_cpu_is_refused(tmp_path):
+    command = [sys.executable, "-m", "engine.train", *COMMON, "--method", "ce", "--sync-bn", "--out",
+               str(tmp_path / "run")]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "--sync-bn runs on CUDA only" in result.stderr
+    assert "Traceback" not in result.stderr
