@@ -90,12 +90,12 @@ def nl_loss(logits, comp_labels, weight=None, plus=False, reduction="mean", clam
 
 
 def nl_plus_loss(logits, comp_labels, weight=None, reduction="mean", clamp_eps=None):
-    """NL+ (jnpl.txt eq. 5): nl_loss with plus=True."""
+    """NL+ (JNPL, arXiv:2104.06574, eq. 5): nl_loss with plus=True."""
     return nl_loss(logits, comp_labels, weight=weight, plus=True, reduction=reduction, clamp_eps=clamp_eps)
 
 
 def pl_plus_loss(logits, target, n=3, weight=None, reduction="mean"):
-    """PL+ (jnpl.txt eq. 7): -prod_{i=0..n} (1 + p_t^(2^i)) log p_t, the product detached.
+    """PL+ (JNPL, arXiv:2104.06574, eq. 7): -prod_{i=0..n} (1 + p_t^(2^i)) log p_t, the product detached.
 
     Pass only the selected rows (see jnpl_select); the mean is over the rows passed.
     """
@@ -106,7 +106,7 @@ def pl_plus_loss(logits, target, n=3, weight=None, reduction="mean"):
 
 
 def pm_loss(logits, labels, exclude=None, weight=None, reduction="mean"):
-    """PM (pmnar.txt eq. 7): -log p_y - sum over k != y, not exclude[i, k] of log(1 - p_k).
+    """PM (PMNAR, eq. 7): -log p_y - sum over k != y, not exclude[i, k] of log(1 - p_k).
 
     exclude: optional bool [B, C], e.g. PMNAR's "ever predicted" history rows.
     """
@@ -114,7 +114,7 @@ def pm_loss(logits, labels, exclude=None, weight=None, reduction="mean"):
 
 
 def ml_loss(logits, labels, exclude=None, weight=None, reduction="mean"):
-    """Multi-negative learning (pmnar.txt eq. 6), PM without its -log p_y term:
+    """Multi-negative learning (PMNAR, eq. 6), PM without its -log p_y term:
     -sum over k != y, not exclude[i, k] of log(1 - p_k). BLDR's negative head uses it with
     the corrected label excluded."""
     return _multi_negative("ml_loss", logits, labels, exclude, False, weight, reduction)
@@ -134,7 +134,7 @@ def weighted_ce(logits, labels, weight=None, reduction="mean"):
 
 
 def jnpl_select(logits, seed, offset, first_row=0):
-    """PL+ selection (jnpl.txt Alg. 1) -> (mask bool [B], yhat int64 [B]).
+    """PL+ selection (JNPL, arXiv:2104.06574, Alg. 1) -> (mask bool [B], yhat int64 [B]).
 
     yhat = arg-max; a row is a candidate when every other class has p < 1/C, and a
     candidate is kept with probability p_yhat, drawn from Philox(seed, offset, first_row + row).

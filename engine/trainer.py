@@ -254,6 +254,8 @@ class Trainer:
             self.step += 1
             total += loss.detach()
             batches += 1
+        # The mean of the processes' (equal-sized) parts' losses: the global batch's.
+        total = self.processes.all_reduce(total) / self.processes.world
         return (total / max(batches, 1)).item(), step or Step(epoch, stage, epoch_in_stage, self.step,
                                                                 self.optimizer)
 

@@ -102,6 +102,36 @@ def test_every_method_trains_on_two_processes_in_step_with_one(tmp_path, method)
     assert gap <= 0.06
 
 
+API_SCRIPT = """
+import json, os, sys
+import numpy as np
+import engine
+
+rng = np.random.default_rng(0)
+centers = rng.normal(size=(4, 16)) * 2
+y = rng.integers(0, 4, 600)
+x = (centers[y] + rng.normal(size=(600, 16))).astype(np.float32)
+given = np.where(rng.random(600) < 0.3, rng.integers(0, 4, 600), y)
+result = engine.fit(x, given, method="bldr", true_labels=y, epochs=4, warmup_epochs=1, batch_size=64,
+                    out=sys.argv[1], device="cpu")
+with open(os.path.join(sys.argv[1], "rank" + os.environ["RANK"] + ".json"), "w") as f:
+    json.dump({"summary": result.summary, "pred_probs": result.pred_probs.tolist(),
+               "issues": len(result.label_issues())}, f)
+"""
+
+
+def test_a_script_calling_the_python_api_trains_on_two_processes(tmp_path):
+    script = tmp_path / "fit.py"
+    script.write_text(API_SCRIPT)
+    out = tmp_path / "run"
+    result = subprocess.run([*TORCHRUN, str(script), str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second = (json.load(open(out / f"rank{rank}.json")) for rank in range(2))
+    assert first == second
+    assert first["issues"] == 600 and len(first["pred_probs"]) == 600
+    assert len(pd.read_csv(out / "label_issues.csv")) == 600
+
+
 def torchrun_train(*args, check=True):
     command = [*TORCHRUN, "-m", "engine.train", *args]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -156,7 +156,7 @@ def test_clamp_eps_matches_reference_clamp(plus, device):
 
 
 def test_nl_plus_gradient_is_minus_p_comp_times_p():
-    """jnpl.txt eq. 6: dNL+/dz_i = -p_yb p_i for i != yb."""
+    """JNPL, arXiv:2104.06574, eq. 6: dNL+/dz_i = -p_yb p_i for i != yb."""
     z = torch.randn(16, 7, dtype=torch.float64, requires_grad=True)
     comp = torch.randint(0, 7, (16,))
     (grad,) = torch.autograd.grad(L.nl_plus_loss(z, comp, reduction="sum"), z)

@@ -58,7 +58,7 @@ NOISY_HD void sample_complementary_row(const AllowedClasses& classes, int64_t k,
   }
 }
 
-// PL+ selection (jnpl.txt Alg. 1): a row is a candidate when every class but the
+// PL+ selection (JNPL, arXiv:2104.06574, Alg. 1): a row is a candidate when every class but the
 // arg-max has p < 1/C; a candidate is kept with probability p_argmax.
 template <class T>
 NOISY_HD bool jnpl_keep(const SoftmaxRow<T>& s, int64_t classes, PhiloxStream& rng) {
