@@ -123,8 +123,12 @@ class MethodConfig(Validated):
     lr: float = option(0.05, "initial learning rate of the first stage")
     momentum: float = option(0.9, "SGD momentum")
     weight_decay: float = option(5e-4, "SGD weight decay")
-    model: str = option("small_cnn", "network: small_cnn, preact_resnet18, preact_resnet34 (images) or mlp "
-                                     "(feature vectors)", choices=tuple(MODELS))
+    model: str = option("small_cnn", "network: small_cnn, preact_resnet18, preact_resnet34 (small images), "
+                                     "resnet18, resnet50 (ImageNet-sized images) or mlp (feature vectors)",
+                        choices=tuple(MODELS))
+    pretrained: str | None = option(None, "start every network from the weights in this file (.safetensors or "
+                                          "a torch state dict, e.g. torchvision's ImageNet resnet18 / resnet50); "
+                                          "the classifier fc starts new when its number of classes differs")
     clean_size: int | None = option(None, "hold out this many samples with true labels (the clean subset)")
     clean_fraction: float | None = option(None, "hold out this fraction of samples with true labels")
 
@@ -142,6 +146,9 @@ class MethodConfig(Validated):
         self.require("momentum", 0 <= self.momentum < 1, "must be in [0, 1)")
         self.require("weight_decay", self.weight_decay >= 0, "must be >= 0")
         self.require("model", self.model in MODELS, f"must be one of {', '.join(sorted(MODELS))}")
+        if self.pretrained is not None and not os.path.isfile(self.pretrained):
+            self.fail("pretrained", f"{self.pretrained} " + ("is not a file" if os.path.exists(self.pretrained)
+                                                             else "does not exist"))
         if self.clean_size is not None and self.clean_fraction is not None:
             self.fail("clean_size", "and clean_fraction exclude each other: give one")
         if self.clean_size is not None:

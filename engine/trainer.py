@@ -18,7 +18,7 @@ from engine.config import save_yaml, size_class
 from engine.distributed import Processes, from_environment
 from engine.labels import check_clean_subset, detection_metrics
 from engine.methods.base import Batch, CleanSubset, Preparation, Step, epoch_seed
-from engine.models import build_model
+from engine.models import build_model, load_pretrained
 from engine.models.base import recalibrate_batchnorm
 from engine.outputs import (folder_lock, label_issues_table, plot_separation, write_json, write_label_issues,
                             write_metrics)
@@ -96,6 +96,8 @@ class Trainer:
         shape = self.data.input_shape
         in_channels, image_size = (shape[0], 1) if self.data.features else (shape[2], shape[0])
         network = build_model(self.model_name, self.data.num_classes, in_channels=in_channels, image_size=image_size)
+        if self.config.pretrained:  # every network the method builds (peers, teachers) starts from it
+            load_pretrained(network, self.config.pretrained)
         return network.to(self.device, memory_format=torch.channels_last)
 
     def loader(self, batch_size, x=None, shard=False, **options):

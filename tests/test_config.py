@@ -48,6 +48,7 @@ def test_a_short_budget_on_paper_scale_data_takes_the_small_preset(name):
     ("warmup_epochs", 30, "leave at least one"), ("batch_size", 12.5, "must be an integer"),
     ("lr", "0.1", "must be a number"),
     ("clean_fraction", 1.5, "must be in (0, 1)"),
+    ("pretrained", "/missing/weights.pt", "/missing/weights.pt does not exist"), ("pretrained", "/", "is not a file"),
 ])
 def test_bad_values_are_refused_where_they_are_defined(field, value, text):
     preset = METHODS["jnpl"].Config.preset("small", 10)

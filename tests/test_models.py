@@ -1,20 +1,33 @@
-"""engine.models: the shared interface, parameter counts, and MultiHead."""
+"""engine.models: the shared interface, parameter counts, MultiHead, torchvision's names and
+counts for the ImageNet ResNets, and starting weights from a file (--pretrained)."""
+import random
+import re
+
 import pytest
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
-from engine.models import MODELS, MultiHead, build_model
+from engine.models import MODELS, MultiHead, build_model, load_pretrained
 from engine.models.base import recalibrate_batchnorm
+from test_safe_loading import Payload
 
-RESNETS = ["preact_resnet18", "preact_resnet34"]
+IMAGENET_RESNETS = ["resnet18", "resnet50"]
+RESNETS = ["preact_resnet18", "preact_resnet34", *IMAGENET_RESNETS]
 IMAGE_MODELS = [name for name in MODELS if name != "mlp"]
-# (name, in_channels, image_size, num_classes); 8x8 inputs only for small_cnn; the MLP takes
-# feature vectors [B, in_channels] (64: the digits' pixels; 3: fewer features than classes).
-CASES = [
-    (name, *shape)
-    for name in IMAGE_MODELS
-    for shape in [(3, 32, 10), (1, 28, 10), (3, 32, 100)] + ([(1, 8, 10)] if name == "small_cnn" else [])
-] + [("mlp", 64, 1, 10), ("mlp", 3, 1, 100)]
+
+
+def shapes(name):
+    """(in_channels, image_size, num_classes) to test `name` at: the ImageNet ResNets at real
+    resolution and at 64 and 8 px (their stem shrinks any size); 8x8 otherwise only for small_cnn."""
+    if name in IMAGENET_RESNETS:
+        return [(3, 224, 10), (1, 64, 10), (3, 64, 100), (1, 8, 10)]
+    return [(3, 32, 10), (1, 28, 10), (3, 32, 100)] + ([(1, 8, 10)] if name == "small_cnn" else [])
+
+
+# (name, in_channels, image_size, num_classes); the MLP takes feature vectors [B, in_channels]
+# (64: the digits' pixels; 3: fewer features than classes).
+CASES = [(name, *shape) for name in IMAGE_MODELS for shape in shapes(name)] + [("mlp", 64, 1, 10), ("mlp", 3, 1, 100)]
 
 
 def make(name, in_channels, image_size, num_classes):
@@ -100,8 +113,109 @@ def test_multihead_without_stage_heads_and_reserved_names():
 
 
 def test_unknown_model_name():
-    with pytest.raises(ValueError, match="mlp.*preact_resnet18.*small_cnn"):
-        build_model("resnet50", 10)
+    with pytest.raises(ValueError, match="mlp.*preact_resnet18.*resnet50.*small_cnn"):
+        build_model("resnet9000", 10)
+
+
+# Some of torchvision's resnet18 state-dict keys: the names its ImageNet weights load under.
+TORCHVISION_RESNET18_KEYS = [
+    "conv1.weight", "bn1.weight", "bn1.running_mean", "bn1.num_batches_tracked", "layer1.0.conv1.weight",
+    "layer1.1.bn2.running_var", "layer2.0.downsample.0.weight", "layer2.0.downsample.1.bias",
+    "layer3.1.conv2.weight", "layer4.0.downsample.1.running_mean", "layer4.1.bn2.weight", "fc.weight", "fc.bias",
+]
+
+
+def test_imagenet_resnets_carry_torchvision_names():
+    resnet18, resnet50 = build_model("resnet18", 1000), build_model("resnet50", 1000)
+    keys = list(resnet18.state_dict())
+    assert set(TORCHVISION_RESNET18_KEYS) <= set(keys) and keys[0] == "conv1.weight" and keys[-1] == "fc.bias"
+    assert not any(key.startswith("layer1.0.downsample") for key in keys), "layer1 keeps width and resolution"
+    # torchvision: 62 / 161 parameter tensors, and 3 BatchNorm buffers per BatchNorm (20 / 53)
+    assert (len(list(resnet18.parameters())), len(keys)) == (62, 122)
+    assert (len(list(resnet50.parameters())), len(resnet50.state_dict())) == (161, 320)
+    sizes = {key: list(value.shape) for key, value in resnet50.state_dict().items()}
+    assert sizes["layer1.0.downsample.0.weight"] == [256, 64, 1, 1] and sizes["fc.weight"] == [1000, 2048]
+    assert sizes["layer1.0.conv3.weight"] == [256, 64, 1, 1] and sizes["layer4.2.bn3.running_var"] == [2048]
+    first = resnet50.layer2[0]  # v1.5: the stride on the 3x3 conv
+    assert (first.conv1.stride, first.conv2.stride, first.downsample[0].stride) == ((1, 1), (2, 2), (2, 2))
+
+
+@pytest.mark.parametrize("name,count", [("resnet18", 11_689_512), ("resnet50", 25_557_032)])
+def test_imagenet_resnets_have_torchvision_parameter_counts(name, count):
+    assert sum(p.numel() for p in build_model(name, 1000).parameters()) == count
+
+
+def resnet18_state(num_classes, in_channels=3, seed=0):
+    """A resnet18 state dict with every tensor, BatchNorm statistics included, set apart from a
+    new network's."""
+    torch.manual_seed(seed)
+    state = build_model("resnet18", num_classes, in_channels=in_channels).state_dict()
+    with torch.no_grad():
+        for value in state.values():
+            value.copy_(torch.randint(1, 100, value.shape))
+    return state
+
+
+@pytest.mark.parametrize("form,source_classes", [("torch", 1000), ("safetensors", 5), ("nested", 10),
+                                                 ("legacy", 5)])
+def test_pretrained_weights_load_but_a_classifier_of_another_size(tmp_path, form, source_classes):
+    state = resnet18_state(source_classes)
+    path = tmp_path / ("weights.safetensors" if form == "safetensors" else "weights.pt")
+    if form == "safetensors":
+        save_file(state, path)
+    elif form == "nested":  # a training script's checkpoint of a DDP model
+        torch.save({"state_dict": {f"module.{key}": value for key, value in state.items()}, "epoch": 3}, path)
+    else:  # legacy: the format of torch before 1.6 (a pickle, not a zip archive)
+        torch.save(state, path, _use_new_zipfile_serialization=form != "legacy")
+    torch.manual_seed(1)
+    network = build_model("resnet18", 10)
+    initial = {key: value.clone() for key, value in network.state_dict().items()}
+    load_pretrained(network, str(path))
+    for key, value in network.state_dict().items():
+        new_classifier = key.startswith("fc.") and source_classes != 10
+        assert torch.equal(value, initial[key] if new_classifier else state[key].to(value.dtype)), key
+
+
+def bad_weights(kind, path):
+    """Writes a weights file that does not fit a 3-channel resnet18 to `path`; the error expected
+    (a regular expression)."""
+    state = resnet18_state(10)
+    if kind == "missing":
+        del state["layer3.0.bn1.weight"]
+        torch.save(state, path)
+        return r"missing: layer3\.0\.bn1\.weight$"
+    if kind == "unexpected":
+        torch.save({**state, "layer5.0.conv1.weight": torch.zeros(1)}, path)
+        return r"unexpected: layer5\.0\.conv1\.weight$"
+    if kind == "shape":  # a grayscale network's weights
+        torch.save(resnet18_state(10, in_channels=1), path)
+        return re.escape("of another shape: conv1.weight [64, 1, 7, 7] in the file, [64, 3, 7, 7] in the network")
+    if kind == "resnet50":  # every resnet18 name is a resnet50 one
+        torch.save(build_model("resnet50", 10).state_dict(), path)
+        return (r"network; unexpected: layer1\.0\.conv3\.weight, .* \(\+\d+ more\); "
+                r"of another shape: layer1\.0\.conv1\.weight \[64, 64, 1, 1\] in the file, \[64, 64, 3, 3\]")
+    if kind == "payload":
+        torch.save({**state, "note": Payload(path.parent / "ran")}, path)
+        return "refused"
+    if kind == "not a state dict":
+        torch.save([1, 2, 3], path)
+        return "holds no state dict"
+    path.write_bytes(random.Random(0).randbytes(4096))  # neither a zip archive nor a pickle: starts with 0xcd
+    return "not a safetensors or torch weights file"
+
+
+@pytest.mark.parametrize("kind", ["missing", "unexpected", "shape", "resnet50", "payload", "not a state dict",
+                                  "random", "random safetensors"])
+def test_pretrained_weights_that_do_not_fit_are_refused_naming_the_file(tmp_path, kind):
+    path = tmp_path / ("weights.safetensors" if "safetensors" in kind else "weights.pt")
+    expected = bad_weights(kind, path)
+    network = build_model("resnet18", 10)
+    initial = {key: value.clone() for key, value in network.state_dict().items()}
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ".*" + expected) as caught:
+        load_pretrained(network, str(path))
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "ran").exists(), "no code ran"
+    assert all(torch.equal(value, initial[key]) for key, value in network.state_dict().items()), "nothing loaded"
 
 
 def test_recalibrate_batchnorm_sets_the_statistics_of_the_current_weights():

@@ -11,8 +11,10 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
+from engine.models import build_model
 from run_testing import assert_resume_repeats, read_metrics, wait_for_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -159,6 +161,28 @@ def test_preact_resnet_on_cifar_shaped_data(tmp_path, method):
     train("--method", method, "--dataset", "npz", "--data-dir", data, "--model", "preact_resnet18", "--epochs", "2",
           "--batch-size", "16", "--clean-size", "20", *options, "--out", out)
     assert summary(out)["model"] == "preact_resnet18" and len(read_metrics(out)) == 2
+
+
+def test_resnet18_starts_from_pretrained_weights(tmp_path):
+    """--pretrained: a 1-channel resnet18's weights with 5 classes (the data have 10: fc starts
+    new) train on 64 grayscale 16 x 16 images (the ImageNet stem takes them); a missing file, and
+    RGB weights for grayscale data, are refused before any training with one line."""
+    data = str(tmp_path / "gray.npz")
+    np.savez(data, x=np.random.default_rng(0).integers(0, 256, (64, 16, 16), dtype=np.uint8), y=np.arange(64) % 10)
+    weights, rgb, missing = tmp_path / "gray.pt", tmp_path / "rgb.pt", tmp_path / "missing.pt"
+    torch.save(build_model("resnet18", 5, in_channels=1).state_dict(), weights)
+    torch.save(build_model("resnet18", 10).state_dict(), rgb)
+    out = str(tmp_path / "run")
+    common = ["--method", "ce", "--dataset", "npz", "--data-dir", data, "--model", "resnet18", "--epochs", "1",
+              "--batch-size", "16", "--out", out]
+    train(*common, "--pretrained", str(weights))
+    assert config_of(out)["hyperparameters"]["pretrained"] == str(weights) and summary(out)["model"] == "resnet18"
+    for path, error in [(missing, f"--pretrained {missing} does not exist"),
+                        (rgb, f"pretrained weights {rgb} do not fit the ResNet network; of another shape: "
+                              "conv1.weight [64, 3, 7, 7] in the file, [64, 1, 7, 7] in the network")]:
+        result = train(*common, "--pretrained", str(path), check=False)
+        assert result.returncode == 2 and result.stderr.strip().splitlines() == [f"python -m engine.train: error: "
+                                                                                  f"{error}"]
 
 
 def test_config_yaml_reruns_the_run_exactly_and_flags_override_it(tmp_path):

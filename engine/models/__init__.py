@@ -6,11 +6,15 @@ from engine.models.base import ClassifierBase
 from engine.models.heads import MultiHead, stage_heads
 from engine.models.mlp import MLP
 from engine.models.preact_resnet import preact_resnet18, preact_resnet34
+from engine.models.pretrained import load_pretrained
+from engine.models.resnet import resnet18, resnet50
 from engine.models.small_cnn import SmallCNN
 
 MODELS = {
     "preact_resnet18": preact_resnet18,
     "preact_resnet34": preact_resnet34,
+    "resnet18": resnet18,  # ImageNet-sized images; torchvision's names (--pretrained)
+    "resnet50": resnet50,
     "small_cnn": SmallCNN,
     "mlp": MLP,
 }
@@ -25,4 +29,4 @@ def build_model(
     return MODELS[name](num_classes, in_channels=in_channels, image_size=image_size, **options)
 
 
-__all__ = ["MODELS", "build_model", "ClassifierBase", "MultiHead", "stage_heads"]
+__all__ = ["MODELS", "build_model", "load_pretrained", "ClassifierBase", "MultiHead", "stage_heads"]

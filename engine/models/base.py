@@ -58,6 +58,11 @@ class ClassifierBase(nn.Module):
         if len(stages) != len(stage_channels):
             raise ValueError(f"got {len(stages)} stages but {len(stage_channels)} stage channel counts")
         self.stages = nn.ModuleList(stages)
+        self.build_head(stage_channels, num_classes, dropout)
+
+    def build_head(self, stage_channels, num_classes, dropout):
+        """Everything after the stages. A subclass that registers its stages under names of its
+        own (and overrides forward_stages) calls nn.Module.__init__ and this, not __init__."""
         self.stage_channels = list(stage_channels)
         self.feature_dim = self.stage_channels[-1]
         self.num_classes = num_classes
