@@ -15,7 +15,7 @@ import os
 import types
 import typing
 
-from engine.data.datasets import BUILT_IN, DATASETS
+from engine.data.datasets import BUILT_IN, DATASETS, FILE_IMAGE_SIZE, IMAGE_FILES, STREAM_ABOVE
 from engine.models import MODELS
 
 SMALL_DATA = 20_000  # training sets below this size get the methods' "small" presets,
@@ -208,10 +208,19 @@ class DataConfig(Validated):
     noise_file: str | None = option(None, ".npy / .pt array of per-sample noisy labels (with --noise file)")
     noise_include_true: bool = option(False, "symmetric noise draws from ALL classes (transition-matrix "
                                              "convention) instead of the others")
+    image_size: int = option(FILE_IMAGE_SIZE, "size (pixels, square) images from files (folder, filelist) are "
+                                              "decoded to")
+    stream: bool | None = option(None, "read and decode image files per batch, holding only their paths, instead "
+                                       f"of decoding them once into memory (default: when --image-size > "
+                                       f"{STREAM_ABOVE})")
 
     def validate(self):
         self.require("dataset", self.dataset in DATASETS, f"must be one of {', '.join(sorted(DATASETS))}")
         self.require("noise_rate", 0.0 <= self.noise_rate < 1.0, "must be in [0, 1)")
+        self.require("image_size", self.image_size >= 8, "must be >= 8")
+        if self.dataset not in IMAGE_FILES and (self.image_size != FILE_IMAGE_SIZE or self.stream):
+            self.fail("image_size" if self.image_size != FILE_IMAGE_SIZE else "stream",
+                      f"applies to image files (dataset {' or '.join(IMAGE_FILES)}), not to dataset {self.dataset}")
         if self.dataset not in BUILT_IN and self.data_dir is None:
             self.fail("data_dir", f"is needed by dataset {self.dataset}")
         if self.data_dir is not None and not os.path.exists(self.data_dir):

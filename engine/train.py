@@ -184,15 +184,21 @@ def trainer_for(run, method, resume=False):
     from engine.labels import choose_clean_subset, noisy_labels_for
     from engine.trainer import Trainer
 
-    dataset = load_dataset(run.data.dataset, run.data.data_dir)
+    dataset = load_dataset(run.data.dataset, run.data.data_dir, image_size=run.data.image_size,
+                           stream=run.data.stream)
     config = method.configure(size_class(len(dataset.y_train)), dataset.num_classes)
     clean = choose_clean_subset(config, dataset.y_train, run.seed)
+    if len(clean) and dataset.true_train is not None:
+        raise ValueError(f"--clean-size / --clean-fraction: the labels of --data-dir {run.data.data_dir} are its noisy "
+                         f"ones (it has train_true_labels.npy), so a held-out subset would not have trusted labels; "
+                         f"methods that need a clean subset (l2b, pudistill) cannot use it yet")
     if config.clean_fraction is not None:  # recorded as the count it gave: the same draw on a rerun
         config = with_overrides(config, {"clean_size": len(clean)})
     method.config = config
     given = noisy_labels_for(run.data, dataset, clean, run.seed)
     data = TrainingData(dataset.name, dataset.x_train, given, dataset.num_classes, dataset.mean, dataset.std,
-                        true_labels=dataset.y_train, clean_indices=clean, x_test=dataset.x_test,
+                        true_labels=dataset.y_train if dataset.true_train is None else dataset.true_train,
+                        clean_indices=clean, x_test=dataset.x_test,
                         y_test=dataset.y_test, flip=dataset.flip, class_names=dataset.class_names)
     run = dataclasses.replace(run, hyperparameters=config)
     return Trainer(method, data, seed=run.seed, device=run.device, out=run.out, resume=resume, run_config=run,

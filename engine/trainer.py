@@ -331,16 +331,24 @@ class Trainer:
         probs = self.predict(self.test_loader, self.method.eval_model(self.model))["probs"]
         return (probs.argmax(1).cpu() == torch.from_numpy(self.data.y_test)).float().mean().item()
 
+    def checked(self):
+        """The noisy training samples whose true label is known (every one on a benchmark; on
+        real data some or none, -1 marking the others), against which detection is measured."""
+        true = self.data.true_labels
+        if true is None:
+            return np.zeros(0, dtype=np.int64)
+        return self.train_indices[true[self.train_indices] >= 0]
+
     def truly_noisy(self):
-        return None if self.data.true_labels is None else self.data.given_labels != self.data.true_labels
+        """bool [N]: the given label differs from the true one (meaningful on checked() only)."""
+        return self.data.given_labels != self.data.true_labels
 
     def detection(self, flagged):
-        """(precision, recall, F1) of the flags on the noisy training set, or Nones without true labels."""
-        truly_noisy = self.truly_noisy()
-        if truly_noisy is None:
+        """(precision, recall, F1) of the flags on the checked samples, or Nones without any."""
+        checked = self.checked()
+        if not len(checked):
             return None, None, None
-        train = self.train_indices
-        return detection_metrics(flagged[train], truly_noisy[train])
+        return detection_metrics(flagged[checked], self.truly_noisy()[checked])
 
     # ------------------------------------------------------------------ outputs
 
@@ -352,22 +360,23 @@ class Trainer:
                                         true=data.true_labels, clean_indices=data.clean_indices,
                                         class_names=data.class_names)
         precision, recall, f1 = self.detection(flagged)
-        truly_noisy = self.truly_noisy()
+        checked = self.checked()
         test_accs = [row["test_acc"] for row in self.metrics if row["test_acc"] is not None]
         summary = {
             "method": self.method.name, "dataset": data.name, "model": self.model_name, "epochs": self.config.epochs,
             "test_acc": test_accs[-1] if test_accs else None, "best_test_acc": max(test_accs) if test_accs else None,
             "det_precision": precision, "det_recall": recall, "det_f1": f1,
             "estimated_noise_rate": float(flagged[train].mean()),
-            "true_noise_rate": None if truly_noisy is None else float(truly_noisy[train].mean()),
+            "true_noise_rate": float(self.truly_noisy()[checked].mean()) if len(checked) else None,
+            "true_labels_known": int(len(checked)),
             "clean_subset_size": int(len(data.clean_indices)),
-            **self.method.summary(None if data.true_labels is None else torch.from_numpy(data.true_labels)),
+            **self.method.summary(torch.from_numpy(data.true_labels) if len(checked) == len(train) else None),
         }
         if self.out is not None and self.processes.main:
             write_metrics(self.metrics, os.path.join(self.out, "metrics.csv"))
             write_label_issues(self.table, os.path.join(self.out, "label_issues.csv"))
             write_json(summary, os.path.join(self.out, "summary.json"))
-            if truly_noisy is not None:
-                plot_separation(score[train], truly_noisy[train], os.path.join(self.out, "separation.png"),
+            if len(checked):
+                plot_separation(score[checked], self.truly_noisy()[checked], os.path.join(self.out, "separation.png"),
                                 f"{self.method.name} on {data.name}")
         return summary

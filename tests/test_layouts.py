@@ -1,10 +1,12 @@
 """engine.data.layouts: each real-world data set's layout, built tiny in tmp_path, converts to a
 file list the engine loads; bad input stops the command with one line naming the file."""
+import json
 import os
 import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -94,6 +96,24 @@ def test_clothing1m(tmp_path, capsys):
     data = load_dataset("filelist", str(dst))
     assert data.y_train.tolist() == [NOISY[i] for i in range(8)] and data.y_test.tolist() == [1, 2, 3]
     assert data.x_train.shape == (8, 32, 32, 3)
+
+
+def test_training_on_clothing1m_measures_detection_where_the_true_label_is_known(tmp_path, capsys):
+    src, dst, out = clothing1m(tmp_path / "src"), tmp_path / "dst", tmp_path / "run"
+    convert(capsys, "clothing1m", src, dst)
+    data = load_dataset("filelist", str(dst))
+    assert data.true_train.tolist() == [1, -1, -1, -1, -1, -1, 3, 3] and data.class_names[0] == "T-Shirt"
+    command = [sys.executable, "-m", "engine.train", "--method", "ce", "--dataset", "filelist", "--data-dir",
+               str(dst), "--noise", "none", "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    # Keys 0, 6 and 7 have clean labels: 0 and 6 differ from their noisy ones, 7 agrees.
+    assert summary["true_labels_known"] == 3 and summary["true_noise_rate"] == pytest.approx(2 / 3)
+    assert summary["det_f1"] is not None
+    table = pd.read_csv(out / "label_issues.csv")
+    assert table["true_label"].isna().tolist() == [False, True, True, True, True, True, False, False]
+    assert table["given_class"].tolist()[:4] == ["T-Shirt", "Shirt", "Knitwear", "Chiffon"]
 
 
 def test_clothing1m_clean_train_is_a_trusted_subset(tmp_path, capsys):

@@ -6,9 +6,12 @@ From a user's files (`--data-dir`): `cifar10` / `cifar100` (the python-pickle fo
 for cifar10 the JPEG archive `cifar10_jpeg_ordered.npz`), `mnist` / `fashion_mnist` (the
 standard idx `.gz` files), `npz` (arrays `x`, `y` and optionally `x_test`, `y_test`),
 `folder` (an image folder per class) and `filelist` ('path label' lists, the Clothing1M /
-WebVision layout); image files are decoded once by DALI and held in memory at 32 x 32.
+WebVision layout). Image files are decoded to image_size x image_size: up to 64 px (or with
+stream=False) once by DALI and held in memory; larger (or with stream=True) they stay on disk
+(ImageFiles: only their paths are held) and are decoded per batch (engine/data/streaming.py).
 """
 import gzip
+import hashlib
 import importlib.resources
 import os
 import zipfile
@@ -28,10 +31,60 @@ SPLIT_SEED = 12345  # fixed: the train/test split of the small data sets never d
 
 
 @dataclass
+class ImageFiles:
+    """Images kept on disk: `paths` relative to `root`, decoded per batch to RGB at
+    size x size. Errors name a file by its path, or by its line in `listing` (a file list)."""
+
+    root: str
+    paths: np.ndarray                # str [N]
+    size: int
+    listing: str | None = None
+    lines: np.ndarray | None = None  # int [N], the files' line numbers in `listing`
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        """The files at `index` (an index array), as ImageFiles."""
+        lines = None if self.lines is None else self.lines[index]
+        return ImageFiles(self.root, self.paths[index], self.size, self.listing, lines)
+
+    @property
+    def image_shape(self):
+        return self.size, self.size, 3
+
+    def path(self, i):
+        return os.path.join(self.root, self.paths[i])
+
+    def name(self, i):
+        """How errors name file i: its path, or its list line ('list:line: path')."""
+        return self.path(i) if self.listing is None else f"{self.listing}:{self.lines[i]}: {self.path(i)}"
+
+    def read(self, i):
+        """The encoded bytes of file i (uint8), or a ValueError naming it."""
+        try:
+            return np.fromfile(self.path(i), dtype=np.uint8)
+        except OSError as error:
+            raise ValueError(f"{self.name(i)}: cannot be read ({error.strerror or error})") from None
+
+    def fingerprint(self):
+        """sha256 (bytes) of the size, the paths (relative: the folder may move) and each file's
+        size and mtime: a changed file changes it, without reading any pixels."""
+        digest = hashlib.sha256(f"{self.size}\0".encode())
+        stats = np.zeros((len(self), 2), dtype=np.int64)
+        for i, path in enumerate(self.paths):
+            digest.update(f"{path}\0".encode())
+            stat = os.stat(self.path(i))
+            stats[i] = stat.st_size, stat.st_mtime_ns
+        digest.update(stats.tobytes())
+        return digest.digest()
+
+
+@dataclass
 class ImageDataset:
     name: str
-    x_train: np.ndarray          # uint8 [N, H, W, C]
-    y_train: np.ndarray          # int64 [N], the TRUE labels
+    x_train: np.ndarray          # uint8 [N, H, W, C], or ImageFiles
+    y_train: np.ndarray          # int64 [N], the TRUE labels (unless true_train is given)
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
@@ -40,11 +93,14 @@ class ImageDataset:
     flip: bool                   # horizontal flips are label-preserving (not for digits)
     fine_to_coarse: np.ndarray | None = field(default=None)  # CIFAR-100 super-classes
     class_names: list | None = field(default=None)           # when the data set names its classes
+    # A real noisy data set: y_train are its (noisy) labels, these the true ones where known, -1
+    # elsewhere (filelist's train_true_labels.npy, as engine.data.layouts writes it).
+    true_train: np.ndarray | None = field(default=None)
 
     def __post_init__(self):
         for name in ("x_train", "x_test"):
             x = getattr(self, name)
-            if x.dtype != np.uint8 or x.ndim != 4:
+            if not isinstance(x, ImageFiles) and (x.dtype != np.uint8 or x.ndim != 4):
                 raise ValueError(f"{self.name}: {name} must be uint8 [N, H, W, C], got {x.dtype} {x.shape}")
         if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
             raise ValueError(f"{self.name}: images and labels differ in length")
@@ -56,7 +112,7 @@ class ImageDataset:
 
     @property
     def image_shape(self):
-        return self.x_train.shape[1:]
+        return self.x_train.image_shape if isinstance(self.x_train, ImageFiles) else self.x_train.shape[1:]
 
 
 def _split(x, y, test_size, seed=SPLIT_SEED):
@@ -218,33 +274,47 @@ def load_npz(data_dir):
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-FILE_IMAGE_SIZE = 32  # images read from files are decoded once and resized to this (in memory)
+IMAGE_FILES = ("folder", "filelist")  # the data sets of image files: image_size and stream apply to them
+FILE_IMAGE_SIZE = 32  # the default size images from files are decoded to
+STREAM_ABOVE = 64     # stream=None: larger images stay on disk (held in memory they would grow with N * size^2)
+STATS_SAMPLE = 500    # images on disk: the normalization statistics come from this many training images
 
 
-def _decode_files(paths, labels, name, sources=None):
-    """sources: how a decoding error names each file (its list line), else by its path."""
+def _image_files(files, labels, name, stream):
+    """(images, labels) of `files` (ImageFiles): the files themselves with stream=True, else
+    decoded now and held in memory (uint8 NHWC)."""
     from engine.data.pipeline import decode_images
 
-    if not paths:
+    if not len(files):
         raise ValueError(f"{name}: no images found")
-    encoded = [np.fromfile(p, dtype=np.uint8) for p in paths]
-    return decode_images(encoded, size=FILE_IMAGE_SIZE, names=sources or paths), np.asarray(labels, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if stream:
+        return files, labels
+    names = [files.name(i) for i in range(len(files))]
+    return decode_images([files.read(i) for i in range(len(files))], size=files.size, names=names), labels
 
 
 def _rgb_stats(x):
+    if isinstance(x, ImageFiles):  # a fixed sample, decoded small (the statistics barely depend on the size)
+        from engine.data.pipeline import decode_images
+
+        sample = np.sort(np.random.default_rng(SPLIT_SEED).permutation(len(x))[:STATS_SAMPLE])
+        x = decode_images([x.read(i) for i in sample], size=min(x.size, STREAM_ABOVE),
+                          names=[x.name(i) for i in sample])
     flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
     return tuple(flat.mean(0)), tuple(flat.std(0) + 1e-6)
 
 
-def load_image_folder(data_dir):
+def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
     """root/<class>/<image> (classes sorted by name), or root/train/<class>/... and
-    root/test/<class>/...; without a test folder 20% is held out. Decoded by DALI, resized."""
+    root/test/<class>/...; without a test folder 20% is held out."""
     root = _require_dir(data_dir, "folder")
     has_splits = os.path.isdir(os.path.join(root, "train")) and os.path.isdir(os.path.join(root, "test"))
-    split_dirs = [os.path.join(root, "train"), os.path.join(root, "test")] if has_splits else [root]
+    splits = ["train", "test"] if has_splits else [""]
+    split_dirs = [os.path.join(root, split) if split else root for split in splits]
     classes = sorted(d.name for d in os.scandir(split_dirs[0]) if d.is_dir())
     parts = []
-    for split_dir in split_dirs:
+    for split, split_dir in zip(splits, split_dirs):
         paths, labels = [], []
         for label, cls in enumerate(classes):
             folder = os.path.join(split_dir, cls)
@@ -255,19 +325,20 @@ def load_image_folder(data_dir):
             if not files and split_dir == split_dirs[0]:
                 raise ValueError(f"folder {folder}: a class folder without images ({', '.join(IMAGE_SUFFIXES)}); "
                                  f"add images or remove it")
-            paths += [os.path.join(folder, f) for f in files]
+            paths += [os.path.join(split, cls, f) for f in files]
             labels += [label] * len(files)
-        parts.extend(_decode_files(paths, labels, f"folder {split_dir}"))
+        parts.extend(_image_files(ImageFiles(root, np.asarray(paths, dtype=str), image_size), labels,
+                                  f"folder {split_dir}", stream))
     if not has_splits:
         parts = list(_split(*parts, len(parts[1]) // 5))
     return ImageDataset("folder", *parts, len(classes), *_rgb_stats(parts[0]), flip=True, class_names=classes)
 
 
 def _read_file_list(path):
-    """The paths, labels and 'list:line: path' (how errors name an entry) of each line. Paths are
-    relative to the list's folder (--data-dir) and must stay inside it: a data set is then one
-    folder that can be moved or shared; link other folders into it to use their files."""
-    folder, paths, labels, lines = os.path.dirname(path), [], [], []
+    """The paths (relative to the list's folder), labels and line numbers of its lines. Paths
+    must stay inside the list's folder (--data-dir): a data set is then one folder that can be
+    moved or shared; link other folders into it to use their files."""
+    folder, paths, labels, numbers = os.path.dirname(path), [], [], []
     with open(path) as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -286,26 +357,46 @@ def _read_file_list(path):
             full = os.path.join(folder, file)
             if not os.path.isfile(full):
                 raise FileNotFoundError(f"{where}: {full} is missing")
-            paths.append(full)
+            paths.append(file)
             labels.append(label)
-            lines.append(f"{where}: {full}")
-    return paths, labels, lines
+            numbers.append(number)
+    return paths, labels, numbers
 
 
-def load_file_list(data_dir):
+def load_file_list(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
     """The Clothing1M / WebVision layout: data_dir/train.txt and data_dir/test.txt with one
     'relative/path label' per line. The labels of train.txt are the TRUE labels here (add
-    noise with --noise) unless you give the noisy ones with --noise file."""
+    noise with --noise) unless you give the noisy ones with --noise file, or the folder holds
+    train_true_labels.npy: then they are the given (noisy) labels and the file has the true ones
+    where known (-1 elsewhere; detection is measured on those). classes.txt, if there, names
+    the classes (line i: class i). engine.data.layouts writes both."""
     root = _require_dir(data_dir, "filelist")
     parts = []
     for split in ("train", "test"):
         list_path = os.path.join(root, f"{split}.txt")
         if not os.path.exists(list_path):
             raise FileNotFoundError(f"filelist: {list_path} is missing")
-        paths, labels, lines = _read_file_list(list_path)
-        parts.extend(_decode_files(paths, labels, f"filelist {list_path}", lines))
+        paths, labels, numbers = _read_file_list(list_path)
+        files = ImageFiles(root, np.asarray(paths, dtype=str), image_size, list_path, np.asarray(numbers))
+        parts.extend(_image_files(files, labels, f"filelist {list_path}", stream))
     num_classes = int(max(parts[1].max(), parts[3].max())) + 1
-    return ImageDataset("filelist", *parts, num_classes, *_rgb_stats(parts[0]), flip=True)
+    names_path, true_path = os.path.join(root, "classes.txt"), os.path.join(root, "train_true_labels.npy")
+    names = None
+    if os.path.exists(names_path):
+        with open(names_path) as f:
+            names = [line.rstrip("\n") for line in f]
+        if len(names) < num_classes:
+            raise ValueError(f"filelist {names_path}: {len(names)} class names for labels up to {num_classes - 1}")
+        num_classes = len(names)
+    true = None
+    if os.path.exists(true_path):
+        true = np.load(true_path, allow_pickle=False)
+        if true.shape != parts[1].shape or not np.issubdtype(true.dtype, np.integer) or not (
+                (true >= -1) & (true < num_classes)).all():
+            raise ValueError(f"filelist {true_path}: expected {len(parts[1])} integer labels in [-1, {num_classes}) "
+                             f"(-1: unknown), one per line of train.txt; got {true.dtype} {list(true.shape)}")
+    return ImageDataset("filelist", *parts, num_classes, *_rgb_stats(parts[0]), flip=True, class_names=names,
+                        true_train=None if true is None else true.astype(np.int64))
 
 
 def _find_dir(root, marker):
@@ -330,7 +421,11 @@ DATASETS = {
 }
 
 
-def load_dataset(name, data_dir=None):
+def load_dataset(name, data_dir=None, image_size=FILE_IMAGE_SIZE, stream=None):
+    """The data set `name`; image files (IMAGE_FILES) are decoded to image_size x image_size,
+    streamed from disk with stream=True (stream=None: when image_size > STREAM_ABOVE)."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
-    return DATASETS[name](data_dir)
+    if name not in IMAGE_FILES:
+        return DATASETS[name](data_dir)
+    return DATASETS[name](data_dir, image_size, image_size > STREAM_ABOVE if stream is None else stream)

@@ -16,8 +16,13 @@ sample's crop and flip do not depend on the other samples in its batch, on the b
 which process of a distributed run loads it. The one exception is the strong view's RandAugment:
 DALI's pipeline draws its ops (seeded by seed and epoch, a pipeline per epoch), so they depend on
 the batch layout; they are still the same in a resumed run.
+
+Pipelines run PREFETCH batches ahead (exec_pipelined, exec_async): DALI pulls the next batches'
+inputs from the loader's callback and prepares them while the caller trains on this one.
 """
+import functools
 import warnings
+from collections import deque
 
 import numpy as np
 import torch
@@ -28,6 +33,7 @@ from engine.data.loaders import BatchOrder
 from engine.distributed import Processes
 
 DECODE_BATCH = 1024
+PREFETCH = 2  # batches a pipeline prepares ahead of the one the caller trains on
 SECOND_VIEWS = (None, "weak", "strong")
 RAND_AUGMENT_OPS, RAND_AUGMENT_MAGNITUDE = 2, 9
 DRAWS = 3  # uniforms per sample and view: crop x, crop y, flip
@@ -43,11 +49,11 @@ def _mix(x):
     return x ^ (x >> np.uint64(31))
 
 
-def sample_uniforms(seed, epoch, indices, views=1):
-    """[views, DRAWS, len(indices)] float32 uniforms in [0, 1): each a hash of (seed, epoch,
+def sample_uniforms(seed, epoch, indices, views=1, draws=DRAWS):
+    """[views, draws, len(indices)] float32 uniforms in [0, 1): each a hash of (seed, epoch,
     view, draw, sample index) and of nothing else."""
-    key = np.zeros((views, DRAWS, len(indices)), np.uint64)
-    for part in (seed, epoch, np.arange(views)[:, None, None], np.arange(DRAWS)[:, None], np.asarray(indices)):
+    key = np.zeros((views, draws, len(indices)), np.uint64)
+    for part in (seed, epoch, np.arange(views)[:, None, None], np.arange(draws)[:, None], np.asarray(indices)):
         key = _mix(key ^ np.asarray(part, dtype=np.int64).astype(np.uint64))
     return (key >> np.uint64(40)).astype(np.float32) * np.float32(2.0**-24)  # top 24 bits: exact in float32
 
@@ -61,36 +67,105 @@ def dali_device_id(device):
     return torch.cuda.current_device() if device.index is None else device.index
 
 
-def _crop_flip_normalize(images, number, height, width, pad, flip, random_crop, mean, std):
-    # Crop positions and flips of view `number` are fed per sample by the loader (_feed_draws).
+def _crop_flip_normalize(images, draws, height, width, pad, flip, random_crop, mean, std):
+    # draws: the view's crop positions and flips, fed per sample by the loader (_epoch_inputs).
+    crop_x, crop_y, mirror = draws if random_crop else (0.5, 0.5, 0)
     if random_crop:
         # Zero-pad by `pad` on every side (a centered crop larger than the image), then a
         # random crop back to the original size.
         images = fn.crop(images, crop=(height + 2 * pad, width + 2 * pad), out_of_bounds_policy="pad", fill_values=0)
-        crop_x = fn.external_source(name=f"crop_x{number}", dtype=types.FLOAT)
-        crop_y = fn.external_source(name=f"crop_y{number}", dtype=types.FLOAT)
-    else:
-        crop_x = crop_y = 0.5
-    mirror = fn.external_source(name=f"mirror{number}", dtype=types.INT32) if flip else 0
     return fn.crop_mirror_normalize(images, crop=(height, width), crop_pos_x=crop_x, crop_pos_y=crop_y, mirror=mirror,
                                     mean=list(mean), std=list(std), dtype=types.FLOAT, output_layout="CHW")
 
 
 @pipeline_def(enable_conditionals=True)  # RandAugment picks its ops with DALI conditionals
-def _augment_pipeline(view, second_view, channels, gpu):
-    images = fn.external_source(name="images", layout="HWC", dtype=types.UINT8)
+def _augment_pipeline(source, view, second_view, channels, gpu, views):
+    images, *draws = fn.external_source(source=source, num_outputs=1 + DRAWS * views, batch=True, layout=["HWC"])
     if gpu:
         images = images.gpu()
-    first = _crop_flip_normalize(images, 0, **view)
+    first = _crop_flip_normalize(images, draws[:DRAWS], **view)
     if second_view is None:
         return first
     if second_view == "strong":
         images = rand_augment.rand_augment(images, n=RAND_AUGMENT_OPS, m=RAND_AUGMENT_MAGNITUDE,
                                            excluded=["color"] if channels == 1 else None)
-    return first, _crop_flip_normalize(images, 1, **view)
+    return first, _crop_flip_normalize(images, draws[DRAWS:], **view)
 
 
-class DaliLoader(BatchOrder):
+class PipelineLoader(BatchOrder):
+    """Batches through a DALI pipeline (`definition`: a pipeline_def function taking `source`)
+    with one external source, whose callback gives the next batch's inputs, PREFETCH batches
+    ahead of the caller. A subclass gives _epoch_inputs(): for each batch of the epoch,
+    (indices, the external source's arrays)."""
+
+    def __init__(self, count, batch_size, shuffle, seed, indices, drop_last, processes, device, num_threads, augment,
+                 second_view):
+        if second_view not in SECOND_VIEWS:
+            raise ValueError(f"second_view must be one of {SECOND_VIEWS}, got {second_view!r}")
+        super().__init__(count, batch_size, shuffle, seed, indices, drop_last, processes)
+        self._views = (1 + (second_view is not None)) if augment else 0  # views fed crop / flip draws
+        # Crops and flips are fed in, so one pipeline serves every epoch; RandAugment draws from
+        # the pipeline's RNG, hence a pipeline per epoch seeded by (seed, epoch): the epoch does
+        # not depend on the epochs before it, so a resumed run repeats an uninterrupted one.
+        self.rebuild_each_epoch = second_view == "strong"
+        self.device = torch.device(device)
+        self.device_id = dali_device_id(self.device)
+        self._feed = _Feed()
+        self._options = dict(source=self._feed, batch_size=batch_size, num_threads=num_threads,
+                             device_id=self.device_id, prefetch_queue_depth=PREFETCH, exec_async=True,
+                             exec_pipelined=True, exec_dynamic=True)
+        self.definition = None
+        self._pipe = None
+        self._running = False  # an epoch under way: an iteration left before its end leaves batches in flight
+
+    def __iter__(self):
+        if self._pipe is None or self._running or self.rebuild_each_epoch:
+            self._pipe = self._build()
+        self._running = True
+        self._feed.start(self._epoch_inputs())
+        while True:
+            try:
+                outputs = self._pipe.run()
+            except StopIteration:
+                break
+            except RuntimeError as error:
+                raise self._explain() or error from None
+            first, *second = (_to_torch(out, self.device) for out in outputs)
+            batch, _ = self._feed.in_flight.popleft()
+            yield first, torch.from_numpy(batch), *second
+        self._pipe.reset()
+        self._running = False
+
+    def _build(self):
+        return build_quietly(self.definition, seed=(self.seed * 1_000_003 + self.epoch) % (2**31 - 1), **self._options)
+
+    def _explain(self):
+        """After DALI failed: a clearer error about the batches in flight, or None."""
+        return None
+
+
+class _Feed:
+    """A pipeline's external source: the inputs of the epoch's next batch, remembering the batches
+    in flight (given to DALI, not yet out)."""
+
+    def __init__(self):
+        self.start(iter(()))
+
+    def start(self, epoch_inputs):
+        self.epoch_inputs, self.in_flight = epoch_inputs, deque()
+
+    def __call__(self):
+        batch, inputs = next(self.epoch_inputs)  # StopIteration: the epoch's batches are all in
+        self.in_flight.append((batch, inputs))
+        return inputs
+
+
+def mirrors(uniforms, flip):
+    """Per-sample horizontal flips (int32 0 / 1) from uniforms: half of them with flip=True."""
+    return ((uniforms < 0.5) & flip).astype(np.int32)
+
+
+class DaliLoader(PipelineLoader):
     """Iterates over (images [B, C, H, W] float32, indices [B] int64) of `images[subset]`, or
     (images, indices, second view of the same images) when second_view is "weak" or "strong".
 
@@ -104,62 +179,45 @@ class DaliLoader(BatchOrder):
                  seed=0, indices=None, drop_last=False, num_threads=2, second_view=None, processes=Processes()):
         if images.dtype != np.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
-        if second_view not in SECOND_VIEWS:
-            raise ValueError(f"second_view must be one of {SECOND_VIEWS}, got {second_view!r}")
-        super().__init__(len(images), batch_size, shuffle, seed, indices, drop_last, processes)
+        super().__init__(len(images), batch_size, shuffle, seed, indices, drop_last, processes, device, num_threads,
+                         augment, second_view)
         self.images = images
-        self.device = torch.device(device)
         height, width = images.shape[1:3]
-        device_id = dali_device_id(self.device)
-        view = dict(height=height, width=width, pad=max(1, height // 8), flip=augment and flip, random_crop=augment,
+        self.flip = augment and flip
+        view = dict(height=height, width=width, pad=max(1, height // 8), flip=self.flip, random_crop=augment,
                     mean=mean, std=std)
-        self._pipeline_args = dict(
-            view=view, second_view=second_view, channels=images.shape[3], gpu=device_id is not None,
-            batch_size=batch_size, num_threads=num_threads, device_id=device_id,
-            prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
-        self._views = (1 + (second_view is not None)) if augment else 0  # views fed crop / flip draws
-        self._pipe = None
+        self.definition = functools.partial(_augment_pipeline, view=view, second_view=second_view,
+                                            channels=images.shape[3], gpu=self.device_id is not None, views=self._views)
 
-    def __iter__(self):
-        # Crops and flips are fed in, so one pipeline serves every epoch; RandAugment draws from
-        # the pipeline's RNG, hence a pipeline per epoch seeded by (seed, epoch): the epoch does
-        # not depend on the epochs before it, so a resumed run repeats an uninterrupted one.
-        if self._pipe is None or self._pipeline_args["second_view"] == "strong":
-            self._pipe = self._build((self.seed * 1_000_003 + self.epoch) % (2**31 - 1))
-        pipe = self._pipe
+    def _epoch_inputs(self):
+        epoch = self.epoch
         for batch in self.batches():
-            pipe.feed_input("images", self.images[batch])
-            self._feed_draws(pipe, batch)
-            first, *second = (_to_torch(out, self.device) for out in pipe.run())
-            yield first, torch.from_numpy(batch), *second
+            draws = sample_uniforms(self.seed, epoch, batch, self._views)
+            yield batch, (self.images[batch], *(part for x, y, u in draws for part in (x, y, mirrors(u, self.flip))))
 
-    def _feed_draws(self, pipe, batch):
-        for view, (crop_x, crop_y, flip) in enumerate(sample_uniforms(self.seed, self.epoch, batch, self._views)):
-            pipe.feed_input(f"crop_x{view}", crop_x)
-            pipe.feed_input(f"crop_y{view}", crop_y)
-            if self._pipeline_args["view"]["flip"]:
-                pipe.feed_input(f"mirror{view}", (flip < 0.5).astype(np.int32))
 
-    def _build(self, seed):
-        # DALI's own RandAugment calls operators that DALI has deprecated (fn.experimental.*)
-        # and forces those warnings on at every build: record them, pass on any others.
-        with warnings.catch_warnings(record=True) as caught:
-            pipe = _augment_pipeline(seed=seed, **self._pipeline_args)
-            pipe.build()
-        for warning in caught:
-            if "fn.experimental." not in str(warning.message):
-                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-        return pipe
+def build_quietly(pipeline, **options):
+    """The built pipeline. DALI's own RandAugment calls operators that DALI has deprecated
+    (fn.experimental.*) and forces those warnings on at every build: record them, pass on any others."""
+    with warnings.catch_warnings(record=True) as caught:
+        pipe = pipeline(**options)
+        pipe.build()
+    for warning in caught:
+        if "fn.experimental." not in str(warning.message):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return pipe
 
 
 def _to_torch(tensor_list, device):
+    """A batch as a torch tensor on `device`; on the CPU a view of DALI's output, no copy: the
+    loaders' pipelines (exec_dynamic) never reuse a batch's buffers, and the view keeps them."""
     if device.type == "cuda":
         out = torch.empty(tensor_list.as_tensor().shape(), dtype=torch.float32, device=device)
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
         feed_ndarray(tensor_list.as_tensor(), out, cuda_stream=torch.cuda.current_stream())
         return out
-    return torch.from_numpy(np.array(tensor_list.as_tensor()))
+    return torch.from_numpy(np.asarray(tensor_list.as_tensor()))
 
 
 @pipeline_def
@@ -181,15 +239,18 @@ def decode_images(encoded, size=None, channels=3, names=None):
         chunk = encoded[start:start + DECODE_BATCH]
         try:
             parts.append(_decode_batch(pipe, chunk))
-        except RuntimeError:
-            # DALI names neither the file nor, always, the sample, and its pipeline is unusable
-            # after a failure: decode this batch one image at a time on a fresh one to find it.
-            bad = _first_undecodable(chunk, size, channels)
-            if bad is None:
-                raise
-            name = names[start + bad] if names is not None else f"image #{start + bad}"
-            raise ValueError(f"{name}: not a decodable image (empty, truncated or corrupt)") from None
+        except RuntimeError as error:
+            name = (lambda i: names[start + i]) if names is not None else (lambda i: f"image #{start + i}")
+            raise undecodable(chunk, name, size, channels) or error from None
     return np.concatenate(parts)
+
+
+def undecodable(encoded, name, size=None, channels=3):
+    """After DALI failed on the images `encoded`: a ValueError naming (name(i)) the first that
+    does not decode, or None. DALI names neither the file nor, always, the sample, and its
+    pipeline is unusable after a failure: decode them one at a time on a fresh one to find it."""
+    bad = _first_undecodable(encoded, size, channels)
+    return None if bad is None else ValueError(f"{name(bad)}: not a decodable image (empty, truncated or corrupt)")
 
 
 def _decode_pipe(size, channels, batch_size):

@@ -1,12 +1,14 @@
 """What a run trains on and is measured against: the training inputs with their given (noisy)
 labels, the true labels where known, the held-out clean subset, an optional test split, and how
-inputs become batches (DALI for uint8 images, plain tensors for float feature vectors)."""
+inputs become batches (DALI for uint8 images and for image files streamed from disk, plain
+tensors for float feature vectors)."""
 import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from engine.data.datasets import ImageFiles
 from engine.data.loaders import TensorLoader
 
 IMAGE_CHANNELS = (1, 3)
@@ -15,14 +17,14 @@ IMAGE_CHANNELS = (1, 3)
 @dataclass
 class TrainingData:
     name: str
-    x_train: np.ndarray               # uint8 [N, H, W, C] images or float32 [N, D] feature vectors
+    x_train: np.ndarray               # uint8 [N, H, W, C] images, float32 [N, D] feature vectors or ImageFiles
     given_labels: np.ndarray          # int64 [N], the labels training sees
     num_classes: int
     mean: np.ndarray                  # per channel (images, 0-255 scale) or per feature
     std: np.ndarray
     true_labels: np.ndarray | None = None   # int64 [N] when known (detection metrics)
     clean_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # trusted labels
-    x_test: np.ndarray | None = None
+    x_test: np.ndarray | None = None  # like x_train
     y_test: np.ndarray | None = None
     flip: bool = False                # horizontal flips keep the label (images)
     class_names: list | None = None
@@ -30,7 +32,7 @@ class TrainingData:
     @property
     def features(self):
         """True for feature vectors [N, D], False for images."""
-        return self.x_train.ndim == 2
+        return not isinstance(self.x_train, ImageFiles) and self.x_train.ndim == 2
 
     @property
     def train_indices(self):
@@ -39,9 +41,12 @@ class TrainingData:
 
     def fingerprint(self):
         """sha256 (hex) of everything a run's state depends on: the training inputs, given
-        labels, clean subset and test split. --resume refuses a checkpoint of other data."""
+        labels, clean subset and test split (of image files: their paths, sizes and mtimes).
+        --resume refuses a checkpoint of other data."""
         digest = hashlib.sha256()
         for array in (self.x_train, self.given_labels, self.clean_indices, self.x_test, self.y_test):
+            if isinstance(array, ImageFiles):
+                array = np.frombuffer(array.fingerprint(), dtype=np.uint8)
             if array is not None:
                 array = np.ascontiguousarray(array)
                 digest.update(f"{array.dtype.str}{array.shape}".encode())
@@ -50,13 +55,17 @@ class TrainingData:
 
     @property
     def input_shape(self):
-        return self.x_train.shape[1:]
+        return self.x_train.image_shape if isinstance(self.x_train, ImageFiles) else self.x_train.shape[1:]
 
     def loader(self, x, batch_size, device, **options):
         """Batches (inputs, indices[, second view]) of `x` (this data's kind, normalized like the
         training inputs); options: shuffle, augment, seed, indices, drop_last, second_view."""
         if self.features:
             return TensorLoader(x, batch_size, self.mean, self.std, device=device, **options)
+        if isinstance(x, ImageFiles):
+            from engine.data.streaming import StreamingLoader
+
+            return StreamingLoader(x, batch_size, self.mean, self.std, device=device, flip=self.flip, **options)
         from engine.data.pipeline import DaliLoader
 
         return DaliLoader(x, batch_size, self.mean, self.std, device=device, flip=self.flip, **options)
