@@ -23,6 +23,8 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 DIGITS_TRAIN = 1400
 COMMON = ["--dataset", "digits", "--noise", "symmetric", "--noise-rate", "0.4", "--batch-size", "64", "--device",
           "cpu", "--seed", "3"]
+# The runs also made on one process: CE, and L2B (weights normalized over the global batch).
+COMPARED_WITH_ONE = ("ce", "l2b")
 # Each method's quick run (epochs, options): its stage changes and per-epoch updates inside.
 METHODS = {
     "ce": (4, []),
@@ -81,25 +83,28 @@ def test_every_method_trains_on_two_processes_in_step_with_one(tmp_path, method)
     epochs, options = METHODS[method]
     args = [*COMMON, "--method", method, "--epochs", str(epochs), *options]
     first, second = launch(tmp_path / "two", args, world=2)
-    (alone,) = launch(tmp_path / "one", args, world=1)
 
     # The per-sample state each process computed from the gathered outputs, and the weights.
     assert len(first["epochs"]) == epochs
     assert first["epochs"] == second["epochs"]
-    # Each step's global batch is the one-process batch, cut in two contiguous parts.
-    assert len(first["steps"]) == len(second["steps"]) == len(alone["steps"])
-    for (row0, part0), (row1, part1), (_, whole) in zip(first["steps"], second["steps"], alone["steps"]):
+    for (row0, part0), (row1, part1) in zip(first["steps"], second["steps"]):
         assert row0 == 0 and row1 == len(part0) and len(part0) == len(part1)
-        assert part0 + part1 == whole
     # Outputs once, from rank 0, over every sample.
     table = pd.read_csv(tmp_path / "two" / "run" / "label_issues.csv")
     assert sorted(table["index"]) == list(range(DIGITS_TRAIN))
     assert first["summary"] == second["summary"]
-    gap = abs(first["summary"]["test_acc"] - alone["summary"]["test_acc"])
+    if method not in COMPARED_WITH_ONE:
+        return
+    (alone,) = launch(tmp_path / "one", args, world=1)
+    # Each step's global batch is the one-process batch, cut in two contiguous parts.
+    assert len(first["steps"]) == len(alone["steps"])
+    for (_, part0), (_, part1), (_, whole) in zip(first["steps"], second["steps"], alone["steps"]):
+        assert part0 + part1 == whole
     print(f"{method}: test accuracy on 2 processes {first['summary']['test_acc']:.4f}, on 1 "
           f"{alone['summary']['test_acc']:.4f}")
-    # A few epochs on 1,400 digits, BatchNorm over half batches: close, not equal.
-    assert gap <= 0.06
+    # A few epochs on 1,400 digits, BatchNorm over half batches: close, not equal (the 20-epoch
+    # mnist5k comparison of every method is bench/distributed.py's, in the README).
+    assert abs(first["summary"]["test_acc"] - alone["summary"]["test_acc"]) <= 0.06
 
 
 API_SCRIPT = """
