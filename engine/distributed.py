@@ -4,13 +4,14 @@ GPU, or several CPU processes): NCCL on CUDA, gloo on the CPU.
 What the trainer keeps in step across processes (README "Distributed training"):
 - batches: every process draws the same permutation per epoch (seed, epoch) and takes a
   contiguous part of each global batch (`--batch-size` is the global batch); passes over a
-  split (evaluation, BatchNorm statistics) give each process a contiguous run of whole batches
+  split (evaluation, BatchNorm statistics) give each process a contiguous part of the samples
   and gather the outputs, so metrics and per-epoch decisions see every sample exactly once;
 - the trained module: DistributedDataParallel (its gradients are averaged);
 - per-sample parameters (BLDR's SOP): outside DDP, their gradients scaled to the global batch,
   and after each step the rows each process changed are gathered and written on every process;
 - per-sample buffers and other per-epoch state: computed on every process from the same
-  gathered outputs, then rank 0's copy is broadcast (bitwise equal on every process).
+  gathered outputs, then rank 0's copy is broadcast (bitwise equal on every process); a
+  method's preparation (PU-distillation's teachers) runs whole on every process, then likewise.
 
 A plain `python -m engine.train` (no torchrun) runs one process: `Processes()` is world 1 and
 every collective below is a no-op.
