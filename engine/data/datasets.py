@@ -50,8 +50,13 @@ class ImageFiles:
         return ImageFiles(self.root, self.paths[index], self.size, self.listing, lines)
 
     @property
-    def image_shape(self):
-        return self.size, self.size, 3
+    def shape(self):
+        """The shape of the images decoded (uint8 [N, size, size, 3]), as an array's."""
+        return len(self), self.size, self.size, 3
+
+    @property
+    def ndim(self):
+        return len(self.shape)
 
     def path(self, i):
         return os.path.join(self.root, self.paths[i])
@@ -112,7 +117,7 @@ class ImageDataset:
 
     @property
     def image_shape(self):
-        return self.x_train.image_shape if isinstance(self.x_train, ImageFiles) else self.x_train.shape[1:]
+        return self.x_train.shape[1:]
 
 
 def _split(x, y, test_size, seed=SPLIT_SEED):

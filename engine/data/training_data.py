@@ -32,7 +32,7 @@ class TrainingData:
     @property
     def features(self):
         """True for feature vectors [N, D], False for images."""
-        return not isinstance(self.x_train, ImageFiles) and self.x_train.ndim == 2
+        return self.x_train.ndim == 2
 
     @property
     def train_indices(self):
@@ -55,7 +55,7 @@ class TrainingData:
 
     @property
     def input_shape(self):
-        return self.x_train.image_shape if isinstance(self.x_train, ImageFiles) else self.x_train.shape[1:]
+        return self.x_train.shape[1:]
 
     def loader(self, x, batch_size, device, **options):
         """Batches (inputs, indices[, second view]) of `x` (this data's kind, normalized like the
