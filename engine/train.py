@@ -187,12 +187,19 @@ def trainer_for(run, method, resume=False):
     dataset = load_dataset(run.data.dataset, run.data.data_dir, image_size=run.data.image_size,
                            stream=run.data.stream)
     config = method.configure(size_class(len(dataset.y_train)), dataset.num_classes)
-    clean = choose_clean_subset(config, dataset.y_train, run.seed)
-    if len(clean) and dataset.true_train is not None:
-        raise ValueError(f"--clean-size / --clean-fraction: the labels of --data-dir {run.data.data_dir} are its noisy "
-                         f"ones (it has train_true_labels.npy), so a held-out subset would not have trusted labels; "
-                         f"methods that need a clean subset (l2b, pudistill) cannot use it yet")
-    if config.clean_fraction is not None:  # recorded as the count it gave: the same draw on a rerun
+    if dataset.trusted_train is not None:  # the data set's own clean subset replaces the preset's held-out one
+        if {"clean_size", "clean_fraction"} & set(method.options):
+            raise ValueError(f"--clean-size / --clean-fraction: --data-dir {run.data.data_dir} has its own clean "
+                             f"subset (clean_indices.npy, {len(dataset.trusted_train)} samples), which the run uses")
+        clean = dataset.trusted_train
+    else:
+        clean = choose_clean_subset(config, dataset.y_train, run.seed)
+        if len(clean) and dataset.true_train is not None:
+            raise ValueError(f"--clean-size / --clean-fraction: the labels of --data-dir {run.data.data_dir} are its "
+                             f"noisy ones (it has train_true_labels.npy), so a held-out subset would not have trusted "
+                             f"labels; give a trusted subset as clean_indices.npy (engine.data.layouts clothing1m "
+                             f"--clean-train or --clean-val writes one)")
+    if config.clean_fraction is not None or dataset.trusted_train is not None:  # recorded as the count it gave
         config = with_overrides(config, {"clean_size": len(clean)})
     method.config = config
     given = noisy_labels_for(run.data, dataset, clean, run.seed)

@@ -138,6 +138,37 @@ def test_clothing1m_clean_val_joins_the_trusted_subset(tmp_path, capsys):
     assert len(np.load(dst / "train_true_labels.npy")) == 10
 
 
+def test_training_takes_the_clean_subset_from_clean_indices(tmp_path, capsys):
+    """L2B trains with the converted trusted subset as its clean subset; a held-out one is refused."""
+    from engine.train import main as train
+
+    src, dst, out = clothing1m(tmp_path / "src"), tmp_path / "dst", tmp_path / "run"
+    write(src / "clean_train_key_list.txt", [key(i) for i in (0, 6, 7, 8, 12)])  # every class once or more
+    convert(capsys, "clothing1m", src, dst, "--clean-train")
+    trusted = [0, 6, 7, 8, 9]  # key 8 and key 12 appended
+    assert load_dataset("filelist", str(dst)).trusted_train.tolist() == trusted
+    common = ["--dataset", "filelist", "--data-dir", str(dst), "--noise", "none", "--epochs", "1", "--warmup-epochs",
+              "0", "--batch-size", "4", "--device", "cpu"]
+    assert train(["--method", "l2b", *common, "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["clean_subset_size"] == len(trusted)
+    assert "clean_size: 5" in (out / "config.yaml").read_text()
+    table = pd.read_csv(out / "label_issues.csv")
+    assert np.flatnonzero(table["clean_subset"]).tolist() == trusted and not table["is_label_issue"][trusted].any()
+    capsys.readouterr()
+    assert train(["--method", "l2b", *common, "--clean-size", "2", "--out", str(tmp_path / "run2")]) == 2
+    assert "has its own clean subset (clean_indices.npy, 5 samples)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("indices, dtype", [([0, 9], np.int64), ([1, 1], np.int64), ([0.0], np.float32)])
+def test_a_bad_clean_indices_file_is_named(tmp_path, capsys, indices, dtype):
+    src, dst = clothing1m(tmp_path / "src"), tmp_path / "dst"
+    convert(capsys, "clothing1m", src, dst)
+    np.save(dst / "clean_indices.npy", np.asarray(indices, dtype=dtype))
+    with pytest.raises(ValueError, match=r"clean_indices.npy: expected distinct integer line indices in \[0, 8\)"):
+        load_dataset("filelist", str(dst))
+
+
 def test_clothing1m_reads_an_annotations_folder(tmp_path, capsys):
     src = clothing1m(tmp_path / "src")
     (src / "annotations").mkdir()

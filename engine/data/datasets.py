@@ -101,6 +101,9 @@ class ImageDataset:
     # A real noisy data set: y_train are its (noisy) labels, these the true ones where known, -1
     # elsewhere (filelist's train_true_labels.npy, as engine.data.layouts writes it).
     true_train: np.ndarray | None = field(default=None)
+    # The training samples whose labels the data set marks as trusted (filelist's
+    # clean_indices.npy): the clean subset, in place of one held out by clean_size / clean_fraction.
+    trusted_train: np.ndarray | None = field(default=None)
 
     def __post_init__(self):
         for name in ("x_train", "x_test"):
@@ -373,8 +376,9 @@ def load_file_list(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
     'relative/path label' per line. The labels of train.txt are the TRUE labels here (add
     noise with --noise) unless you give the noisy ones with --noise file, or the folder holds
     train_true_labels.npy: then they are the given (noisy) labels and the file has the true ones
-    where known (-1 elsewhere; detection is measured on those). classes.txt, if there, names
-    the classes (line i: class i). engine.data.layouts writes both."""
+    where known (-1 elsewhere; detection is measured on those). clean_indices.npy, if there,
+    lists the train.txt lines (0-based) whose labels are trusted: the clean subset.
+    classes.txt, if there, names the classes (line i: class i). engine.data.layouts writes them."""
     root = _require_dir(data_dir, "filelist")
     parts = []
     for split in ("train", "test"):
@@ -400,8 +404,16 @@ def load_file_list(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
                 (true >= -1) & (true < num_classes)).all():
             raise ValueError(f"filelist {true_path}: expected {len(parts[1])} integer labels in [-1, {num_classes}) "
                              f"(-1: unknown), one per line of train.txt; got {true.dtype} {list(true.shape)}")
+    trusted_path, trusted = os.path.join(root, "clean_indices.npy"), None
+    if os.path.exists(trusted_path):
+        trusted = np.load(trusted_path, allow_pickle=False)
+        if (trusted.ndim != 1 or not np.issubdtype(trusted.dtype, np.integer) or len(np.unique(trusted)) != len(trusted)
+                or not ((trusted >= 0) & (trusted < len(parts[1]))).all()):
+            raise ValueError(f"filelist {trusted_path}: expected distinct integer line indices in [0, {len(parts[1])}) "
+                             f"of train.txt; got {trusted.dtype} {list(trusted.shape)}")
+        trusted = np.sort(trusted.astype(np.int64))
     return ImageDataset("filelist", *parts, num_classes, *_rgb_stats(parts[0]), flip=True, class_names=names,
-                        true_train=None if true is None else true.astype(np.int64))
+                        true_train=None if true is None else true.astype(np.int64), trusted_train=trusted)
 
 
 def _find_dir(root, marker):
