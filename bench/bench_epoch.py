@@ -1,0 +1,126 @@
+"""A CE epoch of the engine against a hand-written PyTorch loop doing the same work with the same
+model, measured side by side in one process: mnist5k, the small CNN, batch 128, SGD.
+
+    python bench/bench_epoch.py [--epochs 6] [--rounds 3] [--threads 2]
+
+The work of one epoch, in both: a training pass with per-sample random crops (zero padding 3,
+the engine's), BatchNorm recalibration (one forward pass over the training set, as the trainer
+does after every epoch), a prediction pass over the training set and one over the test set.
+The loop holds the images as one uint8 tensor, crops them by indexing and runs the same model
+with F.cross_entropy. The engine's epoch is `Trainer.run`'s per-epoch time (metrics.csv's
+`seconds`: data loading through DALI, the fused CE op, the method's per-epoch outputs and
+detection; not the checkpoint write). Rounds alternate engine and loop; each reports the median
+epoch after the first of its run (the first includes pipeline start-up).
+"""
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from engine.models.base import recalibrate_batchnorm  # noqa: E402
+from engine.train import parse_args, trainer_for  # noqa: E402
+from engine.trainer import EVAL_BATCH  # noqa: E402
+
+
+def engine_epochs(epochs, out):
+    run, method, _ = parse_args(["--method", "ce", "--epochs", str(epochs), "--device", "cpu", "--out", out])
+    trainer = trainer_for(run, method)
+    trainer.run()
+    return [row["seconds"] for row in trainer.metrics], trainer
+
+
+class HandWritten:
+    """The loop a user would write: the data as tensors, crops by indexing, plain SGD steps."""
+
+    def __init__(self, trainer):
+        data, config = trainer.data, trainer.config
+        self.model = trainer.make_network()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        self.batch_size = config.batch_size
+        mean = torch.tensor(data.mean, dtype=torch.float32)
+        std = torch.tensor(data.std, dtype=torch.float32)
+        x = torch.from_numpy(data.x_train[trainer.train_indices])  # uint8 NHWC
+        self.height, self.width = x.shape[1:3]
+        self.pad = max(1, self.height // 8)
+        self.padded = F.pad(x, (0, 0, self.pad, self.pad, self.pad, self.pad))
+        self.labels = torch.from_numpy(data.given_labels[trainer.train_indices])
+        self.mean, self.std = mean, std
+        # NHWC viewed as NCHW: channels_last memory, as the engine feeds the model
+        self.train_x = ((x.float() - mean) / std).permute(0, 3, 1, 2)
+        self.test_x = ((torch.from_numpy(data.x_test).float() - mean) / std).permute(0, 3, 1, 2)
+
+    def crops(self, index):
+        count = len(index)
+        top = torch.randint(0, 2 * self.pad + 1, (count, 1))
+        left = torch.randint(0, 2 * self.pad + 1, (count, 1))
+        rows = (top + torch.arange(self.height))[:, :, None]
+        cols = (left + torch.arange(self.width))[:, None, :]
+        images = self.padded[index[:, None, None], rows, cols]  # [B, H, W, C]
+        return ((images.float() - self.mean) / self.std).permute(0, 3, 1, 2)
+
+    def predict(self, x):
+        self.model.eval()
+        with torch.no_grad():
+            return torch.cat([torch.softmax(self.model(x[i:i + EVAL_BATCH]), 1) for i in range(0, len(x), EVAL_BATCH)])
+
+    def epoch(self):
+        self.model.train()
+        order = torch.randperm(len(self.labels))
+        for start in range(0, len(order), self.batch_size):
+            index = order[start:start + self.batch_size]
+            if len(index) < 2:
+                continue
+            loss = F.cross_entropy(self.model(self.crops(index)), self.labels[index])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        recalibrate_batchnorm(self.model, (self.train_x[i:i + EVAL_BATCH] for i in range(0, len(self.train_x),
+                                                                                          EVAL_BATCH)))
+        train_probs = self.predict(self.train_x)
+        test_probs = self.predict(self.test_x)
+        return train_probs, test_probs
+
+    def epochs(self, count):
+        seconds = []
+        for _ in range(count):
+            began = time.time()
+            self.epoch()
+            seconds.append(time.time() - began)
+        return seconds
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (DALI keeps its own 2)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for round_ in range(args.rounds):
+        with tempfile.TemporaryDirectory() as out:
+            engine_seconds, trainer = engine_epochs(args.epochs, out)
+        loop_seconds = HandWritten(trainer).epochs(args.epochs)
+        engine, loop = statistics.median(engine_seconds[1:]), statistics.median(loop_seconds[1:])
+        rows.append((engine, loop))
+        print(f"round {round_ + 1}: engine {engine:.3f} s, hand-written {loop:.3f} s, ratio {engine / loop:.3f}",
+              flush=True)
+    engine, loop = (statistics.median(column) for column in zip(*rows))
+    print(f"\nmnist5k CE epoch ({len(trainer.train_indices)} training, {len(trainer.data.y_test)} test images, "
+          f"{args.threads} torch threads), median of {args.rounds} rounds:")
+    print("| loop | epoch s | ratio to hand-written |\n|---|---|---|")
+    print(f"| engine (`python -m engine.train --method ce`) | {engine:.3f} | {engine / loop:.3f} |")
+    print(f"| hand-written PyTorch | {loop:.3f} | 1.000 |")
+
+
+if __name__ == "__main__":
+    main()
