@@ -46,6 +46,10 @@ class Trainer:
         if self.config.batch_size % world:
             raise ValueError(f"batch size {self.config.batch_size} is the global batch: it must be divisible by the "
                              f"{world} processes (each takes an equal part)")
+        for split, count in (("training set", len(data.train_indices)),
+                             ("test split", 0 if data.x_test is None else len(data.x_test))):
+            if 0 < count < world:  # a process without samples would have nothing to evaluate
+                raise ValueError(f"the {split} has {count} samples for {world} processes: each needs at least one")
         if sync_bn and self.device.type != "cuda":
             raise ValueError("sync_bn: SyncBatchNorm runs on CUDA only; leave it off on the CPU")
         self.checkpoint_path = None if out is None else os.path.join(out, "checkpoint.pt")

@@ -175,3 +175,18 @@ def test_sync_bn_on_the_cpu_is_refused(tmp_path):
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "--sync-bn runs on CUDA only" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_split_smaller_than_the_number_of_processes_is_refused(monkeypatch):
+    import torch
+
+    import engine.trainer
+    from engine.data.training_data import from_arrays
+    from engine.methods import METHODS as BUILT_IN
+
+    monkeypatch.setattr(engine.trainer, "from_environment", lambda device: (Processes(0, 2), torch.device("cpu")))
+    rng = np.random.default_rng(0)
+    data = from_arrays(rng.integers(0, 256, (40, 8, 8), dtype=np.uint8), np.arange(40) % 2,
+                       x_test=rng.integers(0, 256, (1, 8, 8), dtype=np.uint8), y_test=np.zeros(1, dtype=np.int64))
+    with pytest.raises(ValueError, match="the test split has 1 samples for 2 processes: each needs at least one"):
+        engine.trainer.Trainer(BUILT_IN["ce"](batch_size=8), data)
