@@ -14,7 +14,7 @@ from PIL import Image
 from engine.config import ConfigError, DataConfig
 from engine.data.datasets import ImageFiles, load_dataset
 from engine.data.pipeline import DaliLoader
-from engine.data.streaming import AREA, CROP_DRAWS, RATIO, StreamingLoader, resized_crops
+from engine.data.streaming import AREA, CROP_DRAWS, RATIO, StreamingLoader, crop_draws, crop_window
 from engine.data.training_data import TrainingData
 from engine.distributed import Processes
 from test_data import by_index
@@ -104,16 +104,26 @@ def test_batches_have_the_shapes_and_types_of_the_in_memory_loader(files):
     assert strong.shape == first.shape
 
 
-def test_crops_are_random_resized_crops_inside_the_image():
+def numpy_crops(seed, indices, aspect, flip=True):
+    """(start [B, 2] as (x, y), size [B, 2] as (width, height), mirror) of the crops the pipeline
+    takes from images of height / width `aspect`."""
     from engine.data.pipeline import sample_uniforms
 
-    start, shape, mirror = resized_crops(sample_uniforms(1, 0, np.arange(10_000), 1, CROP_DRAWS)[0], True)
-    assert (start >= 0).all() and (start + shape <= 1 + 1e-6).all() and (shape <= 1).all()
-    area, ratio = shape.prod(1), shape[:, 0] / shape[:, 1]
-    whole = (shape < 1).all(1)  # crops not clipped to the image
-    assert whole.mean() > 0.8 and np.allclose(area[whole].min(), AREA[0], atol=0.01) and area.max() <= AREA[1]
-    assert np.allclose([ratio[whole].min(), ratio[whole].max()], RATIO, atol=0.01)
-    assert np.allclose(np.median(np.log(ratio[whole])), 0, atol=0.02) and abs(mirror.mean() - 0.5) < 0.02
+    *draws, mirror = crop_draws(sample_uniforms(seed, 0, indices, 1, CROP_DRAWS)[0], flip)
+    start_x, start_y, width, height = crop_window(*draws, np.float32(aspect), np.sqrt, np.minimum)
+    return np.stack([start_x, start_y], 1), np.stack([width, height], 1), mirror
+
+
+@pytest.mark.parametrize("aspect", [1.0, 0.5, 4 / 3])
+def test_crops_are_random_resized_crops_inside_the_image(aspect):
+    start, size, mirror = numpy_crops(1, np.arange(10_000), aspect)
+    assert start.dtype == size.dtype == np.float32
+    assert (start >= 0).all() and (start + size <= 1).all() and (size <= 1).all()
+    area, ratio = size.prod(1), size[:, 0] / size[:, 1] / aspect  # width / height in pixels, for every crop
+    assert np.allclose(area.min(), AREA[0], atol=0.01) and area.max() <= AREA[1] + 1e-6
+    assert ratio.min() > RATIO[0] - 1e-4 and ratio.max() < RATIO[1] + 1e-4
+    assert np.allclose([ratio.min(), ratio.max()], RATIO, atol=0.01)
+    assert np.allclose(np.median(np.log(ratio)), 0, atol=0.02) and abs(mirror.mean() - 0.5) < 0.02
 
 
 def gradient_png(path, width, height):
@@ -123,8 +133,6 @@ def gradient_png(path, width, height):
 
 
 def test_views_land_where_their_crops_say(tmp_path):
-    from engine.data.pipeline import sample_uniforms
-
     gradient_png(tmp_path / "wide.png", 120, 60)
     files = ImageFiles(str(tmp_path), np.array(["wide.png"] * 8), SIZE)
     (evaluation, _), = loader(files, 8, augment=False, shuffle=False)
@@ -133,7 +141,7 @@ def test_views_land_where_their_crops_say(tmp_path):
     assert np.allclose(evaluation[0, 0, 0, [0, -1]], [2 * 33.6, 2 * 85.4], atol=2)
     assert np.allclose(evaluation[0, 1, [0, -1], 0], [2 * 3.7, 2 * 55.5], atol=2)
     (train, indices), = loader(files, 8, flip=False, shuffle=False)
-    start, shape, _ = resized_crops(sample_uniforms(3, 0, indices.numpy(), 1, CROP_DRAWS)[0], False)
+    start, shape, _ = numpy_crops(3, indices.numpy(), 60 / 120, flip=False)
     first, last = (start + shape / (2 * SIZE)) * (120, 60), (start + shape - shape / (2 * SIZE)) * (120, 60)
     assert np.allclose(train[:, 0, 0, [0, -1]], 2 * np.stack([first[:, 0], last[:, 0]], 1) - 1, atol=3)
     assert np.allclose(train[:, 1, [0, -1], 0], 2 * np.stack([first[:, 1], last[:, 1]], 1) - 1, atol=3)

@@ -4,8 +4,9 @@ DALI, so reading overlaps the training step) and DALI decodes them ("mixed", nvJ
 the CPU elsewhere), crops, resizes, flips and normalizes them, PREFETCH batches ahead.
 
 Training views are random-resized crops: a fraction in [0.08, 1] of the image's area with an
-aspect ratio log-uniform in [3/4, 4/3] (relative to the image's own), clipped to the image, resized
-to size x size; only the crop is decoded where the format allows (JPEG). Like the in-memory
+aspect ratio (width / height in pixels) log-uniform in [3/4, 4/3], as torchvision's
+RandomResizedCrop draws them; one too large for the image shrinks to the largest crop of its
+aspect that fits (where torchvision draws again). The crop is resized to size x size; only the crop is decoded where the format allows (JPEG). Like the in-memory
 pipeline's crops they come from sample_uniforms, a hash of (seed, epoch, sample index, view): a
 sample's crop does not depend on its batch, its process or the epochs before. Evaluation resizes
 the shorter side to size * 8/7 (256 for 224) and takes the center size x size.
@@ -17,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali import math as dali_math
 from nvidia.dali.auto_aug import rand_augment
 
 from engine.data.datasets import ImageFiles
@@ -32,21 +34,30 @@ READ_AHEAD = 1          # batches whose files are read beyond those handed to DA
 _READER = ThreadPoolExecutor(max_workers=8, thread_name_prefix="read-images")  # file reads release the GIL
 
 
-def resized_crops(uniforms, flip):
-    """(rel_start [B, 2] as (x, y), rel_shape [B, 2] as (width, height), both fractions of the
-    image, mirror [B] int32) of random-resized crops from [CROP_DRAWS, B] uniforms."""
+def crop_draws(uniforms, flip):
+    """(area, ratio, x, y), float32 [B] each, and mirror [B] int32 of random-resized crops from
+    [CROP_DRAWS, B] uniforms: the crop's area as a fraction of the image's, its width / height in
+    pixels, and where it starts within the room the image leaves (crop_window)."""
     area, ratio, x, y, u = uniforms
     area = AREA[0] + (AREA[1] - AREA[0]) * area
     ratio = RATIO[0] * (RATIO[1] / RATIO[0]) ** ratio
-    shape = np.minimum(1, np.sqrt(np.stack([area * ratio, area / ratio], 1))).astype(np.float32)
-    # DALI refuses a crop past the image: start + shape <= 1 in float32 too (what DALI rounds from)
-    start = np.minimum(np.stack([x, y], 1) * (1 - shape), 1 - shape).astype(np.float32)
-    return start, shape, mirrors(u, flip)
+    return *(v.astype(np.float32) for v in (area, ratio, x, y)), mirrors(u, flip)
+
+
+def crop_window(area, ratio, x, y, aspect, sqrt, minimum):
+    """(start x, start y, width, height) of a crop as fractions of an image whose height / width
+    is `aspect`. One formula for the pipeline, which knows the image's shape only once DALI reads
+    its header (sqrt, minimum from nvidia.dali.math), and for numpy (np.sqrt, np.minimum)."""
+    width, height = sqrt(area * ratio * aspect), sqrt(area / ratio / aspect)
+    fit = minimum(minimum(1.0, 1.0 / width), 1.0 / height)  # too large: the largest crop of its aspect that fits
+    width, height = minimum(1.0, width * fit), minimum(1.0, height * fit)
+    # DALI refuses a crop past the image: start + size <= 1 in float32 too
+    return minimum(x * (1 - width), 1 - width), minimum(y * (1 - height), 1 - height), width, height
 
 
 @pipeline_def(enable_conditionals=True)  # RandAugment picks its ops with DALI conditionals
 def _file_pipeline(source, size, views, strong, mean, std, decoder):
-    encoded, *draws = fn.external_source(source=source, num_outputs=1 + 3 * views, batch=True)
+    encoded, *draws = fn.external_source(source=source, num_outputs=1 + CROP_DRAWS * views, batch=True)
     normalize = dict(mean=list(mean), std=list(std), dtype=types.FLOAT, output_layout="CHW")
     if not views:  # evaluation
         images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB)
@@ -54,9 +65,13 @@ def _file_pipeline(source, size, views, strong, mean, std, decoder):
         return fn.crop_mirror_normalize(images, crop=(size, size), **normalize)
     # One view decodes only its crop; two decode the image once and crop it twice.
     decoded = fn.decoders.image(encoded, device=decoder, output_type=types.RGB) if views > 1 else None
+    height_width = fn.peek_image_shape(encoded, dtype=types.FLOAT)  # from the header: H, W, C
+    aspect = height_width[0] / height_width[1]
     outputs = []
     for view in range(views):
-        start, shape, mirror = draws[3 * view:3 * view + 3]
+        area, ratio, x, y, mirror = draws[CROP_DRAWS * view:CROP_DRAWS * (view + 1)]
+        start_x, start_y, width, height = crop_window(area, ratio, x, y, aspect, dali_math.sqrt, dali_math.min)
+        start, shape = fn.stack(start_x, start_y), fn.stack(width, height)
         if decoded is None:
             images = fn.decoders.image_slice(encoded, device=decoder, output_type=types.RGB, rel_start=start,
                                              rel_shape=shape)
@@ -98,7 +113,7 @@ class StreamingLoader(PipelineLoader):
 
     def _inputs(self, epoch, batch, reads):
         crops = (part for view in sample_uniforms(self.seed, epoch, batch, self._views, CROP_DRAWS)
-                 for part in resized_crops(view, self.flip))
+                 for part in crop_draws(view, self.flip))
         return batch, ([read.result() for read in reads], *crops)
 
     def _explain(self):
