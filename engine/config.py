@@ -123,8 +123,8 @@ class MethodConfig(Validated):
     lr: float = option(0.05, "initial learning rate of the first stage")
     momentum: float = option(0.9, "SGD momentum")
     weight_decay: float = option(5e-4, "SGD weight decay")
-    model: str = option("small_cnn", "network: small_cnn, preact_resnet18, preact_resnet34 (small images), "
-                                     "resnet18, resnet50 (ImageNet-sized images) or mlp (feature vectors)",
+    model: str = option("small_cnn", "network: small_cnn, small_cnn_dense, preact_resnet18, preact_resnet34 (small "
+                                     "images), resnet18, resnet50 (ImageNet-sized images) or mlp (feature vectors)",
                         choices=tuple(MODELS))
     pretrained: str | None = option(None, "start every network from the weights in this file (.safetensors or "
                                           "a torch state dict, e.g. torchvision's ImageNet resnet18 / resnet50); "

@@ -19,10 +19,10 @@ IMAGE_MODELS = [name for name in MODELS if name != "mlp"]
 
 def shapes(name):
     """(in_channels, image_size, num_classes) to test `name` at: the ImageNet ResNets at real
-    resolution and at 64 and 8 px (their stem shrinks any size); 8x8 otherwise only for small_cnn."""
+    resolution and at 64 and 8 px (their stem shrinks any size); 8x8 otherwise only for the small CNNs."""
     if name in IMAGENET_RESNETS:
         return [(3, 224, 10), (1, 64, 10), (3, 64, 100), (1, 8, 10)]
-    return [(3, 32, 10), (1, 28, 10), (3, 32, 100)] + ([(1, 8, 10)] if name == "small_cnn" else [])
+    return [(3, 32, 10), (1, 28, 10), (3, 32, 100)] + ([(1, 8, 10)] if name.startswith("small_cnn") else [])
 
 
 # (name, in_channels, image_size, num_classes); the MLP takes feature vectors [B, in_channels]
@@ -51,10 +51,10 @@ def test_interface(name, in_channels, image_size, num_classes):
     assert logits.shape == (x.shape[0], num_classes) and model.num_classes == num_classes
     assert isinstance(model.fc, torch.nn.Linear) and features.shape == (x.shape[0], model.feature_dim)
     torch.testing.assert_close(model.fc(features), logits)
-    assert len(maps) == len(model.stage_channels) == (4 if name in RESNETS else 3)
+    assert len(maps) == len(model.stage_channels) == (4 if name in (*RESNETS, "small_cnn_dense") else 3)
     assert [m.shape[1] for m in maps] == model.stage_channels
     assert model.feature_dim == model.stage_channels[-1]
-    torch.testing.assert_close(maps[-1] if name == "mlp" else maps[-1].mean((2, 3)), features)
+    torch.testing.assert_close(maps[-1] if maps[-1].ndim == 2 else maps[-1].mean((2, 3)), features)
 
 
 @pytest.mark.parametrize("name,in_channels,image_size,num_classes", CASES)
@@ -79,7 +79,7 @@ def test_channels_last_matches_contiguous(name, in_channels, image_size, num_cla
 @pytest.mark.parametrize(
     "name,low,high",
     [("preact_resnet18", 11.0e6, 11.4e6), ("preact_resnet34", 21.0e6, 21.5e6), ("small_cnn", 0, 0.5e6),
-     ("mlp", 0, 0.1e6)],
+     ("small_cnn_dense", 1.0e6, 1.2e6), ("mlp", 0, 0.1e6)],
 )
 def test_parameter_count(name, low, high):
     count = sum(p.numel() for p in build_model(name, 10).parameters())

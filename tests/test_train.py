@@ -149,18 +149,21 @@ def test_pudistill_switches_run(tmp_path, options):
     assert config_of(out)["hyperparameters"]["rounds"] == 2 and len(read_metrics(out)) == 2
 
 
-@pytest.mark.parametrize("method", ["pmnar", "bldr", "l2b", "pudistill"])
-def test_preact_resnet_on_cifar_shaped_data(tmp_path, method):
+@pytest.mark.parametrize("method, model", [("pmnar", "preact_resnet18"), ("bldr", "preact_resnet18"),
+                                           ("l2b", "preact_resnet18"), ("pudistill", "preact_resnet18"),
+                                           ("bldr", "small_cnn_dense"), ("pudistill", "small_cnn_dense")])
+def test_methods_on_cifar_shaped_data(tmp_path, method, model):
     """The paper-scale path: colour 32 x 32 images (RandAugment's colour ops, flips), PreAct
-    ResNet stage heads / peer networks."""
+    ResNet stage heads / peer networks; BLDR's stage heads and PU-distillation's filters on the
+    dense CNN, whose last stage is a feature vector."""
     rng = np.random.default_rng(0)
     data = str(tmp_path / "cifar_shaped.npz")
     np.savez(data, x=rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), y=np.arange(64) % 10)
     out = str(tmp_path / "run")
     options = PUDISTILL_QUICK if method == "pudistill" else ["--warmup-epochs", "1"]
-    train("--method", method, "--dataset", "npz", "--data-dir", data, "--model", "preact_resnet18", "--epochs", "2",
+    train("--method", method, "--dataset", "npz", "--data-dir", data, "--model", model, "--epochs", "2",
           "--batch-size", "16", "--clean-size", "20", *options, "--out", out)
-    assert summary(out)["model"] == "preact_resnet18" and len(read_metrics(out)) == 2
+    assert summary(out)["model"] == model and len(read_metrics(out)) == 2
 
 
 def test_resnet18_starts_from_pretrained_weights(tmp_path):

@@ -8,7 +8,7 @@ from engine.models.mlp import MLP
 from engine.models.preact_resnet import preact_resnet18, preact_resnet34
 from engine.models.pretrained import load_pretrained
 from engine.models.resnet import resnet18, resnet50
-from engine.models.small_cnn import SmallCNN
+from engine.models.small_cnn import SmallCNN, small_cnn_dense
 
 MODELS = {
     "preact_resnet18": preact_resnet18,
@@ -16,6 +16,7 @@ MODELS = {
     "resnet18": resnet18,  # ImageNet-sized images; torchvision's names (--pretrained)
     "resnet50": resnet50,
     "small_cnn": SmallCNN,
+    "small_cnn_dense": small_cnn_dense,
     "mlp": MLP,
 }
 
