@@ -6,10 +6,11 @@ the CPU elsewhere), crops, resizes, flips and normalizes them, PREFETCH batches 
 Training views are random-resized crops: a fraction in [0.08, 1] of the image's area with an
 aspect ratio (width / height in pixels) log-uniform in [3/4, 4/3], as torchvision's
 RandomResizedCrop draws them; one too large for the image shrinks to the largest crop of its
-aspect that fits (where torchvision draws again). The crop is resized to size x size; only the crop is decoded where the format allows (JPEG). Like the in-memory
-pipeline's crops they come from sample_uniforms, a hash of (seed, epoch, sample index, view): a
-sample's crop does not depend on its batch, its process or the epochs before. Evaluation resizes
-the shorter side to size * 8/7 (256 for 224) and takes the center size x size.
+aspect that fits (where torchvision draws again). The crop is resized to size x size; only
+the crop is decoded where the format allows (JPEG). Like the in-memory pipeline's crops they
+come from sample_uniforms, a hash of (seed, epoch, sample index, view): a sample's crop does
+not depend on its batch, its process or the epochs before. Evaluation resizes the shorter side
+to size * 8/7 (256 for 224) and takes the center size x size.
 """
 import functools
 import os
