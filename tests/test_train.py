@@ -151,11 +151,11 @@ def test_pudistill_switches_run(tmp_path, options):
 
 @pytest.mark.parametrize("method, model", [("pmnar", "preact_resnet18"), ("bldr", "preact_resnet18"),
                                            ("l2b", "preact_resnet18"), ("pudistill", "preact_resnet18"),
-                                           ("bldr", "small_cnn_dense"), ("pudistill", "small_cnn_dense")])
+                                           ("bldr", "small_cnn_dense")])
 def test_methods_on_cifar_shaped_data(tmp_path, method, model):
     """The paper-scale path: colour 32 x 32 images (RandAugment's colour ops, flips), PreAct
-    ResNet stage heads / peer networks; BLDR's stage heads and PU-distillation's filters on the
-    dense CNN, whose last stage is a feature vector."""
+    ResNet stage heads / peer networks; BLDR's stage heads on the dense CNN, whose last stage is a
+    feature vector."""
     rng = np.random.default_rng(0)
     data = str(tmp_path / "cifar_shaped.npz")
     np.savez(data, x=rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), y=np.arange(64) % 10)
