@@ -46,17 +46,19 @@ class HandWritten:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.batch_size = config.batch_size
-        mean = torch.tensor(data.mean, dtype=torch.float32)
-        std = torch.tensor(data.std, dtype=torch.float32)
+        self.mean = torch.tensor(data.mean, dtype=torch.float32)
+        self.std = torch.tensor(data.std, dtype=torch.float32)
         x = torch.from_numpy(data.x_train[trainer.train_indices])  # uint8 NHWC
         self.height, self.width = x.shape[1:3]
-        self.pad = max(1, self.height // 8)
+        self.pad = max(1, self.height // 8)  # the engine's padding (engine/data/pipeline.py, DaliLoader)
         self.padded = F.pad(x, (0, 0, self.pad, self.pad, self.pad, self.pad))
         self.labels = torch.from_numpy(data.given_labels[trainer.train_indices])
-        self.mean, self.std = mean, std
-        # NHWC viewed as NCHW: channels_last memory, as the engine feeds the model
-        self.train_x = ((x.float() - mean) / std).permute(0, 3, 1, 2)
-        self.test_x = ((torch.from_numpy(data.x_test).float() - mean) / std).permute(0, 3, 1, 2)
+        self.train_x = self.normalize(x)
+        self.test_x = self.normalize(torch.from_numpy(data.x_test))
+
+    def normalize(self, images):
+        """uint8 NHWC images as float NCHW views of NHWC memory (channels_last, as the engine feeds the model)."""
+        return ((images.float() - self.mean) / self.std).permute(0, 3, 1, 2)
 
     def crops(self, index):
         count = len(index)
@@ -64,8 +66,7 @@ class HandWritten:
         left = torch.randint(0, 2 * self.pad + 1, (count, 1))
         rows = (top + torch.arange(self.height))[:, :, None]
         cols = (left + torch.arange(self.width))[:, None, :]
-        images = self.padded[index[:, None, None], rows, cols]  # [B, H, W, C]
-        return ((images.float() - self.mean) / self.std).permute(0, 3, 1, 2)
+        return self.normalize(self.padded[index[:, None, None], rows, cols])
 
     def predict(self, x):
         self.model.eval()
