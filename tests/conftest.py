@@ -1,5 +1,8 @@
+from pathlib import Path
+
 import pytest
 import torch
+from torch.utils.cpp_extension import load
 
 import engine.losses  # noqa: F401  (loads the ops)
 
@@ -10,6 +13,20 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param
+
+
+@pytest.fixture(scope="session")
+def emulated(tmp_path_factory):
+    """tests/cuda_emulation.cpp built once per session: the CUDA kernels' row code on host threads
+    (test_cuda_emulation.py, test_op_inputs.py)."""
+    root = Path(__file__).resolve().parent.parent
+    return load(
+        name="noisy_cuda_emulation",
+        sources=[str(root / "tests" / "cuda_emulation.cpp")],
+        extra_include_paths=[str(root / "csrc"), str(root / "csrc" / "include")],
+        extra_cflags=["-O1"],
+        build_directory=str(tmp_path_factory.mktemp("cuda_emulation")),
+    )
 
 
 def strided_copy(z, device="cpu"):

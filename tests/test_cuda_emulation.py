@@ -7,33 +7,18 @@ the block reduction of normalize_block and the per-row bodies the CUDA kernels r
 machine; test_cuda_matches_cpu.py checks the real kernels when a GPU is present.
 """
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.cpp_extension import load
 
 from conftest import strided_copy, tolerances
 from engine import losses as L
 from engine.ops import ops
 
-ROOT = Path(__file__).resolve().parent.parent
-
 # LossSpec fields (csrc/include/noisy/loss_row.h), as csrc/ops.cpp sets them for each op.
 POSITIVE = {"none": 0, "ce": 1, "pl_plus": 2}
 NEGATIVES = {"none": 0, "listed": 1, "all_but_label": 2}
 NORM_MODES = {"sub_min": 0, "min_max": 1, "max": 2, "rectify_sum": 3, "sigmoid": 4, "softmax": 5}  # normalize.h
-
-
-@pytest.fixture(scope="module")
-def emulated(tmp_path_factory):
-    return load(
-        name="noisy_cuda_emulation",
-        sources=[str(ROOT / "tests" / "cuda_emulation.cpp")],
-        extra_include_paths=[str(ROOT / "csrc"), str(ROOT / "csrc" / "include")],
-        extra_cflags=["-O1"],
-        build_directory=str(tmp_path_factory.mktemp("cuda_emulation")),
-    )
 
 
 def logits_with_edge_rows(C, generator):

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from engine.data.datasets import load_dataset
-from engine.data.pipeline import DaliLoader, decode_images, sample_uniforms
+from engine.data.pipeline import (RAND_AUGMENT_OPS, DaliLoader, decode_images, rand_augment_choices, rand_augment_suite,
+                                  sample_uniforms)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR10_JPEG = os.path.join(REPO, "..", "shared", "data", "cifar10_jpeg_ordered.npz")
@@ -111,6 +112,22 @@ def test_strong_second_view_is_rand_augmented_and_reproducible(channels):
     assert sum(not is_shifted_copy(a[0], b[0]) for a, b in zip(x, strong)) > 32
     (_, _, again) = next(iter(loader))
     assert torch.equal(strong, again), "same (seed, epoch), same augmentation"
+    loader.set_epoch(1)
+    (_, _, later) = next(iter(loader))
+    assert sum(not torch.equal(a, b) for a, b in zip(strong, later)) > 48, "each epoch draws new ops"
+
+
+def test_rand_augment_choices_pick_every_op_and_sign_evenly():
+    suite = rand_augment_suite(3)
+    assert len(rand_augment_suite(1)) == len(suite) - 1 and "color" not in [op.name for op in rand_augment_suite(1)]
+    choices = rand_augment_choices(3, 0, np.arange(20_000), len(suite))
+    assert len(choices) == 2 * RAND_AUGMENT_OPS and all(c.dtype == np.int32 and c.shape == (20_000,) for c in choices)
+    for op, sign in zip(choices[0::2], choices[1::2]):
+        counts = np.bincount(op, minlength=len(suite))
+        assert len(counts) == len(suite) and np.abs(counts / 20_000 * len(suite) - 1).max() < 0.1
+        assert set(np.unique(sign)) == {0, 1} and abs(sign.mean() - 0.5) < 0.02
+    assert (choices[0] != choices[2]).mean() > 0.9, "the ops applied in turn are drawn independently"
+    assert all(np.array_equal(a[[7, 3]], b) for a, b in zip(choices, rand_augment_choices(3, 0, [7, 3], len(suite))))
 
 
 def by_index(loader, view=0):
@@ -128,9 +145,11 @@ def test_sample_uniforms_hash_only_seed_epoch_index_and_view():
     assert (sample_uniforms(7, 4, np.arange(10_000), 2) != u).mean() > 0.99
 
 
-def test_a_samples_augmentation_does_not_depend_on_its_batch(mnist5k):
-    # The same seed, other batch sizes, order and neighbours: the same crops and flips of both views.
-    options = dict(augment=True, flip=True, seed=5, second_view="weak")
+@pytest.mark.parametrize("second_view", ["weak", "strong"])
+def test_a_samples_augmentation_does_not_depend_on_its_batch(mnist5k, second_view):
+    # The same seed, other batch sizes, order and neighbours: the same crops and flips of both
+    # views, and the same RandAugment ops of a strong one.
+    options = dict(augment=True, flip=True, seed=5, second_view=second_view)
     one = DaliLoader(mnist5k.x_train, 32, (0.0,), (1.0,), shuffle=True, indices=np.arange(100), **options)
     other = DaliLoader(mnist5k.x_train, 20, (0.0,), (1.0,), indices=np.arange(50, 150), **options)
     for view in (0, 1):

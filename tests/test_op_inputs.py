@@ -12,7 +12,7 @@ from conftest import tolerances
 from engine import losses as L
 from engine import reference as R
 from engine.ops import ops
-from test_cuda_emulation import emulated, logits_with_edge_rows, row_loss_pairs  # noqa: F401  (a fixture)
+from test_cuda_emulation import logits_with_edge_rows, row_loss_pairs
 
 Z = torch.randn(4, 5, dtype=torch.float64)
 Y = torch.tensor([0, 1, 2, 3])
@@ -177,7 +177,7 @@ def test_many_classes_sum_accurately(api):
 
 
 @pytest.mark.parametrize("rows", ["edge", "float32_sums_lose"])
-def test_the_cuda_kernels_code_sums_many_classes_as_the_cpu(emulated, rows):  # noqa: F811  (the fixture)
+def test_the_cuda_kernels_code_sums_many_classes_as_the_cpu(emulated, rows):
     """The warp's block loops (the CUDA kernels' code, on host threads) over several blocks."""
     if rows == "edge":
         z = logits_with_edge_rows(2 * 1024 + 37, torch.Generator().manual_seed(3)).float()

@@ -10,12 +10,11 @@ Methods with a consistency term ask for a second view of the same images: "weak"
 independent crop / flip) or "strong" (RandAugment, 2 ops at magnitude 9 of 30, before the crop
 / flip; the colour op is left out for grayscale images, which it does not support).
 
-Crop positions and flips do not come from DALI's RNG: the loader computes them per sample from a
-counter-based hash of (seed, epoch, sample index, view) (sample_uniforms) and feeds them in, so a
-sample's crop and flip do not depend on the other samples in its batch, on the batch order or on
-which process of a distributed run loads it. The one exception is the strong view's RandAugment:
-DALI's pipeline draws its ops (seeded by seed and epoch, a pipeline per epoch), so they depend on
-the batch layout; they are still the same in a resumed run.
+Nothing random comes from DALI's RNG: the loader computes crop positions, flips and
+RandAugment's op choices and signs per sample from a counter-based hash of (seed, epoch, sample
+index, view) (sample_uniforms) and feeds them in, so a sample's augmentation does not depend on
+the other samples in its batch, on the batch order, on which process of a distributed run loads
+it or on the epochs before, and one pipeline serves every epoch.
 
 Pipelines run PREFETCH batches ahead (exec_pipelined, exec_async): DALI pulls the next batches'
 inputs from the loader's callback and prepares them while the caller trains on this one.
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.auto_aug import rand_augment
+from nvidia.dali.auto_aug.core import select, signed_bin
 
 from engine.data.loaders import BatchOrder
 from engine.distributed import Processes
@@ -35,7 +35,9 @@ from engine.distributed import Processes
 DECODE_BATCH = 1024
 PREFETCH = 2  # batches a pipeline prepares ahead of the one the caller trains on
 SECOND_VIEWS = (None, "weak", "strong")
-RAND_AUGMENT_OPS, RAND_AUGMENT_MAGNITUDE = 2, 9
+RAND_AUGMENT_OPS, RAND_AUGMENT_MAGNITUDE, RAND_AUGMENT_BINS = 2, 9, 31  # DALI's RandAugment defaults: bins 0..30
+RAND_AUGMENT_DRAWS = 2 * RAND_AUGMENT_OPS  # uniforms per sample of a strong view: each op's choice and sign
+RAND_AUGMENT_VIEW = 2  # sample_uniforms' view coordinate of those draws (0 and 1: the views' crops)
 DRAWS = 3  # uniforms per sample and view: crop x, crop y, flip
 _GOLDEN, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
@@ -49,13 +51,39 @@ def _mix(x):
     return x ^ (x >> np.uint64(31))
 
 
-def sample_uniforms(seed, epoch, indices, views=1, draws=DRAWS):
+def sample_uniforms(seed, epoch, indices, views=1, draws=DRAWS, first_view=0):
     """[views, draws, len(indices)] float32 uniforms in [0, 1): each a hash of (seed, epoch,
-    view, draw, sample index) and of nothing else."""
+    view (from first_view on), draw, sample index) and of nothing else."""
     key = np.zeros((views, draws, len(indices)), np.uint64)
-    for part in (seed, epoch, np.arange(views)[:, None, None], np.arange(draws)[:, None], np.asarray(indices)):
+    view = np.arange(first_view, first_view + views)[:, None, None]
+    for part in (seed, epoch, view, np.arange(draws)[:, None], np.asarray(indices)):
         key = _mix(key ^ np.asarray(part, dtype=np.int64).astype(np.uint64))
     return (key >> np.uint64(40)).astype(np.float32) * np.float32(2.0**-24)  # top 24 bits: exact in float32
+
+
+def rand_augment_suite(channels):
+    """DALI's RandAugment operations (RandAugment, arXiv:1909.13719), without the colour one for
+    grayscale images, which it does not support."""
+    return [op for op in rand_augment.get_rand_augment_suite() if channels == 3 or op.name != "color"]
+
+
+def rand_augment_choices(seed, epoch, indices, count):
+    """[op, sign] * RAND_AUGMENT_OPS int32 arrays [B]: for each op a strong view applies in turn,
+    which of the `count` ops of the suite and whether its magnitude is negated, per sample."""
+    uniforms = sample_uniforms(seed, epoch, indices, 1, RAND_AUGMENT_DRAWS, RAND_AUGMENT_VIEW)[0]
+    ops = np.minimum((uniforms[0::2] * count).astype(np.int32), count - 1)
+    signs = (uniforms[1::2] < 0.5).astype(np.int32)
+    return [part for op, sign in zip(ops, signs) for part in (op, sign)]
+
+
+def rand_augmented(images, choices, suite):
+    """RandAugment with each sample's ops and signs fed in (rand_augment_choices): DALI's suite,
+    applied through DALI's conditional `select`, at magnitude RAND_AUGMENT_MAGNITUDE."""
+    for op, sign in zip(choices[0::2], choices[1::2]):
+        magnitude = signed_bin(RAND_AUGMENT_MAGNITUDE, random_sign=sign)
+        images = select(suite, op, images, magnitude_bin=magnitude, num_magnitude_bins=RAND_AUGMENT_BINS,
+                        fill_value=128)
+    return images
 
 
 def dali_device_id(device):
@@ -78,36 +106,36 @@ def _crop_flip_normalize(images, draws, height, width, pad, flip, random_crop, m
                                     mean=list(mean), std=list(std), dtype=types.FLOAT, output_layout="CHW")
 
 
-@pipeline_def(enable_conditionals=True)  # RandAugment picks its ops with DALI conditionals
+@pipeline_def(enable_conditionals=True)  # RandAugment applies its ops with DALI conditionals
 def _augment_pipeline(source, view, second_view, channels, gpu, views):
-    images, *draws = fn.external_source(source=source, num_outputs=1 + DRAWS * views, batch=True, layout=["HWC"])
+    strong = RAND_AUGMENT_DRAWS if second_view == "strong" else 0
+    images, *draws = fn.external_source(source=source, num_outputs=1 + DRAWS * views + strong, batch=True,
+                                        layout=["HWC"])
     if gpu:
         images = images.gpu()
     first = _crop_flip_normalize(images, draws[:DRAWS], **view)
     if second_view is None:
         return first
-    if second_view == "strong":
-        images = rand_augment.rand_augment(images, n=RAND_AUGMENT_OPS, m=RAND_AUGMENT_MAGNITUDE,
-                                           excluded=["color"] if channels == 1 else None)
-    return first, _crop_flip_normalize(images, draws[DRAWS:], **view)
+    if strong:
+        images = rand_augmented(images, draws[DRAWS * views:], rand_augment_suite(channels))
+    return first, _crop_flip_normalize(images, draws[DRAWS:2 * DRAWS], **view)
 
 
 class PipelineLoader(BatchOrder):
     """Batches through a DALI pipeline (`definition`: a pipeline_def function taking `source`)
     with one external source, whose callback gives the next batch's inputs, PREFETCH batches
     ahead of the caller. A subclass gives _epoch_inputs(): for each batch of the epoch,
-    (indices, the external source's arrays)."""
+    (indices, the external source's arrays). A strong second view's RandAugment choices come last
+    (_rand_augment_inputs)."""
 
     def __init__(self, count, batch_size, shuffle, seed, indices, drop_last, processes, device, num_threads, augment,
-                 second_view):
+                 second_view, channels):
         if second_view not in SECOND_VIEWS:
             raise ValueError(f"second_view must be one of {SECOND_VIEWS}, got {second_view!r}")
         super().__init__(count, batch_size, shuffle, seed, indices, drop_last, processes)
         self._views = (1 + (second_view is not None)) if augment else 0  # views fed crop / flip draws
-        # Crops and flips are fed in, so one pipeline serves every epoch; RandAugment draws from
-        # the pipeline's RNG, hence a pipeline per epoch seeded by (seed, epoch): the epoch does
-        # not depend on the epochs before it, so a resumed run repeats an uninterrupted one.
-        self.rebuild_each_epoch = second_view == "strong"
+        # a strong second view: the number of RandAugment ops its choices pick from
+        self._suite_size = len(rand_augment_suite(channels)) if second_view == "strong" else None
         self.device = torch.device(device)
         self.device_id = dali_device_id(self.device)
         self._feed = _Feed()
@@ -119,8 +147,8 @@ class PipelineLoader(BatchOrder):
         self._running = False  # an epoch under way: an iteration left before its end leaves batches in flight
 
     def __iter__(self):
-        if self._pipe is None or self._running or self.rebuild_each_epoch:
-            self._pipe = self._build()
+        if self._pipe is None or self._running:
+            self._pipe = build_quietly(self.definition, seed=self.seed % (2**31 - 1), **self._options)
         self._running = True
         self._feed.start(self._epoch_inputs())
         while True:
@@ -136,8 +164,9 @@ class PipelineLoader(BatchOrder):
         self._pipe.reset()
         self._running = False
 
-    def _build(self):
-        return build_quietly(self.definition, seed=(self.seed * 1_000_003 + self.epoch) % (2**31 - 1), **self._options)
+    def _rand_augment_inputs(self, epoch, batch):
+        """The strong view's per-sample RandAugment choices, or none."""
+        return [] if self._suite_size is None else rand_augment_choices(self.seed, epoch, batch, self._suite_size)
 
     def _explain(self):
         """After DALI failed: a clearer error about the batches in flight, or None."""
@@ -180,7 +209,7 @@ class DaliLoader(PipelineLoader):
         if images.dtype != np.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
         super().__init__(len(images), batch_size, shuffle, seed, indices, drop_last, processes, device, num_threads,
-                         augment, second_view)
+                         augment, second_view, images.shape[3])
         self.images = images
         height, width = images.shape[1:3]
         self.flip = augment and flip
@@ -193,7 +222,8 @@ class DaliLoader(PipelineLoader):
         epoch = self.epoch
         for batch in self.batches():
             draws = sample_uniforms(self.seed, epoch, batch, self._views)
-            yield batch, (self.images[batch], *(part for x, y, u in draws for part in (x, y, mirrors(u, self.flip))))
+            yield batch, (self.images[batch], *(part for x, y, u in draws for part in (x, y, mirrors(u, self.flip))),
+                          *self._rand_augment_inputs(epoch, batch))
 
 
 def build_quietly(pipeline, **options):

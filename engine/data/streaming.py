@@ -20,11 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali import math as dali_math
-from nvidia.dali.auto_aug import rand_augment
 
 from engine.data.datasets import ImageFiles
-from engine.data.pipeline import (RAND_AUGMENT_MAGNITUDE, RAND_AUGMENT_OPS, PipelineLoader, mirrors, sample_uniforms,
-                                  undecodable)
+from engine.data.pipeline import (RAND_AUGMENT_DRAWS, PipelineLoader, mirrors, rand_augment_suite, rand_augmented,
+                                  sample_uniforms, undecodable)
 from engine.distributed import Processes
 
 AREA = (0.08, 1.0)      # random-resized crop: the fraction of the image's area
@@ -56,9 +55,10 @@ def crop_window(area, ratio, x, y, aspect, sqrt, minimum):
     return minimum(x * (1 - width), 1 - width), minimum(y * (1 - height), 1 - height), width, height
 
 
-@pipeline_def(enable_conditionals=True)  # RandAugment picks its ops with DALI conditionals
+@pipeline_def(enable_conditionals=True)  # RandAugment applies its ops with DALI conditionals
 def _file_pipeline(source, size, views, strong, mean, std, decoder):
-    encoded, *draws = fn.external_source(source=source, num_outputs=1 + CROP_DRAWS * views, batch=True)
+    choices = RAND_AUGMENT_DRAWS if strong else 0
+    encoded, *draws = fn.external_source(source=source, num_outputs=1 + CROP_DRAWS * views + choices, batch=True)
     normalize = dict(mean=list(mean), std=list(std), dtype=types.FLOAT, output_layout="CHW")
     if not views:  # evaluation
         images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB)
@@ -80,7 +80,7 @@ def _file_pipeline(source, size, views, strong, mean, std, decoder):
             images = fn.slice(decoded, rel_start=start, rel_shape=shape, axis_names="WH")
         images = fn.resize(images, resize_x=size, resize_y=size)
         if view and strong:
-            images = rand_augment.rand_augment(images, n=RAND_AUGMENT_OPS, m=RAND_AUGMENT_MAGNITUDE)
+            images = rand_augmented(images, draws[CROP_DRAWS * views:], rand_augment_suite(3))
         outputs.append(fn.crop_mirror_normalize(images, mirror=mirror, **normalize))
     return tuple(outputs)
 
@@ -97,7 +97,7 @@ class StreamingLoader(PipelineLoader):
         if not isinstance(files, ImageFiles):
             raise ValueError(f"files must be ImageFiles, got {type(files).__name__}")
         super().__init__(len(files), batch_size, shuffle, seed, indices, drop_last, processes, device,
-                         num_threads or min(8, os.cpu_count() or 1), augment, second_view)
+                         num_threads or min(8, os.cpu_count() or 1), augment, second_view, 3)
         self.files, self.flip = files, augment and flip
         self.definition = functools.partial(_file_pipeline, size=files.size, views=self._views,
                                             strong=second_view == "strong", mean=mean, std=std,
@@ -115,7 +115,7 @@ class StreamingLoader(PipelineLoader):
     def _inputs(self, epoch, batch, reads):
         crops = (part for view in sample_uniforms(self.seed, epoch, batch, self._views, CROP_DRAWS)
                  for part in crop_draws(view, self.flip))
-        return batch, ([read.result() for read in reads], *crops)
+        return batch, ([read.result() for read in reads], *crops, *self._rand_augment_inputs(epoch, batch))
 
     def _explain(self):
         for batch, (encoded, *_) in self._feed.in_flight:
