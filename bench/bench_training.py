@@ -33,6 +33,7 @@ class OnDevice:
         loader.set_epoch(0)
         self.batches = [(to_device(images), indices, *(to_device(v) for v in view))
                         for images, indices, *view in loader]
+        self.first_row = loader.first_row  # where this process's part of a global batch starts
 
     def __len__(self):
         return len(self.batches)
