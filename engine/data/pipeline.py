@@ -107,8 +107,9 @@ def _crop_flip_normalize(images, draws, height, width, pad, flip, random_crop, m
 
 
 @pipeline_def(enable_conditionals=True)  # RandAugment applies its ops with DALI conditionals
-def _augment_pipeline(source, view, second_view, channels, gpu, views):
-    strong = RAND_AUGMENT_DRAWS if second_view == "strong" else 0
+def _augment_pipeline(source, view, second_view, suite, gpu, views):
+    # suite: the strong view's RandAugment ops (PipelineLoader.suite), else None
+    strong = RAND_AUGMENT_DRAWS if suite else 0
     images, *draws = fn.external_source(source=source, num_outputs=1 + DRAWS * views + strong, batch=True,
                                         layout=["HWC"])
     if gpu:
@@ -117,7 +118,7 @@ def _augment_pipeline(source, view, second_view, channels, gpu, views):
     if second_view is None:
         return first
     if strong:
-        images = rand_augmented(images, draws[DRAWS * views:], rand_augment_suite(channels))
+        images = rand_augmented(images, draws[DRAWS * views:], suite)
     return first, _crop_flip_normalize(images, draws[DRAWS:2 * DRAWS], **view)
 
 
@@ -134,8 +135,8 @@ class PipelineLoader(BatchOrder):
             raise ValueError(f"second_view must be one of {SECOND_VIEWS}, got {second_view!r}")
         super().__init__(count, batch_size, shuffle, seed, indices, drop_last, processes)
         self._views = (1 + (second_view is not None)) if augment else 0  # views fed crop / flip draws
-        # a strong second view: the number of RandAugment ops its choices pick from
-        self._suite_size = len(rand_augment_suite(channels)) if second_view == "strong" else None
+        # a strong second view's RandAugment ops: the pipeline applies them, the choices pick among them
+        self.suite = rand_augment_suite(channels) if second_view == "strong" else None
         self.device = torch.device(device)
         self.device_id = dali_device_id(self.device)
         self._feed = _Feed()
@@ -166,7 +167,7 @@ class PipelineLoader(BatchOrder):
 
     def _rand_augment_inputs(self, epoch, batch):
         """The strong view's per-sample RandAugment choices, or none."""
-        return [] if self._suite_size is None else rand_augment_choices(self.seed, epoch, batch, self._suite_size)
+        return [] if self.suite is None else rand_augment_choices(self.seed, epoch, batch, len(self.suite))
 
     def _explain(self):
         """After DALI failed: a clearer error about the batches in flight, or None."""
@@ -216,7 +217,7 @@ class DaliLoader(PipelineLoader):
         view = dict(height=height, width=width, pad=max(1, height // 8), flip=self.flip, random_crop=augment,
                     mean=mean, std=std)
         self.definition = functools.partial(_augment_pipeline, view=view, second_view=second_view,
-                                            channels=images.shape[3], gpu=self.device_id is not None, views=self._views)
+                                            suite=self.suite, gpu=self.device_id is not None, views=self._views)
 
     def _epoch_inputs(self):
         epoch = self.epoch

@@ -22,8 +22,8 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali import math as dali_math
 
 from engine.data.datasets import ImageFiles
-from engine.data.pipeline import (RAND_AUGMENT_DRAWS, PipelineLoader, mirrors, rand_augment_suite, rand_augmented,
-                                  sample_uniforms, undecodable)
+from engine.data.pipeline import (RAND_AUGMENT_DRAWS, PipelineLoader, mirrors, rand_augmented, sample_uniforms,
+                                  undecodable)
 from engine.distributed import Processes
 
 AREA = (0.08, 1.0)      # random-resized crop: the fraction of the image's area
@@ -56,8 +56,9 @@ def crop_window(area, ratio, x, y, aspect, sqrt, minimum):
 
 
 @pipeline_def(enable_conditionals=True)  # RandAugment applies its ops with DALI conditionals
-def _file_pipeline(source, size, views, strong, mean, std, decoder):
-    choices = RAND_AUGMENT_DRAWS if strong else 0
+def _file_pipeline(source, size, views, suite, mean, std, decoder):
+    # suite: the strong view's RandAugment ops (PipelineLoader.suite), else None
+    choices = RAND_AUGMENT_DRAWS if suite else 0
     encoded, *draws = fn.external_source(source=source, num_outputs=1 + CROP_DRAWS * views + choices, batch=True)
     normalize = dict(mean=list(mean), std=list(std), dtype=types.FLOAT, output_layout="CHW")
     if not views:  # evaluation
@@ -79,8 +80,8 @@ def _file_pipeline(source, size, views, strong, mean, std, decoder):
         else:
             images = fn.slice(decoded, rel_start=start, rel_shape=shape, axis_names="WH")
         images = fn.resize(images, resize_x=size, resize_y=size)
-        if view and strong:
-            images = rand_augmented(images, draws[CROP_DRAWS * views:], rand_augment_suite(3))
+        if view and suite:
+            images = rand_augmented(images, draws[CROP_DRAWS * views:], suite)
         outputs.append(fn.crop_mirror_normalize(images, mirror=mirror, **normalize))
     return tuple(outputs)
 
@@ -97,10 +98,10 @@ class StreamingLoader(PipelineLoader):
         if not isinstance(files, ImageFiles):
             raise ValueError(f"files must be ImageFiles, got {type(files).__name__}")
         super().__init__(len(files), batch_size, shuffle, seed, indices, drop_last, processes, device,
-                         num_threads or min(8, os.cpu_count() or 1), augment, second_view, 3)
+                         num_threads or min(8, os.cpu_count() or 1), augment, second_view, channels=3)  # decoded as RGB
         self.files, self.flip = files, augment and flip
         self.definition = functools.partial(_file_pipeline, size=files.size, views=self._views,
-                                            strong=second_view == "strong", mean=mean, std=std,
+                                            suite=self.suite, mean=mean, std=std,
                                             decoder="cpu" if self.device_id is None else "mixed")
 
     def _epoch_inputs(self):
