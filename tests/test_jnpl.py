@@ -6,7 +6,7 @@ import torch
 
 from engine import losses as L
 from engine import reference as R
-from engine.methods.base import Batch, Phase, clean_selection
+from engine.methods.base import Batch, Phase, clean_selection, confidence_on_labels
 from engine.methods.jnpl import JNPL, JNPLStage
 from method_testing import (N, C, FixedLogits, assert_same_state, first_epoch_of, index_images, make_method,
                             preset_method, probs_with_confidence, step_at)
@@ -42,7 +42,7 @@ def test_paper_preset_has_no_warmup_and_one_complementary_label():
 
 
 def test_pseudo_labels_are_fixed_at_the_start_of_the_pseudo_stage():
-    method = make_method(JNPL, clean_class_share=0.0)  # the paper's rule alone
+    method = make_method(JNPL, clean_class_share=0.0, relabel=True)  # the paper's rule alone
     labels = method.given_labels
     confidence = torch.tensor([0.9, 0.5, 0.49, 0.1, 0.6, 0.3, 0.2, 0.7, 0.5, 0.0, 0.45, 1.0])
     probs = probs_with_confidence(labels, confidence, C)
@@ -94,9 +94,9 @@ def test_clean_selection_adds_each_classes_most_confident_share_to_the_threshold
     assert clean_selection(confidence, labels, 4, 1.0).all()
 
 
-def test_pseudo_stage_of_a_weak_model_keeps_the_label_of_each_classes_most_confident_half():
-    method = make_method(JNPL)
-    assert method.config.clean_class_share == 0.5  # the short-budget preset
+def test_pseudo_stage_relabels_all_but_each_classes_most_confident_half():
+    method = make_method(JNPL, relabel=True)  # the short-budget preset's selection, the paper's relabeling
+    assert method.config.clean_class_share == 0.5
     labels = method.given_labels  # i mod 5: classes of 3, 3, 2, 2, 2 samples
     confidence = torch.linspace(0.05, 0.3, N)  # none passes 0.5
     probs = probs_with_confidence((labels + 1) % C, 1 - confidence, C)
@@ -105,25 +105,33 @@ def test_pseudo_stage_of_a_weak_model_keeps_the_label_of_each_classes_most_confi
     method.start_stage(step_at(method, first_epoch_of(method, Phase.PSEUDO)).stage, {"probs": probs})
     kept = torch.arange(N) >= 5  # each class's round(0.5 * size) most confident: 2 of 3, 1 of 2 (samples 5-11)
     assert torch.equal(method.pseudo_labels, torch.where(kept, labels, (labels + 1) % C))
+    batch = Batch(index_images(torch.arange(N)), torch.arange(N), labels)
+    logits = torch.randn(N, C, generator=torch.Generator().manual_seed(2))
+    loss = method.loss(FixedLogits(logits), batch, step_at(method, first_epoch_of(method, Phase.PSEUDO)))
+    torch.testing.assert_close(loss, R.weighted_ce(logits, method.pseudo_labels).float())
 
 
-@pytest.mark.parametrize("relabel_confidence", [None, 0.0])
-def test_pseudo_stage_relabels_only_where_the_model_is_confident_in_its_arg_max(relabel_confidence):
-    options = {} if relabel_confidence is None else {"relabel_confidence": relabel_confidence}
-    method = make_method(JNPL, **options)  # the short-budget preset: relabel_confidence 0.5
+def test_short_budget_pseudo_stage_changes_no_label_and_keeps_nl_plus_on_the_unselected():
+    method = make_method(JNPL, complementary_labels=C - 1)
+    assert not method.config.relabel and preset_method(JNPL, "paper", 10).config.relabel
     labels, rows = method.given_labels, torch.arange(N)
-    on_label = 0.05 + 0.001 * rows  # below 0.5 everywhere; the class share keeps each class's top half
-    on_argmax = torch.where(rows % 2 == 0, 0.9, 0.4)  # label + 1: confident on even rows only
-    probs = ((1 - on_label - on_argmax) / (C - 2))[:, None].repeat(1, C)
-    probs[rows, labels] = on_label
-    probs[rows, (labels + 1) % C] = on_argmax
-    assert torch.equal(probs.argmax(1), (labels + 1) % C)
-    method.start_stage(step_at(method, first_epoch_of(method, Phase.PSEUDO)).stage, {"probs": probs})
-    unselected = ~clean_selection(on_label, labels, C, 0.5)
-    confident = rows % 2 == 0 if relabel_confidence is None else torch.ones(N, dtype=torch.bool)
-    if relabel_confidence is None:
-        assert (unselected & ~confident).any(), "some unselected rows keep their label"
-    assert torch.equal(method.pseudo_labels, torch.where(unselected & confident, (labels + 1) % C, labels))
+    confident = torch.full((N,), 0.9)
+    probs = probs_with_confidence((labels + 1) % C, confident, C)  # the model's arg-max: another class
+    probs[:6] = probs_with_confidence(labels[:6], confident[:6], C)  # samples 0-5: their given label
+    on_label = confidence_on_labels(probs, labels)
+    pseudo = step_at(method, first_epoch_of(method, Phase.PSEUDO), step=5)
+    method.start_stage(pseudo.stage, {"probs": probs})
+    assert torch.equal(method.pseudo_labels, labels), "no label changes"
+    selected = clean_selection(on_label, labels, C, 0.5)
+    assert torch.equal(method.selected, selected) and selected[:6].all() and not selected.all()
+
+    logits = torch.randn(N, C, generator=torch.Generator().manual_seed(4))
+    batch = Batch(index_images(rows), rows, labels)
+    loss = method.loss(FixedLogits(logits), batch, pseudo)
+    weight = selected.double()
+    expected = (R.weighted_ce(logits, labels, weight=weight)
+                + R.nl_loss(logits, all_other_classes(labels, C), plus=True, weight=1 - weight))
+    torch.testing.assert_close(loss, expected.float())
 
 
 def jnpl_logits():
@@ -186,14 +194,19 @@ def test_clean_scores_flag_what_the_pseudo_stage_would_not_take_as_clean(share):
     assert torch.equal(flagged, confidence < 0.5) == (share == 0.0), "sample 5 (0.45) is its class's 2nd of 3"
 
 
-def test_pseudo_labels_are_state_and_round_trip():
-    method = make_method(JNPL, clean_class_share=0.0)
+@pytest.mark.parametrize("relabel", [True, False])
+def test_pseudo_labels_and_selection_are_state_and_round_trip(relabel):
+    method = make_method(JNPL, clean_class_share=0.0, relabel=relabel)
     probs = probs_with_confidence((method.given_labels + 1) % C, torch.full((N,), 0.9), C)
+    probs[:4] = probs_with_confidence(method.given_labels[:4], torch.full((4,), 0.9), C)
     method.start_stage(step_at(method, first_epoch_of(method, Phase.PSEUDO)).stage, {"probs": probs})
     state = method.state_dict()
-    assert set(state) == {"pseudo_labels"} and torch.equal(state["pseudo_labels"], (method.given_labels + 1) % C)
+    assert set(state) == {"pseudo_labels", "selected"}
+    relabeled = torch.where(torch.arange(N) < 4, method.given_labels, (method.given_labels + 1) % C)
+    assert torch.equal(state["pseudo_labels"], relabeled if relabel else method.given_labels)
+    assert int(state["selected"].sum()) == (0 if relabel else 4)
 
-    fresh = make_method(JNPL)
-    assert torch.equal(fresh.pseudo_labels, fresh.given_labels)
+    fresh = make_method(JNPL, relabel=relabel)
+    assert torch.equal(fresh.pseudo_labels, fresh.given_labels) and not fresh.selected.any()
     fresh.load_state_dict(state)
     assert_same_state(fresh.state_dict(), state)

