@@ -9,7 +9,7 @@ Stage "pseudo": the samples taken as clean at the start of the stage (confidence
 label >= CLEAN_THRESHOLD, and each class's `clean_class_share` most confident: `clean_selection`)
 keep their label, the others take the model's arg-max; CE on these labels (`relabel`, the paper).
 Without `relabel` (the short-budget preset) no label changes: CE on the samples taken as clean,
-the method's negative-learning loss on the others.
+NL+ on the others (NLNL: engine/methods/nlnl.py).
 The paper trains 1000 + 480 epochs on CIFAR; `epochs` keeps that 1000:480 ratio.
 Our pseudo stage continues the same network instead of training a new one (README).
 """
@@ -33,7 +33,7 @@ class NegativeLearningConfig(WarmupConfig):
     clean_class_share: float = option(0.0, "share of each class's most confident samples taken as clean "
                                            "whatever their confidence (0: the paper's threshold alone)")
     relabel: bool = option(True, "pseudo-label stage: the samples not taken as clean take the model's arg-max (the "
-                                 "papers); off: they keep their label and the negative-learning loss")
+                                 "papers); off: no label changes (docs/methods.md)")
 
     def validate(self):
         super().validate()
@@ -123,16 +123,15 @@ class JNPL(Method):
         if step.stage.kind is Phase.PSEUDO:
             return self.pseudo_loss(logits, batch, step)
         keep, yhat = jnpl_select(logits, seed=self.seed, offset=step.step, first_row=batch.first_row)
-        return self.negative_loss(logits, batch, step) + self.config.pl_weight * pl_plus_loss(logits[keep], yhat[keep])
-
-    def negative_loss(self, logits, batch, step, weight=None):
-        return nl_plus_loss(logits, self.complementary(batch, step), weight=weight)
+        return nl_plus_loss(logits, self.complementary(batch, step)) + self.config.pl_weight * pl_plus_loss(
+            logits[keep], yhat[keep])
 
     def pseudo_loss(self, logits, batch, step):
         if self.config.relabel:
             return weighted_ce(logits, self.pseudo_labels[batch.indices])
         clean = self.selected[batch.indices].float()
-        return weighted_ce(logits, batch.labels, weight=clean) + self.negative_loss(logits, batch, step, weight=1 - clean)
+        return weighted_ce(logits, batch.labels, weight=clean) + nl_plus_loss(
+            logits, self.complementary(batch, step), weight=1 - clean)
 
     def clean_scores(self, outputs):
         """The confidence on the given label, flagged where the pseudo-label stage would not
