@@ -91,8 +91,8 @@ class NLNL(JNPL):
     def pseudo_loss(self, logits, batch, step):
         """Without relabeling: CE on the samples taken as clean only, as SelPL. NL on the others
         pushes them away from their true class where their label is wrong (NL is NL+ without its
-        robustness weight): with it, test accuracy fell 3.1 points when the stage began under
-        mnist5k's pair-flip noise, and ended 2.8 points lower."""
+        robustness weight): with it, test accuracy fell 3.1 points within the stage under
+        mnist5k's pair-flip noise, and ended 2.6 points lower."""
         if self.config.relabel:
             return super().pseudo_loss(logits, batch, step)
         return weighted_ce(logits, batch.labels, weight=self.selected[batch.indices].float())
