@@ -82,7 +82,7 @@ class NLNL(JNPL):
             return super().loss(model, batch, step)
         logits = model(batch.images)
         if kind is NLNLStage.SELPL:
-            return weighted_ce(logits, batch.labels, weight=self.selected[batch.indices].float())
+            return self.sel_pl_loss(logits, batch)
         weight = None
         if kind is NLNLStage.SELNL:
             weight = (self.mean_confidence()[batch.indices] > 1.0 / self.num_classes).float()
@@ -95,6 +95,9 @@ class NLNL(JNPL):
         mnist5k's pair-flip noise, and ended 2.6 points lower."""
         if self.config.relabel:
             return super().pseudo_loss(logits, batch, step)
+        return self.sel_pl_loss(logits, batch)
+
+    def sel_pl_loss(self, logits, batch):
         return weighted_ce(logits, batch.labels, weight=self.selected[batch.indices].float())
 
     def start_stage(self, stage, outputs):
