@@ -5,6 +5,7 @@ import torch
 from torch.utils.cpp_extension import load
 
 import engine.losses  # noqa: F401  (loads the ops)
+from run_testing import session_folder
 
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -25,7 +26,8 @@ def emulated(tmp_path_factory):
         sources=[str(root / "tests" / "cuda_emulation.cpp")],
         extra_include_paths=[str(root / "csrc"), str(root / "csrc" / "include")],
         extra_cflags=["-O1"],
-        build_directory=str(tmp_path_factory.mktemp("cuda_emulation")),
+        # torch builds in it under a lock: one worker builds, the others wait and load it
+        build_directory=str(session_folder(tmp_path_factory, "cuda_emulation")),
     )
 
 

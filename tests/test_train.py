@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from engine.models import build_model
-from run_testing import assert_resume_repeats, read_metrics, wait_for_checkpoint
+from run_testing import assert_resume_repeats, built_once, read_metrics, wait_for_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTPUTS = ["config.yaml", "metrics.csv", "summary.json", "label_issues.csv", "separation.png", "checkpoint.pt"]
@@ -239,11 +239,17 @@ MIN_DETECTION_F1 = {"pmnar": 0.88, "l2b": 0.88, "bldr": 0.9, "pudistill": 0.8, "
 @pytest.fixture(scope="module")
 def compared_runs(tmp_path_factory):
     """Every method and CE with the same budget (L2B's clean subset comes out of the same
-    training set), two single-threaded runs at a time: on 2 cores that finishes sooner than one
-    two-threaded run after another. Returns {method: (output folder, stdout)}."""
-    root = tmp_path_factory.mktemp("compared")
+    training set), trained once per test session (`built_once`). Returns {method: (output
+    folder, stdout)}."""
+    root = built_once(tmp_path_factory, "compared", train_compared)
+    return {method: (str(root / method), (root / f"{method}.log").read_text()) for method in COMPARED}
+
+
+def train_compared(root):
+    """Two single-threaded runs at a time: on 2 cores that finishes sooner than one two-threaded
+    run after another."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    waiting, running, finished = list(COMPARED), {}, {}
+    waiting, running = list(COMPARED), {}
     while waiting or running:
         while waiting and len(running) < 2:
             method = waiting.pop(0)
@@ -255,11 +261,8 @@ def compared_runs(tmp_path_factory):
         time.sleep(1)
         for method, process in list(running.items()):
             if process.poll() is not None:
-                output = (root / f"{method}.log").read_text()
-                assert process.returncode == 0, f"{method} failed:\n{output}"
-                finished[method] = (str(root / method), output)
+                assert process.returncode == 0, f"{method} failed:\n{(root / f'{method}.log').read_text()}"
                 del running[method]
-    return finished
 
 
 @pytest.mark.slow
