@@ -166,6 +166,20 @@ def test_nl_plus_gradient_is_minus_p_comp_times_p():
     torch.testing.assert_close(grad, expected)
 
 
+def test_nl_plus_on_every_other_class_is_ce_scaled_by_the_labels_probability():
+    """NL+ summed over all C - 1 complementary labels (the short-budget preset's k) has CE's
+    gradient times the detached p_y: it learns a sample at p_y times CE's rate, slowly where
+    the model is unsure of its label, clean or not (docs/methods.md)."""
+    B, C = 16, 7
+    z = torch.randn(B, C, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, C, (B,))
+    comp = L.sample_complementary(labels, C, k=C - 1, replacement=False, seed=3)
+    (grad,) = torch.autograd.grad(L.nl_plus_loss(z, comp, reduction="sum"), z)
+    p_y = torch.softmax(z.detach(), 1).gather(1, labels[:, None])
+    (ce_grad,) = torch.autograd.grad(L.weighted_ce(z, labels, reduction="none"), z, torch.ones(B, dtype=z.dtype))
+    torch.testing.assert_close(grad, p_y * ce_grad)
+
+
 def test_pl_plus_weight_is_the_geometric_sum():
     """With N = 3, prod_{n=0..3}(1 + p^(2^n)) = sum_{k=0..15} p^k."""
     z = torch.randn(32, 5, dtype=torch.float64)
