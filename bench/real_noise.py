@@ -3,13 +3,14 @@
     python bench/real_noise.py --data-dir ../shared/data --epochs 20 --out runs/real_noise
 
 runs `python -m engine.train --dataset cifar10 --noise cifar10n --noise-variant V` for each
-method and label set (`worst`: 40.2% wrong, `aggre`: 9.0%), `--jobs` runs at a time with
-`--threads` threads each, and writes `table.md` (test accuracy, best test accuracy, detection
-precision / recall / F1 against the true CIFAR-10 labels, training minutes: the sum of the
-epochs' times in metrics.csv) into `--out`, next to each run's own folder. A run whose folder
+method, label set (`worst`: 40.2% wrong, `aggre`: 9.0%) and seed (`--seeds`), `--jobs` runs at a
+time with `--threads` threads each, and writes `table.md` (test accuracy, best test accuracy,
+the difference to CE's of the same labels and seed, detection precision / recall / F1 against
+the true CIFAR-10 labels, training minutes: the sum of the epochs' times in metrics.csv; with
+several seeds also their means) into `--out`, next to each run's own folder. A run whose folder
 already holds a summary.json of the same epochs and seed is not trained again, so an
-interrupted benchmark continues where it stopped (one of other epochs or another seed is an
-error). Options after `--` go to every run (e.g. `-- --model small_cnn --device cuda`).
+interrupted benchmark continues where it stopped, and more seeds add to the same `--out` (a run
+of other epochs in a run's folder is an error). Options after `--` go to every run (e.g. `-- --model small_cnn --device cuda`).
 """
 import argparse
 import csv
@@ -38,7 +39,7 @@ def parse_args(argv):
     parser.add_argument("--out", required=True, help="folder for the runs and table.md")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="a run per seed (default: 0)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of each run (0: as inherited)")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="-- then options for every run")
@@ -52,26 +53,26 @@ def parse_args(argv):
     return args
 
 
-def command(args, method, variant):
+def command(args, method, variant, seed):
     return [sys.executable, "-m", "engine.train", "--method", method, "--dataset", "cifar10", "--data-dir",
             args.data_dir, "--noise", "cifar10n", "--noise-variant", variant, "--epochs", str(args.epochs),
-            "--seed", str(args.seed), "--out", run_folder(args, method, variant), *args.extra]
+            "--seed", str(seed), "--out", run_folder(args, method, variant, seed), *args.extra]
 
 
-def run_folder(args, method, variant):
-    return os.path.join(os.path.abspath(args.out), f"{variant}_{method}")
+def run_folder(args, method, variant, seed):
+    return os.path.join(os.path.abspath(args.out), f"{variant}_{method}_seed{seed}")
 
 
-def finished(args, method, variant):
+def finished(args, method, variant, seed):
     """Whether the run's folder holds a finished run of these epochs and seed (another is an error)."""
-    folder = run_folder(args, method, variant)
+    folder = run_folder(args, method, variant, seed)
     if not os.path.exists(os.path.join(folder, "summary.json")):
         return False
     with open(os.path.join(folder, "config.yaml")) as f:
         config = yaml.safe_load(f)
-    if (config["hyperparameters"]["epochs"], config["seed"]) != (args.epochs, args.seed):
+    if (config["hyperparameters"]["epochs"], config["seed"]) != (args.epochs, seed):
         raise SystemExit(f"{folder} holds a run of {config['hyperparameters']['epochs']} epochs, seed "
-                         f"{config['seed']}: use another --out for {args.epochs} epochs, seed {args.seed}")
+                         f"{config['seed']}: use another --out for {args.epochs} epochs, seed {seed}")
     return True
 
 
@@ -80,7 +81,7 @@ def run_all(args):
     environment = dict(os.environ)
     if args.threads:
         environment["OMP_NUM_THREADS"] = environment["MKL_NUM_THREADS"] = str(args.threads)
-    waiting = [(m, v) for v in args.variants for m in args.methods if not finished(args, m, v)]
+    waiting = [(m, v, s) for s in args.seeds for v in args.variants for m in args.methods if not finished(args, m, v, s)]
     running = {}
     while waiting or running:
         while waiting and len(running) < args.jobs:
@@ -89,7 +90,7 @@ def run_all(args):
             log = open(os.path.join(run_folder(args, *key), "stdout.log"), "w")
             running[key] = (subprocess.Popen(command(args, *key), cwd=REPO, env=environment, stdout=log,
                                              stderr=subprocess.STDOUT), log, time.time())
-            print(f"started {key[1]} {key[0]}", flush=True)
+            print(f"started {key[1]} {key[0]} seed {key[2]}", flush=True)
         time.sleep(1)
         for key, (process, log, began) in list(running.items()):
             if process.poll() is None:
@@ -97,26 +98,45 @@ def run_all(args):
             log.close()
             del running[key]
             if process.returncode != 0:
-                raise SystemExit(f"{key[1]} {key[0]} failed (exit {process.returncode}): see "
+                raise SystemExit(f"{key[1]} {key[0]} seed {key[2]} failed (exit {process.returncode}): see "
                                  f"{os.path.join(run_folder(args, *key), 'stdout.log')}")
-            print(f"finished {key[1]} {key[0]} in {(time.time() - began) / 60:.1f} min", flush=True)
+            print(f"finished {key[1]} {key[0]} seed {key[2]} in {(time.time() - began) / 60:.1f} min", flush=True)
+
+
+def result(args, method, variant, seed):
+    """A finished run's numbers: its summary.json and the training minutes."""
+    folder = run_folder(args, method, variant, seed)
+    with open(os.path.join(folder, "summary.json")) as f:
+        summary = json.load(f)
+    with open(os.path.join(folder, "metrics.csv"), newline="") as f:
+        summary["minutes"] = sum(float(row["seconds"]) for row in csv.DictReader(f)) / 60
+    return summary
 
 
 def table(args):
-    lines = [f"CIFAR-10 with CIFAR-10N labels, {args.epochs} epochs, seed {args.seed}"
+    results = {(m, v, s): result(args, m, v, s) for s in args.seeds for v in args.variants for m in args.methods}
+
+    def row(variant, method, seed, runs):
+        """One table row: the mean of `runs`, a list of (result, CE's result of its labels and seed or None)."""
+        mean = {key: sum(r[key] for r, _ in runs) / len(runs)
+                for key in ("test_acc", "best_test_acc", "det_precision", "det_recall", "det_f1", "minutes")}
+        versus = ""
+        if method != "ce" and runs[0][1] is not None:
+            versus = f"{100 * sum(r['test_acc'] - ce['test_acc'] for r, ce in runs) / len(runs):+.1f}"
+        return (f"| {variant} | {method} | {seed} | {runs[0][0]['model']} | {mean['test_acc']:.1%} / "
+                f"{mean['best_test_acc']:.1%} | {versus} | {mean['det_precision']:.3f} / {mean['det_recall']:.3f} / "
+                f"{mean['det_f1']:.3f} | {mean['minutes']:.0f} |")
+
+    lines = [f"CIFAR-10 with CIFAR-10N labels, {args.epochs} epochs"
              + (f", options `{' '.join(args.extra)}`" if args.extra else "") + ":", "",
-             "| labels | method | model | test acc (final / best) | detection precision / recall / F1 | train minutes |",
-             "|---|---|---|---|---|---|"]
+             "| labels | method | seed | model | test acc (final / best) | vs CE (points) | detection precision / "
+             "recall / F1 | train minutes |", "|---|---|---|---|---|---|---|---|"]
     for variant in args.variants:
         for method in args.methods:
-            folder = run_folder(args, method, variant)
-            with open(os.path.join(folder, "summary.json")) as f:
-                summary = json.load(f)
-            with open(os.path.join(folder, "metrics.csv"), newline="") as f:
-                minutes = sum(float(row["seconds"]) for row in csv.DictReader(f)) / 60
-            lines.append(f"| {variant} | {method} | {summary['model']} | {summary['test_acc']:.1%} / "
-                         f"{summary['best_test_acc']:.1%} | {summary['det_precision']:.3f} / "
-                         f"{summary['det_recall']:.3f} / {summary['det_f1']:.3f} | {minutes:.0f} |")
+            runs = [(results[method, variant, s], results.get(("ce", variant, s))) for s in args.seeds]
+            lines += [row(variant, method, s, [run]) for s, run in zip(args.seeds, runs)]
+            if len(args.seeds) > 1:
+                lines.append(row(variant, method, f"mean of {len(args.seeds)}", runs))
     return "\n".join(lines) + "\n"
 
 

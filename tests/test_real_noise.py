@@ -24,32 +24,35 @@ def finished_run(folder, method, epochs, seed, test_acc, seconds):
 
 def test_finished_runs_make_the_table_and_nothing_is_trained_again(tmp_path, capsys):
     out = tmp_path / "bench"
-    for method, acc in (("ce", 0.589), ("jnpl", 0.445)):
-        finished_run(str(out / f"worst_{method}"), method, 20, 0, acc, [60.0, 120.0])
+    for method, seed, acc in (("ce", 0, 0.589), ("jnpl", 0, 0.445), ("ce", 1, 0.6), ("jnpl", 1, 0.62)):
+        finished_run(str(out / f"worst_{method}_seed{seed}"), method, 20, seed, acc, [60.0, 120.0 + 60 * seed])
     real_noise.main(["--data-dir", str(tmp_path), "--epochs", "20", "--out", str(out), "--methods", "ce", "jnpl",
-                     "--variants", "worst"])
+                     "--variants", "worst", "--seeds", "0", "1"])
     table = (out / "table.md").read_text()
-    assert "| worst | ce | small_cnn | 58.9% / 59.9% | 0.500 / 0.750 / 0.600 | 3 |" in table
-    assert "| worst | jnpl | small_cnn | 44.5% / 45.5% |" in table
+    assert "| worst | ce | 0 | small_cnn | 58.9% / 59.9% |  | 0.500 / 0.750 / 0.600 | 3 |" in table
+    assert "| worst | jnpl | 0 | small_cnn | 44.5% / 45.5% | -14.4 |" in table
+    assert "| worst | jnpl | 1 | small_cnn | 62.0% / 63.0% | +2.0 | 0.500 / 0.750 / 0.600 | 4 |" in table
+    assert "| worst | jnpl | mean of 2 | small_cnn | 53.2% / 54.2% | -6.2 | 0.500 / 0.750 / 0.600 | 4 |" in table
+    assert "| worst | ce | mean of 2 | small_cnn | 59.5% / 60.5% |  |" in table
     assert "started" not in capsys.readouterr().out
 
 
 def test_a_run_of_another_budget_is_refused(tmp_path):
     out = tmp_path / "bench"
-    finished_run(str(out / "worst_ce"), "ce", 10, 0, 0.5, [1.0])
+    finished_run(str(out / "worst_ce_seed0"), "ce", 10, 0, 0.5, [1.0])
     with pytest.raises(SystemExit, match="10 epochs, seed 0: use another --out for 20 epochs"):
         real_noise.main(["--data-dir", str(tmp_path), "--epochs", "20", "--out", str(out), "--methods", "ce",
                          "--variants", "worst"])
 
 
 def test_each_run_is_the_command_line_with_the_data_the_labels_and_the_extra_options(tmp_path):
-    args = real_noise.parse_args(["--data-dir", "data", "--epochs", "5", "--out", str(tmp_path), "--seed", "2",
+    args = real_noise.parse_args(["--data-dir", "data", "--epochs", "5", "--out", str(tmp_path), "--seeds", "2",
                                   "--", "--model", "small_cnn"])
-    command = real_noise.command(args, "bldr", "aggre")
+    command = real_noise.command(args, "bldr", "aggre", 2)
     assert command[1:3] == ["-m", "engine.train"]
     flags = dict(zip(command[3::2], command[4::2]))
     assert flags == {"--method": "bldr", "--dataset": "cifar10", "--data-dir": os.path.abspath("data"),
                      "--noise": "cifar10n", "--noise-variant": "aggre", "--epochs": "5", "--seed": "2",
-                     "--out": str(tmp_path / "aggre_bldr"), "--model": "small_cnn"}
+                     "--out": str(tmp_path / "aggre_bldr_seed2"), "--model": "small_cnn"}
     with pytest.raises(SystemExit):
         real_noise.parse_args(["--data-dir", "data", "--epochs", "0", "--out", str(tmp_path)])
