@@ -1,21 +1,31 @@
 """CE baseline: cross-entropy on the given labels (engine/methods/base.py's Method)."""
 from dataclasses import dataclass
 
-from engine.config import MethodConfig
-from engine.methods.base import Method
+from engine.config import MethodConfig, option
+from engine.methods.base import CEStage, Method, Stage
 
 
 @dataclass(frozen=True)
 class CEConfig(MethodConfig):
-    """Plain cross-entropy: SGD, lr x0.1 at 50% and 75% of the epochs."""
+    """Plain cross-entropy: SGD, lr x0.1 at 50% and 75% of the epochs, or a cosine decay."""
+
+    cosine: bool = option(False, "a cosine decay of the lr to 0 instead of x0.1 at 50% and 75% of the epochs")
 
     @classmethod
     def preset(cls, size, num_classes):
         if size == "paper":
             return cls(epochs=120, batch_size=128, lr=0.02, model="preact_resnet18")
-        return cls(epochs=30, batch_size=128, lr=0.05)
+        # A short budget's last quarter at lr / 100 learns little: on CIFAR-10 with the
+        # CIFAR-10N `worst` labels (small CNN, 20 epochs) the steps end at 58.9%, a cosine at
+        # 60.3%, the schedule of the other methods' short-budget presets (a fair baseline).
+        return cls(epochs=30, batch_size=128, lr=0.05, cosine=True)
 
 
 class CE(Method):
     name = "ce"
     Config = CEConfig
+
+    def stages(self):
+        if self.config.cosine:
+            return [Stage(CEStage.CE, self.config.epochs, self.config.lr, cosine=True)]
+        return super().stages()
