@@ -10,7 +10,8 @@ the true CIFAR-10 labels, training minutes: the sum of the epochs' times in metr
 several seeds also their means) into `--out`, next to each run's own folder. A run whose folder
 already holds a summary.json of the same epochs and seed is not trained again, so an
 interrupted benchmark continues where it stopped, and more seeds add to the same `--out` (a run
-of other epochs in a run's folder is an error). Options after `--` go to every run (e.g. `-- --model small_cnn --device cuda`).
+of other epochs in a run's folder is an error). Options after `--` go to every run (e.g.
+`-- --model small_cnn --device cuda`).
 """
 import argparse
 import csv
