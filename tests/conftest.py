@@ -11,12 +11,6 @@ FLOAT_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def pytest_collection_modifyitems(items):
-    """The tests on the compared runs (test_train.py) first: their shared 7-8 minute training
-    then runs beside the rest of the suite on the other worker instead of ending it."""
-    items.sort(key=lambda item: "compared_runs" not in getattr(item, "fixturenames", ()))
-
-
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param
