@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from engine.data.datasets import load_dataset
+from engine.data.loaders import ImageArrayLoader
+from engine.data.training_data import TrainingData
 from engine.data.pipeline import (RAND_AUGMENT_OPS, DaliLoader, decode_images, rand_augment_choices, rand_augment_suite,
                                   sample_uniforms)
 
@@ -69,6 +71,28 @@ def test_pipeline_normalizes_and_keeps_indices_aligned(mnist5k):
     images, indices = next(iter(loader))
     expected = (mnist5k.x_train[indices.numpy(), :, :, 0].astype(np.float32) - mnist5k.mean[0]) / mnist5k.std[0]
     np.testing.assert_allclose(images[:, 0].numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_evaluation_batches_are_the_normalized_images_in_order(mnist5k):
+    """Un-augmented batches of in-memory images (the trainer's evaluation passes) are gathered
+    and normalized by torch: the images of their indices in order, channels_last, the values
+    DALI's pipeline gives."""
+    data = TrainingData("mnist5k", mnist5k.x_train, mnist5k.y_train, 10, mnist5k.mean, mnist5k.std)
+    subset = np.arange(100, 1300)
+    loader = data.loader(data.x_train, 500, "cpu", indices=subset, augment=False)
+    assert isinstance(loader, ImageArrayLoader)
+    batches = list(loader)
+    assert [len(i) for _, i in batches] == [500, 500, 200]
+    assert torch.cat([i for _, i in batches]).tolist() == subset.tolist()
+    assert all(x.is_contiguous(memory_format=torch.channels_last) for x, _ in batches)
+    images = torch.cat([x for x, _ in batches])
+    expected = (mnist5k.x_train[subset, :, :, 0].astype(np.float32) - mnist5k.mean[0]) / mnist5k.std[0]
+    np.testing.assert_allclose(images[:, 0].numpy(), expected, rtol=1e-5, atol=1e-5)
+    dali = torch.cat([x for x, _ in DaliLoader(mnist5k.x_train, 500, mnist5k.mean, mnist5k.std, indices=subset)])
+    torch.testing.assert_close(images, dali, rtol=0, atol=1e-6)
+    assert not isinstance(data.loader(data.x_train, 500, "cpu", augment=True), ImageArrayLoader)
+    with pytest.raises(ValueError, match="uint8"):
+        ImageArrayLoader(mnist5k.x_train.astype(np.float32), 500, mnist5k.mean, mnist5k.std)
 
 
 def test_augmentation_is_a_padded_random_crop(mnist5k):

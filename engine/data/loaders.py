@@ -1,6 +1,6 @@
 """What every loader shares (a seeded order of sample indices per epoch, cut into batches, and
-this process's share of them) and the loader of in-memory feature vectors (tabular data: no
-augmentation)."""
+this process's share of them), the loader of in-memory feature vectors (tabular data: no
+augmentation) and the evaluation loader of in-memory images (no augmentation either)."""
 import numpy as np
 import torch
 
@@ -71,3 +71,27 @@ class TensorLoader(BatchOrder):
             indices = torch.from_numpy(batch)
             features = self.features[indices.to(self.features.device)]
             yield (features, indices, features) if self.second_view else (features, indices)
+
+
+class ImageArrayLoader(BatchOrder):
+    """(images [B, C, H, W] float32, indices [B] int64) batches of in-memory uint8 images
+    [N, H, W, C] normalized with (mean, std), without augmentation: the evaluation passes (the
+    augmented batches go through DALI, engine/data/pipeline.py). Torch gathers and normalizes
+    each batch in the caller's thread, on the device (the uint8 batch is what travels to a GPU):
+    on the CPU no pipeline thread competes with the model's for the cores. The batches are
+    channels_last views (NCHW shape, NHWC memory), the layout the models run in."""
+
+    def __init__(self, images, batch_size, mean, std, device="cpu", shuffle=False, seed=0, indices=None,
+                 drop_last=False, processes=Processes(), **image_options):
+        del image_options  # flip / num_threads: the augmented loaders'
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
+        super().__init__(len(images), batch_size, shuffle, seed, indices, drop_last, processes)
+        self.images, self.device = images, torch.device(device)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device)
+
+    def __iter__(self):
+        for batch in self.batches():
+            images = torch.from_numpy(self.images[batch]).to(self.device, non_blocking=True)
+            yield ((images.float() - self.mean) / self.std).permute(0, 3, 1, 2), torch.from_numpy(batch)

@@ -1,7 +1,7 @@
 """What a run trains on and is measured against: the training inputs with their given (noisy)
 labels, the true labels where known, the held-out clean subset, an optional test split, and how
-inputs become batches (DALI for uint8 images and for image files streamed from disk, plain
-tensors for float feature vectors)."""
+inputs become batches (DALI for augmented uint8 images and for image files streamed from disk,
+plain tensors for evaluation passes over uint8 images and for float feature vectors)."""
 import hashlib
 from dataclasses import dataclass, field
 
@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from engine.data.datasets import ImageFiles
-from engine.data.loaders import TensorLoader
+from engine.data.loaders import ImageArrayLoader, TensorLoader
 
 IMAGE_CHANNELS = (1, 3)
 
@@ -66,6 +66,8 @@ class TrainingData:
             from engine.data.streaming import StreamingLoader
 
             return StreamingLoader(x, batch_size, self.mean, self.std, device=device, flip=self.flip, **options)
+        if not options.get("augment") and not options.get("second_view"):
+            return ImageArrayLoader(x, batch_size, self.mean, self.std, device=device, **options)
         from engine.data.pipeline import DaliLoader
 
         return DaliLoader(x, batch_size, self.mean, self.std, device=device, flip=self.flip, **options)
