@@ -129,6 +129,10 @@ class MethodConfig(Validated):
     pretrained: str | None = option(None, "start every network from the weights in this file (.safetensors or "
                                           "a torch state dict, e.g. torchvision's ImageNet resnet18 / resnet50); "
                                           "the classifier fc starts new when its number of classes differs")
+    augment: bool = option(True, "random crops (in-memory images: zero padding of 1/8 of the side; image files: "
+                                 "random-resized crops) and, where a flip keeps the label, horizontal flips of "
+                                 "the training batches; off: the images as given (a consistency term's second "
+                                 "view keeps its RandAugment)")
     clean_size: int | None = option(None, "hold out this many samples with true labels (the clean subset)")
     clean_fraction: float | None = option(None, "hold out this fraction of samples with true labels")
 

@@ -109,12 +109,14 @@ class Trainer:
         them (the run's own loaders; a method's sub-trainings run whole on every process).
         Training batches (augment=True) leave out a last batch that would give a process one
         sample, which has no batch statistics (BatchNorm1d refuses it): different samples each
-        epoch (the run's loop and a method's own sub-trainings)."""
+        epoch (the run's loop and a method's own sub-trainings). They are augmented unless the
+        config's augment is off."""
         x = self.data.x_train if x is None else x
         processes = self.processes if shard else Processes()
         if options.get("augment") and "drop_last" not in options:
             count = len(x) if options.get("indices") is None else len(options["indices"])
             options["drop_last"] = 0 < count % batch_size < 2 * processes.world
+        options["augment"] = options.get("augment", False) and self.config.augment
         return self.data.loader(x, batch_size, self.device, processes=processes, **options)
 
     def autocast(self):

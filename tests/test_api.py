@@ -93,6 +93,24 @@ def test_training_batches_of_the_run_and_of_a_methods_sub_trainings_never_hold_o
     assert [len(indices) for _, indices in trainer.preparation().loader(np.arange(count))] == [count]  # evaluation
 
 
+@pytest.mark.parametrize("augment", [True, False])
+def test_augment_off_trains_on_the_images_as_given(augment):
+    """augment=False (--no-augment): the run's training batches and those of a method's
+    sub-trainings are the normalized images; with it on (the default), random crops of them."""
+    from engine.data.training_data import from_arrays
+    from engine.methods import CE
+    from engine.trainer import Trainer
+
+    x = np.random.default_rng(0).integers(0, 256, size=(40, 16, 16, 3), dtype=np.uint8)
+    trainer = Trainer(CE(epochs=1, batch_size=8, augment=augment), from_arrays(x, np.arange(40) % 2))
+    mean, std = (torch.tensor(part, dtype=torch.float32) for part in (trainer.data.mean, trainer.data.std))
+    sub_training = trainer.preparation().loader(np.arange(40), shuffle=True, augment=True)
+    for batches in (trainer.train_loader, sub_training):
+        as_given = [torch.allclose(images, ((torch.from_numpy(x[indices.numpy()]).float() - mean) / std)
+                                   .permute(0, 3, 1, 2), atol=1e-5) for images, indices in batches]
+        assert len(as_given) == 5 and all(as_given) != augment and any(as_given) != augment
+
+
 def test_fit_on_images_with_class_names_and_outputs(tmp_path, capsys):
     from engine.data.datasets import load_dataset
 
