@@ -12,7 +12,7 @@ already holds a summary.json of the same epochs and seed is not trained again, s
 interrupted benchmark continues where it stopped, and more seeds add to the same `--out` (a run
 of other epochs in a run's folder is an error). Options after `--` go to every run (e.g.
 `-- --model small_cnn --device cuda`; `-- --model small_cnn_dense --no-augment`: a model that
-memorizes the `worst` labels within 20 epochs, the README's second table).
+memorizes the `worst` labels within 20 epochs, the README's "Where CE memorizes" table).
 """
 import argparse
 import csv
