@@ -46,6 +46,20 @@ def batch_size_and_classes(size):
     return B, C
 
 
+def logits_and_batch(B, C, dtype):
+    """Random logits (requiring grad) of a B x C batch and the side inputs of every loss."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, C, (B,), generator=g)
+    batch = {
+        "labels": labels.to(DEVICE),
+        "comp": L.sample_complementary(labels, C, seed=1).to(DEVICE),
+        "exclude": (torch.rand(B, C, generator=g) < 0.1).to(DEVICE),
+        "weight": torch.rand(B, generator=g).to(DEVICE),
+    }
+    z = torch.randn(B, C, generator=g).to(DEVICE, getattr(torch, dtype)).requires_grad_(True)
+    return z, batch
+
+
 @pytest.mark.parametrize("size", SIZES)
 def test_copy(benchmark, size):
     B, C = batch_size_and_classes(size)
@@ -66,16 +80,7 @@ def test_copy(benchmark, size):
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("dtype", ["float32"] + (["bfloat16"] if DEVICE == "cuda" else []))
 def test_forward_backward(benchmark, loss, size, impl, dtype):
-    B, C = batch_size_and_classes(size)
-    g = torch.Generator().manual_seed(0)
-    labels = torch.randint(0, C, (B,), generator=g)
-    batch = {
-        "labels": labels.to(DEVICE),
-        "comp": L.sample_complementary(labels, C, seed=1).to(DEVICE),
-        "exclude": (torch.rand(B, C, generator=g) < 0.1).to(DEVICE),
-        "weight": torch.rand(B, generator=g).to(DEVICE),
-    }
-    z = torch.randn(B, C, generator=g).to(DEVICE, getattr(torch, dtype)).requires_grad_(True)
+    z, batch = logits_and_batch(*batch_size_and_classes(size), dtype)
     if impl == "fused":
         fn = FUSED[loss]
     elif impl == "eager":

@@ -5,13 +5,16 @@
 # default 500), most valuable first, and leaves its output in $OUT even when cut off:
 #   1. build engine._C with CUDA against the machine's torch,
 #   2. the op tests' CUDA cases (CPU == CUDA included; CI runs the CPU ones),
-#   3. the loss benchmarks: fused, eager and a device-to-device copy, fp32 and bf16,
+#   3. the loss benchmarks: fused, eager and a device-to-device copy, fp32 and bf16, and the
+#      device time of each kernel of the fused and eager losses (bench/kernel_times.py),
 #   4. compute-sanitizer memcheck and racecheck on the CPU == CUDA tests,
 #   5. torch.compile of the references, one size at a time (each size compiles 10 graphs),
 #      merged into one JSON after each size so that a cut-off keeps the sizes done.
 # Needs no DALI. $OUT gets at most 8 files (the device tool returns no more): summary.txt,
 # build.log, op_tests.log, sanitizer.log, bench.log, bench_fused_eager.json,
-# bench_compiled.json, bench.md. The last lines printed are bench/report.py's table.
+# bench_compiled.json, bench.md. The last lines printed are bench/report.py's table and the
+# kernel times. For a shorter rerun: BENCH_K (a pytest -k filter of step 3's benchmarks, e.g.
+# "65536x1000") and COMPILED_SIZES (step 5's sizes; empty: none).
 set -uo pipefail
 shopt -s nullglob  # a glob of JSONs that were never written expands to nothing
 OUT=${OUT:-/tmp/gpu_out}
@@ -48,8 +51,12 @@ capped 200 python3 -m pytest $OP_TESTS -k cuda -q -p no:cacheprovider > "$OUT/op
 done_step "op tests (cuda)" $? "$(tail -1 "$OUT/op_tests.log")"
 
 BENCH="python3 -m pytest bench/bench_losses.py --benchmark-only -q -p no:cacheprovider"
-capped 150 $BENCH -k "not compiled" --benchmark-json="$OUT/bench_fused_eager.json" > "$OUT/bench.log" 2>&1
+capped 150 $BENCH -k "not compiled${BENCH_K:+ and ($BENCH_K)}" --benchmark-json="$OUT/bench_fused_eager.json" > "$OUT/bench.log" 2>&1
 done_step "loss benchmarks, fused / eager / copy" $?
+for dtype in float32 bfloat16; do
+  capped 60 python3 bench/kernel_times.py 65536x1000 $dtype >> "$PARTS/kernel_times.md" 2>&1
+  done_step "kernel times, 65536x1000 $dtype" $?
+done
 
 for tool in memcheck racecheck; do
   capped 90 compute-sanitizer --tool "$tool" --error-exitcode 9 \
@@ -58,18 +65,21 @@ for tool in memcheck racecheck; do
   { echo "=== $tool"; cat "$PARTS/$tool.log"; } >> "$OUT/sanitizer.log"
 done
 
-for size in 4096x100 65536x1000 1024x100 128x10; do
+for size in ${COMPILED_SIZES-4096x100 65536x1000 1024x100 128x10}; do
   capped 200 $BENCH -k "compiled and $size" --benchmark-json="$PARTS/compiled_$size.json" >> "$OUT/bench.log" 2>&1
   done_step "loss benchmarks, compiled at $size" $?
   python3 - "$OUT/bench_compiled.json" "$PARTS"/compiled_*.json <<'EOF'
 import json, sys
 merged = {"benchmarks": []}
-for path in sys.argv[2:]:  # the sizes whose run finished
-    with open(path) as f:
-        merged["benchmarks"] += json.load(f)["benchmarks"]
+for path in sys.argv[2:]:
+    try:
+        with open(path) as f:
+            merged["benchmarks"] += json.load(f)["benchmarks"]
+    except json.JSONDecodeError:  # a size cut off while pytest-benchmark wrote its file
+        pass
 with open(sys.argv[1], "w") as f:
     json.dump(merged, f)
 EOF
 done
 
-python3 bench/report.py "$OUT"/bench_*.json | tee "$OUT/bench.md"
+{ python3 bench/report.py "$OUT"/bench_*.json; echo; cat "$PARTS/kernel_times.md"; } | tee "$OUT/bench.md"
