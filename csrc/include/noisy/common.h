@@ -9,9 +9,7 @@
 #define NOISY_HD __host__ __device__ __forceinline__
 #define NOISY_SIMD
 #define NOISY_SIMD_SUMS
-#define NOISY_UNROLL _Pragma("unroll")
 #else
-#define NOISY_UNROLL
 #define NOISY_HD inline
 // Let the CPU build vectorize a loop over the columns of a row (OpenMP SIMD); the second
 // form also sums the loop's `loss_sum` and `odds_sum`.

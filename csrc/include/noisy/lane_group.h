@@ -36,40 +36,20 @@ struct LaneGroup {
     });
   }
 
-  // body(j, logit(j)) for this lane's columns of [begin, end), in column order. The loads of
-  // kInFlight columns are issued before the first is used: with one load at a time a warp
-  // waits out the memory latency on every column.
-  template <class Logit, class Body>
-  NOISY_HD void for_columns(const Logit& logit, int64_t begin, int64_t end, const Body& body) const {
-    constexpr int kInFlight = 4;
-    for (int64_t first = begin + lane; first < end; first += kInFlight * Width) {
-      decltype(logit(0)) z[kInFlight];
-      NOISY_UNROLL
-      for (int u = 0; u < kInFlight; ++u) {
-        const int64_t j = first + u * Width;
-        z[u] = j < end ? logit(j) : 0;
-      }
-      NOISY_UNROLL
-      for (int u = 0; u < kInFlight; ++u) {
-        if (first + u * Width < end) body(first + u * Width, z[u]);
-      }
-    }
-  }
-
   // Tracks the second largest either way: it costs a lane-strided loop no extra pass.
   template <class Logit>
   NOISY_HD auto top_two_of(const Logit& logit, int64_t classes, bool) const {
     TopTwo<decltype(logit(0))> top;
-    for_columns(logit, 0, classes, [&](int64_t j, auto z) { top.add(z, j); });
+    for (int64_t j = lane; j < classes; j += Width) top.add(logit(j), j);
     return top_two(top);
   }
 
   template <class Logit, class T>
   NOISY_HD T rest_exp_sum(const Logit& logit, int64_t begin, int64_t end, int64_t arg, T ref) const {
     T sum = 0;
-    for_columns(logit, begin, end, [&](int64_t j, T z) {
-      if (j != arg) sum += math_exp(z - ref);
-    });
+    for (int64_t j = begin + lane; j < end; j += Width) {
+      if (j != arg) sum += math_exp(logit(j) - ref);
+    }
     return sum;
   }
 

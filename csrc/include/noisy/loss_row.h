@@ -215,9 +215,9 @@ NOISY_HD void row_loss(const RowLossProblem<Scalar, Acc>& P, int64_t row, const 
       if constexpr (Group::caches_row) {
         add_all_but_label(P, row, s, y, group.row_cache, begin, end, clamp_eps, part);
       } else {
-        group.for_columns(logit, begin, end, [&](int64_t j, Acc z) {
-          if (negative_count(P, row, j, y) != Acc(0)) part.add(s, s.rel_exp(z, j), j, Acc(1), spec.plus, clamp_eps);
-        });
+        for (int64_t j = begin + group.lane; j < end; j += Group::width) {
+          if (negative_count(P, row, j, y) != Acc(0)) part.add(s, group.rel_exp(s, logit, j), j, Acc(1), spec.plus, clamp_eps);
+        }
       }
       total.merge(part);
     });
@@ -277,9 +277,9 @@ NOISY_HD void row_loss(const RowLossProblem<Scalar, Acc>& P, int64_t row, const 
       for (int64_t t = 0; t < P.num_negatives; ++t) rewrite(P.negatives.at(row, t));
     }
   } else {
-    group.for_columns(logit, 0, C, [&](int64_t j, Acc z) {
-      grad[j] = Store<Scalar>::from(column_grad(j, s.rel_exp(z, j), negative_count(P, row, j, y)));
-    });
+    for (int64_t j = group.lane; j < C; j += Group::width) {
+      grad[j] = Store<Scalar>::from(column_grad(j, group.rel_exp(s, logit, j), negative_count(P, row, j, y)));
+    }
   }
 }
 
