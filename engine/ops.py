@@ -95,7 +95,10 @@ def _register_loss_op(name, num_other_inputs):
             return (None,) * (1 + num_other_inputs)
         if grad.dim() != 2:  # an empty placeholder: the forward ran with compute_grad=False
             raise RuntimeError(f"noisy::{name} was called with compute_grad=False, so it cannot backpropagate")
-        return ((grad * grad_loss.unsqueeze(1)).to(grad.dtype),) + (None,) * num_other_inputs
+        # Computed in the promoted dtype and rounded once on the store into out: the same values
+        # as (grad * grad_loss).to(grad.dtype), without a float32 [B, C] copy for bf16 / fp16.
+        scaled = torch.mul(grad, grad_loss.unsqueeze(1), out=torch.empty_like(grad))
+        return (scaled,) + (None,) * num_other_inputs
 
     torch.library.register_fake(f"noisy::{name}")(fake)
     torch.library.register_autograd(f"noisy::{name}", backward, setup_context=setup_context)
