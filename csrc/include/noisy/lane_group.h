@@ -37,10 +37,23 @@ struct LaneGroup {
   }
 
   // Tracks the second largest either way: it costs a lane-strided loop no extra pass.
+  // TopTwo::add's update as selects (a branch per column costs a warp more issue slots).
   template <class Logit>
   NOISY_HD auto top_two_of(const Logit& logit, int64_t classes, bool) const {
-    TopTwo<decltype(logit(0))> top;
-    for (int64_t j = lane; j < classes; j += Width) top.add(logit(j), j);
+    using T = decltype(logit(0));
+    T max1 = neg_infinity<T>(), max2 = neg_infinity<T>();
+    int64_t arg = -1;
+    for (int64_t j = lane; j < classes; j += Width) {
+      const T z = logit(j);
+      const bool first = z > max1;
+      max2 = first ? max1 : (z > max2 ? z : max2);
+      max1 = first ? z : max1;
+      arg = first ? j : arg;
+    }
+    TopTwo<T> top;
+    top.max1 = max1;
+    top.max2 = max2;
+    top.arg = arg;
     return top_two(top);
   }
 
@@ -48,9 +61,16 @@ struct LaneGroup {
   NOISY_HD T rest_exp_sum(const Logit& logit, int64_t begin, int64_t end, int64_t arg, T ref) const {
     T sum = 0;
     for (int64_t j = begin + lane; j < end; j += Width) {
-      if (j != arg) sum += math_exp(logit(j) - ref);
+      const T term = math_exp(logit(j) - ref);
+      sum += j != arg ? term : T(0);
     }
     return sum;
+  }
+
+  // body(j, exp(z_j - ref)) (0 for arg) for this lane's columns.
+  template <class T, class Logit, class Body>
+  NOISY_HD void for_each_rel(const SoftmaxRow<T>& s, const Logit& logit, int64_t classes, const Body& body) const {
+    for (int64_t j = lane; j < classes; j += Width) body(j, s.rel_exp(logit(j), j));
   }
 
   // Recomputed from the logit: nothing is cached.

@@ -250,36 +250,32 @@ NOISY_HD void row_loss(const RowLossProblem<Scalar, Acc>& P, int64_t row, const 
     if (positive_coef != Acc(0)) g += positive_coef * (j == y ? -s.one_minus_prob(rel, j) : s.prob(rel, j));
     return g;
   };
+  // Every column but arg, y and the listed negatives in one pass without branches: for them
+  // the formula reduces to rel_j * plain (+ n_j a_j p_j / (1 - p_j) for all_but_label). Those
+  // few columns are then rewritten exactly, each by the lane that wrote it (its own later
+  // store wins, no barrier needed).
   Scalar* grad = P.grad + row * C;
-  if constexpr (Group::caches_row) {
-    // One thread, exp terms cached: a branch-free vectorizable pass that is exact for every
-    // column but arg, y and the listed negatives, which are then rewritten one by one.
-    // For those columns the formula reduces to rel_j * plain + n_j a_j p_j / (1 - p_j).
-    const Acc* rel = group.row_cache;
-    const Acc plain = s.ref_prob * (positive_coef - neg.odds_sum) - (neg.arg_coef != Acc(0) ? neg.arg_coef / s.rest_sum : Acc(0));
-    if (spec.negatives == NegativeSet::all_but_label) {
-      with_plus(spec.plus, [&](auto plus) {
-        with_kept_columns(P, row, [&](const auto& kept) {
-          NOISY_SIMD
-          for (int64_t j = 0; j < C; ++j) {
-            grad[j] = Store<Scalar>::from(rel[j] * plain + kept(j) * negative_odds(rel[j] * s.ref_prob, plus, clamp_eps));
-          }
+  const Acc plain = s.ref_prob * (positive_coef - neg.odds_sum) - (neg.arg_coef != Acc(0) ? neg.arg_coef / s.rest_sum : Acc(0));
+  if (spec.negatives == NegativeSet::all_but_label) {
+    with_plus(spec.plus, [&](auto plus) {
+      with_kept_columns(P, row, [&](const auto& kept) {
+        group.for_each_rel(s, logit, C, [&](int64_t j, Acc rel) {
+          grad[j] = Store<Scalar>::from(rel * plain + kept(j) * negative_odds(rel * s.ref_prob, plus, clamp_eps));
         });
       });
-    } else {
-      NOISY_SIMD
-      for (int64_t j = 0; j < C; ++j) grad[j] = Store<Scalar>::from(rel[j] * plain);
-    }
-    const auto rewrite = [&](int64_t j) { grad[j] = Store<Scalar>::from(column_grad(j, rel[j], negative_count(P, row, j, y))); };
-    if (s.arg >= 0) rewrite(s.arg);
-    if (y >= 0) rewrite(y);
-    if (spec.negatives == NegativeSet::listed) {
-      for (int64_t t = 0; t < P.num_negatives; ++t) rewrite(P.negatives.at(row, t));
-    }
+    });
   } else {
-    for (int64_t j = group.lane; j < C; j += Group::width) {
+    group.for_each_rel(s, logit, C, [&](int64_t j, Acc rel) { grad[j] = Store<Scalar>::from(rel * plain); });
+  }
+  const auto rewrite = [&](int64_t j) {
+    if (j % Group::width == group.lane) {
       grad[j] = Store<Scalar>::from(column_grad(j, group.rel_exp(s, logit, j), negative_count(P, row, j, y)));
     }
+  };
+  if (s.arg >= 0) rewrite(s.arg);
+  if (y >= 0) rewrite(y);
+  if (spec.negatives == NegativeSet::listed) {
+    for (int64_t t = 0; t < P.num_negatives; ++t) rewrite(P.negatives.at(row, t));
   }
 }
 
