@@ -53,7 +53,6 @@ inline double exp_nonpositive(double x) { return exp(x); }
 template <class Acc>
 struct SerialGroup {
   static constexpr int width = 1;
-  static constexpr bool caches_row = true;
   int lane = 0;
   Acc* row_cache;  // [classes]: exp(z_j - ref), 0 for the arg class
 
@@ -115,14 +114,6 @@ struct SerialGroup {
 
   template <class Logit>
   Acc rel_exp(const SoftmaxRow<Acc>&, const Logit&, int64_t j) const { return row_cache[j]; }
-
-  // body(j, exp(z_j - ref)) (0 for arg) for every column, from the cache, vectorized.
-  template <class Logit, class Body>
-  void for_each_rel(const SoftmaxRow<Acc>&, const Logit&, int64_t classes, const Body& body) const {
-    const Acc* rel = row_cache;
-#pragma omp simd
-    for (int64_t j = 0; j < classes; ++j) body(j, rel[j]);
-  }
 };
 
 // Rows per task: enough work per task to amortize the scheduling.

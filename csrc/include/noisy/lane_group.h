@@ -11,7 +11,6 @@ namespace noisy {
 template <int Width, class Exchange>
 struct LaneGroup {
   static constexpr int width = Width;
-  static constexpr bool caches_row = false;  // no room per lane for a row
   int lane;
   Exchange exchange;
 
@@ -65,12 +64,6 @@ struct LaneGroup {
       sum += j != arg ? term : T(0);
     }
     return sum;
-  }
-
-  // body(j, exp(z_j - ref)) (0 for arg) for this lane's columns.
-  template <class T, class Logit, class Body>
-  NOISY_HD void for_each_rel(const SoftmaxRow<T>& s, const Logit& logit, int64_t classes, const Body& body) const {
-    for (int64_t j = lane; j < classes; j += Width) body(j, s.rel_exp(logit(j), j));
   }
 
   // Recomputed from the logit: nothing is cached.

@@ -165,19 +165,34 @@ NOISY_HD void with_kept_columns(const RowLossProblem<Scalar, Acc>& P, int64_t ro
   }
 }
 
-// The negative terms of the columns [begin, end) but the arg-max and y (NegativeSet::all_but_label),
-// from the cached exp terms of a row: the CPU's vectorized form of the loop in row_loss.
-template <class Scalar, class Acc>
-NOISY_HD void add_all_but_label(const RowLossProblem<Scalar, Acc>& P, int64_t row, const SoftmaxRow<Acc>& s,
-                                int64_t y, const Acc* rel, int64_t begin, int64_t end, Acc clamp_eps,
-                                NegativeSums<Acc>& neg) {
+// The group's columns of [begin, end): one thread's whole row on the CPU (width 1: a loop the
+// compiler vectorizes over the cached exp terms), a lane's strided share on CUDA. Each loop over
+// the columns below is written with these bounds, and without branches (a select or a product
+// by 0 / 1 instead): SIMD lanes on the CPU, and on CUDA fewer issue slots per column.
+template <class Group>
+NOISY_HD int64_t first_column(const Group& group, int64_t begin) { return begin + group.lane; }
+
+// body(j, exp(z_j - ref)) (0 for arg) for the group's columns of [begin, end).
+template <class Acc, class Group, class Logit, class Body>
+NOISY_HD void for_each_rel(const Group& group, const SoftmaxRow<Acc>& s, const Logit& logit, int64_t begin,
+                           int64_t end, const Body& body) {
+  NOISY_SIMD
+  for (int64_t j = first_column(group, begin); j < end; j += Group::width) body(j, group.rel_exp(s, logit, j));
+}
+
+// The negative terms of the group's columns of [begin, end) but the arg-max and y
+// (NegativeSet::all_but_label).
+template <class Scalar, class Acc, class Group, class Logit>
+NOISY_HD void add_all_but_label(const RowLossProblem<Scalar, Acc>& P, int64_t row, const Group& group,
+                                const Logit& logit, const SoftmaxRow<Acc>& s, int64_t y, int64_t begin, int64_t end,
+                                Acc clamp_eps, NegativeSums<Acc>& neg) {
   const Acc log_clamp_eps = math_log(clamp_eps);
   with_plus(P.spec.plus, [&](auto plus) {
     with_kept_columns(P, row, [&](const auto& kept) {
       Acc loss_sum = 0, odds_sum = 0;
       NOISY_SIMD_SUMS
-      for (int64_t j = begin; j < end; ++j) {
-        const Acc p = rel[j] * s.ref_prob;
+      for (int64_t j = first_column(group, begin); j < end; j += Group::width) {
+        const Acc p = group.rel_exp(s, logit, j) * s.ref_prob;
         const Acc count = Acc(j != s.arg) * Acc(j != y) * kept(j);
         loss_sum += count * negative_loss(p, plus, log_clamp_eps);
         odds_sum += count * negative_odds(p, plus, clamp_eps);
@@ -212,20 +227,13 @@ NOISY_HD void row_loss(const RowLossProblem<Scalar, Acc>& P, int64_t row, const 
     NegativeSums<double> total;  // block by block (see kSumBlock)
     for_each_column_block(C, [&](int64_t begin, int64_t end) {
       NegativeSums<Acc> part;
-      if constexpr (Group::caches_row) {
-        add_all_but_label(P, row, s, y, group.row_cache, begin, end, clamp_eps, part);
-      } else {
-        for (int64_t j = begin + group.lane; j < end; j += Group::width) {
-          if (negative_count(P, row, j, y) != Acc(0)) part.add(s, group.rel_exp(s, logit, j), j, Acc(1), spec.plus, clamp_eps);
-        }
-      }
+      add_all_but_label(P, row, group, logit, s, y, begin, end, clamp_eps, part);
       total.merge(part);
     });
     neg.merge(total);
-    if constexpr (Group::caches_row) {
-      if (s.arg >= 0 && negative_count(P, row, s.arg, y) != Acc(0)) {
-        neg.add(s, Acc(0), s.arg, Acc(1), spec.plus, clamp_eps);
-      }
+    // The arg column's term, by the lane that owns it (group.sum adds it below).
+    if (s.arg >= 0 && s.arg % Group::width == group.lane && negative_count(P, row, s.arg, y) != Acc(0)) {
+      neg.add(s, Acc(0), s.arg, Acc(1), spec.plus, clamp_eps);
     }
   }
   neg.loss = group.sum(neg.loss);
@@ -259,13 +267,13 @@ NOISY_HD void row_loss(const RowLossProblem<Scalar, Acc>& P, int64_t row, const 
   if (spec.negatives == NegativeSet::all_but_label) {
     with_plus(spec.plus, [&](auto plus) {
       with_kept_columns(P, row, [&](const auto& kept) {
-        group.for_each_rel(s, logit, C, [&](int64_t j, Acc rel) {
+        for_each_rel(group, s, logit, 0, C, [&](int64_t j, Acc rel) {
           grad[j] = Store<Scalar>::from(rel * plain + kept(j) * negative_odds(rel * s.ref_prob, plus, clamp_eps));
         });
       });
     });
   } else {
-    group.for_each_rel(s, logit, C, [&](int64_t j, Acc rel) { grad[j] = Store<Scalar>::from(rel * plain); });
+    for_each_rel(group, s, logit, 0, C, [&](int64_t j, Acc rel) { grad[j] = Store<Scalar>::from(rel * plain); });
   }
   const auto rewrite = [&](int64_t j) {
     if (j % Group::width == group.lane) {
