@@ -6,7 +6,8 @@
 #   1. build engine._C with CUDA against the machine's torch,
 #   2. the op tests' CUDA cases (CPU == CUDA included; CI runs the CPU ones),
 #   3. the loss benchmarks: fused, eager and a device-to-device copy, fp32 and bf16, and the
-#      device time of each kernel of the fused and eager losses (bench/kernel_times.py),
+#      device time of each kernel and host time of each op of the fused and eager losses
+#      (bench/kernel_times.py; at 128x10 the host's share),
 #   4. compute-sanitizer memcheck and racecheck on the CPU == CUDA tests,
 #   5. torch.compile of the references, one size at a time (each size compiles 10 graphs),
 #      merged into one JSON after each size so that a cut-off keeps the sizes done.
@@ -53,9 +54,9 @@ done_step "op tests (cuda)" $? "$(tail -1 "$OUT/op_tests.log")"
 BENCH="python3 -m pytest bench/bench_losses.py --benchmark-only -q -p no:cacheprovider"
 capped 150 $BENCH -k "not compiled${BENCH_K:+ and ($BENCH_K)}" --benchmark-json="$OUT/bench_fused_eager.json" > "$OUT/bench.log" 2>&1
 done_step "loss benchmarks, fused / eager / copy" $?
-for dtype in float32 bfloat16; do
-  capped 60 python3 bench/kernel_times.py 65536x1000 $dtype >> "$PARTS/kernel_times.md" 2>&1
-  done_step "kernel times, 65536x1000 $dtype" $?
+for case in "65536x1000 float32" "65536x1000 bfloat16" "128x10 float32"; do
+  capped 60 python3 bench/kernel_times.py $case >> "$PARTS/kernel_times.md" 2>&1
+  done_step "kernel and host times, $case" $?
 done
 
 for tool in memcheck racecheck; do

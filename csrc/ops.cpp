@@ -1,8 +1,10 @@
 // Op schemas (TORCH_LIBRARY), input validation, and dispatch to the CPU / CUDA kernels.
 // The same entry points serve both devices; only the kernel call differs.
 #include <ATen/ATen.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <functional>
 #include <string>
 #include <tuple>
 
@@ -95,9 +97,12 @@ std::tuple<Tensor, Tensor> row_loss(const Tensor& logits, const Tensor* labels, 
   });
 }
 
+const char* nl_api(bool plus) { return plus ? "nl_plus_loss" : "nl_loss"; }
+const char* pm_api(bool positive) { return positive ? "pm_loss" : "ml_loss"; }
+
 std::tuple<Tensor, Tensor> nl_forward(const Tensor& logits, const Tensor& comp_labels, bool plus, double clamp_eps,
                                       bool compute_grad) {
-  const char* api = plus ? "nl_plus_loss" : "nl_loss";
+  const char* api = nl_api(plus);
   check_logits(api, logits);
   check_class_indices(api, comp_labels, "comp_labels", 2, logits.size(0), logits.size(1), logits, "logits");
   TORCH_CHECK_VALUE(comp_labels.size(1) >= 1, api, "(): comp_labels needs at least one column, got shape ",
@@ -110,7 +115,7 @@ std::tuple<Tensor, Tensor> nl_forward(const Tensor& logits, const Tensor& comp_l
 // PM (positive = true) or its negative part alone, ML (positive = false).
 std::tuple<Tensor, Tensor> pm_forward(const Tensor& logits, const Tensor& labels, const c10::optional<Tensor>& exclude,
                                       bool positive, bool compute_grad) {
-  const char* api = positive ? "pm_loss" : "ml_loss";
+  const char* api = pm_api(positive);
   check_logits(api, logits);
   check_class_indices(api, labels, "labels", 1, logits.size(0), logits.size(1), logits, "logits");
   if (exclude) check_exclude(api, *exclude, logits.size(0), logits.size(1), logits, "logits");
@@ -227,6 +232,95 @@ void update_history(const Tensor& history, const Tensor& indices, const Tensor& 
   });
 }
 
+// ---------------------------------------------------------------- autograd of the losses
+// In C++: torch.library's Python autograd wrapper cost about 110 us per call on the host
+// (bench/NOTES.md), more than a whole eager cross-entropy step at a small batch.
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using LossCall = std::function<std::tuple<Tensor, Tensor>()>;
+
+// A loss op returns (per-row loss, gradient wrt the logits); backward only scales that stored
+// gradient by the incoming per-row gradient. So the losses have no second derivative.
+struct StoredGradientLoss : torch::autograd::Function<StoredGradientLoss> {
+  // `call` runs the op below autograd; `api` and `op` name it in errors.
+  static variable_list forward(AutogradContext* ctx, const Tensor& logits, const std::string& api,
+                               const std::string& op, const LossCall& call) {
+    (void)logits;  // an input of the call: autograd records the graph edge from it
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [loss, grad] = call();
+    ctx->save_for_backward({grad});
+    ctx->mark_non_differentiable({grad});
+    // The stored gradient never receives one: without this, autograd would fill a zero
+    // tensor of its size for backward's second argument on every call.
+    ctx->set_materialize_grads(false);
+    ctx->saved_data["api"] = api;
+    ctx->saved_data["op"] = op;
+    return {loss, grad};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const std::string api = ctx->saved_data["api"].toStringRef();
+    const std::string op = ctx->saved_data["op"].toStringRef();
+    // create_graph=True: the gradient is to be differentiated again. The op stores the
+    // gradient only, a constant to autograd: the second derivative would silently be zero.
+    TORCH_CHECK_NOT_IMPLEMENTED(!at::GradMode::is_enabled(), api, "(): double backward (create_graph=True: ",
+                                "gradgradcheck, gradient penalties, meta-gradients) is not supported by the fused ",
+                                "noisy::", op, "; use engine.reference.", api);
+    variable_list grads(4);  // one per input of forward: logits, api, op, call
+    const Tensor& grad_loss = grad_outputs[0];
+    if (!grad_loss.defined()) return grads;  // only the (non-differentiable) gradient output was used
+    const Tensor grad = ctx->get_saved_variables()[0];
+    TORCH_CHECK(grad.dim() == 2, "noisy::", op, " was called with compute_grad=False, so it cannot backpropagate");
+    // Computed in the promoted dtype and rounded once on the store: for bf16 / fp16 no float32
+    // [B, C] copy.
+    Tensor scaled = at::empty_like(grad);
+    at::mul_out(scaled, grad, grad_loss.unsqueeze(1));
+    grads[0] = scaled;
+    return grads;
+  }
+};
+
+std::tuple<Tensor, Tensor> stored_gradient_loss(const char* api, const char* op, const Tensor& logits,
+                                                const LossCall& call) {
+  const variable_list out = StoredGradientLoss::apply(logits, std::string(api), std::string(op), call);
+  return {out[0], out[1]};
+}
+
+// The op `name` through the dispatcher, below autograd: its CPU / CUDA kernel, or its fake
+// kernel while torch.compile traces.
+template <class Signature>
+c10::TypedOperatorHandle<Signature> loss_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+std::tuple<Tensor, Tensor> nl_forward_autograd(const Tensor& logits, const Tensor& comp_labels, bool plus,
+                                               double clamp_eps, bool compute_grad) {
+  static const auto op = loss_op<decltype(nl_forward)>("noisy::nl_forward");
+  return stored_gradient_loss(nl_api(plus), "nl_forward", logits,
+                              [&] { return op.call(logits, comp_labels, plus, clamp_eps, compute_grad); });
+}
+
+std::tuple<Tensor, Tensor> pm_forward_autograd(const Tensor& logits, const Tensor& labels,
+                                               const c10::optional<Tensor>& exclude, bool positive, bool compute_grad) {
+  static const auto op = loss_op<decltype(pm_forward)>("noisy::pm_forward");
+  return stored_gradient_loss(pm_api(positive), "pm_forward", logits,
+                              [&] { return op.call(logits, labels, exclude, positive, compute_grad); });
+}
+
+std::tuple<Tensor, Tensor> ce_forward_autograd(const Tensor& logits, const Tensor& labels, bool compute_grad) {
+  static const auto op = loss_op<decltype(ce_forward)>("noisy::ce_forward");
+  return stored_gradient_loss("weighted_ce", "ce_forward", logits,
+                              [&] { return op.call(logits, labels, compute_grad); });
+}
+
+std::tuple<Tensor, Tensor> pl_plus_forward_autograd(const Tensor& logits, const Tensor& target, int64_t n,
+                                                    bool compute_grad) {
+  static const auto op = loss_op<decltype(pl_plus_forward)>("noisy::pl_plus_forward");
+  return stored_gradient_loss("pl_plus_loss", "pl_plus_forward", logits,
+                              [&] { return op.call(logits, target, n, compute_grad); });
+}
+
 }  // namespace
 }  // namespace noisy
 
@@ -253,6 +347,13 @@ TORCH_LIBRARY(noisy, m) {
   m.impl("update_history", &noisy::update_history);
 
 TORCH_LIBRARY_IMPL(noisy, CPU, m) { NOISY_REGISTER_IMPLS(m) }
+
+TORCH_LIBRARY_IMPL(noisy, Autograd, m) {
+  m.impl("nl_forward", &noisy::nl_forward_autograd);
+  m.impl("pm_forward", &noisy::pm_forward_autograd);
+  m.impl("ce_forward", &noisy::ce_forward_autograd);
+  m.impl("pl_plus_forward", &noisy::pl_plus_forward_autograd);
+}
 #ifdef WITH_CUDA
 TORCH_LIBRARY_IMPL(noisy, CUDA, m) { NOISY_REGISTER_IMPLS(m) }
 #endif

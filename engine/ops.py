@@ -1,9 +1,10 @@
-"""Fake (meta) kernels and autograd for the torch.ops.noisy custom ops.
+"""Fake (meta) kernels for the torch.ops.noisy custom ops.
 
-The C++ library (engine._C) registers the schemas and the CPU / CUDA kernels. Each loss
-op returns the per-row loss and, in the same pass, its gradient wrt the logits; backward
-only scales that stored gradient by the incoming per-row gradient. So the losses have no
-second derivative (double backward raises) and no forward-mode AD (engine.losses raises).
+The C++ library (engine._C) registers the schemas, the CPU / CUDA kernels and the losses'
+autograd. Each loss op returns the per-row loss and, in the same pass, its gradient wrt the
+logits; backward only scales that stored gradient by the incoming per-row gradient. So the
+losses have no second derivative (double backward raises) and no forward-mode AD
+(engine.losses raises).
 """
 import torch
 
@@ -63,10 +64,11 @@ def _update_history_fake(history, indices, logits):
     return None
 
 
-def _register_loss_op(name, num_other_inputs):
-    """Fake kernel and autograd of a loss op `(logits, <num_other_inputs>..., compute_grad)`
-    -> (per-row loss, gradient wrt logits or an empty placeholder)."""
+def _register_loss_fake(name):
+    """Fake kernel of a loss op `(logits, ..., compute_grad)` -> (per-row loss, gradient wrt
+    logits or an empty placeholder). Its autograd is registered in C++ (csrc/ops.cpp)."""
 
+    @torch.library.register_fake(f"noisy::{name}")
     def fake(logits, *others):
         _check_devices(name, (logits, *others))
         compute_grad = others[-1]
@@ -74,38 +76,6 @@ def _register_loss_op(name, num_other_inputs):
         grad = logits.new_empty(logits.shape) if compute_grad else logits.new_empty((0,))
         return logits.new_empty(logits.shape[:1], dtype=loss_dtype), grad
 
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output[1])
-        ctx.mark_non_differentiable(output[1])
-        # The stored gradient never receives one: without this, autograd would fill a zero
-        # tensor of its size for backward's second argument on every call.
-        ctx.set_materialize_grads(False)
-        ctx.api = api_name(name, inputs)
 
-    def backward(ctx, grad_loss, _grad_of_grad):
-        if torch.is_grad_enabled():
-            # create_graph=True: the gradient is to be differentiated again. The op stores
-            # the gradient only, a constant to autograd: the second derivative would silently
-            # come out as zero.
-            raise NotImplementedError(
-                f"{ctx.api}(): double backward (create_graph=True: gradgradcheck, gradient penalties, "
-                f"meta-gradients) is not supported by the fused noisy::{name}; use engine.reference.{ctx.api}")
-        (grad,) = ctx.saved_tensors
-        if grad_loss is None:  # only the (non-differentiable) gradient output was used
-            return (None,) * (1 + num_other_inputs)
-        if grad.dim() != 2:  # an empty placeholder: the forward ran with compute_grad=False
-            raise RuntimeError(f"noisy::{name} was called with compute_grad=False, so it cannot backpropagate")
-        # Computed in the promoted dtype and rounded once on the store into out: the same values
-        # as (grad * grad_loss).to(grad.dtype), without a float32 [B, C] copy for bf16 / fp16.
-        scaled = torch.mul(grad, grad_loss.unsqueeze(1), out=torch.empty_like(grad))
-        return (scaled,) + (None,) * num_other_inputs
-
-    torch.library.register_fake(f"noisy::{name}")(fake)
-    torch.library.register_autograd(f"noisy::{name}", backward, setup_context=setup_context)
-
-
-# The number of inputs after `logits` of each loss op (they get no gradient).
-_register_loss_op("nl_forward", 4)
-_register_loss_op("pm_forward", 4)
-_register_loss_op("ce_forward", 2)
-_register_loss_op("pl_plus_forward", 3)
+for _name in ("nl_forward", "pm_forward", "ce_forward", "pl_plus_forward"):
+    _register_loss_fake(_name)
