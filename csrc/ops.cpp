@@ -45,8 +45,10 @@ void check_class_indices(const char* api, const Tensor& t, const char* name, int
   TORCH_CHECK_VALUE(t.size(0) == rows, api, "(): ", name, " has ", t.size(0), " rows but ", ref_name, " has ", rows);
   check_same_device(api, ref, ref_name, t, name);
   if (t.numel() == 0) return;
+  // Both bounds in one copy to the host: on CUDA each copy waits for the device.
   const auto [lo, hi] = at::aminmax(t);
-  const int64_t min = lo.item<int64_t>(), max = hi.item<int64_t>();
+  const Tensor bounds = at::stack({lo, hi}).cpu();
+  const int64_t min = bounds.const_data_ptr<int64_t>()[0], max = bounds.const_data_ptr<int64_t>()[1];
   TORCH_CHECK_VALUE(min >= 0 && max < classes, api, "(): ", name, " must lie in [0, ", classes, "), got values in [",
                     min, ", ", max, "]");
 }
