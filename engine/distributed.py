@@ -85,11 +85,19 @@ class Processes:
             tensor.detach()[self.gather_rows(indices)] = rows
 
     def broadcast_state(self, module):
-        """In place: every parameter and buffer of `module` set to rank 0's."""
+        """In place: every parameter and buffer of `module` set to rank 0's. NCCL sends CUDA
+        tensors only: a buffer kept on the CPU (a method's scalar state) goes by the GPU."""
         if self.distributed:
+            nccl = dist.get_backend() == "nccl"
             for tensor in module.state_dict().values():
                 if isinstance(tensor, torch.Tensor):
-                    dist.broadcast(tensor.view(torch.uint8) if tensor.dtype == torch.bool else tensor, 0)
+                    sent = tensor.view(torch.uint8) if tensor.dtype == torch.bool else tensor
+                    if nccl and not sent.is_cuda:
+                        on_gpu = sent.cuda()  # this process's GPU, set by from_environment
+                        dist.broadcast(on_gpu, 0)
+                        sent.copy_(on_gpu)
+                    else:
+                        dist.broadcast(sent, 0)
 
     def average_batchnorm(self, module, weight):
         """BatchNorm running statistics set to their average over the processes, each weighted

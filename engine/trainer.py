@@ -320,7 +320,7 @@ class Trainer:
                      + (f" det_f1 {f1:.3f}" if f1 is not None else "") + f" ({self.metrics[-1]['seconds']:.1f}s)")
         if train_outputs is None:
             train_outputs = self.predict(self.train_eval_loader, self.model)
-        self.train_outputs = {key: value.cpu() for key, value in train_outputs.items()}
+        self.train_outputs = train_outputs
         return self.finish()
 
     def recalibrate_batchnorm(self, model):
@@ -360,7 +360,9 @@ class Trainer:
 
     def finish(self):
         """The label-issues table and the summary, written to `out` when there is one."""
+        # Scored on the device, beside the method's state (its labels, histories); kept on the CPU.
         score, flagged = (t.cpu().numpy() for t in self.method.clean_scores(self.train_outputs))
+        self.train_outputs = {key: value.cpu() for key, value in self.train_outputs.items()}
         data, train = self.data, self.train_indices
         self.table = label_issues_table(data.given_labels, self.train_outputs["probs"].numpy(), score, flagged,
                                         true=data.true_labels, clean_indices=data.clean_indices,

@@ -104,6 +104,14 @@ def test_multihead(name):
     assert all(out[key].shape == (x.shape[0], model.feature_dim) for key in feature_keys)
 
 
+def test_multihead_builds_its_heads_where_the_wrapped_model_is():
+    """The trainer moves the network to its device before a method wraps it: BLDR's negative
+    and stage heads were left on the CPU, beside a trunk on the GPU."""
+    model = build_model("small_cnn", 10, in_channels=3, image_size=32).to("meta", torch.float64)
+    wrapped = MultiHead(model, extra_heads={"negative": 10}, with_stage_heads=True)
+    assert {(p.device.type, p.dtype) for p in wrapped.parameters()} == {("meta", torch.float64)}
+
+
 def test_multihead_without_stage_heads_and_reserved_names():
     model, x = make("small_cnn", 1, 28, 10)
     assert set(MultiHead(model, extra_heads={"negative": 10})(x)) == {"main", "negative"}

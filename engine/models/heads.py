@@ -52,6 +52,9 @@ class MultiHead(nn.Module):
             {name: nn.Linear(model.feature_dim, size) for name, size in extra_heads.items()}
         )
         self.stage_heads = stage_heads(model, model.num_classes) if with_stage_heads else None
+        # The new heads where the wrapped model already is (e.g. on the GPU), in its dtype.
+        first = next(model.parameters())
+        self.to(device=first.device, dtype=first.dtype)
 
     def forward(self, x):
         maps = self.model.forward_stages(x)
