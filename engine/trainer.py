@@ -155,7 +155,7 @@ class Trainer:
         for round_ in range(1_000_000):
             self.clean_loader.set_epoch(epoch * 1000 + round_)
             for inputs, indices in self.clean_loader:
-                yield self.to_device(inputs), labels[indices].to(self.device)
+                yield self.to_device(inputs), labels[indices].to(self.device, non_blocking=True)
 
     def to_device(self, inputs):
         inputs = inputs.to(self.device, non_blocking=True)
@@ -241,7 +241,8 @@ class Trainer:
         clean = self.clean_batches(epoch) if self.clean_loader is not None else None
         step = None
         for number, (inputs, indices, *second_view) in enumerate(bar):
-            indices = indices.to(self.device)
+            # Not blocking: a blocking copy from pageable memory waits for the GPU every step.
+            indices = indices.to(self.device, non_blocking=True)
             batch = Batch(self.to_device(inputs), indices, self.method.given_labels[indices],
                           self.to_device(second_view[0]) if second_view else None, *(next(clean) if clean else ()),
                           first_row=self.train_loader.first_row(number))

@@ -69,7 +69,7 @@ class TensorLoader(BatchOrder):
     def __iter__(self):
         for batch in self.batches():
             indices = torch.from_numpy(batch)
-            features = self.features[indices.to(self.features.device)]
+            features = self.features[indices.to(self.features.device, non_blocking=True)]
             yield (features, indices, features) if self.second_view else (features, indices)
 
 

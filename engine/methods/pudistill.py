@@ -88,7 +88,8 @@ class BinaryEnsemble:
         optimizer = torch.optim.Adam(self.params.values(), lr=FILTER_LR)
         size = member_samples.shape[1]
         for _ in range(steps):
-            positions = torch.randint(0, size, (min(FILTER_BATCH, size),), generator=generator).to(features.device)
+            positions = torch.randint(0, size, (min(FILTER_BATCH, size),), generator=generator).to(
+                features.device, non_blocking=True)
             batch = member_samples[:, positions]
             loss = F.binary_cross_entropy_with_logits(self.logits(features[batch]), member_targets[:, positions],
                                                       reduction="none").mean(1).sum()
@@ -105,7 +106,7 @@ def mixup(images, targets):
     """One Beta(2, 2) mixing coefficient per batch, partners from a permutation of the batch
     (torch's global generator, which the trainer seeds per epoch)."""
     lam = torch.distributions.Beta(MIXUP_ALPHA, MIXUP_ALPHA).sample().item()
-    order = torch.randperm(len(images)).to(images.device)
+    order = torch.randperm(len(images)).to(images.device, non_blocking=True)
     return lam * images + (1 - lam) * images[order], lam * targets + (1 - lam) * targets[order]
 
 
@@ -333,7 +334,7 @@ def fit_network(network, ctx, epoch_indices, labels, stage, seed, mixup_images, 
         torch.manual_seed(epoch_seed(seed, epoch))
         network.train()
         for images, indices in ctx.loader(epoch_indices(epoch), shuffle=True, augment=True, seed=seed, epoch=epoch):
-            targets = F.one_hot(labels[indices.to(labels.device)], num_classes).float()
+            targets = F.one_hot(labels[indices.to(labels.device, non_blocking=True)], num_classes).float()
             if mixup_images:
                 images, targets = mixup(images, targets)
             with ctx.autocast():
