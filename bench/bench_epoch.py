@@ -9,8 +9,11 @@ does after every epoch), a prediction pass over the training set and one over th
 The loop holds the images as one uint8 tensor, crops them by indexing and runs the same model
 with F.cross_entropy. The engine's epoch is `Trainer.run`'s per-epoch time (metrics.csv's
 `seconds`: data loading through DALI, the fused CE op, the method's per-epoch outputs and
-detection; not the checkpoint write). Rounds alternate engine and loop; each reports the median
-epoch after the first of its run (the first includes pipeline start-up).
+detection; not the checkpoint write). The two alternate epoch by epoch (the loop's epoch runs
+when the engine logs the end of one of its own), so the machine's drift, which moved the same
+epoch from 1.1 s to 1.4 s within an hour, reaches both alike; each pair gives a ratio. The
+first epoch of each run (pipeline start-up, warm-up) is left out; every round is a new run of
+both.
 """
 import argparse
 import os
@@ -28,13 +31,6 @@ sys.path.insert(0, REPO)
 from engine.models.base import recalibrate_batchnorm  # noqa: E402
 from engine.train import parse_args, trainer_for  # noqa: E402
 from engine.trainer import EVAL_BATCH  # noqa: E402
-
-
-def engine_epochs(epochs, out):
-    run, method, _ = parse_args(["--method", "ce", "--epochs", str(epochs), "--device", "cpu", "--out", out])
-    trainer = trainer_for(run, method)
-    trainer.run()
-    return [row["seconds"] for row in trainer.metrics], trainer
 
 
 class HandWritten:
@@ -90,13 +86,35 @@ class HandWritten:
         test_probs = self.predict(self.test_x)
         return train_probs, test_probs
 
-    def epochs(self, count):
-        seconds = []
-        for _ in range(count):
-            began = time.time()
-            self.epoch()
-            seconds.append(time.time() - began)
-        return seconds
+    def timed_epoch(self):
+        began = time.time()
+        self.epoch()
+        return time.time() - began
+
+
+def paired_epochs(epochs):
+    """(engine seconds, hand-written seconds) of each epoch after the first, alternating."""
+    with tempfile.TemporaryDirectory() as out:
+        run, method, _ = parse_args(["--method", "ce", "--epochs", str(epochs), "--device", "cpu", "--out", out])
+        trainer = trainer_for(run, method)
+        loop = HandWritten(trainer)
+        loop_seconds = []
+        engine_log = trainer.log
+
+        def log(line):  # the trainer logs each epoch after timing it: the loop's epoch runs here
+            engine_log(line)
+            if line.startswith("epoch "):
+                loop_seconds.append(loop.timed_epoch())
+
+        trainer.log = log
+        trainer.run()
+    engine_seconds = [row["seconds"] for row in trainer.metrics]
+    return list(zip(engine_seconds, loop_seconds))[1:], trainer
+
+
+def quartiles(values):
+    low, median, high = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+    return low, median, high
 
 
 def main():
@@ -105,21 +123,21 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (DALI keeps its own 2)")
     args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: each run's first epoch is left out")
     torch.set_num_threads(args.threads)
-    rows = []
+    pairs = []
     for round_ in range(args.rounds):
-        with tempfile.TemporaryDirectory() as out:
-            engine_seconds, trainer = engine_epochs(args.epochs, out)
-        loop_seconds = HandWritten(trainer).epochs(args.epochs)
-        engine, loop = statistics.median(engine_seconds[1:]), statistics.median(loop_seconds[1:])
-        rows.append((engine, loop))
-        print(f"round {round_ + 1}: engine {engine:.3f} s, hand-written {loop:.3f} s, ratio {engine / loop:.3f}",
-              flush=True)
-    engine, loop = (statistics.median(column) for column in zip(*rows))
+        round_pairs, trainer = paired_epochs(args.epochs)
+        pairs += round_pairs
+        ratios = [engine / loop for engine, loop in round_pairs]
+        print(f"round {round_ + 1}: epoch ratios " + " ".join(f"{ratio:.3f}" for ratio in ratios), flush=True)
+    engine, loop = (statistics.median(column) for column in zip(*pairs))
+    low, ratio, high = quartiles([engine / loop for engine, loop in pairs])
     print(f"\nmnist5k CE epoch ({len(trainer.train_indices)} training, {len(trainer.data.y_test)} test images, "
-          f"{args.threads} torch threads), median of {args.rounds} rounds:")
-    print("| loop | epoch s | ratio to hand-written |\n|---|---|---|")
-    print(f"| engine (`python -m engine.train --method ce`) | {engine:.3f} | {engine / loop:.3f} |")
+          f"{args.threads} torch threads), medians of {len(pairs)} epoch pairs over {args.rounds} rounds:")
+    print("| loop | epoch s | ratio to hand-written (quartiles) |\n|---|---|---|")
+    print(f"| engine (`python -m engine.train --method ce`) | {engine:.3f} | {ratio:.3f} ({low:.3f}-{high:.3f}) |")
     print(f"| hand-written PyTorch | {loop:.3f} | 1.000 |")
 
 

@@ -95,10 +95,11 @@ def dali_device_id(device):
     return torch.cuda.current_device() if device.index is None else device.index
 
 
-def _crop_flip_normalize(images, draws, height, width, pad, flip, random_crop, mean, std):
+def _crop_flip_normalize(images, draws, height, width, pad, flip, random_crop, mean, std, padded):
     # draws: the view's crop positions and flips, fed per sample by the loader (_epoch_inputs).
+    # padded: the loader fed the images zero-padded already (DaliLoader.batch_images).
     crop_x, crop_y, mirror = draws if random_crop else (0.5, 0.5, 0)
-    if random_crop:
+    if random_crop and not padded:
         # Zero-pad by `pad` on every side (a centered crop larger than the image), then a
         # random crop back to the original size.
         images = fn.crop(images, crop=(height + 2 * pad, width + 2 * pad), out_of_bounds_policy="pad", fill_values=0)
@@ -214,17 +215,39 @@ class DaliLoader(PipelineLoader):
         self.images = images
         height, width = images.shape[1:3]
         self.flip = augment and flip
-        view = dict(height=height, width=width, pad=max(1, height // 8), flip=self.flip, random_crop=augment,
-                    mean=mean, std=std)
+        pad = max(1, height // 8)
+        # Random crops pad on the host (a zeroed buffer per batch) unless a strong view's
+        # RandAugment needs the unpadded images: in the pipeline the pad is an operator as costly
+        # as the crop itself, which on a CPU run takes the cores from the model's step.
+        self.pad = pad if augment and self.suite is None else 0
+        view = dict(height=height, width=width, pad=pad, flip=self.flip, random_crop=augment, mean=mean, std=std,
+                    padded=self.pad > 0)
         self.definition = functools.partial(_augment_pipeline, view=view, second_view=second_view,
                                             suite=self.suite, gpu=self.device_id is not None, views=self._views)
 
     def _epoch_inputs(self):
-        epoch = self.epoch
-        for batch in self.batches():
-            draws = sample_uniforms(self.seed, epoch, batch, self._views)
-            yield batch, (self.images[batch], *(part for x, y, u in draws for part in (x, y, mirrors(u, self.flip))),
-                          *self._rand_augment_inputs(epoch, batch))
+        batches = list(self.batches())
+        if not batches:
+            return
+        # The per-sample inputs of the whole epoch in one hash (a sample's depend on nothing
+        # else), cut per batch: DALI calls this on the training thread, once per batch.
+        order = np.concatenate(batches)
+        per_sample = [part for x, y, u in sample_uniforms(self.seed, self.epoch, order, self._views)
+                      for part in (x, y, mirrors(u, self.flip))] + self._rand_augment_inputs(self.epoch, order)
+        start = 0
+        for batch in batches:
+            rows = slice(start, start + len(batch))
+            start = rows.stop
+            yield batch, (self.batch_images(batch), *(part[rows] for part in per_sample))
+
+    def batch_images(self, batch):
+        """images[batch], zero-padded by self.pad on every side when the host pads."""
+        if not self.pad:
+            return self.images[batch]
+        count, height, width, channels = len(batch), *self.images.shape[1:]
+        padded = np.zeros((count, height + 2 * self.pad, width + 2 * self.pad, channels), np.uint8)
+        padded[:, self.pad:self.pad + height, self.pad:self.pad + width] = self.images[batch]
+        return padded
 
 
 def build_quietly(pipeline, **options):
