@@ -17,6 +17,8 @@ A plain `python -m engine.train` (no torchrun) runs one process: `Processes()` i
 every collective below is a no-op.
 """
 import os
+import types
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -115,6 +117,24 @@ class Processes:
         flat = flat[:-1] / flat[-1]
         for s, mixed in zip(stats, flat.split([s.numel() for s in stats])):
             s.copy_(mixed.view_as(s))
+
+
+@contextmanager
+def local_batch_statistics(model):
+    """Inside, the SyncBatchNorm layers of `model` run as plain BatchNorm: each process's batch
+    statistics alone, no collective. For the passes that recalibrate BatchNorm statistics: they
+    run over each process's part of a split, whose batch counts can differ (a part of 513
+    samples ends with a batch of one, which is skipped, beside a part of 514 ending with two),
+    and SyncBatchNorm would wait forever in a collective that another process never enters.
+    Processes.average_batchnorm then averages the processes' statistics, as without it."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+    for layer in layers:  # an instance attribute: nn.Module.__call__ runs it in place of the class's forward
+        layer.forward = types.MethodType(torch.nn.modules.batchnorm._BatchNorm.forward, layer)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
 
 
 def unwrap(model):

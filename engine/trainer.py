@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import save_yaml, size_class
-from engine.distributed import Processes, from_environment
+from engine.distributed import Processes, from_environment, local_batch_statistics
 from engine.labels import check_clean_subset, detection_metrics
 from engine.methods.base import Batch, CleanSubset, Preparation, Step, epoch_seed
 from engine.models import build_model, load_pretrained
@@ -328,7 +328,7 @@ class Trainer:
         """BatchNorm statistics of `model` from the (unaugmented) training set, after each epoch
         and before anything evaluates it: the method's per-epoch update, the test accuracy, the
         checkpoint."""
-        with self.autocast():
+        with self.autocast(), local_batch_statistics(model):
             used = recalibrate_batchnorm(model, (self.to_device(inputs) for inputs, *_ in self.train_eval_loader))
         self.processes.average_batchnorm(model, used)
 

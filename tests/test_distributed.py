@@ -3,6 +3,7 @@ its per-sample state equal on both processes after every epoch, the two processe
 each step are the one-process batch, label_issues.csv holds every sample once, a resume after
 kill -9 of one process is exact, and bad set-ups give clear errors. The sharding itself is
 tested without processes."""
+import copy
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import pandas as pd
 import pytest
 
 from engine.data.loaders import BatchOrder
-from engine.distributed import Processes
+from engine.distributed import Processes, local_batch_statistics
 from run_testing import assert_resume_repeats, wait_for_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -190,3 +191,40 @@ def test_a_split_smaller_than_the_number_of_processes_is_refused(monkeypatch):
                        x_test=rng.integers(0, 256, (1, 8, 8), dtype=np.uint8), y_test=np.zeros(1, dtype=np.int64))
     with pytest.raises(ValueError, match="the test split has 1 samples for 2 processes: each needs at least one"):
         engine.trainer.Trainer(BUILT_IN["ce"](batch_size=8), data)
+
+
+def test_batchnorm_recalibration_under_sync_bn_runs_no_collective(tmp_path):
+    """A recalibration pass runs over each process's part of the training set, whose batch
+    counts can differ: SyncBatchNorm's collective would wait forever for a batch another process
+    never runs. Inside local_batch_statistics its layers compute plain BatchNorm's statistics
+    without a collective: on the CPU, where the collective path refuses to run, the pass goes
+    through and gives what plain BatchNorm gives."""
+    import torch
+    import torch.distributed as dist
+
+    from engine.models.base import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.BatchNorm1d(64))
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(plain))
+    layers = [m for m in synced.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+    assert len(layers) == 2
+    batches = [torch.randn(5, 3, 6, 6), torch.randn(3, 3, 6, 6), torch.randn(1, 3, 6, 6)]
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        with pytest.raises(ValueError, match="SyncBatchNorm expected input tensor to be on GPU"):
+            recalibrate_batchnorm(copy.deepcopy(synced), batches)  # the collective path
+        with local_batch_statistics(synced):
+            assert recalibrate_batchnorm(synced, batches) == 2  # the batch of one is skipped
+        assert all("forward" not in layer.__dict__ for layer in layers), "the layers are SyncBatchNorm again"
+        with pytest.raises(ValueError, match="SyncBatchNorm expected input tensor to be on GPU"):
+            synced.train()(batches[0])
+    finally:
+        dist.destroy_process_group()
+    assert recalibrate_batchnorm(plain, batches) == 2
+    plain_norms = [m for m in plain.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for ours, reference in zip(layers, plain_norms):
+        torch.testing.assert_close(ours.running_mean, reference.running_mean, rtol=0, atol=0)
+        torch.testing.assert_close(ours.running_var, reference.running_var, rtol=0, atol=0)
+        assert ours.running_var.sub(1).abs().max() > 0.01, "the statistics changed from their initial values"
