@@ -101,6 +101,8 @@ std::tuple<Tensor, Tensor> row_loss(const Tensor& logits, const Tensor* labels, 
 
 const char* nl_api(bool plus) { return plus ? "nl_plus_loss" : "nl_loss"; }
 const char* pm_api(bool positive) { return positive ? "pm_loss" : "ml_loss"; }
+constexpr const char* kCeApi = "weighted_ce";
+constexpr const char* kPlPlusApi = "pl_plus_loss";
 
 std::tuple<Tensor, Tensor> nl_forward(const Tensor& logits, const Tensor& comp_labels, bool plus, double clamp_eps,
                                       bool compute_grad) {
@@ -127,7 +129,7 @@ std::tuple<Tensor, Tensor> pm_forward(const Tensor& logits, const Tensor& labels
 }
 
 std::tuple<Tensor, Tensor> ce_forward(const Tensor& logits, const Tensor& labels, bool compute_grad) {
-  const char* api = "weighted_ce";
+  const char* api = kCeApi;
   check_logits(api, logits);
   check_class_indices(api, labels, "labels", 1, logits.size(0), logits.size(1), logits, "logits");
   const LossSpec spec{PositiveTerm::cross_entropy, 0, NegativeSet::none, false, 0.0};
@@ -135,7 +137,7 @@ std::tuple<Tensor, Tensor> ce_forward(const Tensor& logits, const Tensor& labels
 }
 
 std::tuple<Tensor, Tensor> pl_plus_forward(const Tensor& logits, const Tensor& target, int64_t n, bool compute_grad) {
-  const char* api = "pl_plus_loss";
+  const char* api = kPlPlusApi;
   check_logits(api, logits);
   check_class_indices(api, target, "target", 1, logits.size(0), logits.size(1), logits, "logits");
   TORCH_CHECK_VALUE(n >= 0 && n <= 16, api, "(): n must be in [0, 16], got ", n);
@@ -312,14 +314,14 @@ std::tuple<Tensor, Tensor> pm_forward_autograd(const Tensor& logits, const Tenso
 
 std::tuple<Tensor, Tensor> ce_forward_autograd(const Tensor& logits, const Tensor& labels, bool compute_grad) {
   static const auto op = loss_op<decltype(ce_forward)>("noisy::ce_forward");
-  return stored_gradient_loss("weighted_ce", "ce_forward", logits,
+  return stored_gradient_loss(kCeApi, "ce_forward", logits,
                               [&] { return op.call(logits, labels, compute_grad); });
 }
 
 std::tuple<Tensor, Tensor> pl_plus_forward_autograd(const Tensor& logits, const Tensor& target, int64_t n,
                                                     bool compute_grad) {
   static const auto op = loss_op<decltype(pl_plus_forward)>("noisy::pl_plus_forward");
-  return stored_gradient_loss("pl_plus_loss", "pl_plus_forward", logits,
+  return stored_gradient_loss(kPlPlusApi, "pl_plus_forward", logits,
                               [&] { return op.call(logits, target, n, compute_grad); });
 }
 
