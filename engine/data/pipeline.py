@@ -1,8 +1,9 @@
 """NVIDIA DALI pipelines: batches of augmented, normalized images with their sample indices.
 
 The images stay in memory as one uint8 NHWC array; each epoch a seeded permutation picks the
-batches, DALI pads / randomly crops / flips / normalizes them (on the run's GPU on CUDA
-machines, on the CPU with device_id=None elsewhere), and the loader yields
+batches, the loader zero-pads them (DALI does, for a strong view's RandAugment) and DALI
+randomly crops / flips / normalizes them (on the run's GPU on CUDA machines, on the CPU with
+device_id=None elsewhere), and the loader yields
 (images float32 NCHW, sample indices int64) as torch tensors. Labels are not pushed through
 DALI: the caller looks them up by index, so methods can keep per-sample state.
 
