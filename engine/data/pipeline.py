@@ -96,11 +96,12 @@ def dali_device_id(device):
     return torch.cuda.current_device() if device.index is None else device.index
 
 
-def _crop_flip_normalize(images, draws, height, width, pad, flip, random_crop, mean, std, padded):
+def _crop_flip_normalize(images, draws, height, width, pad, flip, random_crop, mean, std):
     # draws: the view's crop positions and flips, fed per sample by the loader (_epoch_inputs).
-    # padded: the loader fed the images zero-padded already (DaliLoader.batch_images).
+    # pad: the zeros the pipeline adds on every side before a random crop; 0 when the loader
+    # fed the images padded already (DaliLoader.batch_images).
     crop_x, crop_y, mirror = draws if random_crop else (0.5, 0.5, 0)
-    if random_crop and not padded:
+    if random_crop and pad:
         # Zero-pad by `pad` on every side (a centered crop larger than the image), then a
         # random crop back to the original size.
         images = fn.crop(images, crop=(height + 2 * pad, width + 2 * pad), out_of_bounds_policy="pad", fill_values=0)
@@ -221,8 +222,8 @@ class DaliLoader(PipelineLoader):
         # RandAugment needs the unpadded images: in the pipeline the pad is an operator as costly
         # as the crop itself, which on a CPU run takes the cores from the model's step.
         self.pad = pad if augment and self.suite is None else 0
-        view = dict(height=height, width=width, pad=pad, flip=self.flip, random_crop=augment, mean=mean, std=std,
-                    padded=self.pad > 0)
+        view = dict(height=height, width=width, pad=pad - self.pad, flip=self.flip, random_crop=augment, mean=mean,
+                    std=std)
         self.definition = functools.partial(_augment_pipeline, view=view, second_view=second_view,
                                             suite=self.suite, gpu=self.device_id is not None, views=self._views)
 
