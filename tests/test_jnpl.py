@@ -171,6 +171,30 @@ def test_jnpl_loss_is_nl_plus_and_weighted_pl_plus_on_the_selected_rows(pl_weigh
     expected = R.nl_loss(logits, others, plus=True) + weight * R.pl_plus_loss(logits[keep], yhat[keep])
     torch.testing.assert_close(loss, expected.float())
 
+    # The gradient too: PL+ reaches the kept rows alone (the engine masks instead of indexing).
+    leaf = logits.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(method.loss(FixedLogits(leaf), batch, step), leaf)
+    leaf = logits.double().requires_grad_()
+    (expected_grad,) = torch.autograd.grad(
+        R.nl_loss(leaf, others, plus=True) + weight * R.pl_plus_loss(leaf[keep], yhat[keep]), leaf)
+    torch.testing.assert_close(grad, expected_grad.float())
+    leaf = logits.clone().requires_grad_()
+    (nl_grad,) = torch.autograd.grad(L.nl_plus_loss(leaf, others), leaf)
+    torch.testing.assert_close(grad[~keep], nl_grad[~keep])
+    assert not torch.allclose(grad[keep], nl_grad[keep])
+
+
+def test_jnpl_loss_without_a_kept_row_is_nl_plus_alone():
+    method = make_method(JNPL, complementary_labels=C - 1)
+    logits = torch.zeros(N, C)  # uniform rows: no class stands out, so no PL+ candidate
+    indices = torch.arange(N)
+    batch = Batch(index_images(indices), indices, method.given_labels)
+    step = step_at(method, first_epoch_of(method, JNPLStage.JNPL), step=3)
+    assert not L.jnpl_select(logits, seed=0, offset=3)[0].any()
+    loss = method.loss(FixedLogits(logits), batch, step)
+    torch.testing.assert_close(loss, L.nl_plus_loss(logits, all_other_classes(batch.labels, C)))
+    assert torch.isfinite(loss)
+
 
 def test_one_complementary_label_per_step_is_redrawn_and_never_the_given_label():
     method = make_method(JNPL, complementary_labels=1)

@@ -124,8 +124,9 @@ class JNPL(Method):
         if step.stage.kind is Phase.PSEUDO:
             return self.pseudo_loss(logits, batch, step)
         keep, yhat = jnpl_select(logits, seed=self.seed, offset=step.step, first_row=batch.first_row)
-        return nl_plus_loss(logits, self.complementary(batch, step)) + self.config.pl_weight * pl_plus_loss(
-            logits[keep], yhat[keep])
+        # PL+'s mean over the kept rows as a masked sum: indexing by the mask would wait for the GPU.
+        pl_plus = pl_plus_loss(logits, yhat, weight=keep.float(), reduction="sum") / keep.sum().clamp_min(1)
+        return nl_plus_loss(logits, self.complementary(batch, step)) + self.config.pl_weight * pl_plus
 
     def pseudo_loss(self, logits, batch, step):
         if self.config.relabel:
