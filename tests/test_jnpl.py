@@ -111,8 +111,19 @@ def test_pseudo_stage_relabels_all_but_each_classes_most_confident_half():
     torch.testing.assert_close(loss, R.weighted_ce(logits, method.pseudo_labels).float())
 
 
-def test_short_budget_pseudo_stage_changes_no_label_and_keeps_nl_plus_on_the_unselected():
-    method = make_method(JNPL, complementary_labels=C - 1)
+def class_balanced_confidence(logits, labels):
+    """p_y / the mean p_y of the row's given class, class by class."""
+    confidence = torch.softmax(logits.double(), 1).gather(1, labels[:, None]).squeeze(1)
+    balanced = torch.empty_like(confidence)
+    for c in labels.unique():
+        members = labels == c
+        balanced[members] = confidence[members] / confidence[members].mean()
+    return balanced
+
+
+@pytest.mark.parametrize("class_balanced", [False, True])
+def test_short_budget_pseudo_stage_changes_no_label_and_keeps_nl_plus_on_the_unselected(class_balanced):
+    method = make_method(JNPL, complementary_labels=C - 1, class_balanced=class_balanced)
     assert not method.config.relabel and preset_method(JNPL, "paper", 10).config.relabel
     labels, rows = method.given_labels, torch.arange(N)
     confident = torch.full((N,), 0.9)
@@ -129,9 +140,11 @@ def test_short_budget_pseudo_stage_changes_no_label_and_keeps_nl_plus_on_the_uns
     batch = Batch(index_images(rows), rows, labels)
     loss = method.loss(FixedLogits(logits), batch, pseudo)
     weight = selected.double()
-    expected = (R.weighted_ce(logits, labels, weight=weight)
-                + R.nl_loss(logits, all_other_classes(labels, C), plus=True, weight=1 - weight))
-    torch.testing.assert_close(loss, expected.float())
+    if class_balanced:  # NL+ as CE times p_y scaled per class (over the whole batch), on the unselected
+        negative = R.weighted_ce(logits, labels, weight=(1 - weight) * class_balanced_confidence(logits, labels))
+    else:
+        negative = R.nl_loss(logits, all_other_classes(labels, C), plus=True, weight=1 - weight)
+    torch.testing.assert_close(loss, (R.weighted_ce(logits, labels, weight=weight) + negative).float())
 
 
 def jnpl_logits():
@@ -150,7 +163,7 @@ def jnpl_logits():
 @pytest.mark.parametrize("pl_weight", [None, 0.5])
 def test_jnpl_loss_is_nl_plus_and_weighted_pl_plus_on_the_selected_rows(pl_weight):
     options = {} if pl_weight is None else {"pl_weight": pl_weight}
-    method = make_method(JNPL, complementary_labels=C - 1, **options)
+    method = make_method(JNPL, complementary_labels=C - 1, class_balanced=False, **options)
     weight = 0.01 if pl_weight is None else pl_weight
     assert method.config.pl_weight == weight
     logits = jnpl_logits()
@@ -185,7 +198,7 @@ def test_jnpl_loss_is_nl_plus_and_weighted_pl_plus_on_the_selected_rows(pl_weigh
 
 
 def test_jnpl_loss_without_a_kept_row_is_nl_plus_alone():
-    method = make_method(JNPL, complementary_labels=C - 1)
+    method = make_method(JNPL, complementary_labels=C - 1, class_balanced=False)
     logits = torch.zeros(N, C)  # uniform rows: no class stands out, so no PL+ candidate
     indices = torch.arange(N)
     batch = Batch(index_images(indices), indices, method.given_labels)
@@ -196,8 +209,42 @@ def test_jnpl_loss_without_a_kept_row_is_nl_plus_alone():
     assert torch.isfinite(loss)
 
 
+def test_class_balanced_jnpl_stage_has_nl_plus_gradient_over_the_class_mean_confidence():
+    method = make_method(JNPL, complementary_labels=C - 1)
+    assert method.config.class_balanced, "the short-budget preset"
+    logits = jnpl_logits()
+    indices = torch.arange(N)
+    batch = Batch(index_images(indices), indices, method.given_labels)
+    step = step_at(method, first_epoch_of(method, JNPLStage.JNPL), step=17)
+    leaf = logits.clone().requires_grad_()
+    loss = method.loss(FixedLogits(leaf), batch, step)
+    (grad,) = torch.autograd.grad(loss, leaf)
+
+    keep, yhat = L.jnpl_select(logits, seed=0, offset=17)
+    labels = batch.labels
+    balanced = class_balanced_confidence(logits, labels)
+    expected = R.weighted_ce(logits, labels, weight=balanced) + 0.01 * R.pl_plus_loss(logits[keep], yhat[keep])
+    torch.testing.assert_close(loss, expected.float())
+    # The same gradient as NL+ over every other class, each row divided by its class's mean p_y.
+    reference = logits.double().requires_grad_()
+    confidence = torch.softmax(logits.double(), 1).gather(1, labels[:, None]).squeeze(1)
+    scale = balanced / confidence
+    expected_loss = (R.nl_loss(reference, all_other_classes(labels, C), plus=True, weight=scale)
+                     + 0.01 * R.pl_plus_loss(reference[keep], yhat[keep]))
+    (expected_grad,) = torch.autograd.grad(expected_loss, reference)
+    torch.testing.assert_close(grad, expected_grad.float())
+    assert scale.max() > 2 * scale.min(), "the classes' mean confidences differ"
+
+
+def test_class_balanced_needs_every_other_class_as_complementary_label():
+    with pytest.raises(ValueError, match="class_balanced needs complementary_labels = num_classes - 1 = 4.*got 1"):
+        make_method(JNPL, complementary_labels=1)
+    assert preset_method(JNPL, "small", 10).config.class_balanced
+    assert not preset_method(JNPL, "paper", 10).config.class_balanced
+
+
 def test_one_complementary_label_per_step_is_redrawn_and_never_the_given_label():
-    method = make_method(JNPL, complementary_labels=1)
+    method = make_method(JNPL, complementary_labels=1, class_balanced=False)
     assert method.k == 1 and not method.replacement
     labels = torch.arange(200) % C
     batch = Batch(index_images(torch.arange(200)), torch.arange(200), labels)

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from engine import reference as R
-from engine.methods.base import Batch
+from engine.methods.base import Batch, class_mean_one
 from engine.methods.pmnar import PMNAR, PMNARStage
 from method_testing import N, C, FixedLogits, assert_same_state, index_images, make_method, random_probs, step_at
 
@@ -52,10 +52,13 @@ def test_short_budget_weights_are_scaled_to_mean_one_per_given_class():
         for c in range(C):
             members = labels == c
             torch.testing.assert_close(method.weights[k, members], plain[members] / plain[members].mean())
-    zero = torch.zeros(2, N)
-    zero[:, labels == 1] = torch.rand(2, int((labels == 1).sum()))
-    balanced = method.balanced(zero)
-    assert torch.equal(balanced[:, labels == 0], torch.ones(2, int((labels == 0).sum()))), "all-0 class: 1s"
+
+def test_class_mean_one_divides_by_the_class_mean_and_gives_an_all_zero_class_ones():
+    labels = torch.tensor([0, 0, 1, 1, 1, 2])
+    weights = torch.tensor([[1.0, 3.0, 0.0, 0.0, 0.0, 0.5], [2.0, 2.0, 1.0, 2.0, 3.0, 4.0]])
+    expected = torch.tensor([[0.5, 1.5, 1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.5, 1.0, 1.5, 1.0]])
+    torch.testing.assert_close(class_mean_one(weights, labels, 4), expected)
+    torch.testing.assert_close(class_mean_one(weights[1], labels, 4), expected[1])  # one row: the same
 
 
 def test_pmnar_history_accumulates_arg_maxes_and_is_excluded_from_the_loss():

@@ -150,6 +150,17 @@ def confidence_on_labels(probs, labels):
     return probs.gather(1, labels[:, None]).squeeze(1)
 
 
+def class_mean_one(weights, labels, num_classes):
+    """weights [..., N] divided by the mean weight of each sample's given class (`labels` [N]) over
+    the last dimension; a class whose weights are all 0 gets 1s: nothing ranks its samples. A
+    weight that a whole class shares then only ranks the class's samples and no class is
+    starved. No device sync (torch.bincount would wait for the GPU)."""
+    sums = weights.new_zeros(*weights.shape[:-1], num_classes).index_add_(-1, labels, weights)
+    counts = weights.new_zeros(num_classes).index_add_(0, labels, weights.new_ones(labels.shape))
+    means = (sums / counts.clamp(min=1))[..., labels]
+    return torch.where(means > 0, weights / means.clamp(min=torch.finfo(weights.dtype).tiny), 1.0)
+
+
 def clean_selection(confidence, labels, num_classes, class_share):
     """bool [N]: the samples taken as clean, those with `confidence` on their given `labels` >=
     CLEAN_THRESHOLD (the papers' rule) and, whatever their confidence, the `class_share` most

@@ -24,7 +24,7 @@ import torch
 
 from engine.config import WarmupConfig, option
 from engine.losses import normalize_weights, pm_loss, update_history
-from engine.methods.base import Method, PeerNetworks, Stage, confidence_on_labels, kl_to_softmax
+from engine.methods.base import Method, PeerNetworks, Stage, class_mean_one, confidence_on_labels, kl_to_softmax
 
 
 @dataclass(frozen=True)
@@ -116,15 +116,8 @@ class PMNAR(Method):
                                       for k in range(self.num_networks)])
             peer = confidence.flip(0)  # network 0 is weighted by network 1 and vice versa (itself when alone)
             weights = torch.stack([normalize_weights(c, "sub_min") for c in peer])
-            self.weights = self.balanced(weights) if self.config.class_balanced else weights
-
-    def balanced(self, weights):
-        """weights [networks, N] / the mean weight of each sample's given class (a class whose
-        weights are all 0 gets 1s: nothing ranks its samples)."""
-        labels = self.given_labels
-        sums = torch.zeros(len(weights), self.num_classes, device=self.device).index_add_(1, labels, weights)
-        means = (sums / torch.bincount(labels, minlength=self.num_classes).clamp(min=1))[:, labels]
-        return torch.where(means > 0, weights / means.clamp(min=torch.finfo(weights.dtype).tiny), 1.0)
+            self.weights = class_mean_one(weights, self.given_labels, self.num_classes) \
+                if self.config.class_balanced else weights
 
     def clean_scores(self, outputs):
         return self.confidence_scores(outputs["probs"])
