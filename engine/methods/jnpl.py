@@ -98,7 +98,7 @@ class JNPL(Method):
         if self.config.class_balanced and self.k != self.num_classes - 1:
             raise ValueError(f"jnpl: class_balanced needs complementary_labels = num_classes - 1 = "
                              f"{self.num_classes - 1} (NL+ is then CE times p_y), got {self.k}; "
-                             f"turn it off (--jnpl-no-class-balanced) for other k")
+                             f"turn it off (class_balanced=False, --jnpl-no-class-balanced) for other k")
 
     def setup_negative_learning(self):
         """What JNPL and NLNL keep: pseudo-labels, the selection, complementary-label draws."""
