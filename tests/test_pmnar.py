@@ -98,6 +98,8 @@ def test_pmnar_stage_and_options():
     method = make_method(PMNAR, warmup=3)
     (stage,) = method.stages()  # the warm-up is PMNAR's own loss with all weights 1: one stage
     assert (stage.kind, stage.epochs, stage.lr, stage.milestones) == (PMNARStage.PMNAR, 10, 0.1, (0.4, 0.8))
+    (cosine,) = make_method(PMNAR, warmup=3, cosine=True).stages()  # from lr to 0 over the run
+    assert [round(cosine.lr_at(e), 6) for e in (0, 5)] == [0.1, 0.05] and cosine.cosine
     assert method.config.beta == 1.0 and PMNAR().configure("small", 100).beta == 0.1
     assert make_method(PMNAR, view="weak").second_view == "weak"
     assert make_method(PMNAR, beta=0.0).second_view is None, "beta 0 switches the consistency view off"

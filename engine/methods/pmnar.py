@@ -39,6 +39,7 @@ class PMNARConfig(WarmupConfig):
     history: bool = option(True, "exclude past predictions from the multi-negative term; off: every class but y")
     view: typing.Literal["weak", "strong"] = option("strong", "augmentation of the consistency view Aug(x)")
     class_balanced: bool = option(False, "scale each given class's weights to mean 1")
+    cosine: bool = option(False, "a cosine decay of the lr to 0 instead of x0.1 at 40% and 80% of the epochs")
 
     @classmethod
     def preset(cls, size, num_classes):
@@ -83,6 +84,8 @@ class PMNAR(Method):
         return PeerNetworks([make_network() for _ in range(self.num_networks)])
 
     def stages(self):
+        if self.config.cosine:
+            return [Stage(PMNARStage.PMNAR, self.config.epochs, self.config.lr, cosine=True)]
         return [Stage(PMNARStage.PMNAR, self.config.epochs, self.config.lr, milestones=(0.4, 0.8))]
 
     def loss(self, model, batch, step):
