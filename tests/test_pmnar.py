@@ -97,9 +97,11 @@ def test_pmnar_consistency_is_the_kl_from_the_mean_prediction_to_each_augmented_
 def test_pmnar_stage_and_options():
     method = make_method(PMNAR, warmup=3)
     (stage,) = method.stages()  # the warm-up is PMNAR's own loss with all weights 1: one stage
-    assert (stage.kind, stage.epochs, stage.lr, stage.milestones) == (PMNARStage.PMNAR, 10, 0.1, (0.4, 0.8))
-    (cosine,) = make_method(PMNAR, warmup=3, cosine=True).stages()  # from lr to 0 over the run
-    assert [round(cosine.lr_at(e), 6) for e in (0, 5)] == [0.1, 0.05] and cosine.cosine
+    # the short-budget preset: a cosine from lr to 0 over the run
+    assert (stage.kind, stage.epochs, stage.lr, stage.cosine) == (PMNARStage.PMNAR, 10, 0.1, True)
+    assert [round(stage.lr_at(e), 6) for e in (0, 5)] == [0.1, 0.05]
+    (steps,) = make_method(PMNAR, warmup=3, cosine=False).stages()  # the paper's x0.1 at 40% and 80%
+    assert (steps.cosine, steps.milestones) == (False, (0.4, 0.8)) and not PMNAR().configure("paper", 10).cosine
     assert method.config.beta == 1.0 and PMNAR().configure("small", 100).beta == 0.1
     assert make_method(PMNAR, view="weak").second_view == "weak"
     assert make_method(PMNAR, beta=0.0).second_view is None, "beta 0 switches the consistency view off"

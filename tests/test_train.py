@@ -229,9 +229,9 @@ MNIST5K_30_ASYMMETRIC = ["--dataset", "mnist5k", "--noise", "asymmetric", "--noi
 COMPARED = ["l2b", "pmnar", "bldr", "pudistill", "jnpl", "nlnl", "ce"]  # the longest runs first (L2B about 4 min)
 # Pair-flip noise, where CE memorizes the flipped labels and the methods do not. Measured on
 # 2026-12-03 with these 20 epochs: CE 88.2% (its cosine schedule), BLDR 95.1%, JNPL 95.8% (96.1%
-# with NL+ balanced per class, 2026-12-04),
-# PU-distillation 96.4%, NLNL 96.5%, PMNAR 96.7%, L2B 97.5%: margins of 6.9-9.3 points, so a
-# last-bit change of the kernels (an FMA build moved runs by up to 0.8 points) cannot flip a comparison.
+# with NL+ balanced per class, 2026-12-04), PU-distillation 96.4%, NLNL 96.5%, PMNAR 96.7% (97.4% with
+# its cosine, 2026-12-05), L2B 97.5%: margins of 6.9-9.3 points, so a last-bit change of the kernels
+# (an FMA build moved runs by up to 0.8 points) cannot flip a comparison.
 MIN_MARGIN_OVER_CE = 0.03
 # Detection F1 floors (measured 0.821-0.964; CE 0.836; flagging every sample gives 0.46).
 MIN_DETECTION_F1 = {"pmnar": 0.88, "l2b": 0.88, "bldr": 0.9, "pudistill": 0.8, "jnpl": 0.88, "nlnl": 0.88}
