@@ -40,6 +40,9 @@ class Phase(enum.Enum):
     PSEUDO = "pseudo"    # CE on labels fixed at the start of the stage
 
 
+CE_MILESTONES = (0.5, 0.75)   # plain cross-entropy's lr x0.1 points, as fractions of the epochs
+
+
 class CEStage(enum.Enum):
     CE = "ce"
 
@@ -65,6 +68,12 @@ class Stage:
     reset_optimizer: bool = False
     cosine: bool = False
     min_lr: float = 0.0
+
+    @classmethod
+    def decaying(cls, kind, epochs, lr, milestones, cosine):
+        """The step schedule at `milestones`, or with `cosine` a cosine to 0 in its place (the
+        methods' `cosine` option)."""
+        return cls(kind, epochs, lr, cosine=True) if cosine else cls(kind, epochs, lr, milestones=milestones)
 
     @property
     def name(self):
@@ -267,7 +276,7 @@ class Method(nn.Module):
         return []
 
     def stages(self):
-        return [Stage(CEStage.CE, self.config.epochs, self.config.lr, milestones=(0.5, 0.75))]
+        return [Stage(CEStage.CE, self.config.epochs, self.config.lr, milestones=CE_MILESTONES)]
 
     def prepare(self, ctx):
         """Work before the first epoch of a new run (not of a resumed one: what it computes

@@ -2,7 +2,7 @@
 from dataclasses import dataclass
 
 from engine.config import MethodConfig, option
-from engine.methods.base import CEStage, Method, Stage
+from engine.methods.base import CE_MILESTONES, CEStage, Method, Stage
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,4 @@ class CE(Method):
     Config = CEConfig
 
     def stages(self):
-        if self.config.cosine:
-            return [Stage(CEStage.CE, self.config.epochs, self.config.lr, cosine=True)]
-        return super().stages()
+        return [Stage.decaying(CEStage.CE, self.config.epochs, self.config.lr, CE_MILESTONES, self.config.cosine)]

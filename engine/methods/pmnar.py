@@ -86,9 +86,7 @@ class PMNAR(Method):
         return PeerNetworks([make_network() for _ in range(self.num_networks)])
 
     def stages(self):
-        if self.config.cosine:
-            return [Stage(PMNARStage.PMNAR, self.config.epochs, self.config.lr, cosine=True)]
-        return [Stage(PMNARStage.PMNAR, self.config.epochs, self.config.lr, milestones=(0.4, 0.8))]
+        return [Stage.decaying(PMNARStage.PMNAR, self.config.epochs, self.config.lr, (0.4, 0.8), self.config.cosine)]
 
     def loss(self, model, batch, step):
         logits = model(batch.images)

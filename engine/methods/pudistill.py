@@ -218,9 +218,7 @@ class PUDistill(Method):
 
     def schedule(self, kind, epochs):
         """The paper's lr x0.1 after 30%, 50% and 80% of the epochs, or a cosine."""
-        if self.config.cosine:
-            return Stage(kind, epochs, self.config.lr, cosine=True)
-        return Stage(kind, epochs, self.config.lr, milestones=(0.3, 0.5, 0.8))
+        return Stage.decaying(kind, epochs, self.config.lr, (0.3, 0.5, 0.8), self.config.cosine)
 
     def stages(self):
         return [self.schedule(PUDistillStage.STUDENT, self.config.epochs)]
