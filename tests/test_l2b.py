@@ -164,7 +164,8 @@ def test_l2b_clean_score_is_the_confidence_on_the_given_label():
     score, flagged = method.clean_scores({"probs": probs})
     expected = probs[torch.arange(N), method.given_labels]
     torch.testing.assert_close(score, expected)
-    assert torch.equal(flagged, expected < 0.5) and flagged.any() and not flagged.all()
+    assert torch.equal(flagged, probs.argmax(1) != method.given_labels) and flagged.any() and not flagged.all()
+    assert (flagged != (expected < 0.5)).any(), "some samples are below 0.5 on their arg-max: not flagged"
     assert not method.state_dict(), "no per-sample state"
 
 

@@ -119,3 +119,16 @@ def test_pmnar_state_round_trips_through_state_dict():
     assert not torch.equal(fresh.weights, method.weights)
     fresh.load_state_dict(state)
     assert_same_state(fresh.state_dict(), state)
+
+
+def test_pmnar_flags_where_the_mean_prediction_is_another_class():
+    method = make_method(PMNAR, warmup=0)
+    labels = method.given_labels
+    network_probs = torch.full((N, 2, C), 0.6 / (C - 1))
+    network_probs[torch.arange(N), :, labels] = 0.4   # unsure (below the paper's 0.5), arg-max on the label
+    wrong = torch.arange(N) % 4 == 0
+    network_probs[wrong, 0] = 0.1
+    network_probs[wrong, 0, (labels[wrong] + 1) % C] = 1.0 - 0.1 * (C - 1)  # network 0 sure of another class
+    score, flagged = method.clean_scores(outputs_of(network_probs))
+    torch.testing.assert_close(score, network_probs.mean(1)[torch.arange(N), labels])
+    assert torch.equal(flagged, wrong) and (score[~wrong] < 0.5).all()

@@ -155,6 +155,8 @@ def test_what_prepare_computes_is_state_and_round_trips():
     score, flagged = fresh.clean_scores(None)  # the teachers' confidence on the given label
     torch.testing.assert_close(score, torch.tensor([0.05, 0.2, 0.95, 0.0]))
     assert flagged.tolist() == [True, True, False, True]
+    fresh.teacher_probs[1] = torch.tensor([0.35, 0.4, 0.25])  # unsure, but the given label is their arg-max
+    assert fresh.clean_scores(None)[1].tolist() == [True, False, False, True]
 
 
 def test_a_sub_trained_network_gets_the_batchnorm_statistics_of_the_training_set():

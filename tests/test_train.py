@@ -234,7 +234,7 @@ COMPARED = ["l2b", "pmnar", "bldr", "pudistill", "jnpl", "nlnl", "ce"]  # the lo
 # (an FMA build moved runs by up to 0.8 points) cannot flip a comparison.
 MIN_MARGIN_OVER_CE = 0.03
 # Detection F1 floors (measured 0.821-0.964; CE 0.836; flagging every sample gives 0.46).
-MIN_DETECTION_F1 = {"pmnar": 0.88, "l2b": 0.88, "bldr": 0.9, "pudistill": 0.8, "jnpl": 0.88, "nlnl": 0.88}
+MIN_DETECTION_F1 = {"pmnar": 0.88, "l2b": 0.88, "bldr": 0.9, "pudistill": 0.85, "jnpl": 0.88, "nlnl": 0.88}
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from engine.config import SHORT_BUDGET, MethodConfig, check_fields, with_overrid
 from engine.distributed import Processes
 from engine.losses import weighted_ce
 
-CLEAN_THRESHOLD = 0.5  # flagged noisy below this confidence on the given label (JNPL, PMNAR, L2B, PU-distillation)
+CLEAN_THRESHOLD = 0.5  # a sample is taken as clean from this confidence on its given label (clean_selection)
 
 
 class Phase(enum.Enum):
@@ -306,14 +306,14 @@ class Method(nn.Module):
 
     def clean_scores(self, outputs):
         """(label_quality [N] in [0, 1], lower = more likely mislabeled; is_label_issue [N] bool).
-        CE: the confidence on the given label, flagged where the arg-max is another class."""
-        probs = outputs["probs"]
-        return confidence_on_labels(probs, self.given_labels), probs.argmax(1) != self.given_labels
+        CE, PMNAR, L2B: the evaluated model's confidence_scores."""
+        return self.confidence_scores(outputs["probs"])
 
     def confidence_scores(self, probs):
-        """The confidence on the given label, flagged below CLEAN_THRESHOLD."""
-        score = confidence_on_labels(probs, self.given_labels)
-        return score, score < CLEAN_THRESHOLD
+        """The confidence on the given label, flagged where the arg-max is another class. A
+        threshold on the confidence (0.5, PMNAR's paper) flags the same samples where the model
+        is sure of its arg-maxes, and clean ones by the thousand where it is not (docs/methods.md)."""
+        return confidence_on_labels(probs, self.given_labels), probs.argmax(1) != self.given_labels
 
     def summary(self, true_labels):
         """Extra entries for summary.json; true_labels [N] (CPU) only for reporting."""

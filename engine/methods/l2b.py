@@ -12,8 +12,8 @@ over alpha and beta together ("rectify_sum": max(., 0) / sum, so they sum to 1 p
 sum_i alpha_i CE(y_i) + beta_i CE(pseudo_i). Gradient norms are clipped.
 Ablation (the paper's Table 7): weights "alpha" (beta = 0: L2RW), beta (alpha = 0), or
 sum_to_one (alpha_i + beta_i = 1 per sample, then the batch mean).
-Clean score: the model's confidence on the given label, flagged noisy below 0.5, as for JNPL and
-PMNAR (the paper detects nothing). The meta-weights make a worse detector: a sample that the
+Clean score: the model's confidence on the given label, flagged noisy where its arg-max is another
+class, as for CE and PMNAR (the paper detects nothing). The meta-weights make a worse detector: a sample that the
 model predicts as labeled gets alpha = beta, so its share alpha / (alpha + beta) is 1/2 whatever
 its label, and one clean batch's meta-gradient per step is noisy (docs/methods.md has the
 measurements).
@@ -163,9 +163,6 @@ class L2B(Method):
         # DDP averages the processes' gradients; the weighted sum is over the global batch.
         return self.processes.world * (weighted_ce(logits, batch.labels, alpha[rows], reduction="sum")
                                        + weighted_ce(logits, pseudo, beta[rows], reduction="sum"))
-
-    def clean_scores(self, outputs):
-        return self.confidence_scores(outputs["probs"])
 
 
 def virtual_step(model, optimizer):

@@ -13,7 +13,9 @@ preset, where each given class's weights are scaled to mean 1 (`class_balanced`)
 two networks' mean prediction on the training view, detached; Aug(x) is a second, strong
 (RandAugment) view of the same batch.
 Evaluation: the mean of the two networks' softmax. Clean score: the mean of the two networks'
-confidence on the given label (each is the other's weight source); flagged noisy below 0.5.
+confidence on the given label (each is the other's weight source); flagged noisy where
+their mean softmax's arg-max is another class (the paper: below 0.5, the same samples where the
+networks are sure of their arg-maxes).
 Every component can be switched off for the paper's ablation (Table 5).
 """
 import enum
@@ -121,6 +123,3 @@ class PMNAR(Method):
             weights = torch.stack([normalize_weights(c, "sub_min") for c in peer])
             self.weights = class_mean_one(weights, self.given_labels, self.num_classes) \
                 if self.config.class_balanced else weights
-
-    def clean_scores(self, outputs):
-        return self.confidence_scores(outputs["probs"])

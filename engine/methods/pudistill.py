@@ -23,7 +23,8 @@ teacher ensemble trained on the augmented clean set and a student distilled from
    corrected label (the accepted class, else the given label; the clean subset keeps its true
    label and y' = y). Hard-bootstrap and hard-label targets are options; mixup (Beta(2, 2))
    and entropy regularization as for the teachers.
-Clean score: the teachers' mean confidence on the given label, flagged noisy below 0.5.
+Clean score: the teachers' mean confidence on the given label, flagged noisy where their arg-max
+is another class.
 """
 import copy
 import enum
