@@ -312,7 +312,7 @@ class Method(nn.Module):
     def confidence_scores(self, probs):
         """The confidence on the given label, flagged where the arg-max is another class. A
         threshold on the confidence (0.5, PMNAR's paper) flags the same samples where the model
-        is sure of its arg-maxes, and clean ones by the thousand where it is not (docs/methods.md)."""
+        is sure of its arg-maxes, and many clean ones too where it is not (docs/methods.md)."""
         return confidence_on_labels(probs, self.given_labels), probs.argmax(1) != self.given_labels
 
     def summary(self, true_labels):

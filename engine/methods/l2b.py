@@ -13,10 +13,10 @@ sum_i alpha_i CE(y_i) + beta_i CE(pseudo_i). Gradient norms are clipped.
 Ablation (the paper's Table 7): weights "alpha" (beta = 0: L2RW), beta (alpha = 0), or
 sum_to_one (alpha_i + beta_i = 1 per sample, then the batch mean).
 Clean score: the model's confidence on the given label, flagged noisy where its arg-max is another
-class, as for CE and PMNAR (the paper detects nothing). The meta-weights make a worse detector: a sample that the
-model predicts as labeled gets alpha = beta, so its share alpha / (alpha + beta) is 1/2 whatever
-its label, and one clean batch's meta-gradient per step is noisy (docs/methods.md has the
-measurements).
+class, as for CE and PMNAR (the paper detects nothing). The meta-weights make a worse detector:
+a sample that the model predicts as labeled gets alpha = beta, so its share alpha / (alpha +
+beta) is 1/2 whatever its label, and one clean batch's meta-gradient per step is noisy
+(docs/methods.md has the measurements).
 """
 import enum
 import typing
