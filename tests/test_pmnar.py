@@ -9,13 +9,16 @@ from engine.methods.pmnar import PMNAR, PMNARStage
 from method_testing import N, C, FixedLogits, assert_same_state, index_images, make_method, random_probs, step_at
 
 
+ADAPTIVE = {"reweighting": True, "history": True}  # the parts the short-budget preset leaves off
+
+
 def outputs_of(probs):
     """PMNAR.predict's outputs over the training set from per-network probabilities [N, networks, C]."""
     return {"probs": probs.mean(1), "network_probs": probs}
 
 
 def test_pmnar_weights_come_from_the_peer_network_after_the_warmup():
-    method = make_method(PMNAR, warmup=2, class_balanced=False)  # eq. 4 as written
+    method = make_method(PMNAR, warmup=2, class_balanced=False, **ADAPTIVE)  # eq. 4 as written
     probs = random_probs(N, 2, C)
     outputs = outputs_of(probs)
     method.end_epoch(step_at(method, 0), outputs)  # epoch 1 of a 2-epoch warm-up: nothing changes
@@ -27,7 +30,7 @@ def test_pmnar_weights_come_from_the_peer_network_after_the_warmup():
 
 
 def test_pmnar_single_network_is_weighted_by_itself_and_switches_work():
-    method = make_method(PMNAR, warmup=0, single_network=True, class_balanced=False)
+    method = make_method(PMNAR, warmup=0, single_network=True, class_balanced=False, **ADAPTIVE)
     probs = random_probs(N, 1, C)
     method.end_epoch(step_at(method, 0), outputs_of(probs))
     confidence = probs[torch.arange(N), 0, method.given_labels]
@@ -41,7 +44,7 @@ def test_pmnar_single_network_is_weighted_by_itself_and_switches_work():
 
 
 def test_short_budget_weights_are_scaled_to_mean_one_per_given_class():
-    method = make_method(PMNAR, warmup=0)
+    method = make_method(PMNAR, warmup=0, **ADAPTIVE)
     assert method.config.class_balanced
     probs = random_probs(N, 2, C, seed=3)
     method.end_epoch(step_at(method, 0), outputs_of(probs))
@@ -62,7 +65,7 @@ def test_class_mean_one_divides_by_the_class_mean_and_gives_an_all_zero_class_on
 
 
 def test_pmnar_history_accumulates_arg_maxes_and_is_excluded_from_the_loss():
-    method = make_method(PMNAR, warmup=0, consistency=False)
+    method = make_method(PMNAR, warmup=0, consistency=False, **ADAPTIVE)
     first, second = random_probs(N, 2, C, seed=1), random_probs(N, 2, C, seed=2)
     method.end_epoch(step_at(method, 0), outputs_of(first))
     method.end_epoch(step_at(method, 1), outputs_of(second))
@@ -103,19 +106,22 @@ def test_pmnar_stage_and_options():
     (steps,) = make_method(PMNAR, warmup=3, cosine=False).stages()  # the paper's x0.1 at 40% and 80%
     assert (steps.cosine, steps.milestones) == (False, (0.4, 0.8)) and not PMNAR().configure("paper", 10).cosine
     assert method.config.beta == 1.0 and PMNAR().configure("small", 100).beta == 0.1
+    small, paper = PMNAR().configure("small", 10), PMNAR().configure("paper", 10)
+    assert not (small.reweighting or small.history), "a short budget trains without the adaptive parts"
+    assert paper.reweighting and paper.history
     assert make_method(PMNAR, view="weak").second_view == "weak"
     assert make_method(PMNAR, beta=0.0).second_view is None, "beta 0 switches the consistency view off"
 
 
 def test_pmnar_state_round_trips_through_state_dict():
-    method = make_method(PMNAR, warmup=0)
+    method = make_method(PMNAR, warmup=0, **ADAPTIVE)
     for epoch in range(2):
         method.end_epoch(step_at(method, epoch), outputs_of(random_probs(N, 2, C, seed=epoch)))
     state = method.state_dict()
     assert set(state) == {"weights", "history"}, "per-sample state only (given labels are not state)"
     assert state["history"].any() and not torch.equal(state["weights"], torch.ones(2, N))
 
-    fresh = make_method(PMNAR, warmup=0)
+    fresh = make_method(PMNAR, warmup=0, **ADAPTIVE)
     assert not torch.equal(fresh.weights, method.weights)
     fresh.load_state_dict(state)
     assert_same_state(fresh.state_dict(), state)
