@@ -143,6 +143,12 @@ class MethodConfig(Validated):
         del size, num_classes
         return cls()
 
+    @property
+    def augments_training(self):
+        """Whether the training batches get augmented: with `augment`, and never for feature
+        vectors, whose model is the mlp (the trainer pairs them)."""
+        return self.augment and self.model != "mlp"
+
     def validate(self):
         self.require("epochs", self.epochs >= 1, "must be >= 1")
         self.require("batch_size", self.batch_size >= 1, "must be >= 1")

@@ -31,7 +31,7 @@ METHODS = {
     "ce": (4, []),
     "nlnl": (5, ["--warmup-epochs", "1", "--nlnl-window", "1"]),
     "jnpl": (4, ["--warmup-epochs", "1"]),
-    "pmnar": (4, ["--warmup-epochs", "1", "--pmnar-reweighting", "--pmnar-history"]),  # parts the preset leaves off
+    "pmnar": (4, ["--warmup-epochs", "1", "--pmnar-reweighting", "--pmnar-history"]),  # off on augmented batches
     "bldr": (4, ["--warmup-epochs", "1"]),
     "l2b": (4, ["--warmup-epochs", "1"]),
     "pudistill": (4, ["--pudistill-rounds", "1", "--pudistill-trunk-epochs", "1", "--pudistill-teachers", "2",

@@ -9,7 +9,7 @@ from engine.methods.pmnar import PMNAR, PMNARStage
 from method_testing import N, C, FixedLogits, assert_same_state, index_images, make_method, random_probs, step_at
 
 
-ADAPTIVE = {"reweighting": True, "history": True}  # the parts the short-budget preset leaves off
+ADAPTIVE = {"reweighting": True, "history": True}  # off in the short-budget preset on augmented images
 
 
 def outputs_of(probs):
@@ -106,11 +106,20 @@ def test_pmnar_stage_and_options():
     (steps,) = make_method(PMNAR, warmup=3, cosine=False).stages()  # the paper's x0.1 at 40% and 80%
     assert (steps.cosine, steps.milestones) == (False, (0.4, 0.8)) and not PMNAR().configure("paper", 10).cosine
     assert method.config.beta == 1.0 and PMNAR().configure("small", 100).beta == 0.1
-    small, paper = PMNAR().configure("small", 10), PMNAR().configure("paper", 10)
-    assert not (small.reweighting or small.history), "a short budget trains without the adaptive parts"
-    assert paper.reweighting and paper.history
     assert make_method(PMNAR, view="weak").second_view == "weak"
     assert make_method(PMNAR, beta=0.0).second_view is None, "beta 0 switches the consistency view off"
+
+
+def test_short_budget_uses_the_adaptive_parts_where_training_batches_are_not_augmented():
+    assert PMNAR.Config.preset("small", 10).reweighting is None and PMNAR.Config.preset("small", 10).history is None
+    parts = lambda config: (config.reweighting, config.history)  # noqa: E731
+    assert parts(PMNAR().configure("small", 10)) == (False, False), "augmented images"
+    assert parts(PMNAR(augment=False).configure("small", 10)) == (True, True)
+    assert parts(PMNAR(model="mlp").configure("small", 10)) == (True, True), "feature vectors are never augmented"
+    assert parts(PMNAR(augment=False, reweighting=False).configure("small", 10)) == (False, True), "an option wins"
+    assert parts(PMNAR(history=True).configure("small", 10)) == (False, True)
+    assert parts(PMNAR().configure("paper", 10)) == (True, True), "the paper's 300 epochs memorize"
+    assert parts(PMNAR(epochs=20).configure("paper", 10)) == (False, False), "a short budget on paper-scale data"
 
 
 def test_pmnar_state_round_trips_through_state_dict():

@@ -227,7 +227,8 @@ def test_a_method_defined_in_a_user_file_trains_through_the_cli(tmp_path):
 MNIST5K_30_ASYMMETRIC = ["--dataset", "mnist5k", "--noise", "asymmetric", "--noise-rate", "0.3", "--epochs", "20",
                          "--seed", "0"]
 # The runs compared, each a method's preset and its extra switches; the longest first (L2B about
-# 4 min). "pmnar_adaptive" is PMNAR with the adaptive parts its short-budget preset leaves off.
+# 4 min). "pmnar_adaptive" is PMNAR with the adaptive parts that its short-budget preset leaves
+# off on augmented batches.
 COMPARED = {"l2b": ["--method", "l2b"],
             "pmnar_adaptive": ["--method", "pmnar", "--pmnar-reweighting", "--pmnar-history"],
             "pmnar": ["--method", "pmnar"], "bldr": ["--method", "bldr"], "pudistill": ["--method", "pudistill"],
@@ -235,9 +236,9 @@ COMPARED = {"l2b": ["--method", "l2b"],
 # Pair-flip noise, where CE memorizes the flipped labels and the methods do not. Measured on
 # 2026-12-03 with these 20 epochs: CE 88.2% (its cosine schedule), BLDR 95.1%, JNPL 95.8% (96.1%
 # with NL+ balanced per class, 2026-12-04), PU-distillation 96.4%, NLNL 96.5%, L2B 97.5%, PMNAR
-# 97.4% with its adaptive parts (2026-12-05) and 92.3% without them (its short-budget preset since
-# 2026-12-05): margins of 3.9-9.3 points, so a last-bit change of the kernels (an FMA build moved
-# runs by up to 0.8 points) cannot flip a comparison.
+# 97.4% with its adaptive parts (2026-12-05) and 92.3% without them (its short-budget preset on
+# augmented batches since 2026-12-05): margins of 3.9-9.3 points, so a last-bit change of the
+# kernels (an FMA build moved runs by up to 0.8 points) cannot flip a comparison.
 MIN_MARGIN_OVER_CE = 0.03
 # Detection F1 floors (measured 0.884-0.969 on 2026-12-05; CE 0.836-0.847; flagging every sample gives 0.46).
 MIN_DETECTION_F1 = {"pmnar_adaptive": 0.93, "pmnar": 0.86, "l2b": 0.88, "bldr": 0.9, "pudistill": 0.85, "jnpl": 0.88,
@@ -295,8 +296,9 @@ def test_bldr_detects_better_than_ce(compared_runs):
 
 @pytest.mark.slow
 def test_pmnar_adaptive_parts_win_where_ce_memorizes(compared_runs):
-    """The switches the short-budget preset leaves off are what PMNAR gains by where the
-    labels get memorized (measured 97.4% with them, 92.3% without: 5.1 points)."""
+    """The parts that the short-budget preset leaves off on augmented batches are what PMNAR
+    gains by where the labels get memorized (measured 97.4% with them, 92.3% without: 5.1
+    points)."""
     adaptive, preset = (summary(compared_runs[name][0]) for name in ("pmnar_adaptive", "pmnar"))
     assert not config_of(compared_runs["pmnar"][0])["hyperparameters"]["reweighting"]
     assert adaptive["test_acc"] > preset["test_acc"] + 0.03, (adaptive["test_acc"], preset["test_acc"])
