@@ -1,6 +1,7 @@
 """Typed configuration: presets, validation where a value is defined, overrides, YAML, and a
 command line generated from the config fields."""
 import dataclasses
+import typing
 
 import numpy as np
 import pytest
@@ -21,6 +22,18 @@ def test_every_preset_is_valid_and_every_field_is_a_flag(name, size):
     for field in dataclasses.fields(config):
         expected = flag(field.name) if field.name in SHARED_FIELDS else flag(field.name, name)
         assert expected in flags, expected
+
+
+@pytest.mark.parametrize("name", sorted(name for name, cls in METHODS.items() if cls.memorization_guards))
+def test_memorization_guards_are_resolved_by_the_training_batches_augmentation(name):
+    cls = METHODS[name]
+    for guard in cls.memorization_guards:
+        assert typing.get_type_hints(cls.Config)[guard] == bool | None, guard
+        assert getattr(cls.Config.preset("paper", 10), guard) is not None, "the papers' own choice"
+    resolved = {augment: cls(augment=augment).configure("small", 10) for augment in (True, False)}
+    for augment, config in resolved.items():
+        assert [getattr(config, guard) for guard in cls.memorization_guards] == [not augment] * len(
+            cls.memorization_guards), (augment, config)
 
 
 def test_presets_differ_by_size_and_class_count():

@@ -17,6 +17,7 @@ A method written outside this package trains the same way:
 
     engine.fit(x, labels, method=GCE(q=0.5))        # or: --method my_module:GCE --gce-q 0.5
 """
+import dataclasses
 import enum
 import math
 from collections.abc import Callable
@@ -211,6 +212,11 @@ class Method(nn.Module):
     name = "ce"
     Config = MethodConfig
     clean_subset = CleanSubset.NOT_NEEDED
+    # Boolean config fields that guard against memorizing the labels and that a preset may leave
+    # unset (None): then on where the training batches are not augmented, where networks memorize
+    # within a few epochs, and off where they are, where a short run may not memorize at all and
+    # the guard costs accuracy (docs/methods.md, "Defaults").
+    memorization_guards = ()
 
     def __init__(self, **options):
         """options: fields of `Config` that replace the preset's values."""
@@ -225,11 +231,15 @@ class Method(nn.Module):
         """self.config: the preset for data of size class `size` ("paper" or "small") with
         `num_classes` classes, with the options given replacing its values. Options asking for
         at most SHORT_BUDGET epochs get the "small" preset whatever the size: the paper presets
-        squeezed into a short budget learn too slowly (docs/methods.md)."""
+        squeezed into a short budget learn too slowly (docs/methods.md). Memorization guards left
+        unset are resolved here, so the config records the values used."""
         epochs = self.options.get("epochs")
         if epochs is not None and epochs <= SHORT_BUDGET:
             size = "small"
-        self.config = with_overrides(self.Config.preset(size, num_classes), self.options)
+        config = with_overrides(self.Config.preset(size, num_classes), self.options)
+        unset = {name: not config.augments_training for name in self.memorization_guards
+                 if getattr(config, name) is None}
+        self.config = dataclasses.replace(config, **unset)
         return self.config
 
     def bind(self, config, given_labels, num_classes, seed, device, processes=Processes()):

@@ -19,7 +19,6 @@ their mean softmax's arg-max is another class (the paper: below 0.5, the same sa
 networks are sure of their arg-maxes).
 Every component can be switched off for the paper's ablation (Table 5).
 """
-import dataclasses
 import enum
 import typing
 from dataclasses import dataclass
@@ -62,10 +61,11 @@ class PMNARConfig(WarmupConfig):
         # do not: on CIFAR-10N with the small CNN and crops, 20 epochs, a briefly trained network
         # is unsure of clean samples of whole hard classes, and the weights and the history cost
         # 9.3 points on `worst` and 9.9 on `aggre`, each part alone too. So they are left unset
-        # here and follow the training batches' augmentation (`configure`; docs/methods.md). On,
-        # the weights are scaled to mean 1 per given class so that they only rank within a class
-        # (unscaled they starved CIFAR's hard classes: 53.2% -> 48.4% within two epochs). A cosine
-        # ended 2.0 points above the paper's x0.1 steps, which leave 8 of 20 epochs at the full lr.
+        # here, memorization guards that follow the training batches' augmentation (Method.
+        # configure; docs/methods.md). On, the weights are scaled to mean 1 per given class so
+        # that they only rank within a class (unscaled they starved CIFAR's hard classes: 53.2%
+        # -> 48.4% within two epochs). A cosine ended 2.0 points above the paper's x0.1 steps,
+        # which leave 8 of 20 epochs at the full lr.
         return cls(epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4, warmup_epochs=5, beta=beta,
                    reweighting=None, history=None, class_balanced=True, cosine=True)
 
@@ -81,16 +81,7 @@ class PMNARStage(enum.Enum):
 class PMNAR(Method):
     name = "pmnar"
     Config = PMNARConfig
-
-    def configure(self, size, num_classes):
-        """The preset and options (Method.configure), with the adaptive parts left unset switched
-        on where the training batches are not augmented, so that the networks memorize the labels
-        within a few epochs, and off where they are."""
-        config = super().configure(size, num_classes)
-        unset = {name: not config.augments_training for name in ("reweighting", "history")
-                 if getattr(config, name) is None}
-        self.config = dataclasses.replace(config, **unset)
-        return self.config
+    memorization_guards = ("reweighting", "history")
 
     def setup(self):
         self.num_networks = 1 if self.config.single_network else 2
