@@ -22,7 +22,8 @@ teacher ensemble trained on the augmented clean set and a student distilled from
    CE to  y' = lambda f_t(x) + (1 - lambda) y  where max f_t(x) >= eta (else y), y the one-hot
    corrected label (the accepted class, else the given label; the clean subset keeps its true
    label and y' = y). Hard-bootstrap and hard-label targets are options; mixup (Beta(2, 2))
-   and entropy regularization as for the teachers.
+   and entropy regularization as for the teachers. The short-budget preset mixes up only
+   where the training batches are not augmented (a memorization guard, Method.configure).
 Clean score: the teachers' mean confidence on the given label, flagged noisy where their arg-max
 is another class.
 """
