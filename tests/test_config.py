@@ -5,6 +5,7 @@ import typing
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from engine.config import SHARED_FIELDS, SHORT_BUDGET, ConfigError, DataConfig, MethodConfig, RunConfig, with_overrides
@@ -34,6 +35,10 @@ def test_memorization_guards_are_resolved_by_the_training_batches_augmentation(n
     for augment, config in resolved.items():
         assert [getattr(config, guard) for guard in cls.memorization_guards] == [not augment] * len(
             cls.memorization_guards), (augment, config)
+    method = cls()  # bound to a config not made by configure: resolved there
+    method.bind(cls.Config.preset("small", 10), torch.arange(20) % 10, 10, seed=0, device="cpu")
+    assert [getattr(method.config, guard) for guard in cls.memorization_guards] == [False] * len(
+        cls.memorization_guards)
 
 
 def test_presets_differ_by_size_and_class_count():

@@ -235,7 +235,8 @@ COMPARED = {"l2b": ["--method", "l2b"],
             "jnpl": ["--method", "jnpl"], "nlnl": ["--method", "nlnl"], "ce": ["--method", "ce"]}
 # Pair-flip noise, where CE memorizes the flipped labels and the methods do not. Measured on
 # 2026-12-03 with these 20 epochs: CE 88.2% (its cosine schedule), BLDR 95.1%, JNPL 95.8% (96.1%
-# with NL+ balanced per class, 2026-12-04), PU-distillation 96.4%, NLNL 96.5%, L2B 97.5%, PMNAR
+# with NL+ balanced per class, 2026-12-04), PU-distillation 96.4% (96.2% without mixup, its
+# short-budget preset on augmented batches since 2026-12-05), NLNL 96.5%, L2B 97.5%, PMNAR
 # 97.4% with its adaptive parts (2026-12-05) and 92.3% without them (its short-budget preset on
 # augmented batches since 2026-12-05): margins of 3.9-9.3 points, so a last-bit change of the
 # kernels (an FMA build moved runs by up to 0.8 points) cannot flip a comparison.

@@ -236,17 +236,23 @@ class Method(nn.Module):
         epochs = self.options.get("epochs")
         if epochs is not None and epochs <= SHORT_BUDGET:
             size = "small"
-        config = with_overrides(self.Config.preset(size, num_classes), self.options)
+        self.config = self.with_guards_resolved(with_overrides(self.Config.preset(size, num_classes), self.options))
+        return self.config
+
+    def with_guards_resolved(self, config):
+        """`config` with its memorization guards left unset switched on where the training
+        batches are not augmented and off where they are."""
         unset = {name: not config.augments_training for name in self.memorization_guards
                  if getattr(config, name) is None}
-        self.config = dataclasses.replace(config, **unset)
-        return self.config
+        return dataclasses.replace(config, **unset)
 
     def bind(self, config, given_labels, num_classes, seed, device, processes=Processes()):
         """Called once before training: the resolved config, the given labels [N] of the whole
         training set, the run's seed and device, and the processes of the job (a loss that
-        normalizes over the batch needs the global batch's totals); then `setup()`."""
-        self.config, self.num_classes, self.seed, self.device = config, num_classes, seed, torch.device(device)
+        normalizes over the batch needs the global batch's totals); then `setup()`. A config
+        not made by `configure` gets its unset memorization guards resolved here."""
+        self.config = self.with_guards_resolved(config)
+        self.num_classes, self.seed, self.device = num_classes, seed, torch.device(device)
         self.processes = processes
         self.register_buffer("given_labels", given_labels.to(self.device), persistent=False)
         self.setup()
