@@ -222,12 +222,17 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as error:  # a bad configuration: say what, no traceback
         print(f"python -m engine.train: error: {error}", file=sys.stderr)
         return 2
+    from engine.trainer import Diverged  # imported with the trainer (trainer_for)
+
     try:
         summary = trainer.run()
     except (CheckpointError, FolderInUse) as error:  # nothing written: --resume of an unreadable or
         # another run's checkpoint, or an --out that a live run writes to
         print(f"python -m engine.train: error: {error}", file=sys.stderr)
         return 2
+    except Diverged as error:  # every process sees the same (all-reduced) loss and stops alike
+        print(f"python -m engine.train: error: {error}", file=sys.stderr)
+        return 1
     if not trainer.processes.main:  # rank 0 reports for the job
         return 0
     line = []

@@ -5,6 +5,7 @@ Built from parts: a Method (engine/methods), TrainingData (engine/data/training_
 method's config, a seed and a device; `out` (a folder) is optional. Under torchrun it trains on
 every process of the job (engine/distributed.py says what is kept in step and how).
 """
+import math
 import os
 import time
 from contextlib import nullcontext
@@ -24,6 +25,10 @@ from engine.outputs import (folder_lock, label_issues_table, plot_separation, wr
                             write_metrics)
 
 EVAL_BATCH = 512
+
+
+class Diverged(RuntimeError):
+    """The training loss of an epoch was NaN or infinite."""
 
 
 class Trainer:
@@ -248,7 +253,13 @@ class Trainer:
                           first_row=self.train_loader.first_row(number))
             step = Step(epoch, stage, epoch_in_stage, self.step, self.optimizer)
             with self.autocast():
-                loss = self.method.loss(self.trained, batch, step)
+                try:
+                    loss = self.method.loss(self.trained, batch, step)
+                except Exception as error:  # NaN outputs can break a loss's input checks before any loss shows NaN
+                    if self.outputs_are_finite(batch.images):
+                        raise
+                    raise self.diverged(epoch, stage, epoch_in_stage, "the model's outputs are NaN or infinite") \
+                        from error
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             sample_parameters = self.method.sample_parameters()
@@ -302,6 +313,8 @@ class Trainer:
                     self.train_eval_loader, self.model))
                 self.processes.broadcast_state(self.method)
             train_loss, step = self.train_epoch(epoch, stage, epoch_in_stage)
+            if not math.isfinite(train_loss):  # the weights are lost too: stop before they overwrite the last good ones
+                raise self.diverged(epoch, stage, epoch_in_stage, f"the training loss is {train_loss}")
             self.recalibrate_batchnorm(self.model)
             train_outputs = self.predict(self.train_eval_loader, self.model)
             self.method.end_epoch(step, train_outputs)
@@ -323,6 +336,17 @@ class Trainer:
             train_outputs = self.predict(self.train_eval_loader, self.model)
         self.train_outputs = train_outputs
         return self.finish()
+
+    @torch.no_grad()
+    def outputs_are_finite(self, images):
+        """Whether the model's outputs on `images` are finite (asked after a loss failed: a sync)."""
+        outputs = self.model(images)
+        return all(torch.isfinite(z).all() for z in (outputs if isinstance(outputs, (list, tuple)) else [outputs]))
+
+    def diverged(self, epoch, stage, epoch_in_stage, what):
+        kept = f"; {self.checkpoint_path} keeps the run as it was before this epoch" if self.checkpoint_path else ""
+        return Diverged(f"epoch {epoch + 1} [{stage.name}]: {what}: the run diverged and stopped{kept}; try a lower "
+                        f"learning rate (lr, now {stage.lr_at(epoch_in_stage):g})")
 
     def recalibrate_batchnorm(self, model):
         """BatchNorm statistics of `model` from the (unaugmented) training set, after each epoch

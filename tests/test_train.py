@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from engine.checkpoint import read_checkpoint
 from engine.models import build_model
 from run_testing import assert_resume_repeats, built_once, read_metrics, wait_for_checkpoint
 
@@ -85,6 +86,21 @@ def test_resume_refuses_a_different_run_and_a_corrupt_checkpoint(tmp_path):
         f.truncate(100)
     result = train("--method", "ce", "--dataset", "digits", "--epochs", "1", "--out", out, "--resume", check=False)
     assert result.returncode == 2 and "checkpoint.pt cannot be read" in result.stderr and "delete it" in result.stderr
+
+
+def test_a_diverged_run_stops_with_a_clear_error_and_keeps_its_last_finite_checkpoint(tmp_path):
+    """JNPL's stage at lr 1e30 after three warm-up epochs at 0.05: its next step's outputs are
+    NaN, which its PL+ selection turns into invalid targets before any loss shows NaN."""
+    out = str(tmp_path / "run")
+    result = train("--method", "jnpl", "--dataset", "digits", "--epochs", "5", "--lr", "1e30", "--out", out,
+                   check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip() == (f"python -m engine.train: error: epoch 4 [jnpl]: the model's outputs are NaN or "
+                                     f"infinite: the run diverged and stopped; {out}/checkpoint.pt keeps the run as "
+                                     f"it was before this epoch; try a lower learning rate (lr, now 1e+30)")
+    state = read_checkpoint(os.path.join(out, "checkpoint.pt"))
+    assert state["epoch"] == 2 and len(state["metrics"]) == 3
+    assert all(torch.isfinite(value).all() for value in state["model"].values() if value.is_floating_point())
 
 
 def test_resume_refuses_a_checkpoint_of_other_data(tmp_path):
