@@ -13,7 +13,7 @@ NL+ on the others (NLNL: engine/methods/nlnl.py).
 `class_balanced` (short-budget preset, k = C - 1): NL+'s implicit weight p_y is scaled to mean 1
 within each given class of the batch (computed as that weighted CE: `negative_loss`).
 The paper trains 1000 + 480 epochs on CIFAR; `epochs` keeps that 1000:480 ratio.
-Our pseudo stage continues the same network instead of training a new one (README).
+Our pseudo stage continues the same network instead of training a new one (docs/methods.md, "Defaults").
 """
 import enum
 from dataclasses import dataclass
