@@ -13,7 +13,7 @@ _EXPORTS = {
     "fit": "engine.api", "find_label_issues": "engine.api", "FitResult": "engine.api",
     "Method": "engine.methods.base", "Stage": "engine.methods.base", "Phase": "engine.methods.base",
     "CleanSubset": "engine.methods.base", "MethodConfig": "engine.config", "WarmupConfig": "engine.config",
-    "option": "engine.config", "Trainer": "engine.trainer", "Diverged": "engine.trainer",
+    "option": "engine.config", "Trainer": "engine.trainer", "Diverged": "engine.methods.base",
 }
 
 __all__ = sorted(_EXPORTS)

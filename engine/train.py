@@ -21,6 +21,7 @@ from engine.config import (SHARED_FIELDS, ConfigError, DataConfig, RunConfig, Wa
                            size_class, with_overrides)
 from engine.checkpoint import CheckpointError
 from engine.methods import METHODS, method_class
+from engine.methods.base import Diverged
 from engine.outputs import FolderInUse
 
 PROG = "python -m engine.train"
@@ -222,8 +223,6 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as error:  # a bad configuration: say what, no traceback
         print(f"python -m engine.train: error: {error}", file=sys.stderr)
         return 2
-    from engine.trainer import Diverged  # imported with the trainer (trainer_for)
-
     try:
         summary = trainer.run()
     except (CheckpointError, FolderInUse) as error:  # nothing written: --resume of an unreadable or

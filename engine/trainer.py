@@ -18,17 +18,13 @@ from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import save_yaml, size_class
 from engine.distributed import Processes, from_environment, local_batch_statistics
 from engine.labels import check_clean_subset, detection_metrics
-from engine.methods.base import Batch, CleanSubset, Preparation, Step, epoch_seed
+from engine.methods.base import Batch, CleanSubset, Diverged, Preparation, Step, epoch_seed
 from engine.models import build_model, load_pretrained
 from engine.models.base import recalibrate_batchnorm
 from engine.outputs import (folder_lock, label_issues_table, plot_separation, write_json, write_label_issues,
                             write_metrics)
 
 EVAL_BATCH = 512
-
-
-class Diverged(RuntimeError):
-    """The training loss of an epoch was NaN or infinite."""
 
 
 class Trainer:
@@ -345,8 +341,7 @@ class Trainer:
 
     def diverged(self, epoch, stage, epoch_in_stage, what):
         kept = f"; {self.checkpoint_path} keeps the run as it was before this epoch" if self.checkpoint_path else ""
-        return Diverged(f"epoch {epoch + 1} [{stage.name}]: {what}: the run diverged and stopped{kept}; try a lower "
-                        f"learning rate (lr, now {stage.lr_at(epoch_in_stage):g})")
+        return Diverged.at(f"epoch {epoch + 1} [{stage.name}]", what, stage.lr_at(epoch_in_stage), kept)
 
     def recalibrate_batchnorm(self, model):
         """BatchNorm statistics of `model` from the (unaugmented) training set, after each epoch

@@ -3,6 +3,7 @@ ablation switches, config.yaml reruns, a user's own method, and 20-epoch mnist5k
 every method must beat CE under 30% asymmetric noise with the same budget (marked slow)."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -101,6 +102,17 @@ def test_a_diverged_run_stops_with_a_clear_error_and_keeps_its_last_finite_check
     state = read_checkpoint(os.path.join(out, "checkpoint.pt"))
     assert state["epoch"] == 2 and len(state["metrics"]) == 3
     assert all(torch.isfinite(value).all() for value in state["model"].values() if value.is_floating_point())
+
+
+def test_a_diverged_sub_training_stops_the_run_naming_it(tmp_path):
+    """PU-distillation's trunk trains on the small clean subset (one batch per epoch): its first
+    step at lr 1e30 breaks the weights, and its second epoch's loss is NaN."""
+    result = train("--method", "pudistill", *PUDISTILL_QUICK, "--dataset", "digits", "--epochs", "3", "--lr", "1e30",
+                   "--out", str(tmp_path / "run"), check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert re.fullmatch(r"python -m engine.train: error: pudistill's preparation, trunk epoch 2: the training loss "
+                        r"is nan: the run diverged and stopped; try a lower learning rate \(lr, now \S+\)",
+                        result.stderr.strip()), result.stderr
 
 
 def test_resume_refuses_a_checkpoint_of_other_data(tmp_path):

@@ -132,6 +132,14 @@ class Preparation:
     log: Callable = print         # (line) -> the run's progress output
 
 
+class Diverged(RuntimeError):
+    """A training loss, or a model's outputs, became NaN or infinite: the run stops there."""
+
+    @classmethod
+    def at(cls, where, what, lr, kept=""):
+        return cls(f"{where}: {what}: the run diverged and stopped{kept}; try a lower learning rate (lr, now {lr:g})")
+
+
 def epoch_seed(seed, epoch):
     """The torch seed of model-side randomness (initial draws, mixup partners) in epoch `epoch`
     of a training seeded `seed`: the run's loop and a method's own sub-trainings."""

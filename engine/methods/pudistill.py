@@ -40,7 +40,8 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
 from engine.config import MethodConfig, option
-from engine.methods.base import CleanSubset, Method, Stage, epoch_seed, sub_training_seed
+from engine.methods.base import CleanSubset, Diverged, Method, Stage, epoch_seed, sub_training_seed
+
 MIXUP_ALPHA = 2.0  # Beta(2, 2), the paper's mu
 FILTER_HIDDEN = 64
 FILTER_BATCH = 128
@@ -334,6 +335,7 @@ def fit_network(network, ctx, epoch_indices, labels, stage, seed, mixup_images, 
     optimizer = ctx.make_optimizer(network.parameters(), stage.lr)
     num_classes = network.num_classes
     for epoch in range(stage.epochs):
+        total = torch.zeros((), device=labels.device)
         for group in optimizer.param_groups:
             group["lr"] = stage.lr_at(epoch)
         torch.manual_seed(epoch_seed(seed, epoch))
@@ -347,6 +349,10 @@ def fit_network(network, ctx, epoch_indices, labels, stage, seed, mixup_images, 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            total += loss.detach()
+        if not torch.isfinite(total):  # else its NaN outputs would become the teachers' targets
+            raise Diverged.at(f"pudistill's preparation, {stage.name} epoch {epoch + 1}",
+                              f"the training loss is {total.item()}", stage.lr_at(epoch))
     ctx.recalibrate_batchnorm(network)
 
 
