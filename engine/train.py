@@ -229,7 +229,7 @@ def main(argv=None):
         # another run's checkpoint, or an --out that a live run writes to
         print(f"python -m engine.train: error: {error}", file=sys.stderr)
         return 2
-    except Diverged as error:  # every process sees the same (all-reduced) loss and stops alike
+    except Diverged as error:  # a NaN epoch loss is all-reduced, so every process stops at the same epoch
         print(f"python -m engine.train: error: {error}", file=sys.stderr)
         return 1
     if not trainer.processes.main:  # rank 0 reports for the job
