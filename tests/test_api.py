@@ -191,9 +191,9 @@ def test_bad_api_input_gets_a_clear_error(digits, call, message):
 
 def test_a_diverged_fit_raises_naming_the_epoch_and_the_learning_rate(digits, tmp_path):
     x, noisy, _, _, _ = digits
-    with pytest.raises(engine.Diverged, match=re.escape("epoch 1 [ce]: the training loss is nan: the run diverged and stopped; "
-                                                 f"{tmp_path}/checkpoint.pt keeps the run as it was before this epoch; "
-                                                 "try a lower learning rate (lr, now 1e+30)")):
+    message = (f"epoch 1 [ce]: the training loss is nan: the run diverged and stopped; {tmp_path}/checkpoint.pt keeps "
+               f"the run as it was before this epoch; try a lower learning rate (lr, now 1e+30)")
+    with pytest.raises(engine.Diverged, match=re.escape(message)):
         engine.fit(x, noisy, method="ce", lr=1e30, epochs=2, out=str(tmp_path))
 
 
