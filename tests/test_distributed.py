@@ -29,7 +29,7 @@ COMPARED_WITH_ONE = ("ce", "l2b")
 # Each method's quick run (epochs, options): its stage changes and per-epoch updates inside.
 METHODS = {
     "ce": (4, []),
-    "nlnl": (5, ["--warmup-epochs", "1", "--nlnl-window", "1"]),
+    "nlnl": (5, ["--warmup-epochs", "1", "--nlnl-window", "1", "--nlnl-selective"]),  # off on augmented batches
     "jnpl": (4, ["--warmup-epochs", "1"]),
     "pmnar": (4, ["--warmup-epochs", "1", "--pmnar-reweighting", "--pmnar-history"]),  # off on augmented batches
     "bldr": (4, ["--warmup-epochs", "1"]),

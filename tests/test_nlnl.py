@@ -1,11 +1,14 @@
 """NLNL on small hand-made inputs: its stages (warm-up, then NL : SelNL : SelPL : pseudo as
 2 : 1 : 1 : 1), presets, the confidence history (a ring buffer of `window` epochs, the mean over
 the filled entries), SelNL's and SelPL's selections from it, and its state in state_dict."""
+import math
+
+import pytest
 import torch
 
 from engine import reference as R
-from engine.methods.base import Batch, Phase, clean_selection
-from engine.methods.nlnl import NLNL, NLNLStage
+from engine.methods.base import Batch, Phase, clean_selection, confidence_on_labels
+from engine.methods.nlnl import NLNL, NLNLConfig, NLNLStage
 from method_testing import (N, C, FixedLogits, assert_same_state, first_epoch_of, index_images, make_method,
                             preset_method, probs_with_confidence, step_at)
 
@@ -24,7 +27,7 @@ def end_epochs(method, confidences):
 
 
 def test_small_preset_stages_split_2_1_1_1_after_the_warmup():
-    method = preset_method(NLNL, "small", 10)
+    method = preset_method(NLNL, "small", 10, selective=True)
     config = method.config
     assert (config.epochs, config.warmup_epochs, config.complementary_labels, config.window) == (30, 3, 9, 10)
     assert config.lr == 0.1, "NL needs a larger lr than NL+ (JNPL 0.02)"
@@ -36,6 +39,35 @@ def test_small_preset_stages_split_2_1_1_1_after_the_warmup():
     assert [stage.lr for stage in stages] == [config.warmup_lr, config.lr, config.lr, config.lr, config.pseudo_lr]
     assert [stage.reset_optimizer for stage in stages] == [False, True, False, False, True]
     assert stages[-1].milestones == (0.5,)
+
+
+def test_short_budget_preset_leaves_the_selective_stages_to_the_augmentation():
+    """A memorization guard: unset in the short-budget preset, then off where the training
+    batches are augmented (NL alone after the warm-up, decayed along a cosine) and on where not."""
+    assert NLNLConfig.preset("small", 10).selective is None
+    augmented = preset_method(NLNL, "small", 10)
+    assert augmented.config.selective is False
+    warmup, nl = augmented.stages()
+    assert (warmup.kind, warmup.epochs, nl.kind, nl.epochs) == (Phase.WARMUP, 3, NLNLStage.NL, 27)
+    assert nl.cosine and nl.reset_optimizer and nl.lr_at(0) == 0.1
+    assert nl.lr_at(26) == pytest.approx(0.05 * (1 + math.cos(math.pi * 26 / 27)))
+    plain = preset_method(NLNL, "small", 10, augment=False)
+    assert plain.config.selective is True and [stage.kind for stage in plain.stages()] == KINDS
+    assert preset_method(NLNL, "paper", 10).config.selective is True
+
+
+def test_without_the_selective_stages_samples_are_flagged_where_the_arg_max_is_another_class():
+    """Below 0.5 on the given label but still its arg-max: kept without the selective stages,
+    half of them flagged with them (each class's less confident half); elsewhere: flagged."""
+    labels = torch.arange(N) % C
+    probs = probs_with_confidence(labels, torch.full((N,), 0.4), C)  # 0.15 on each other class
+    elsewhere = torch.arange(N) % 3 == 0
+    probs[elsewhere] = probs_with_confidence((labels[elsewhere] + 1) % C, torch.full((int(elsewhere.sum()),), 0.9), C)
+    score, flagged = make_method(NLNL, selective=False).clean_scores({"probs": probs})
+    torch.testing.assert_close(score, confidence_on_labels(probs, labels))
+    assert torch.equal(flagged, elsewhere)
+    _, flagged_by_selection = make_method(NLNL, selective=True).clean_scores({"probs": probs})
+    assert flagged_by_selection[elsewhere].all() and flagged_by_selection[~elsewhere].sum() > 0
 
 
 def test_paper_preset_complementary_labels_and_stages():
@@ -50,13 +82,13 @@ def test_paper_preset_complementary_labels_and_stages():
 
 
 def test_confidence_history_is_a_ring_buffer_averaged_over_its_filled_entries():
-    method = make_method(NLNL, window=3)
+    method = make_method(NLNL, selective=True, window=3)
     assert method.history.shape == (N, 3) and method.history.isnan().all()
     torch.testing.assert_close(method.mean_confidence(), torch.zeros(N))  # nothing filled yet
     generator = torch.Generator().manual_seed(0)
     confidences = torch.rand(5, N, generator=generator)
     for seen in range(1, 6):
-        method = make_method(NLNL, window=3)
+        method = make_method(NLNL, selective=True, window=3)
         end_epochs(method, confidences[:seen])
         assert int(method.epochs_seen) == seen
         torch.testing.assert_close(method.mean_confidence(), confidences[max(0, seen - 3):seen].mean(0))
@@ -69,7 +101,7 @@ def nlnl_batch(method):
 
 
 def test_selnl_trains_nl_only_on_samples_above_one_over_c():
-    method = make_method(NLNL, complementary_labels=C - 1)
+    method = make_method(NLNL, selective=True, complementary_labels=C - 1)
     history = torch.rand(2, N, generator=torch.Generator().manual_seed(1)) * 0.4  # around 1/C = 0.2
     end_epochs(method, history)
     selected = history.mean(0) > 1 / C
@@ -91,7 +123,7 @@ def test_selnl_trains_nl_only_on_samples_above_one_over_c():
 
 
 def test_selpl_trains_ce_only_on_samples_with_mean_confidence_at_least_one_half():
-    method = make_method(NLNL, clean_class_share=0.0)  # the paper's rule alone
+    method = make_method(NLNL, selective=True, clean_class_share=0.0)  # the paper's rule alone
     first = torch.tensor([0.5, 0.9, 0.2, 0.6, 0.4, 0.5, 1.0, 0.0, 0.7, 0.3, 0.8, 0.55])
     second = torch.tensor([0.5, 0.3, 0.9, 0.2, 0.6, 0.4, 1.0, 0.1, 0.2, 0.8, 0.9, 0.4])
     end_epochs(method, [first, second])
@@ -106,7 +138,7 @@ def test_selpl_trains_ce_only_on_samples_with_mean_confidence_at_least_one_half(
 
 
 def test_selpl_adds_each_classes_most_confident_share_from_the_mean_confidence():
-    method = make_method(NLNL)  # the short-budget preset: clean_class_share 0.5
+    method = make_method(NLNL, selective=True)  # the short-budget preset: clean_class_share 0.5
     confidence = torch.linspace(0.0, 0.4, N)  # none passes 0.5: SelPL trains on each class's top half
     end_epochs(method, [confidence, confidence])
     expected = clean_selection(confidence, method.given_labels, C, 0.5)
@@ -118,7 +150,7 @@ def test_selpl_adds_each_classes_most_confident_share_from_the_mean_confidence()
 
 
 def test_empty_selections_give_a_zero_loss():
-    method = make_method(NLNL, clean_class_share=0.0)
+    method = make_method(NLNL, selective=True, clean_class_share=0.0)
     end_epochs(method, [torch.zeros(N)])
     logits = torch.randn(N, C)
     batch = nlnl_batch(method)
@@ -128,7 +160,7 @@ def test_empty_selections_give_a_zero_loss():
 
 
 def test_pseudo_stage_keeps_confident_labels_and_relabels_the_rest():
-    method = make_method(NLNL, clean_class_share=0.0, relabel=True)
+    method = make_method(NLNL, selective=True, clean_class_share=0.0, relabel=True)
     confidence = torch.linspace(0.0, 1.0, N)
     probs = probs_with_confidence(method.given_labels, confidence, C)
     probs[confidence < 0.5] = probs_with_confidence((method.given_labels[confidence < 0.5] + 1) % C,
@@ -139,7 +171,7 @@ def test_pseudo_stage_keeps_confident_labels_and_relabels_the_rest():
 
 
 def test_short_budget_pseudo_stage_continues_selpl_without_changing_labels():
-    method = make_method(NLNL)
+    method = make_method(NLNL, selective=True)
     assert not method.config.relabel
     confidence = torch.linspace(0.0, 0.4, N)
     end_epochs(method, [confidence])
@@ -161,7 +193,7 @@ def test_short_budget_pseudo_stage_continues_selpl_without_changing_labels():
 
 
 def test_history_and_pseudo_labels_are_state_and_round_trip():
-    method = make_method(NLNL, window=3)
+    method = make_method(NLNL, selective=True, window=3)
     confidences = torch.rand(4, N, generator=torch.Generator().manual_seed(4))
     end_epochs(method, confidences[:2])  # one slot still empty (NaN)
     method.pseudo_labels = (method.given_labels + 1) % C
@@ -169,7 +201,7 @@ def test_history_and_pseudo_labels_are_state_and_round_trip():
     assert set(state) == {"pseudo_labels", "history", "epochs_seen", "selected"}
     assert state["history"][:, 2].isnan().all() and int(state["epochs_seen"]) == 2
 
-    fresh = make_method(NLNL, window=3)
+    fresh = make_method(NLNL, selective=True, window=3)
     fresh.load_state_dict(state)
     assert_same_state(fresh.state_dict(), state)
     torch.testing.assert_close(fresh.mean_confidence(), method.mean_confidence())
