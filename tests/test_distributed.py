@@ -30,7 +30,7 @@ COMPARED_WITH_ONE = ("ce", "l2b")
 METHODS = {
     "ce": (4, []),
     "nlnl": (5, ["--warmup-epochs", "1", "--nlnl-window", "1", "--nlnl-selective"]),  # off on augmented batches
-    "jnpl": (4, ["--warmup-epochs", "1"]),
+    "jnpl": (4, ["--warmup-epochs", "1", "--jnpl-selective"]),  # off on augmented batches
     "pmnar": (4, ["--warmup-epochs", "1", "--pmnar-reweighting", "--pmnar-history"]),  # off on augmented batches
     "bldr": (4, ["--warmup-epochs", "1"]),
     "l2b": (4, ["--warmup-epochs", "1"]),

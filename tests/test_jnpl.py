@@ -1,13 +1,16 @@
 """JNPL on small hand-made inputs: its stages and epoch split, presets, the loss of each stage
 (NL+ + lambda PL+ on the rows jnpl_select keeps), the pseudo-label rule, clean scores, and its
 per-sample state in state_dict."""
+import math
+
 import pytest
 import torch
 
 from engine import losses as L
 from engine import reference as R
 from engine.methods.base import Batch, Phase, clean_selection, confidence_on_labels
-from engine.methods.jnpl import JNPL, JNPLStage
+from engine.methods.jnpl import JNPL, JNPLConfig, JNPLStage
+from engine.methods.nlnl import NLNL, NLNLConfig, NLNLStage
 from method_testing import (N, C, FixedLogits, assert_same_state, first_epoch_of, index_images, make_method,
                             preset_method, probs_with_confidence, step_at)
 
@@ -19,7 +22,7 @@ def all_other_classes(labels, num_classes):
 
 
 def test_small_preset_stages_warmup_then_the_1000_to_480_split():
-    method = preset_method(JNPL, "small", 10)
+    method = preset_method(JNPL, "small", 10, selective=True)
     config = method.config
     assert (config.epochs, config.warmup_epochs, config.complementary_labels) == (30, 3, 10 - 1)
     warmup, jnpl, pseudo = method.stages()
@@ -29,6 +32,39 @@ def test_small_preset_stages_warmup_then_the_1000_to_480_split():
     assert (warmup.lr, jnpl.lr, pseudo.lr) == (config.warmup_lr, config.lr, config.pseudo_lr)
     assert (jnpl.milestones, pseudo.milestones) == ((0.8,), (0.4, 0.6))
     assert jnpl.reset_optimizer and pseudo.reset_optimizer, "new SGD after the CE warm-up and for the pseudo stage"
+
+
+@pytest.mark.parametrize("cls,config,alone,lr", [(JNPL, JNPLConfig, JNPLStage.JNPL, 0.02),
+                                                (NLNL, NLNLConfig, NLNLStage.NL, 0.1)])
+def test_short_budget_preset_leaves_the_selective_stages_to_the_augmentation(cls, config, alone, lr):
+    """A memorization guard: unset in the short-budget preset, then off where the training
+    batches are augmented (negative learning alone after the warm-up, decayed along a cosine)
+    and on where they are not; the paper presets keep the papers' stages."""
+    assert config.preset("small", 10).selective is None
+    augmented = preset_method(cls, "small", 10)
+    assert augmented.config.selective is False
+    warmup, only = augmented.stages()
+    assert (warmup.kind, warmup.epochs, only.kind, only.epochs) == (Phase.WARMUP, 3, alone, 27)
+    assert only.cosine and only.reset_optimizer and only.lr_at(0) == lr
+    assert only.lr_at(26) == pytest.approx(lr / 2 * (1 + math.cos(math.pi * 26 / 27)))
+    plain = preset_method(cls, "small", 10, augment=False)
+    assert plain.config.selective is True and Phase.PSEUDO in [stage.kind for stage in plain.stages()]
+    assert preset_method(cls, "paper", 10).config.selective is True
+
+
+@pytest.mark.parametrize("cls", [JNPL, NLNL])
+def test_without_the_selective_stages_samples_are_flagged_where_the_arg_max_is_another_class(cls):
+    """Below 0.5 on the given label but still its arg-max: kept without the selective stages,
+    half of them flagged with them (each class's less confident half); elsewhere: flagged."""
+    labels = torch.arange(N) % C
+    probs = probs_with_confidence(labels, torch.full((N,), 0.4), C)  # 0.15 on each other class
+    elsewhere = torch.arange(N) % 3 == 0
+    probs[elsewhere] = probs_with_confidence((labels[elsewhere] + 1) % C, torch.full((int(elsewhere.sum()),), 0.9), C)
+    score, flagged = make_method(cls, selective=False).clean_scores({"probs": probs})
+    torch.testing.assert_close(score, confidence_on_labels(probs, labels))
+    assert torch.equal(flagged, elsewhere)
+    _, flagged_by_selection = make_method(cls, selective=True).clean_scores({"probs": probs})
+    assert flagged_by_selection[elsewhere].all() and flagged_by_selection[~elsewhere].sum() > 0
 
 
 def test_paper_preset_has_no_warmup_and_one_complementary_label():
@@ -42,7 +78,7 @@ def test_paper_preset_has_no_warmup_and_one_complementary_label():
 
 
 def test_pseudo_labels_are_fixed_at_the_start_of_the_pseudo_stage():
-    method = make_method(JNPL, clean_class_share=0.0, relabel=True)  # the paper's rule alone
+    method = make_method(JNPL, selective=True, clean_class_share=0.0, relabel=True)  # the paper's rule alone
     labels = method.given_labels
     confidence = torch.tensor([0.9, 0.5, 0.49, 0.1, 0.6, 0.3, 0.2, 0.7, 0.5, 0.0, 0.45, 1.0])
     probs = probs_with_confidence(labels, confidence, C)
@@ -95,7 +131,7 @@ def test_clean_selection_adds_each_classes_most_confident_share_to_the_threshold
 
 
 def test_pseudo_stage_relabels_all_but_each_classes_most_confident_half():
-    method = make_method(JNPL, relabel=True)  # the short-budget preset's selection, the paper's relabeling
+    method = make_method(JNPL, selective=True, relabel=True)  # the short-budget preset's selection, the paper's relabeling
     assert method.config.clean_class_share == 0.5
     labels = method.given_labels  # i mod 5: classes of 3, 3, 2, 2, 2 samples
     confidence = torch.linspace(0.05, 0.3, N)  # none passes 0.5
@@ -123,7 +159,7 @@ def class_balanced_confidence(logits, labels):
 
 @pytest.mark.parametrize("class_balanced", [False, True])
 def test_short_budget_pseudo_stage_changes_no_label_and_keeps_nl_plus_on_the_unselected(class_balanced):
-    method = make_method(JNPL, complementary_labels=C - 1, class_balanced=class_balanced)
+    method = make_method(JNPL, selective=True, complementary_labels=C - 1, class_balanced=class_balanced)
     assert not method.config.relabel and preset_method(JNPL, "paper", 10).config.relabel
     labels, rows = method.given_labels, torch.arange(N)
     confident = torch.full((N,), 0.9)
@@ -163,7 +199,7 @@ def jnpl_logits():
 @pytest.mark.parametrize("pl_weight", [None, 0.5])
 def test_jnpl_loss_is_nl_plus_and_weighted_pl_plus_on_the_selected_rows(pl_weight):
     options = {} if pl_weight is None else {"pl_weight": pl_weight}
-    method = make_method(JNPL, complementary_labels=C - 1, class_balanced=False, **options)
+    method = make_method(JNPL, selective=True, complementary_labels=C - 1, class_balanced=False, **options)
     weight = 0.01 if pl_weight is None else pl_weight
     assert method.config.pl_weight == weight
     logits = jnpl_logits()
@@ -198,7 +234,7 @@ def test_jnpl_loss_is_nl_plus_and_weighted_pl_plus_on_the_selected_rows(pl_weigh
 
 
 def test_jnpl_loss_without_a_kept_row_is_nl_plus_alone():
-    method = make_method(JNPL, complementary_labels=C - 1, class_balanced=False)
+    method = make_method(JNPL, selective=True, complementary_labels=C - 1, class_balanced=False)
     logits = torch.zeros(N, C)  # uniform rows: no class stands out, so no PL+ candidate
     indices = torch.arange(N)
     batch = Batch(index_images(indices), indices, method.given_labels)
@@ -210,7 +246,7 @@ def test_jnpl_loss_without_a_kept_row_is_nl_plus_alone():
 
 
 def test_class_balanced_jnpl_stage_has_nl_plus_gradient_over_the_class_mean_confidence():
-    method = make_method(JNPL, complementary_labels=C - 1)
+    method = make_method(JNPL, selective=True, complementary_labels=C - 1)
     assert method.config.class_balanced, "the short-budget preset"
     logits = jnpl_logits()
     indices = torch.arange(N)
@@ -238,13 +274,13 @@ def test_class_balanced_jnpl_stage_has_nl_plus_gradient_over_the_class_mean_conf
 
 def test_class_balanced_needs_every_other_class_as_complementary_label():
     with pytest.raises(ValueError, match="class_balanced needs complementary_labels = num_classes - 1 = 4.*got 1"):
-        make_method(JNPL, complementary_labels=1)
+        make_method(JNPL, selective=True, complementary_labels=1)
     assert preset_method(JNPL, "small", 10).config.class_balanced
     assert not preset_method(JNPL, "paper", 10).config.class_balanced
 
 
 def test_one_complementary_label_per_step_is_redrawn_and_never_the_given_label():
-    method = make_method(JNPL, complementary_labels=1, class_balanced=False)
+    method = make_method(JNPL, selective=True, complementary_labels=1, class_balanced=False)
     assert method.k == 1 and not method.replacement
     labels = torch.arange(200) % C
     batch = Batch(index_images(torch.arange(200)), torch.arange(200), labels)
@@ -257,7 +293,7 @@ def test_one_complementary_label_per_step_is_redrawn_and_never_the_given_label()
 
 @pytest.mark.parametrize("share", [0.0, 0.5])
 def test_clean_scores_flag_what_the_pseudo_stage_would_not_take_as_clean(share):
-    method = make_method(JNPL, clean_class_share=share)
+    method = make_method(JNPL, selective=True, clean_class_share=share)
     confidence = torch.linspace(0.0, 1.0, N)
     score, flagged = method.clean_scores({"probs": probs_with_confidence(method.given_labels, confidence, C)})
     torch.testing.assert_close(score, confidence)
@@ -267,7 +303,7 @@ def test_clean_scores_flag_what_the_pseudo_stage_would_not_take_as_clean(share):
 
 @pytest.mark.parametrize("relabel", [True, False])
 def test_pseudo_labels_and_selection_are_state_and_round_trip(relabel):
-    method = make_method(JNPL, clean_class_share=0.0, relabel=relabel)
+    method = make_method(JNPL, selective=True, clean_class_share=0.0, relabel=relabel)
     probs = probs_with_confidence((method.given_labels + 1) % C, torch.full((N,), 0.9), C)
     probs[:4] = probs_with_confidence(method.given_labels[:4], torch.full((4,), 0.9), C)
     method.start_stage(step_at(method, first_epoch_of(method, Phase.PSEUDO)).stage, {"probs": probs})
@@ -277,7 +313,7 @@ def test_pseudo_labels_and_selection_are_state_and_round_trip(relabel):
     assert torch.equal(state["pseudo_labels"], relabeled if relabel else method.given_labels)
     assert int(state["selected"].sum()) == (0 if relabel else 4)
 
-    fresh = make_method(JNPL, relabel=relabel)
+    fresh = make_method(JNPL, selective=True, relabel=relabel)
     assert torch.equal(fresh.pseudo_labels, fresh.given_labels) and not fresh.selected.any()
     fresh.load_state_dict(state)
     assert_same_state(fresh.state_dict(), state)

@@ -1,14 +1,11 @@
 """NLNL on small hand-made inputs: its stages (warm-up, then NL : SelNL : SelPL : pseudo as
 2 : 1 : 1 : 1), presets, the confidence history (a ring buffer of `window` epochs, the mean over
 the filled entries), SelNL's and SelPL's selections from it, and its state in state_dict."""
-import math
-
-import pytest
 import torch
 
 from engine import reference as R
-from engine.methods.base import Batch, Phase, clean_selection, confidence_on_labels
-from engine.methods.nlnl import NLNL, NLNLConfig, NLNLStage
+from engine.methods.base import Batch, Phase, clean_selection
+from engine.methods.nlnl import NLNL, NLNLStage
 from method_testing import (N, C, FixedLogits, assert_same_state, first_epoch_of, index_images, make_method,
                             preset_method, probs_with_confidence, step_at)
 
@@ -39,35 +36,6 @@ def test_small_preset_stages_split_2_1_1_1_after_the_warmup():
     assert [stage.lr for stage in stages] == [config.warmup_lr, config.lr, config.lr, config.lr, config.pseudo_lr]
     assert [stage.reset_optimizer for stage in stages] == [False, True, False, False, True]
     assert stages[-1].milestones == (0.5,)
-
-
-def test_short_budget_preset_leaves_the_selective_stages_to_the_augmentation():
-    """A memorization guard: unset in the short-budget preset, then off where the training
-    batches are augmented (NL alone after the warm-up, decayed along a cosine) and on where not."""
-    assert NLNLConfig.preset("small", 10).selective is None
-    augmented = preset_method(NLNL, "small", 10)
-    assert augmented.config.selective is False
-    warmup, nl = augmented.stages()
-    assert (warmup.kind, warmup.epochs, nl.kind, nl.epochs) == (Phase.WARMUP, 3, NLNLStage.NL, 27)
-    assert nl.cosine and nl.reset_optimizer and nl.lr_at(0) == 0.1
-    assert nl.lr_at(26) == pytest.approx(0.05 * (1 + math.cos(math.pi * 26 / 27)))
-    plain = preset_method(NLNL, "small", 10, augment=False)
-    assert plain.config.selective is True and [stage.kind for stage in plain.stages()] == KINDS
-    assert preset_method(NLNL, "paper", 10).config.selective is True
-
-
-def test_without_the_selective_stages_samples_are_flagged_where_the_arg_max_is_another_class():
-    """Below 0.5 on the given label but still its arg-max: kept without the selective stages,
-    half of them flagged with them (each class's less confident half); elsewhere: flagged."""
-    labels = torch.arange(N) % C
-    probs = probs_with_confidence(labels, torch.full((N,), 0.4), C)  # 0.15 on each other class
-    elsewhere = torch.arange(N) % 3 == 0
-    probs[elsewhere] = probs_with_confidence((labels[elsewhere] + 1) % C, torch.full((int(elsewhere.sum()),), 0.9), C)
-    score, flagged = make_method(NLNL, selective=False).clean_scores({"probs": probs})
-    torch.testing.assert_close(score, confidence_on_labels(probs, labels))
-    assert torch.equal(flagged, elsewhere)
-    _, flagged_by_selection = make_method(NLNL, selective=True).clean_scores({"probs": probs})
-    assert flagged_by_selection[elsewhere].all() and flagged_by_selection[~elsewhere].sum() > 0
 
 
 def test_paper_preset_complementary_labels_and_stages():

@@ -10,9 +10,8 @@ every epoch) at the pseudo stage's learning rate.
 Empty selections give a zero loss, never NaN. Stage lengths: 40/20/20/20 % of the epochs
 after the warm-up.
 Without `selective` (the short-budget preset on augmented batches): NL alone after the warm-up,
-its lr decayed to 0 along a cosine, and samples flagged where the arg-max is another class (as
-CE's): the selective stages guard against memorization, which a short run with augmentation may
-not reach, and a briefly trained model's selection costs accuracy (docs/methods.md).
+as JNPL's stage alone (JNPL.negative_learning_only; flagged as CE's): a briefly trained model's
+selection costs accuracy where a short run with augmentation does not memorize (docs/methods.md).
 """
 import enum
 from dataclasses import dataclass
@@ -31,9 +30,6 @@ class NLNLConfig(NegativeLearningConfig):
     pseudo-labeling stages' learning rates."""
 
     window: int = option(10, "epochs of confidence history behind SelNL / SelPL's selections")
-    selective: bool | None = option(True, "SelNL, SelPL and pseudo-labeling after NL (the paper); off: NL alone "
-                                          "after the warm-up with a cosine decay of the lr; unset (the short-budget "
-                                          "preset): on where the training batches are not augmented")
 
     @classmethod
     def preset(cls, size, num_classes):
@@ -47,12 +43,12 @@ class NLNLConfig(NegativeLearningConfig):
         # but lr 0.1: NL's gradients are weaker than NL+'s; at JNPL's 0.02 NLNL stayed below CE
         # (mnist5k, 40% symmetric, 20 epochs: 92.7% against 94.3%; 0.05: 94.5%; 0.1: 95.3%), and
         # the pseudo-label stage at 0.05, below that lr (as JNPL's restarts at its stage's lr).
-        # The selective stages are a memorization guard (Method.memorization_guards): on CIFAR-10N
-        # worst with the small CNN and crops (20 epochs), where CE does not memorize, SelPL's CE
-        # on each class's most confident half cost 5.7 points in its first epoch and NLNL ended
-        # 3.8 below CE; NL alone with a cosine ended 1.2 above it. Under mnist5k's pair flips,
-        # which CE memorizes, they win 3.1 points (docs/methods.md).
-        return cls(**{**small, "lr": 0.1, "pseudo_lr": 0.05, "selective": None})
+        # The selective stages, a memorization guard as JNPL's: on CIFAR-10N worst with the small
+        # CNN and crops (20 epochs), where CE does not memorize, SelPL's CE on each class's most
+        # confident half cost 5.7 points in its first epoch and NLNL ended 3.8 below CE; NL alone
+        # with a cosine ended 1.2 above it. Under mnist5k's pair flips, which get memorized, they
+        # win 2.7 points (docs/methods.md).
+        return cls(**{**small, "lr": 0.1, "pseudo_lr": 0.05})
 
     def validate(self):
         super().validate()
@@ -68,7 +64,6 @@ class NLNLStage(enum.Enum):
 class NLNL(JNPL):
     name = "nlnl"
     Config = NLNLConfig
-    memorization_guards = ("selective",)
 
     def setup(self):
         self.setup_negative_learning()
@@ -79,10 +74,10 @@ class NLNL(JNPL):
 
     def stages(self):
         warmup = self.warmup_stages(self.config.warmup_lr)
-        lr, after_warmup = self.config.lr, self.config.epochs - self.config.warmup_epochs
         if not self.config.selective:
-            return warmup + [Stage(NLNLStage.NL, after_warmup, lr, reset_optimizer=bool(warmup), cosine=True)]
-        nl, sel_nl, sel_pl, pseudo = split_epochs(after_warmup, (2, 1, 1, 1))
+            return warmup + [self.negative_learning_only(NLNLStage.NL)]
+        nl, sel_nl, sel_pl, pseudo = split_epochs(self.config.epochs - self.config.warmup_epochs, (2, 1, 1, 1))
+        lr = self.config.lr
         return warmup + [Stage(NLNLStage.NL, nl, lr, reset_optimizer=bool(warmup)),
                          Stage(NLNLStage.SELNL, sel_nl, lr), Stage(NLNLStage.SELPL, sel_pl, lr),
                          self.pseudo_stage(pseudo, milestones=(0.5,))]
@@ -114,10 +109,6 @@ class NLNL(JNPL):
 
     def sel_pl_loss(self, logits, batch):
         return weighted_ce(logits, batch.labels, weight=self.selected[batch.indices].float())
-
-    def clean_scores(self, outputs):
-        """As JNPL's where the selective stages run; without them, as CE's (no selection to follow)."""
-        return super().clean_scores(outputs) if self.config.selective else self.confidence_scores(outputs["probs"])
 
     def start_stage(self, stage, outputs):
         if self.config.relabel:  # else the pseudo stage keeps SelPL's `selected` (end_epoch)
