@@ -37,9 +37,10 @@ class NegativeLearningConfig(WarmupConfig):
     complementary_labels: int = option(1, "complementary labels per sample and step (distinct while < C)")
     warmup_lr: float = option(0.05, "learning rate of the CE warm-up")
     pseudo_lr: float = option(0.1, "learning rate of the pseudo-labeling stage")
-    clean_class_share: float = option(0.0, "share of each class's most confident samples taken as clean "
-                                           "whatever their confidence (0: the paper's threshold alone; set it "
-                                           "to the labels' share of right labels when that is known, README)")
+    clean_class_share: float = option(0.0, "share of each class's most confident samples that the selective "
+                                           "stages take as clean whatever their confidence (0: the paper's "
+                                           "threshold alone; set it to the labels' share of right labels when "
+                                           "that is known, README)")
     relabel: bool = option(True, "pseudo-label stage: the samples not taken as clean take the model's arg-max (the "
                                  "papers); off: no label changes (docs/methods.md)")
     selective: bool | None = option(True, "the stages that train on a selection after negative learning (JNPL: "
