@@ -131,7 +131,8 @@ def test_clean_selection_adds_each_classes_most_confident_share_to_the_threshold
 
 
 def test_pseudo_stage_relabels_all_but_each_classes_most_confident_half():
-    method = make_method(JNPL, selective=True, relabel=True)  # the short-budget preset's selection, the paper's relabeling
+    # the short-budget preset's selection, the paper's relabeling
+    method = make_method(JNPL, selective=True, relabel=True)
     assert method.config.clean_class_share == 0.5
     labels = method.given_labels  # i mod 5: classes of 3, 3, 2, 2, 2 samples
     confidence = torch.linspace(0.05, 0.3, N)  # none passes 0.5
@@ -199,7 +200,7 @@ def jnpl_logits():
 @pytest.mark.parametrize("pl_weight", [None, 0.5])
 def test_jnpl_loss_is_nl_plus_and_weighted_pl_plus_on_the_selected_rows(pl_weight):
     options = {} if pl_weight is None else {"pl_weight": pl_weight}
-    method = make_method(JNPL, selective=True, complementary_labels=C - 1, class_balanced=False, **options)
+    method = make_method(JNPL, complementary_labels=C - 1, class_balanced=False, **options)
     weight = 0.01 if pl_weight is None else pl_weight
     assert method.config.pl_weight == weight
     logits = jnpl_logits()
@@ -234,7 +235,7 @@ def test_jnpl_loss_is_nl_plus_and_weighted_pl_plus_on_the_selected_rows(pl_weigh
 
 
 def test_jnpl_loss_without_a_kept_row_is_nl_plus_alone():
-    method = make_method(JNPL, selective=True, complementary_labels=C - 1, class_balanced=False)
+    method = make_method(JNPL, complementary_labels=C - 1, class_balanced=False)
     logits = torch.zeros(N, C)  # uniform rows: no class stands out, so no PL+ candidate
     indices = torch.arange(N)
     batch = Batch(index_images(indices), indices, method.given_labels)
@@ -246,7 +247,7 @@ def test_jnpl_loss_without_a_kept_row_is_nl_plus_alone():
 
 
 def test_class_balanced_jnpl_stage_has_nl_plus_gradient_over_the_class_mean_confidence():
-    method = make_method(JNPL, selective=True, complementary_labels=C - 1)
+    method = make_method(JNPL, complementary_labels=C - 1)
     assert method.config.class_balanced, "the short-budget preset"
     logits = jnpl_logits()
     indices = torch.arange(N)
@@ -274,7 +275,7 @@ def test_class_balanced_jnpl_stage_has_nl_plus_gradient_over_the_class_mean_conf
 
 def test_class_balanced_needs_every_other_class_as_complementary_label():
     with pytest.raises(ValueError, match="class_balanced needs complementary_labels = num_classes - 1 = 4.*got 1"):
-        make_method(JNPL, selective=True, complementary_labels=1)
+        make_method(JNPL, complementary_labels=1)
     assert preset_method(JNPL, "small", 10).config.class_balanced
     assert not preset_method(JNPL, "paper", 10).config.class_balanced
 

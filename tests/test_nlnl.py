@@ -50,13 +50,13 @@ def test_paper_preset_complementary_labels_and_stages():
 
 
 def test_confidence_history_is_a_ring_buffer_averaged_over_its_filled_entries():
-    method = make_method(NLNL, selective=True, window=3)
+    method = make_method(NLNL, window=3)
     assert method.history.shape == (N, 3) and method.history.isnan().all()
     torch.testing.assert_close(method.mean_confidence(), torch.zeros(N))  # nothing filled yet
     generator = torch.Generator().manual_seed(0)
     confidences = torch.rand(5, N, generator=generator)
     for seen in range(1, 6):
-        method = make_method(NLNL, selective=True, window=3)
+        method = make_method(NLNL, window=3)
         end_epochs(method, confidences[:seen])
         assert int(method.epochs_seen) == seen
         torch.testing.assert_close(method.mean_confidence(), confidences[max(0, seen - 3):seen].mean(0))
@@ -161,7 +161,7 @@ def test_short_budget_pseudo_stage_continues_selpl_without_changing_labels():
 
 
 def test_history_and_pseudo_labels_are_state_and_round_trip():
-    method = make_method(NLNL, selective=True, window=3)
+    method = make_method(NLNL, window=3)
     confidences = torch.rand(4, N, generator=torch.Generator().manual_seed(4))
     end_epochs(method, confidences[:2])  # one slot still empty (NaN)
     method.pseudo_labels = (method.given_labels + 1) % C
@@ -169,7 +169,7 @@ def test_history_and_pseudo_labels_are_state_and_round_trip():
     assert set(state) == {"pseudo_labels", "history", "epochs_seen", "selected"}
     assert state["history"][:, 2].isnan().all() and int(state["epochs_seen"]) == 2
 
-    fresh = make_method(NLNL, selective=True, window=3)
+    fresh = make_method(NLNL, window=3)
     fresh.load_state_dict(state)
     assert_same_state(fresh.state_dict(), state)
     torch.testing.assert_close(fresh.mean_confidence(), method.mean_confidence())
