@@ -12,12 +12,12 @@ from method_testing import N, C, FixedLogits, index_images, make_method, preset_
 
 def test_presets_and_schedules():
     small, paper = preset_method(CE, "small", 10), preset_method(CE, "paper", 10)
-    assert (small.config.epochs, small.config.lr, small.config.model, small.config.cosine) == (30, 0.05, "small_cnn", True)
+    assert (small.config.epochs, small.config.lr, small.config.model, small.config.cosine) == (30, 0.1, "small_cnn", True)
     assert (paper.config.epochs, paper.config.lr, paper.config.model, paper.config.cosine) == (120, 0.02, "preact_resnet18",
                                                                                               False)
-    assert [(stage.kind, stage.epochs, stage.lr) for stage in small.stages()] == [(CEStage.CE, 30, 0.05)]
+    assert [(stage.kind, stage.epochs, stage.lr) for stage in small.stages()] == [(CEStage.CE, 30, 0.1)]
     (stage,) = preset_method(CE, "small", 10, epochs=40).stages()  # a cosine from lr to 0
-    assert [round(stage.lr_at(e), 6) for e in (0, 20, 39)] == [0.05, 0.025, round(0.025 * (1 + math.cos(math.pi * 39 / 40)), 6)]
+    assert [round(stage.lr_at(e), 6) for e in (0, 20, 39)] == [0.1, 0.05, round(0.05 * (1 + math.cos(math.pi * 39 / 40)), 6)]
     (stage,) = preset_method(CE, "paper", 10, epochs=60).stages()  # x0.1 at 50% and 75% of the epochs
     assert [round(stage.lr_at(e), 6) for e in (0, 29, 30, 44, 45, 59)] == [0.02, 0.02, 0.002, 0.002, 0.0002, 0.0002]
     assert CE(lr=0.2).configure("paper", 10).lr == 0.2, "an option replaces the preset's value"

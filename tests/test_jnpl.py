@@ -34,7 +34,7 @@ def test_small_preset_stages_warmup_then_the_1000_to_480_split():
     assert jnpl.reset_optimizer and pseudo.reset_optimizer, "new SGD after the CE warm-up and for the pseudo stage"
 
 
-@pytest.mark.parametrize("cls,config,alone,lr", [(JNPL, JNPLConfig, JNPLStage.JNPL, 0.02),
+@pytest.mark.parametrize("cls,config,alone,lr", [(JNPL, JNPLConfig, JNPLStage.JNPL, 0.1),
                                                 (NLNL, NLNLConfig, NLNLStage.NL, 0.1)])
 def test_short_budget_preset_leaves_the_selective_stages_to_the_augmentation(cls, config, alone, lr):
     """A memorization guard: unset in the short-budget preset, then off where the training

@@ -27,7 +27,7 @@ def test_small_preset_stages_split_2_1_1_1_after_the_warmup():
     method = preset_method(NLNL, "small", 10, selective=True)
     config = method.config
     assert (config.epochs, config.warmup_epochs, config.complementary_labels, config.window) == (30, 3, 9, 10)
-    assert config.lr == 0.1, "NL needs a larger lr than NL+ (JNPL 0.02)"
+    assert (config.lr, config.pseudo_lr) == (0.1, 0.05)
     stages = method.stages()
     assert [stage.kind for stage in stages] == KINDS
     rest = 27  # after the 3 warm-up epochs
