@@ -50,13 +50,13 @@ def test_paper_preset_complementary_labels_and_stages():
 
 
 def test_confidence_history_is_a_ring_buffer_averaged_over_its_filled_entries():
-    method = make_method(NLNL, window=3)
+    method = make_method(NLNL, window=3, selective=True)
     assert method.history.shape == (N, 3) and method.history.isnan().all()
     torch.testing.assert_close(method.mean_confidence(), torch.zeros(N))  # nothing filled yet
     generator = torch.Generator().manual_seed(0)
     confidences = torch.rand(5, N, generator=generator)
     for seen in range(1, 6):
-        method = make_method(NLNL, window=3)
+        method = make_method(NLNL, window=3, selective=True)
         end_epochs(method, confidences[:seen])
         assert int(method.epochs_seen) == seen
         torch.testing.assert_close(method.mean_confidence(), confidences[max(0, seen - 3):seen].mean(0))
@@ -161,7 +161,7 @@ def test_short_budget_pseudo_stage_continues_selpl_without_changing_labels():
 
 
 def test_history_and_pseudo_labels_are_state_and_round_trip():
-    method = make_method(NLNL, window=3)
+    method = make_method(NLNL, window=3, selective=True)
     confidences = torch.rand(4, N, generator=torch.Generator().manual_seed(4))
     end_epochs(method, confidences[:2])  # one slot still empty (NaN)
     method.pseudo_labels = (method.given_labels + 1) % C
@@ -169,10 +169,18 @@ def test_history_and_pseudo_labels_are_state_and_round_trip():
     assert set(state) == {"pseudo_labels", "history", "epochs_seen", "selected"}
     assert state["history"][:, 2].isnan().all() and int(state["epochs_seen"]) == 2
 
-    fresh = make_method(NLNL, window=3)
+    fresh = make_method(NLNL, window=3, selective=True)
     fresh.load_state_dict(state)
     assert_same_state(fresh.state_dict(), state)
     torch.testing.assert_close(fresh.mean_confidence(), method.mean_confidence())
     for resumed in (method, fresh):  # a resumed run continues the ring where it stopped
         end_epochs(resumed, confidences[2:])
     assert_same_state(fresh.state_dict(), method.state_dict())
+
+
+def test_without_selective_stages_no_confidence_history_is_kept():
+    method = make_method(NLNL, selective=False)
+    assert set(method.state_dict()) == {"pseudo_labels", "selected"}
+    end_epochs(method, torch.rand(2, N, generator=torch.Generator().manual_seed(5)))
+    assert not method.selected.any(), "NL alone selects nothing"
+    assert set(method.state_dict()) == {"pseudo_labels", "selected"}

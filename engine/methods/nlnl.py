@@ -66,6 +66,8 @@ class NLNL(JNPL):
 
     def setup(self):
         self.setup_negative_learning()
+        if not self.config.selective:  # NL alone selects nothing: no history to keep
+            return
         # Confidence on the given label over the last `window` epochs (ring buffer).
         self.register_buffer("history", torch.full((len(self.given_labels), self.config.window), float("nan"),
                                                    device=self.device))
@@ -114,6 +116,8 @@ class NLNL(JNPL):
             super().start_stage(stage, outputs)
 
     def end_epoch(self, step, outputs):
+        if not self.config.selective:
+            return
         self.history[:, int(self.epochs_seen) % self.config.window] = confidence_on_labels(outputs["probs"],
                                                                                           self.given_labels)
         self.epochs_seen += 1
