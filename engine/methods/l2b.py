@@ -11,7 +11,7 @@ over alpha and beta together ("rectify_sum": max(., 0) / sum, so they sum to 1 p
 "sigmoid" / "softmax" with a temperature as options); then the real step on
 sum_i alpha_i CE(y_i) + beta_i CE(pseudo_i). Gradient norms are clipped.
 Ablation (the paper's Table 7): weights "alpha" (beta = 0: L2RW), beta (alpha = 0), or
-sum_to_one (alpha_i + beta_i = 1 per sample, then the batch mean; the short-budget preset's).
+sum_to_one (alpha_i + beta_i = 1 per sample, then the batch mean).
 Clean score: the model's confidence on the given label, flagged noisy where its arg-max is another
 class, as for CE and PMNAR (the paper detects nothing). The meta-weights make a worse detector:
 a sample that the model predicts as labeled gets alpha = beta, so its share alpha / (alpha +
@@ -118,13 +118,9 @@ class L2BConfig(WarmupConfig):
         # Small data: lr 0.1 and 5 warm-up epochs (at lr 0.05 and 3, measured on mnist5k at 40%
         # noise, the pseudo-labels came from a 62%-accurate model and L2B ended at 92.3%); no
         # clipping (at 0.25 the small CNN learned slowly: 66.5% after the warm-up where CE had
-        # 77.3%, 95.2% at the end; unclipped 96.9%). Each sample's two weights summing to 1 (the
-        # paper's Table 7 ablation): the paper's weights, rectified over the whole batch, leave many
-        # samples out of a step, which a short run that still underfits cannot spare (CIFAR-10N
-        # worst, small CNN with crops, 20 epochs, seeds 0 / 1 / 2: 59.5% / 60.4% / 59.7% against
-        # 58.2% / 59.2% / 58.2%; docs/methods.md).
+        # 77.3%, 95.2% at the end; unclipped 96.9%).
         return cls(epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4, warmup_epochs=5, clean_fraction=0.05,
-                   grad_clip=0.0, weights="sum_to_one")
+                   grad_clip=0.0)
 
     def validate(self):
         super().validate()
