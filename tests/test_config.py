@@ -28,17 +28,23 @@ def test_every_preset_is_valid_and_every_field_is_a_flag(name, size):
 @pytest.mark.parametrize("name", sorted(name for name, cls in METHODS.items() if cls.memorization_guards))
 def test_memorization_guards_are_resolved_by_the_training_batches_augmentation(name):
     cls = METHODS[name]
-    for guard in cls.memorization_guards:
-        assert typing.get_type_hints(cls.Config)[guard] == bool | None, guard
+    hints = typing.get_type_hints(cls.Config)
+    for guard, values in cls.memorization_guards.items():
+        assert type(None) in typing.get_args(hints[guard]), f"{guard}: a preset must be able to leave it unset"
+        assert len(set(values)) == 2, (guard, values)
         assert getattr(cls.Config.preset("paper", 10), guard) is not None, "the papers' own choice"
-    resolved = {augment: cls(augment=augment).configure("small", 10) for augment in (True, False)}
-    for augment, config in resolved.items():
-        assert [getattr(config, guard) for guard in cls.memorization_guards] == [not augment] * len(
-            cls.memorization_guards), (augment, config)
-    method = cls()  # bound to a config not made by configure: resolved there
+        assert getattr(cls.Config.preset("small", 10), guard) is None, "left to the augmentation"
+    for augment, column in ((False, 0), (True, 1)):  # the resolved values are type-checked by the config
+        config = cls(augment=augment).configure("small", 10)
+        assert {guard: getattr(config, guard) for guard in cls.memorization_guards} == {
+            guard: values[column] for guard, values in cls.memorization_guards.items()}, (augment, config)
+    method = cls()  # bound to a config not made by configure: resolved there (augmented by default)
     method.bind(cls.Config.preset("small", 10), torch.arange(20) % 10, 10, seed=0, device="cpu")
-    assert [getattr(method.config, guard) for guard in cls.memorization_guards] == [False] * len(
-        cls.memorization_guards)
+    assert {guard: getattr(method.config, guard) for guard in cls.memorization_guards} == {
+        guard: augmented for guard, (_, augmented) in cls.memorization_guards.items()}
+    given = {guard: not_augmented for guard, (not_augmented, _) in cls.memorization_guards.items()}
+    config = cls(**given).configure("small", 10)  # an option given wins
+    assert {guard: getattr(config, guard) for guard in given} == given
 
 
 def test_presets_differ_by_size_and_class_count():

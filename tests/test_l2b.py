@@ -131,8 +131,9 @@ def l2b_batch(method, generator):
                  clean_labels=torch.tensor([0, 1, 2]))
 
 
-def test_l2b_loss_weights_the_batch_by_its_meta_gradients():
-    method = make_method(L2B, warmup=1, num_classes=3)
+@pytest.mark.parametrize("weights", ["both", "sum_to_one"])
+def test_l2b_loss_weights_the_batch_by_its_meta_gradients(weights):
+    method = make_method(L2B, warmup=1, num_classes=3, weights=weights)
     assert [stage.kind for stage in method.stages()] == [Phase.WARMUP, L2BStage.L2B]
     model = tiny_model().float()
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
@@ -148,7 +149,7 @@ def test_l2b_loss_weights_the_batch_by_its_meta_gradients():
     pseudo = logits.argmax(1)
     grad_alpha, grad_beta = meta_gradients(model, batch.images, batch.labels, pseudo, batch.clean_images,
                                            batch.clean_labels, virtual_step(model, optimizer))
-    alpha, beta = balance_weights(-grad_alpha, -grad_beta, "both", "rectify_sum", 10.0)
+    alpha, beta = balance_weights(-grad_alpha, -grad_beta, weights, "rectify_sum", 10.0)
     assert alpha.sum() + beta.sum() == pytest.approx(1.0) and (alpha > 0).any()
     expected = (alpha * F.cross_entropy(logits, batch.labels, reduction="none")
                 + beta * F.cross_entropy(logits, pseudo, reduction="none")).sum()

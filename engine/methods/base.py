@@ -220,11 +220,12 @@ class Method(nn.Module):
     name = "ce"
     Config = MethodConfig
     clean_subset = CleanSubset.NOT_NEEDED
-    # Boolean config fields that guard against memorizing the labels and that a preset may leave
-    # unset (None): then on where the training batches are not augmented, where networks memorize
-    # within a few epochs, and off where they are, where a short run may not memorize at all and
-    # the guard costs accuracy (docs/methods.md, "Defaults").
-    memorization_guards = ()
+    # Config fields that guard against memorizing the labels and that a preset may leave unset
+    # (None), each with its two values: (where the training batches are not augmented, where
+    # they are). Without augmentation networks memorize within a few epochs and the guard wins;
+    # with it a short run may not memorize at all and the guard costs accuracy (docs/methods.md,
+    # "Defaults"). A switch is (True, False): on where the batches are not augmented.
+    memorization_guards = {}
 
     def __init__(self, **options):
         """options: fields of `Config` that replace the preset's values."""
@@ -248,9 +249,10 @@ class Method(nn.Module):
         return self.config
 
     def with_guards_resolved(self, config):
-        """`config` with its memorization guards left unset switched on where the training
-        batches are not augmented and off where they are."""
-        unset = {name: not config.augments_training for name in self.memorization_guards
+        """`config` with its memorization guards left unset given their value for the training
+        batches' augmentation."""
+        unset = {name: augmented if config.augments_training else not_augmented
+                 for name, (not_augmented, augmented) in self.memorization_guards.items()
                  if getattr(config, name) is None}
         return dataclasses.replace(config, **unset)
 

@@ -111,7 +111,7 @@ class JNPLStage(enum.Enum):
 class JNPL(Method):
     name = "jnpl"
     Config = JNPLConfig
-    memorization_guards = ("selective",)
+    memorization_guards = {"selective": (True, False)}
 
     def setup(self):
         self.setup_negative_learning()

@@ -11,7 +11,8 @@ over alpha and beta together ("rectify_sum": max(., 0) / sum, so they sum to 1 p
 "sigmoid" / "softmax" with a temperature as options); then the real step on
 sum_i alpha_i CE(y_i) + beta_i CE(pseudo_i). Gradient norms are clipped.
 Ablation (the paper's Table 7): weights "alpha" (beta = 0: L2RW), beta (alpha = 0), or
-sum_to_one (alpha_i + beta_i = 1 per sample, then the batch mean).
+sum_to_one (alpha_i + beta_i = 1 per sample, then the batch mean), the short-budget preset's
+choice on augmented batches (a memorization guard, Method.configure).
 Clean score: the model's confidence on the given label, flagged noisy where its arg-max is another
 class, as for CE and PMNAR (the paper detects nothing). The meta-weights make a worse detector:
 a sample that the model predicts as labeled gets alpha = beta, so its share alpha / (alpha +
@@ -101,8 +102,10 @@ class L2BConfig(WarmupConfig):
     """L2B options (needs a clean subset: clean_size / clean_fraction, 1,000 images by default, 5% on small
     data)."""
 
-    weights: typing.Literal["both", "alpha", "beta", "sum_to_one"] = option(
-        "both", "meta-learn alpha and beta (L2B), alpha only (= L2RW), beta only, or alpha + beta = 1 per sample")
+    weights: typing.Literal["both", "alpha", "beta", "sum_to_one"] | None = option(
+        "both", "meta-learn alpha and beta (L2B), alpha only (= L2RW), beta only, or alpha + beta = 1 per sample; "
+                "unset (the short-budget preset): both where the training batches are not augmented, else "
+                "sum_to_one")
     normalize: typing.Literal["rectify_sum", "sigmoid", "softmax"] = option(
         "rectify_sum", "normalize_weights mode for the negated meta-gradients")
     temperature: float = option(10.0, "for sigmoid / softmax")
@@ -118,9 +121,14 @@ class L2BConfig(WarmupConfig):
         # Small data: lr 0.1 and 5 warm-up epochs (at lr 0.05 and 3, measured on mnist5k at 40%
         # noise, the pseudo-labels came from a 62%-accurate model and L2B ended at 92.3%); no
         # clipping (at 0.25 the small CNN learned slowly: 66.5% after the warm-up where CE had
-        # 77.3%, 95.2% at the end; unclipped 96.9%).
+        # 77.3%, 95.2% at the end; unclipped 96.9%). The weights are a memorization guard
+        # (Method.memorization_guards): the paper's, rectified over the whole batch, leave many
+        # samples out of a step, which is what L2B gains by where the network memorizes
+        # (CIFAR-10N worst, 1M-parameter CNN without augmentation: 66.9% against 56.8% with
+        # sum_to_one), and what a run that still underfits cannot spare (the small CNN with
+        # crops, 20 epochs: sum_to_one 1.2-1.5 points above them on worst seeds 0-2, 1.8 on aggre).
         return cls(epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4, warmup_epochs=5, clean_fraction=0.05,
-                   grad_clip=0.0)
+                   grad_clip=0.0, weights=None)
 
     def validate(self):
         super().validate()
@@ -136,6 +144,7 @@ class L2B(Method):
     name = "l2b"
     Config = L2BConfig
     clean_subset = CleanSubset.BATCHES
+    memorization_guards = {"weights": ("both", "sum_to_one")}
 
     @property
     def grad_clip(self):

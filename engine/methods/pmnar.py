@@ -81,7 +81,7 @@ class PMNARStage(enum.Enum):
 class PMNAR(Method):
     name = "pmnar"
     Config = PMNARConfig
-    memorization_guards = ("reweighting", "history")
+    memorization_guards = {"reweighting": (True, False), "history": (True, False)}
 
     def setup(self):
         self.num_networks = 1 if self.config.single_network else 2

@@ -214,7 +214,7 @@ class PUDistillStage(enum.Enum):
 class PUDistill(Method):
     name = "pudistill"
     Config = PUDistillConfig
-    memorization_guards = ("mixup",)
+    memorization_guards = {"mixup": (True, False)}
     clean_subset = CleanSubset.TRAINED_ON
 
     def setup(self):
