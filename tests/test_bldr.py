@@ -37,24 +37,38 @@ def test_bldr_weights_are_the_min_max_normalized_negative_head_probability():
     torch.testing.assert_close(by_max.weights, q / q.max())
 
 
-@pytest.mark.parametrize("rule", ["negative", "sum"])
+@pytest.mark.parametrize("rule", ["negative", "sum", "negative_balanced"])
 def test_bldr_never_samples_the_given_or_the_corrected_label(rule):
     method = make_bldr(negatives="sampled", corrected_label=rule)
     labels = torch.arange(200) % C
     out = {"main": torch.randn(200, C), "negative": torch.randn(200, C)}
     both_heads = (torch.softmax(out["main"], 1) + torch.softmax(out["negative"], 1)).argmax(1)
     assert torch.equal(method.corrected_labels(out, labels, Stage(Phase.WARMUP, 1, 0.1)),
-                       labels if rule == "negative" else both_heads)
+                       both_heads if rule == "sum" else labels)
     corrected = method.corrected_labels(out, labels, Stage(BLDRStage.BLDR, 1, 0.1))
-    if rule == "negative":
-        assert torch.equal(corrected, out["negative"].argmax(1))
-    else:
-        assert torch.equal(corrected, both_heads)
+    negative = torch.softmax(out["negative"], 1)
+    expected = {"negative": negative.argmax(1), "sum": both_heads,
+                "negative_balanced": (negative / negative.mean(0)).argmax(1)}[rule]
+    assert torch.equal(corrected, expected)
     drawn = torch.cat([method.complementary_labels(labels, corrected, step) for step in range(50)], 1)
     assert not (drawn == labels[:, None]).any() and not (drawn == corrected[:, None]).any()
     allowed = 5 - 1 - (corrected != labels).long()
     seen = torch.stack([torch.bincount(row, minlength=C) > 0 for row in drawn]).sum(1)
     assert torch.equal(seen, allowed), "every allowed class is drawn at some step"
+
+
+def test_bldr_balanced_corrected_label_is_not_the_class_the_head_parks_its_mass_on():
+    """A head that puts most of every sample's mass on class 0 and singles out each sample's
+    own class a little: the plain arg-max is 0 for all, the balanced one the singled-out class."""
+    labels = torch.arange(40) % C
+    negative_logits = torch.zeros(40, C)
+    negative_logits[:, 0] = 4.0
+    negative_logits[torch.arange(40), labels] += 1.0
+    out = {"main": torch.randn(40, C), "negative": negative_logits}
+    stage = Stage(BLDRStage.BLDR, 1, 0.1)
+    plain = make_bldr(corrected_label="negative").corrected_labels(out, labels, stage)
+    assert torch.equal(plain, torch.zeros(40, dtype=torch.long))
+    assert torch.equal(make_bldr(corrected_label="negative_balanced").corrected_labels(out, labels, stage), labels)
 
 
 def test_bldr_multi_negative_loss_leaves_out_the_corrected_label():

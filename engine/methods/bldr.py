@@ -4,10 +4,11 @@ One trunk, two linear heads: the positive head ("main") learns the given labels 
 negative head learns complementary labels: every class but the given label y and the corrected
 label (the released code's multi-negative form, ml_loss; --bldr-negatives sampled draws one
 complementary label per step as in the paper's eq. 2, via sample_complementary). The corrected
-label is the arg-max of the negative head (released code) or of the sum of both heads' softmax
-(paper, --bldr-corrected-label sum), on the training view, per step, from the end of the
-warm-up on: excluded from the start, the negative head's own arg-max is a trivial solution
-(measured on mnist5k: after one epoch the head put all its mass on one class for every sample).
+label is the arg-max of the negative head (released code), of the sum of both heads' softmax
+(paper, --bldr-corrected-label sum) or of the negative head's softmax divided by its batch mean
+(negative_balanced), on the training view, per step, from the end of the warm-up on: excluded
+from the start, the negative head's own arg-max is a trivial solution (measured on mnist5k:
+after one epoch the head put all its mass on one class for every sample).
 
 Weights: the negative head's probability on the given label over the whole training set,
 normalized over all samples (global min-max by default, as the released code; --bldr-weight-norm
@@ -103,9 +104,10 @@ class BLDRConfig(WarmupConfig):
     negatives: typing.Literal["all", "sampled"] = option(
         "all", "negative head: every complementary class at once (released code) or one sampled per step (paper "
                "eq. 2)")
-    corrected_label: typing.Literal["negative", "sum"] = option(
+    corrected_label: typing.Literal["negative", "sum", "negative_balanced"] = option(
         "negative", "corrected label excluded from the complementary labels: arg-max of the negative head "
-                    "(released code) or of the sum of both heads (paper)")
+                    "(released code), of the sum of both heads (paper), or of the negative head with each class's "
+                    "probability divided by its batch mean")
     weight_norm: typing.Literal["min_max", "max"] = option("min_max", "normalization of the negative head's "
                                                                       "probabilities into weights")
     threshold: float = option(0.3, "h: normalized score below which a sample is flagged noisy (estimates r)")
@@ -200,6 +202,12 @@ class BLDR(Method):
             # A fresh negative head's arg-max is arbitrary, and excluding it lets the head
             # satisfy NL by putting all its mass there: no corrected label until the warm-up ends.
             return labels
+        if self.config.corrected_label == "negative_balanced":
+            # The same trivial solution after the warm-up where the head is weak: it parks the
+            # mass of samples it cannot place on a few classes, whose arg-max then frees those
+            # samples from NL. Divided by its batch mean, a class wins the arg-max only where
+            # the head singles it out (docs/methods.md, BLDR).
+            return (negative / negative.mean(0, keepdim=True)).argmax(1)
         return negative.argmax(1)
 
     def complementary_labels(self, labels, corrected, step, first_row=0):
