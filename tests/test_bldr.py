@@ -92,8 +92,9 @@ class TwoHeadLogits(nn.Module):
         return {"main": self.main[rows], "negative": self.negative[rows]}
 
 
-def test_bldr_loss_is_both_views_head_losses_plus_each_heads_consistency_and_class_balance():
-    method = make_bldr(warmup=0, sop=False, self_distillation=False)
+@pytest.mark.parametrize("rule", ["negative", "negative_balanced"])
+def test_bldr_loss_is_both_views_head_losses_plus_each_heads_consistency_and_class_balance(rule):
+    method = make_bldr(warmup=0, sop=False, self_distillation=False, corrected_label=rule)
     generator = torch.Generator().manual_seed(4)
     model = TwoHeadLogits(torch.randn(2 * N, C, generator=generator), torch.randn(2 * N, C, generator=generator))
     indices = torch.tensor([0, 3, 5, 8, 10])
@@ -104,7 +105,8 @@ def test_bldr_loss_is_both_views_head_losses_plus_each_heads_consistency_and_cla
 
     labels, weight = batch.labels, method.weights[indices]
     views = [{head: getattr(model, head)[indices + offset] for head in ("main", "negative")} for offset in (0, N)]
-    corrected = views[0]["negative"].argmax(1)
+    negative = torch.softmax(views[0]["negative"], 1)
+    corrected = (negative if rule == "negative" else negative / negative.mean(0)).argmax(1)
     exclude = nn.functional.one_hot(corrected, C).bool()
     expected = sum(R.weighted_ce(view["main"], labels, weight) + R.ml_loss(view["negative"], labels, exclude, weight)
                    for view in views) / 2
