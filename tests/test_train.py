@@ -266,7 +266,8 @@ COMPARED = {"l2b": ["--method", "l2b"],
             "ce": ["--method", "ce"]}
 # Pair-flip noise, where CE memorizes the flipped labels and the methods do not. Measured on
 # 2026-12-03 with these 20 epochs: CE 88.2% (its cosine schedule; 89.0% from lr 0.1, 2026-12-05),
-# BLDR 95.1% (94.7% with its balanced corrected label, 2026-12-06), JNPL 95.8% (96.1% with NL+ balanced per class, 2026-12-04; 96.2% without its pseudo
+# BLDR 95.1% (94.7% with its balanced corrected label, 2026-12-06),
+# JNPL 95.8% (96.1% with NL+ balanced per class, 2026-12-04; 96.2% without its pseudo
 # stage, 2026-12-05; 96.8% at lr 0.1 and 97.0% with the pseudo stage, 2026-12-05),
 # PU-distillation 96.4% (96.2% without mixup, its short-budget preset on augmented batches since
 # 2026-12-05), NLNL 96.5% (96.1% on 2026-12-05; 93.4% without its selective stages), L2B 97.5% (96.5%
