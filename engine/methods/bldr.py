@@ -210,9 +210,9 @@ class BLDR(Method):
         if self.config.corrected_label == "negative_balanced":
             # The same trivial solution after the warm-up where the head is weak: it parks the
             # mass of samples it cannot place on a few classes, whose arg-max then frees those
-            # samples from NL. Divided by its batch mean, a class wins the arg-max only where
-            # the head singles it out (docs/methods.md, BLDR).
-            return (negative / negative.mean(0, keepdim=True)).argmax(1)
+            # samples from NL. Divided by its mean over the (global) batch, a class wins the
+            # arg-max only where the head singles it out (docs/methods.md, BLDR).
+            return (negative / self.processes.gather_rows(negative).mean(0, keepdim=True)).argmax(1)
         return negative.argmax(1)
 
     def complementary_labels(self, labels, corrected, step, first_row=0):
