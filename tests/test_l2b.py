@@ -176,3 +176,5 @@ def test_l2b_options():
     assert L2B().configure("paper", 10).clean_size == 1000 and L2B().configure("small", 10).clean_fraction == 0.05
     method = make_method(L2B, warmup=0, weights="alpha")
     assert method.config.weights == "alpha"
+    assert L2B().configure("small", 10).weights == "sum_to_one" and L2B().configure("paper", 10).weights == "both"
+    assert L2B(augment=False).configure("small", 10).weights == "both", "the paper's where the network memorizes"
