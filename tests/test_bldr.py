@@ -16,10 +16,11 @@ def make_bldr(warmup=2, **options):
     return make_method(BLDR, warmup=warmup, **{"sop_scale": 50.0, **options})
 
 
-def test_bldr_weights_are_the_min_max_normalized_negative_head_probability():
-    method = make_bldr(warmup=2)
-    negative = random_probs(N, C)
-    outputs = {"probs": random_probs(N, C, seed=3), "negative_probs": negative}
+@pytest.mark.parametrize("detection", ["negative", "positive"])
+def test_bldr_weights_are_the_min_max_normalized_negative_head_probability(detection):
+    method = make_bldr(warmup=2, detection=detection)
+    negative, positive = random_probs(N, C), random_probs(N, C, seed=3)
+    outputs = {"probs": positive, "negative_probs": negative}
     method.end_epoch(step_at(method, 0), outputs)
     assert torch.equal(method.weights, torch.ones(N)), "all 1 during the warm-up"
     assert method.sop_weight.item() == 0.0, "no SOP during the warm-up"
@@ -28,7 +29,14 @@ def test_bldr_weights_are_the_min_max_normalized_negative_head_probability():
     expected = (q - q.min()) / (q.max() - q.min())
     torch.testing.assert_close(method.weights, expected)
     score, flagged = method.clean_scores(outputs)
-    assert torch.equal(flagged, expected < 0.3)
+    if detection == "negative":  # the paper's label issues: the weights below h
+        torch.testing.assert_close(score, expected)
+        assert torch.equal(flagged, expected < 0.3)
+    else:  # the positive head's, as CE's
+        torch.testing.assert_close(score, positive[torch.arange(N), method.given_labels])
+        assert torch.equal(flagged, positive.argmax(1) != method.given_labels)
+        assert not torch.equal(flagged, expected < 0.3), "the inputs must tell the two rules apart"
+    # r, and with it SOP's weight, is the negative head's estimate under either rule.
     assert method.noise_rate.item() == pytest.approx((expected < 0.3).float().mean().item())
     assert method.sop_weight.item() == pytest.approx(50.0 * method.noise_rate.item()**2)
 
