@@ -159,7 +159,7 @@ Tensor sample_complementary(const Tensor& labels, int64_t num_classes, int64_t k
                             bool replacement, int64_t seed, int64_t offset, int64_t first_row) {
   const char* api = "sample_complementary";
   TORCH_CHECK_VALUE(num_classes >= 2, api, "(): num_classes must be >= 2, got ", num_classes);
-  TORCH_CHECK_VALUE(num_classes <= (int64_t{1} << 31), api, "(): num_classes must be < 2^31, got ", num_classes);
+  TORCH_CHECK_VALUE(num_classes <= (int64_t{1} << 31), api, "(): num_classes must be <= 2^31, got ", num_classes);
   TORCH_CHECK_VALUE(k >= 1, api, "(): k must be >= 1, got ", k);
   const int64_t rows = labels.dim() == 1 ? labels.size(0) : -1;
   check_class_indices(api, labels, "labels", 1, rows, num_classes, labels, "labels");
@@ -250,7 +250,8 @@ struct StoredGradientLoss : torch::autograd::Function<StoredGradientLoss> {
   // `call` runs the op below autograd; `api` and `op` name it in errors.
   static variable_list forward(AutogradContext* ctx, const Tensor& logits, const std::string& api,
                                const std::string& op, const LossCall& call) {
-    (void)logits;  // an input of the call: autograd records the graph edge from it
+    // An input of the call (autograd records the graph edge from it); its gradient has its dtype.
+    ctx->saved_data["dtype"] = logits.scalar_type();
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [loss, grad] = call();
     ctx->save_for_backward({grad});
@@ -276,9 +277,9 @@ struct StoredGradientLoss : torch::autograd::Function<StoredGradientLoss> {
     if (!grad_loss.defined()) return grads;  // only the (non-differentiable) gradient output was used
     const Tensor grad = ctx->get_saved_variables()[0];
     TORCH_CHECK(grad.dim() == 2, "noisy::", op, " was called with compute_grad=False, so it cannot backpropagate");
-    // Computed in the promoted dtype and rounded once on the store: for bf16 / fp16 no float32
-    // [B, C] copy.
-    Tensor scaled = at::empty_like(grad);
+    // Computed in the promoted dtype and rounded once on the store into the logits' dtype: for
+    // bf16 no float32 [B, C] copy; fp16's stored gradient is float32 (noisy::GradStorage).
+    Tensor scaled = at::empty(grad.sizes(), grad.options().dtype(ctx->saved_data["dtype"].toScalarType()));
     at::mul_out(scaled, grad, grad_loss.unsqueeze(1));
     grads[0] = scaled;
     return grads;

@@ -36,15 +36,19 @@ Matrix<const S> matrix(const at::Tensor& t) {
 
 inline at::ScalarType accumulation_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
+// The stored gradient's dtype (noisy::GradStorage): the logits', float32 for float16 logits.
+inline at::ScalarType gradient_type(at::ScalarType t) { return t == at::kHalf ? at::kFloat : t; }
+
 // Per-row loss [B] (float32, float64 for float64 logits) and, when compute_grad, its
-// gradient wrt logits [B, C] in the logits' dtype (else an empty tensor).
+// gradient wrt logits [B, C] in gradient_type (else an empty tensor).
 template <class Run>
 std::tuple<at::Tensor, at::Tensor> run_row_loss(const at::Tensor& logits, const at::Tensor* labels,
                                                 const at::Tensor* negatives, const at::Tensor* exclude,
                                                 const LossSpec& spec, bool compute_grad, Run&& run) {
   const int64_t rows = logits.size(0), classes = logits.size(1);
   at::Tensor loss = at::empty({rows}, logits.options().dtype(accumulation_type(logits.scalar_type())));
-  at::Tensor grad = compute_grad ? at::empty({rows, classes}, logits.options()) : at::empty({0}, logits.options());
+  const auto grad_options = logits.options().dtype(gradient_type(logits.scalar_type()));
+  at::Tensor grad = compute_grad ? at::empty({rows, classes}, grad_options) : at::empty({0}, grad_options);
   if (rows == 0) return {loss, grad};
   dispatch_float(logits.scalar_type(), [&](auto types) {
     using S = typename decltype(types)::Scalar;
@@ -63,7 +67,7 @@ std::tuple<at::Tensor, at::Tensor> run_row_loss(const at::Tensor& logits, const 
     }
     if (exclude) p.exclude = matrix<bool>(*exclude);
     p.loss = loss.mutable_data_ptr<A>();
-    p.grad = compute_grad ? reinterpret_cast<S*>(grad.mutable_data_ptr()) : nullptr;
+    p.grad = compute_grad ? reinterpret_cast<typename GradStorage<S>::type*>(grad.mutable_data_ptr()) : nullptr;
     p.spec = spec;
     run(p);
   });

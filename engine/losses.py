@@ -3,12 +3,14 @@
 Every loss takes logits [B, C] (float32/float64/bfloat16/float16, any strides; computed in
 float32, float64 for float64 input) and returns a float32 (float64) loss. An optional
 per-sample `weight` [B] is detached. reduction: "none" -> [B]; "sum"; "mean" -> sum(w_i l_i) / B,
-which is 0 (not NaN) for an empty batch. Formulas: ../shared/METHODS.md and engine.reference.
-The fused losses have first derivatives only: double backward and forward-mode AD raise (the
-plain-PyTorch engine.reference functions support both).
+which is 0 (not NaN) for an empty batch. Formulas: each function's docstring, the papers
+(docs/methods.md) and engine.reference. The fused losses have first derivatives only: double
+backward, forward-mode AD and torch.func transforms raise (the plain-PyTorch engine.reference
+functions support them all).
 """
 import numbers
 
+import numpy as np
 import torch
 from torch.autograd import forward_ad
 
@@ -21,8 +23,9 @@ REDUCTIONS = ("none", "mean", "sum")
 _KINDS = {
     "tensor": (torch.Tensor,),
     "int": (numbers.Integral, torch.SymInt),
-    "bool": (bool,),
+    "bool": (bool, np.bool_),
     "float": (numbers.Real, torch.SymFloat, torch.SymInt),
+    "str": (str,),
 }
 
 
@@ -33,9 +36,11 @@ def _arg(api, name, value, kind, optional=False, bits=False):
     the same bits."""
     if value is None and optional:
         return value
-    if not isinstance(value, _KINDS[kind]) or (kind != "bool" and isinstance(value, bool)):
+    if not isinstance(value, _KINDS[kind]) or (kind != "bool" and isinstance(value, (bool, np.bool_))):
         raise TypeError(f"{api}(): {name} must be {'an int' if kind == 'int' else 'a ' + kind}"
                         f"{' or None' if optional else ''}, got {type(value).__name__} {value!r:.40}")
+    if kind == "bool":
+        return bool(value)  # numpy's bool_: to the Python bool the op takes
     if kind == "int":
         if not isinstance(value, torch.SymInt):  # a traced int stays symbolic
             value = int(value)  # numpy integers: to the Python int the op takes
@@ -53,6 +58,12 @@ def _per_sample(api, op, logits, *args):
     if forward_ad.unpack_dual(logits).tangent is not None:
         raise NotImplementedError(f"{api}(): forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) is not "
                                   f"supported by the fused {op._qualified_op_name}; use engine.reference.{api}")
+    # Under vmap the batched logits report requires_grad=False (the op then stores no gradient
+    # and a later backward fails); torch.func.grad / vjp cannot see through the C++ autograd.
+    # (torch.compile traces plain tensors, and cannot trace this check.)
+    if not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(logits):
+        raise NotImplementedError(f"{api}(): torch.func transforms (vmap, grad, vjp, jacrev) are not supported by "
+                                  f"the fused {op._qualified_op_name}; use engine.reference.{api}")
     per_sample, _ = op(logits, *args, logits.requires_grad and torch.is_grad_enabled())
     return per_sample
 
@@ -81,7 +92,8 @@ def nl_loss(logits, comp_labels, weight=None, plus=False, reduction="mean", clam
     (NL+, plus=True). clamp_eps: use log(max(1 - p, eps)) as the NLNL code does (default:
     exact, computed without cancellation).
     """
-    api = "nl_plus_loss" if _arg("nl_loss", "plus", plus, "bool") else "nl_loss"
+    plus = _arg("nl_loss", "plus", plus, "bool")
+    api = "nl_plus_loss" if plus else "nl_loss"
     if _arg(api, "comp_labels", comp_labels, "tensor").dim() == 1:
         comp_labels = comp_labels.unsqueeze(1)
     clamp_eps = 0.0 if clamp_eps is None else _arg(api, "clamp_eps", clamp_eps, "float")
@@ -170,7 +182,7 @@ def normalize_weights(x, mode, temperature=10.0):
     The result carries no gradient.
     """
     api = "normalize_weights"
-    return ops.normalize_weights(_arg(api, "x", x, "tensor").detach(), mode,
+    return ops.normalize_weights(_arg(api, "x", x, "tensor").detach(), _arg(api, "mode", mode, "str"),
                                  _arg(api, "temperature", temperature, "float"))
 
 
@@ -202,6 +214,9 @@ class NLLoss(_Loss):
         super().__init__(reduction)
         self.clamp_eps = clamp_eps
 
+    def extra_repr(self):
+        return f"{super().extra_repr()}, clamp_eps={self.clamp_eps!r}"
+
     def forward(self, logits, comp_labels, weight=None):
         return nl_loss(logits, comp_labels, weight, self.plus, self.reduction, self.clamp_eps)
 
@@ -218,6 +233,9 @@ class PLPlusLoss(_Loss):
     def __init__(self, n=3, reduction="mean"):
         super().__init__(reduction)
         self.n = n
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, n={self.n!r}"
 
     def forward(self, logits, target, weight=None):
         return pl_plus_loss(logits, target, self.n, weight, self.reduction)

@@ -66,14 +66,16 @@ def _update_history_fake(history, indices, logits):
 
 def _register_loss_fake(name):
     """Fake kernel of a loss op `(logits, ..., compute_grad)` -> (per-row loss, gradient wrt
-    logits or an empty placeholder). Its autograd is registered in C++ (csrc/ops.cpp)."""
+    logits or an empty placeholder; float32 for float16 logits, csrc/problems.h). Its autograd is
+    registered in C++ (csrc/ops.cpp)."""
 
     @torch.library.register_fake(f"noisy::{name}")
     def fake(logits, *others):
         _check_devices(name, (logits, *others))
         compute_grad = others[-1]
         loss_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        grad = logits.new_empty(logits.shape) if compute_grad else logits.new_empty((0,))
+        grad_dtype = torch.float32 if logits.dtype == torch.float16 else logits.dtype
+        grad = logits.new_empty(logits.shape if compute_grad else (0,), dtype=grad_dtype)
         return logits.new_empty(logits.shape[:1], dtype=loss_dtype), grad
 
 

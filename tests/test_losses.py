@@ -134,6 +134,37 @@ def test_complementary_label_on_the_confident_class(plus, gap, dtype, device):
         assert (fused(z, reduction="none")[: B // 2] > gap - 10).all()
 
 
+@pytest.mark.parametrize("offset", [1e3, 1e5])
+@pytest.mark.parametrize("name", ["ce", "pm", "pl_plus"])
+def test_positive_term_is_shift_invariant(name, offset, device):
+    """-log p_y of logits near 1e5 equals that of the same logits shifted to 0: it used to be
+    LSE(z) - z_y, which rounds at the logits' magnitude (an error of 1e-3 at 1e5)."""
+    g = torch.Generator().manual_seed(21)
+    fused, _ = make_case(name, 16, 5, device, g)
+    z = (torch.randn(16, 5, generator=g) * 8).round().div(8).to(device)  # z + 1e5 is exact in float32
+    shifted, plain = value_and_grad(fused, z + offset, reduction="none"), value_and_grad(fused, z, reduction="none")
+    torch.testing.assert_close(shifted[0], plain[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(shifted[1], plain[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_float16_gradients_survive_a_loss_scale(name, device):
+    """float16 logits under a loss scale (GradScaler): the gradient is stored in float32 and rounded
+    to float16 once, after backward's scale, as the float32 reference's would be. Stored in float16,
+    entries below 6e-8 became 0 before the scale (e.g. p = 1e-8 of an unlikely class)."""
+    g = torch.Generator().manual_seed(22)
+    fused, reference = make_case(name, 8, 6, device, g)
+    z = torch.randn(8, 6, generator=g) * 3
+    z[torch.arange(8), torch.arange(8) % 6] += 20  # confident rows: the other classes get p ~ 1e-9
+    z = z.to(device, torch.float16)
+    scale = 65536.0
+    _, grad = value_and_grad(lambda x, **k: fused(x, **k) * scale, z, reduction="sum")
+    _, ref_grad = value_and_grad(lambda x, **k: reference(x, **k) * scale, z.double(), reduction="sum")
+    expected = ref_grad.half()
+    assert grad.dtype == torch.float16 and ((expected != 0) & (expected.abs() < 1e-3)).any()
+    torch.testing.assert_close(grad, expected, rtol=2e-3, atol=0)
+
+
 def test_log1m_of_the_arg_max_class_is_exact_for_huge_gaps():
     z = torch.tensor([[0.0, 60.0, 1.0]])
     loss = L.nl_loss(z, torch.tensor([[1]]), reduction="none")
@@ -316,13 +347,16 @@ def test_torch_compile_fullgraph_matches_eager(device):
     assert eager_history.any() and torch.equal(history, eager_history)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("name", LOSS_NAMES)
-def test_nan_logits_give_nan_rows_only(name, device):
-    """NaN policy: a NaN logit makes its row's loss and gradient NaN; other rows are untouched."""
+def test_nan_logits_give_nan_rows_only(name, bad, device):
+    """NaN policy: a NaN or +inf logit (an overflow) makes its row's loss and gradient NaN, as
+    torch's softmax does; other rows are untouched. +inf used to give the negative terms p = 1
+    exactly: PM and ML returned 0 with a zero gradient, where CE gave NaN."""
     g = torch.Generator().manual_seed(11)
     fused, reference = make_case(name, 4, 6, device, g)
     z = torch.randn(4, 6, generator=g)
-    z[1, 2] = float("nan")
+    z[1, 2] = bad
     z = z.to(device)
     value, grad = value_and_grad(fused, z, reduction="none")
     assert torch.isnan(value[1]) and torch.isnan(grad[1]).all()

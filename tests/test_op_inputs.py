@@ -108,7 +108,15 @@ TYPE_CASES = [
      r"normalize_weights\(\): temperature must be a float, got str"),
     (lambda: L.update_history(HISTORY.numpy(), Y, Z), r"update_history\(\): history must be a tensor, got ndarray"),
     (lambda: L.update_history(HISTORY, Y.tolist(), Z), r"update_history\(\): indices must be a tensor, got list"),
+    (lambda: L.normalize_weights(Z[0], None), r"normalize_weights\(\): mode must be a str, got NoneType"),
+    (lambda: L.sample_complementary(Y, 5, k=np.True_), r"sample_complementary\(\): k must be an int, got bool np.True_"),
 ]
+
+
+def test_numpy_bools_are_bools():
+    """np.bool_ (e.g. from a numpy comparison) was refused as 'plus must be a bool, got bool'."""
+    torch.testing.assert_close(L.nl_loss(Z, COMP, plus=np.True_), L.nl_plus_loss(Z, COMP))
+    assert L.sample_complementary(Y, 5, k=2, replacement=np.False_).shape == (4, 2)
 
 
 @pytest.mark.parametrize("call_,pattern", TYPE_CASES, ids=[str(i) for i in range(len(TYPE_CASES))])
@@ -231,6 +239,20 @@ def test_forward_mode_ad_raises_naming_the_op(api):
         torch.func.jvp(fused, (Z,), (torch.ones_like(Z),))
     with forward_ad.dual_level(), pytest.raises(NotImplementedError, match=pattern):
         fused(forward_ad.make_dual(Z, torch.ones_like(Z)))
+
+
+@pytest.mark.parametrize("api", LOSSES)
+def test_torch_func_transforms_raise_naming_the_op(api):
+    """Under vmap the op ran without storing a gradient and a later backward failed with an
+    internal message; torch.func.grad failed with torch's generic one."""
+    fused, _ = loss_of(api)
+    pattern = (rf"{api}\(\): torch.func transforms \(vmap, grad, vjp, jacrev\) are not supported by the fused "
+               rf"noisy::{LOSS_OPS[api]}; use engine.reference.{api}")
+    z = Z.clone().requires_grad_(True)
+    with pytest.raises(NotImplementedError, match=pattern):
+        torch.func.vmap(fused)(z[None].expand(3, *z.shape))
+    with pytest.raises(NotImplementedError, match=pattern):
+        torch.func.grad(fused)(Z)
 
 
 # nl_plus_loss and pl_plus_loss detach their weights (as the papers define them): finite

@@ -29,6 +29,16 @@ def test_normalize_strided_input_and_no_gradient():
     torch.testing.assert_close(out, R.normalize_weights(x.detach()[::2], "min_max"))
 
 
+@pytest.mark.parametrize("mode", ["rectify_sum", "softmax"])
+def test_normalize_sums_a_whole_training_set_exactly(mode):
+    """A float32 running sum stops growing at 2^24 terms of 1: 2^25 equal weights came out 2^-24
+    each (summing to 2). The sums run in double."""
+    x = torch.ones(2**25)
+    out = L.normalize_weights(x, mode)
+    assert torch.equal(out[:3], torch.full((3,), 2.0**-25))
+    assert abs(out.double().sum().item() - 1) < 1e-6
+
+
 def test_normalize_degenerate_vectors():
     const = torch.full((5,), 0.7)
     assert torch.equal(L.normalize_weights(const, "min_max"), torch.ones(5))

@@ -58,6 +58,9 @@ NOISY_HD double log1p_small(double x) { return log1p(x); }
 template <class T>
 NOISY_HD T neg_infinity() { return -static_cast<T>(INFINITY); }
 
+template <class T>
+NOISY_HD T quiet_nan() { return static_cast<T>(NAN); }
+
 // True for finite values; written without std:: so it also compiles for the device.
 template <class T>
 NOISY_HD bool is_finite(T x) { return x - x == T(0); }
@@ -119,6 +122,12 @@ template <> struct Store<float> { template <class A> NOISY_HD static float from(
 template <> struct Store<double> { template <class A> NOISY_HD static double from(A x) { return static_cast<double>(x); } };
 template <> struct Store<bf16_t> { template <class A> NOISY_HD static bf16_t from(A x) { return to_bf16(static_cast<float>(x)); } };
 template <> struct Store<f16_t> { template <class A> NOISY_HD static f16_t from(A x) { return to_f16(static_cast<float>(x)); } };
+
+// The type a loss op stores its gradient in: the logits' own, except float16's, whose range
+// flushes a gradient below 6e-8 to 0 (and keeps few bits below 6e-5) before backward scales it
+// by the incoming gradient, which a loss scale (GradScaler) makes large.
+template <class Scalar> struct GradStorage { using type = Scalar; };
+template <> struct GradStorage<f16_t> { using type = float; };
 
 // A strided 2-D view.
 template <class Scalar>

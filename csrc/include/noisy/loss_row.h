@@ -109,7 +109,7 @@ struct RowLossProblem {
   int64_t num_negatives;
   Matrix<const bool> exclude;     // [rows, classes] for NegativeSet::all_but_label; data may be null
   Acc* loss;                      // [rows]
-  Scalar* grad;                   // [rows, classes] contiguous; null: loss only
+  typename GradStorage<Scalar>::type* grad;  // [rows, classes] contiguous; null: loss only
   LossSpec spec;
 };
 
@@ -262,22 +262,23 @@ NOISY_HD void row_loss(const RowLossProblem<Scalar, Acc>& P, int64_t row, const 
   // the formula reduces to rel_j * plain (+ n_j a_j p_j / (1 - p_j) for all_but_label). Those
   // few columns are then rewritten exactly, each by the lane that wrote it (its own later
   // store wins, no barrier needed).
-  Scalar* grad = P.grad + row * C;
+  using Grad = typename GradStorage<Scalar>::type;
+  Grad* grad = P.grad + row * C;
   const Acc plain = s.ref_prob * (positive_coef - neg.odds_sum) - (neg.arg_coef != Acc(0) ? neg.arg_coef / s.rest_sum : Acc(0));
   if (spec.negatives == NegativeSet::all_but_label) {
     with_plus(spec.plus, [&](auto plus) {
       with_kept_columns(P, row, [&](const auto& kept) {
         for_each_rel(group, s, logit, 0, C, [&](int64_t j, Acc rel) {
-          grad[j] = Store<Scalar>::from(rel * plain + kept(j) * negative_odds(rel * s.ref_prob, plus, clamp_eps));
+          grad[j] = Store<Grad>::from(rel * plain + kept(j) * negative_odds(rel * s.ref_prob, plus, clamp_eps));
         });
       });
     });
   } else {
-    for_each_rel(group, s, logit, 0, C, [&](int64_t j, Acc rel) { grad[j] = Store<Scalar>::from(rel * plain); });
+    for_each_rel(group, s, logit, 0, C, [&](int64_t j, Acc rel) { grad[j] = Store<Grad>::from(rel * plain); });
   }
   const auto rewrite = [&](int64_t j) {
     if (j % Group::width == group.lane) {
-      grad[j] = Store<Scalar>::from(column_grad(j, group.rel_exp(s, logit, j), negative_count(P, row, j, y)));
+      grad[j] = Store<Grad>::from(column_grad(j, group.rel_exp(s, logit, j), negative_count(P, row, j, y)));
     }
   };
   if (s.arg >= 0) rewrite(s.arg);

@@ -6,7 +6,8 @@
 //   sigmoid      1 / (1 + exp(-x))                                         (L2B option)
 //   softmax      exp(x / t) / sum exp(x / t), t = temperature              (L2B option)
 // One pass gathers the statistics (mergeable, so threads can split the vector),
-// a second applies the elementwise map.
+// a second applies the elementwise map. The sums run in double: a float running sum stops
+// growing at 2^24 times its terms, and the vector may be a whole training set.
 #pragma once
 
 #include "noisy/common.h"
@@ -19,22 +20,22 @@ template <class T>
 struct NormStats {
   T min = static_cast<T>(INFINITY);
   T max = neg_infinity<T>();
-  T positive_sum = 0;
+  double positive_sum = 0;
   T scaled_max = neg_infinity<T>();  // max of x / t
-  T scaled_exp_sum = 0;               // sum exp(x / t - scaled_max)
+  double scaled_exp_sum = 0;          // sum exp(x / t - scaled_max)
 
   NOISY_HD void add(T x, NormMode mode, T temperature) {
     min = x < min ? x : min;
     max = x > max ? x : max;
     positive_sum += x > T(0) ? x : T(0);
-    if (mode == NormMode::softmax) add_scaled(x / temperature, T(1));
+    if (mode == NormMode::softmax) add_scaled(x / temperature, 1.0);
   }
 
   NOISY_HD void merge(const NormStats& o) {
     min = o.min < min ? o.min : min;
     max = o.max > max ? o.max : max;
     positive_sum += o.positive_sum;
-    if (o.scaled_exp_sum != T(0)) add_scaled(o.scaled_max, o.scaled_exp_sum);
+    if (o.scaled_exp_sum != 0.0) add_scaled(o.scaled_max, o.scaled_exp_sum);
   }
 
   NOISY_HD T apply(T x, NormMode mode, T temperature) const {
@@ -42,15 +43,16 @@ struct NormStats {
       case NormMode::sub_min: return x - min;
       case NormMode::min_max: return max > min ? (x - min) / (max - min) : T(1);
       case NormMode::max: return max > T(0) ? x / max : T(1);
-      case NormMode::rectify_sum: return positive_sum > T(0) ? (x > T(0) ? x : T(0)) / positive_sum : T(0);
+      case NormMode::rectify_sum:
+        return positive_sum > 0.0 ? static_cast<T>((x > T(0) ? x : T(0)) / positive_sum) : T(0);
       case NormMode::sigmoid: return T(1) / (T(1) + math_exp(-x));
-      default: return math_exp(x / temperature - scaled_max) / scaled_exp_sum;
+      default: return static_cast<T>(math_exp(x / temperature - scaled_max) / scaled_exp_sum);
     }
   }
 
  private:
   // Online log-sum-exp: adds `weight` * exp(s) to the running sum.
-  NOISY_HD void add_scaled(T s, T weight) {
+  NOISY_HD void add_scaled(T s, double weight) {
     if (s > scaled_max) {
       scaled_exp_sum = scaled_exp_sum * math_exp(scaled_max - s) + weight;
       scaled_max = s;

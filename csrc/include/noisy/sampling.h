@@ -63,7 +63,7 @@ NOISY_HD void sample_complementary_row(const AllowedClasses& classes, int64_t k,
 template <class T>
 NOISY_HD bool jnpl_keep(const SoftmaxRow<T>& s, int64_t classes, PhiloxStream& rng) {
   // A tie for the maximum gives p_second = p_arg >= 1/C: never a candidate (decided exactly).
-  const bool candidate = s.max2 < s.max1 && math_exp(s.max2 - s.lse) < T(1) / static_cast<T>(classes);
+  const bool candidate = s.max2 < s.max1 && math_exp((s.max2 - s.max1) - s.log1p_rest) < T(1) / static_cast<T>(classes);
   const float u = rng.uniform();  // drawn for every row so streams do not depend on the data
   return candidate && static_cast<T>(u) < s.p_arg;
 }

@@ -60,16 +60,16 @@ struct SoftmaxRow {
   T rest_sum;      // sum_{j != arg} exp(z_j - ref)
   T rest;          // sum_{j != arg} p_j / p_arg
   T log1p_rest;    // log(1 + rest) = -log p_arg
-  T lse;           // log sum_j exp(z_j)
-  T ref_prob;      // exp(ref - lse): p_j = exp(z_j - ref) * ref_prob for j != arg
+  T ref_prob;      // exp(ref - LSE(z)): p_j = exp(z_j - ref) * ref_prob for j != arg
   T p_arg;
 
   NOISY_HD SoftmaxRow(const TopTwo<T>& top, T rest_sum_)
       : max1(top.max1), max2(top.max2), ref(top.rest_reference()), arg(top.arg), rest_sum(rest_sum_) {
-    const T ref_rel = math_exp(ref - max1);
+    // A +inf logit has no softmax (torch's is NaN): with ref = max2 the row would come out as
+    // p_arg = 1 and a finite loss. NaN then reaches every quantity, as a NaN logit does.
+    const T ref_rel = is_finite(max1) ? math_exp(ref - max1) : quiet_nan<T>();
     rest = ref_rel * rest_sum;
     log1p_rest = math_log1p(rest);
-    lse = max1 + log1p_rest;
     p_arg = T(1) / (T(1) + rest);
     ref_prob = ref_rel * p_arg;
   }
@@ -90,8 +90,10 @@ struct SoftmaxRow {
   // p_j / (1 - p_arg) for j != arg: the softmax over the row without the arg class.
   NOISY_HD T prob_without_arg(T rel) const { return rel / rest_sum; }
 
-  // -log p_j; for the arg class log1p(rest), which keeps its accuracy as p_arg -> 1.
-  NOISY_HD T neg_log_prob(T z, int64_t j) const { return j == arg ? log1p_rest : lse - z; }
+  // -log p_j; for the arg class log1p(rest), which keeps its accuracy as p_arg -> 1. The
+  // difference max1 - z first: LSE(z) - z would round max1 + log1p_rest at the logits' magnitude
+  // (at logits near 1e5, an error of 1e-3).
+  NOISY_HD T neg_log_prob(T z, int64_t j) const { return j == arg ? log1p_rest : (max1 - z) + log1p_rest; }
 };
 
 // Sums over the columns of a row run block by block: each block's partial sum in Acc (the
