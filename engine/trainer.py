@@ -99,7 +99,7 @@ class Trainer:
         CUDA and on the CPU too (oneDNN: about 1.4x a training step and 2x an evaluation pass of
         the small CNN)."""
         shape = self.data.input_shape
-        in_channels, image_size = (shape[0], 1) if self.data.features else (shape[2], shape[0])
+        in_channels, image_size = (shape[0], 1) if self.data.features else (shape[2], tuple(shape[:2]))
         network = build_model(self.model_name, self.data.num_classes, in_channels=in_channels, image_size=image_size)
         if self.config.pretrained:  # every network the method builds (peers, teachers) starts from it
             load_pretrained(network, self.config.pretrained)

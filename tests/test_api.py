@@ -111,6 +111,13 @@ def test_augment_off_trains_on_the_images_as_given(augment):
         assert len(as_given) == 5 and all(as_given) != augment and any(as_given) != augment
 
 
+@pytest.mark.parametrize("model,height,width", [("small_cnn_dense", 20, 30), ("small_cnn", 28, 2)])
+def test_fit_on_images_that_are_not_square(model, height, width):
+    x = np.random.default_rng(0).integers(0, 256, size=(16, height, width), dtype=np.uint8)
+    result = engine.fit(x, np.arange(16) % 2, method="ce", epochs=1, model=model, batch_size=8)
+    assert result.predict_proba(x[:3]).shape == (3, 2)
+
+
 def test_fit_on_images_with_class_names_and_outputs(tmp_path, capsys):
     from engine.data.datasets import load_dataset
 

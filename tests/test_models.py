@@ -76,6 +76,18 @@ def test_channels_last_matches_contiguous(name, in_channels, image_size, num_cla
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["small_cnn", "small_cnn_dense"])
+@pytest.mark.parametrize("height,width", [(20, 30), (28, 2), (2, 28), (28, 28)])
+def test_small_cnns_take_images_of_any_height_and_width(name, height, width):
+    """(height, width) sizes the dense stage, and each side is pooled only while it is long
+    enough: a 2-pixel-wide side is never shrunk to nothing."""
+    model = build_model(name, 10, in_channels=1, image_size=(height, width)).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, height, width)).shape == (2, 10)
+    square = build_model(name, 10, in_channels=1, image_size=28)
+    assert [p.shape for p in square.parameters()] == [p.shape for p in build_model(name, 10, 1, (28, 28)).parameters()]
+
+
 @pytest.mark.parametrize(
     "name,low,high",
     [("preact_resnet18", 11.0e6, 11.4e6), ("preact_resnet34", 21.0e6, 21.5e6), ("small_cnn", 0, 0.5e6),

@@ -22,9 +22,10 @@ MODELS = {
 
 
 def build_model(
-    name: str, num_classes: int, in_channels: int = 3, image_size: int = 32, **options
+    name: str, num_classes: int, in_channels: int = 3, image_size: int | tuple = 32, **options
 ) -> torch.nn.Module:
-    """Build a registered model; `options` (e.g. dropout=0.3) go to its constructor."""
+    """Build a registered model; image_size: the side of square images or (height, width);
+    `options` (e.g. dropout=0.3) go to its constructor."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
     return MODELS[name](num_classes, in_channels=in_channels, image_size=image_size, **options)
