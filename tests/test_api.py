@@ -183,6 +183,16 @@ def test_a_method_defined_outside_the_package_trains_through_the_api(digits, gce
     (lambda x, y: engine.fit(x, y, x_test=x[:5, :10], y_test=y[:5]), "x_test: samples of shape"),
     (lambda x, y: engine.fit(x, y, method="l2b"), "method l2b needs a clean subset"),
     (lambda x, y: engine.fit(x, y, clean_indices=[5000]), "clean_indices: must lie in [0, 1400)"),
+    (lambda x, y: engine.fit(x, y, clean_indices=[0.5, 2.0]), "clean_indices: expected a 1-D array of integer"),
+    (lambda x, y: engine.fit(x, y, clean_indices=[[0, 1], [2, 3]]), "clean_indices: expected a 1-D array"),
+    (lambda x, y: engine.fit(x, y, clean_indices=np.ones(5, bool)), "clean_indices: a boolean mask needs one value"),
+    (lambda x, y: engine.fit(x, y, clean_indices=np.ones(len(x), bool)), "clean_indices: all 1400 samples are in"),
+    (lambda x, y: engine.fit(x, y, method="l2b", clean_indices=np.arange(len(x))), "clean_indices: all 1400"),
+    (lambda x, y: engine.fit(x, y, x_test=x[:0], y_test=y[:0]), "x_test: no samples"),
+    (lambda x, y: engine.fit(x, np.where(np.arange(len(y)) == 3, 10**5, y)), "labels: labels must be < 100000"),
+    (lambda x, y: engine.fit(x, y, x_test=x[:2], y_test=[0, 10**7]), "y_test: labels must be < 100000"),
+    (lambda x, y: engine.fit(x, y, true_labels=y - 2), "true_labels: labels must be >= -1"),
+    (lambda x, y: engine.fit(x, y - 1), "labels: labels must be >= 0"),
     (lambda x, y: engine.fit(x, y, lr=-1.0), "JNPLConfig.lr must be > 0"),
     (lambda x, y: engine.fit(x, y, gamma=2), "has no option 'gamma'"),
     (lambda x, y: engine.fit(x, y, method="l2b", clean_fraction=0.1), "takes the clean subset as clean_indices"),
@@ -194,6 +204,42 @@ def test_bad_api_input_gets_a_clear_error(digits, call, message):
     x, noisy, _, _, _ = digits
     with pytest.raises(ValueError, match=re.escape(message)):
         call(x, noisy)
+
+
+def test_clean_indices_as_a_boolean_mask_name_its_true_samples():
+    x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
+    mask = np.arange(40) % 4 == 0
+    result = engine.fit(x, np.arange(40) % 2, method="ce", epochs=1, clean_indices=torch.from_numpy(mask))
+    assert result.summary["clean_subset_size"] == 10 and result.config.hyperparameters.clean_size == 10
+    assert result.label_issues()["clean_subset"].tolist() == mask.tolist()
+
+
+def test_true_labels_may_be_partly_unknown():
+    """-1 marks a sample whose true label is unknown (as train_true_labels.npy): detection is
+    measured on the others."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 3)).astype(np.float32)
+    labels = (x[:, 0] > 0).astype(np.int64)
+    true = np.where(np.arange(60) < 20, -1, labels)
+    result = engine.fit(x, labels, method="ce", epochs=1, true_labels=true)
+    assert result.summary["true_labels_known"] == 40 and result.summary["det_f1"] is not None
+    assert result.label_issues()["true_label"].isna().sum() == 20
+
+
+def test_huge_feature_values_are_standardized_not_zeroed():
+    """Feature values of 1e20: their squares overflow float32, so the statistics are taken in float64."""
+    from engine.data.training_data import from_arrays
+
+    x = np.random.default_rng(0).normal(size=(50, 4))
+    data, scaled = from_arrays(x, np.arange(50) % 2), from_arrays(x * 1e20, np.arange(50) % 2)
+    features = [next(iter(d.loader(d.x_train, 50, "cpu")))[0] for d in (data, scaled)]
+    assert features[1].abs().max() > 1 and torch.allclose(features[0], features[1], atol=1e-4)
+
+
+def test_bfloat16_tensors_are_taken_as_feature_vectors():
+    x = torch.randn(40, 3).bfloat16()
+    result = engine.fit(x, (x[:, 0] > 0).long(), method="ce", epochs=1)
+    assert result.predict_proba(x[:5]).shape == (5, 2)
 
 
 def test_a_diverged_fit_raises_naming_the_epoch_and_the_learning_rate(digits, tmp_path):

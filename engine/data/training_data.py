@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from engine.data.datasets import ImageFiles
+from engine.data.datasets import MAX_CLASSES, ImageFiles
 from engine.data.loaders import ImageArrayLoader, TensorLoader
 
 IMAGE_CHANNELS = (1, 3)
@@ -81,12 +81,19 @@ class TrainingData:
         return x
 
 
+def as_numpy(array):
+    """A numpy or torch array (or a list) as a numpy array; torch's bfloat16, which numpy lacks,
+    becomes float32 (exactly)."""
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu()
+        array = (array.float() if array.dtype == torch.bfloat16 else array).numpy()
+    return np.asarray(array)
+
+
 def as_inputs(x, argument="x"):
     """numpy / torch inputs as uint8 images [N, H, W, C] (a [N, H, W] array gets one channel) or
     float32 feature vectors [N, D]; anything else is a clear error."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x)
+    x = as_numpy(x)
     if x.ndim == 2:
         if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
             raise ValueError(f"{argument}: feature vectors [N, D] must be numbers, got {x.dtype}")
@@ -108,19 +115,42 @@ def as_inputs(x, argument="x"):
                      f"{list(x.shape)} of {x.dtype}")
 
 
-def as_labels(labels, count, argument):
-    """Integer class labels [count] as int64, or a clear error."""
-    if isinstance(labels, torch.Tensor):
-        labels = labels.detach().cpu().numpy()
-    labels = np.asarray(labels)
+def as_labels(labels, count, argument, lowest=0):
+    """Integer class labels [count] in [lowest, MAX_CLASSES) as int64, or a clear error
+    (true_labels: lowest -1, unknown)."""
+    labels = as_numpy(labels)
     if labels.ndim != 1 or len(labels) != count:
         raise ValueError(f"{argument}: expected {count} labels (one per sample, 1-D), got shape {list(labels.shape)}")
     if count and not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{argument}: labels must be integers, got {labels.dtype}")
     labels = labels.astype(np.int64)
-    if count and labels.min() < 0:
-        raise ValueError(f"{argument}: labels must be >= 0, found {labels.min()}")
+    if count and labels.min() < lowest:
+        raise ValueError(f"{argument}: labels must be >= {lowest}, found {labels.min()}")
+    if count and labels.max() >= MAX_CLASSES:  # the class count is the largest label + 1: it sizes the model
+        raise ValueError(f"{argument}: labels must be < {MAX_CLASSES} (class indices 0, 1, ...), found {labels.max()}")
     return labels
+
+
+def as_clean_indices(indices, count):
+    """clean_indices as sorted unique int64 positions in [0, count): a 1-D integer array of
+    indices or a boolean mask [count]; anything else is a clear error, as is a subset of every
+    sample (nothing would be left to train on and score)."""
+    indices = as_numpy(indices)
+    if indices.dtype == bool:
+        if indices.shape != (count,):
+            raise ValueError(f"clean_indices: a boolean mask needs one value per sample ({count}), got shape "
+                             f"{list(indices.shape)}")
+        indices = np.flatnonzero(indices)
+    elif indices.ndim != 1 or (len(indices) and not np.issubdtype(indices.dtype, np.integer)):
+        raise ValueError(f"clean_indices: expected a 1-D array of integer sample indices or a boolean mask [{count}], "
+                         f"got shape {list(indices.shape)} of {indices.dtype}")
+    clean = np.unique(indices.astype(np.int64))
+    if len(clean) and (clean[0] < 0 or clean[-1] >= count):
+        raise ValueError(f"clean_indices: must lie in [0, {count}), found {clean[0]}..{clean[-1]}")
+    if len(clean) == count:
+        raise ValueError(f"clean_indices: all {count} samples are in the clean subset; leave out those whose labels "
+                         f"the method should train on and score")
+    return clean
 
 
 def from_arrays(x, labels, x_test=None, y_test=None, true_labels=None, clean_indices=None, class_names=None,
@@ -131,11 +161,13 @@ def from_arrays(x, labels, x_test=None, y_test=None, true_labels=None, clean_ind
     given = as_labels(labels, len(x), "labels")
     if len(x) < 2:
         raise ValueError(f"x: need at least 2 training samples, got {len(x)}")
-    true = None if true_labels is None else as_labels(true_labels, len(x), "true_labels")
+    true = None if true_labels is None else as_labels(true_labels, len(x), "true_labels", lowest=-1)
     if (x_test is None) != (y_test is None):
         raise ValueError("x_test and y_test go together: give both or neither")
     if x_test is not None:
         x_test = as_inputs(x_test, "x_test")
+        if not len(x_test):
+            raise ValueError("x_test: no samples; give at least one, or leave x_test and y_test out")
         if x_test.shape[1:] != x.shape[1:]:
             raise ValueError(f"x_test: samples of shape {list(x_test.shape[1:])} differ from x's "
                              f"{list(x.shape[1:])}")
@@ -143,18 +175,16 @@ def from_arrays(x, labels, x_test=None, y_test=None, true_labels=None, clean_ind
     num_classes = int(max(part.max() for part in (given, true, y_test) if part is not None and len(part))) + 1
     if class_names is not None:
         class_names = [str(name) for name in class_names]
-        if len(class_names) < num_classes:
-            raise ValueError(f"class_names: {len(class_names)} names for labels up to {num_classes - 1}")
+        if not num_classes <= len(class_names) <= MAX_CLASSES:
+            raise ValueError(f"class_names: {len(class_names)} names for labels up to {num_classes - 1} (at most "
+                             f"{MAX_CLASSES} classes)")
         num_classes = len(class_names)
     if num_classes < 2:
         raise ValueError(f"labels: need at least 2 classes, got labels in [0, {num_classes - 1}]")
-    clean = np.zeros(0, dtype=np.int64)
-    if clean_indices is not None:
-        clean = np.unique(np.asarray(clean_indices, dtype=np.int64))
-        if len(clean) and (clean[0] < 0 or clean[-1] >= len(x)):
-            raise ValueError(f"clean_indices: must lie in [0, {len(x)}), found {clean[0]}..{clean[-1]}")
-    if x.ndim == 2:
-        mean, std = x.mean(0), np.maximum(x.std(0), 1e-6)
+    clean = np.zeros(0, dtype=np.int64) if clean_indices is None else as_clean_indices(clean_indices, len(x))
+    if x.ndim == 2:  # in float64: float32 squares overflow from about 1e19 and the std would be infinite
+        x64 = x.astype(np.float64)
+        mean, std = x64.mean(0).astype(np.float32), np.maximum(x64.std(0), 1e-6).astype(np.float32)
     else:
         flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
         mean, std = flat.mean(0), flat.std(0) + 1e-6
