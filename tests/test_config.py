@@ -65,6 +65,52 @@ def test_a_short_budget_on_paper_scale_data_takes_the_small_preset(name):
     assert METHODS[name]().configure("paper", 10) == METHODS[name].Config.preset("paper", 10)
 
 
+@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("model", ["small_cnn", "mlp"])
+def test_a_preset_warm_up_that_fits_the_epochs_is_kept(name, model):
+    for epochs in (None, 20, SHORT_BUDGET + 1):
+        options = {"model": model} | ({} if epochs is None else {"epochs": epochs})
+        config = METHODS[name](**options).configure("small" if epochs != SHORT_BUDGET + 1 else "paper", 10)
+        preset = METHODS[name].Config.preset("small" if epochs != SHORT_BUDGET + 1 else "paper", 10)
+        assert getattr(config, "warmup_epochs", None) == getattr(preset, "warmup_epochs", None)
+
+
+@pytest.mark.parametrize("name,model,epochs,warmup", [
+    ("bldr", "small_cnn", 10, 3),     # the preset's 10 of 30 epochs: floor(10 * 10 / 30)
+    ("bldr", "small_cnn", 2, 0), ("pmnar", "small_cnn", 5, 0), ("l2b", "mlp", 4, 0),
+    ("jnpl", "small_cnn", 3, 0),      # negative learning alone on augmented batches: one epoch after it
+    ("jnpl", "mlp", 4, 0),            # and its two selective stages on feature vectors: two
+    ("nlnl", "mlp", 6, 0), ("nlnl", "small_cnn", 4, 3),
+])
+def test_epochs_alone_shrink_a_preset_warm_up_that_would_not_fit(name, model, epochs, warmup):
+    config = METHODS[name](epochs=epochs, model=model).configure("small", 10)
+    assert (config.epochs, config.warmup_epochs) == (epochs, warmup)
+    method = METHODS[name](epochs=epochs, model=model)
+    method.config = config
+    assert sum(stage.epochs for stage in method.stages()) == epochs and all(s.epochs for s in method.stages())
+
+
+@pytest.mark.parametrize("method,epochs,warmup", [("jnpl", 3, 0), ("bldr", 10, 3), ("bldr", 20, 10)])
+def test_the_command_line_shrinks_a_preset_warm_up_alike_and_records_it(tmp_path, method, epochs, warmup):
+    from engine.train import trainer_for
+
+    run, chosen, _ = parse_args(["--method", method, "--epochs", str(epochs), "--dataset", "digits", "--device", "cpu",
+                                 "--out", str(tmp_path)])
+    assert trainer_for(run, chosen).run_config.hyperparameters.warmup_epochs == warmup
+
+
+@pytest.mark.parametrize("name,epochs,smallest", [("jnpl", 1, 2), ("nlnl", 3, 4)])
+def test_epochs_too_few_for_the_method_name_the_smallest(name, epochs, smallest):
+    with pytest.raises(ConfigError, match=f"epochs must be at least {smallest} for method {name}"):
+        METHODS[name](epochs=epochs, model="mlp").configure("small", 10)
+
+
+def test_a_warm_up_the_user_sets_is_never_changed():
+    with pytest.raises(ConfigError, match="warmup_epochs must be >= 0 and leave at least one of the 10 epochs"):
+        METHODS["bldr"](epochs=10, warmup_epochs=10).configure("small", 10)
+    assert METHODS["bldr"](epochs=10, warmup_epochs=7).configure("small", 10).warmup_epochs == 7
+
+
 @pytest.mark.parametrize("field,value,text", [
     ("lr", 0.0, "must be > 0"), ("lr", float("nan"), "must be finite"), ("lr", float("inf"), "must be finite"),
     ("weight_decay", -1e-4, "must be >= 0"), ("batch_size", 0, "must be >= 1"), ("epochs", 0, "must be >= 1"),
@@ -136,8 +182,10 @@ def test_command_line_flags_and_config_file(tmp_path):
     (["--epochs", "0"], "--epochs must be >= 1"),
     (["--warmup-epochs", "-1"], "--warmup-epochs must be >= 0"),
     (["--method", "bldr", "--bldr-negatives", "some"], "invalid choice: 'some'"),
-    (["--method", "bldr", "--epochs", "8"],
-     "--warmup-epochs must be >= 0 and leave at least one of the 8 epochs after it, got 10"),
+    (["--method", "bldr", "--epochs", "8", "--warmup-epochs", "8"],
+     "--warmup-epochs must be >= 0 and leave at least one of the 8 epochs after it, got 8"),
+    (["--method", "nlnl", "--dataset", "digits", "--no-augment", "--nlnl-selective", "--epochs", "3"],
+     "--epochs must be at least 4 for method nlnl with these options, got 3"),
     (["--method", "pmnar", "--pmnar-beta", "-1"], "--pmnar-beta must be >= 0, got -1.0"),
     (["--method", "l2b", "--clean-size", "0"], "method l2b needs a clean subset"),
     (["--method", "pudistill", "--pudistill-agree", "25"],

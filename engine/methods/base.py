@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.config import SHORT_BUDGET, MethodConfig, check_fields, with_overrides
+from engine.config import SHORT_BUDGET, ConfigError, MethodConfig, check_fields, with_overrides
 from engine.distributed import Processes
 from engine.losses import weighted_ce
 
@@ -245,8 +245,30 @@ class Method(nn.Module):
         epochs = self.options.get("epochs")
         if epochs is not None and epochs <= SHORT_BUDGET:
             size = "small"
-        self.config = self.with_guards_resolved(with_overrides(self.Config.preset(size, num_classes), self.options))
+        preset, options = self.Config.preset(size, num_classes), self.options
+        if "warmup_epochs" not in options and getattr(preset, "warmup_epochs", 0):
+            options = {**options, "warmup_epochs": self.fitted_warmup(preset)}
+        self.config = self.with_guards_resolved(with_overrides(preset, options))
         return self.config
+
+    def fitted_warmup(self, preset):
+        """The preset's warm-up where it leaves the epochs asked for enough after it (the
+        method's epochs_after_warmup); else a shorter one, the preset's share of the epochs
+        rounded down, shorter still if the method needs it. A warm-up the user sets is never
+        changed; epochs too few even without a warm-up are refused naming the smallest."""
+        config = self.with_guards_resolved(with_overrides(preset, {**self.options, "warmup_epochs": 0}))
+        needed = self.epochs_after_warmup(config)
+        if config.epochs - preset.warmup_epochs >= needed:
+            return preset.warmup_epochs
+        if config.epochs < needed:
+            raise ConfigError(type(config), "epochs", f"must be at least {needed} for method {self.name} with these "
+                                                      f"options, got {config.epochs}")
+        return min(config.epochs * preset.warmup_epochs // preset.epochs, config.epochs - needed)
+
+    def epochs_after_warmup(self, config):
+        """The fewest epochs `config` must leave after its warm-up (one per stage that follows it)."""
+        del config
+        return 1
 
     def with_guards_resolved(self, config):
         """`config` with its memorization guards left unset given their value for the training

@@ -112,6 +112,7 @@ class JNPL(Method):
     name = "jnpl"
     Config = JNPLConfig
     memorization_guards = {"selective": (True, False)}
+    selective_shares = (1000, 480)  # the epochs after the warm-up, with `selective`: JNPL stage, pseudo stage
 
     def setup(self):
         self.setup_negative_learning()
@@ -132,9 +133,12 @@ class JNPL(Method):
         warmup = self.warmup_stages(self.config.warmup_lr)
         if not self.config.selective:
             return warmup + [self.negative_learning_only(JNPLStage.JNPL)]
-        first, second = split_epochs(self.config.epochs - self.config.warmup_epochs, (1000, 480))
+        first, second = split_epochs(self.config.epochs - self.config.warmup_epochs, self.selective_shares)
         return warmup + [Stage(JNPLStage.JNPL, first, self.config.lr, milestones=(0.8,), reset_optimizer=bool(warmup)),
                          self.pseudo_stage(second, milestones=(0.4, 0.6))]
+
+    def epochs_after_warmup(self, config):
+        return len(self.selective_shares) if config.selective else 1
 
     def negative_learning_only(self, kind):
         """Without the selective stages: stage `kind` for every epoch after the warm-up, its lr

@@ -63,6 +63,7 @@ class NLNLStage(enum.Enum):
 class NLNL(JNPL):
     name = "nlnl"
     Config = NLNLConfig
+    selective_shares = (2, 1, 1, 1)  # NL, SelNL, SelPL, pseudo-labeling
 
     def setup(self):
         self.setup_negative_learning()
@@ -77,7 +78,7 @@ class NLNL(JNPL):
         warmup = self.warmup_stages(self.config.warmup_lr)
         if not self.config.selective:
             return warmup + [self.negative_learning_only(NLNLStage.NL)]
-        nl, sel_nl, sel_pl, pseudo = split_epochs(self.config.epochs - self.config.warmup_epochs, (2, 1, 1, 1))
+        nl, sel_nl, sel_pl, pseudo = split_epochs(self.config.epochs - self.config.warmup_epochs, self.selective_shares)
         lr = self.config.lr
         return warmup + [Stage(NLNLStage.NL, nl, lr, reset_optimizer=bool(warmup)),
                          Stage(NLNLStage.SELNL, sel_nl, lr), Stage(NLNLStage.SELPL, sel_pl, lr),
