@@ -5,6 +5,7 @@ probably wrong.
     result.label_issues()                                     # pandas DataFrame, one row per sample
     issues = engine.find_label_issues(x, labels, return_indices_ranked_by="label_quality")
 """
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from engine.config import RunConfig, size_class
 from engine.data.training_data import from_arrays
 from engine.methods import as_method
+from engine.train import check_device, check_writable
 
 RANKINGS = ("label_quality", "self_confidence", "normalized_margin")
 
@@ -64,6 +66,9 @@ def fit(x, labels, *, method="jnpl", x_test=None, y_test=None, true_labels=None,
     FitResult. Under torchrun, every process calls fit with the same arguments and trains its
     share (README "Distributed training"); sync_bn: SyncBatchNorm there (CUDA).
     """
+    device = as_device(device)
+    if out is not None:
+        out = as_folder(out)
     data = from_arrays(x, labels, x_test=x_test, y_test=y_test, true_labels=true_labels, clean_indices=clean_indices,
                        class_names=class_names)
     if epochs is not None:
@@ -76,7 +81,6 @@ def fit(x, labels, *, method="jnpl", x_test=None, y_test=None, true_labels=None,
     if data.features and "model" not in method.options:
         method = as_method(method, {"model": "mlp"})
     config = method.configure(size_class(len(data.x_train)), data.num_classes)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     run = RunConfig(method=method.name, seed=seed, device=device.type, out=out, sync_bn=sync_bn,
                     hyperparameters=config)
     from engine.trainer import Trainer
@@ -86,6 +90,25 @@ def fit(x, labels, *, method="jnpl", x_test=None, y_test=None, true_labels=None,
     summary = trainer.run()
     return FitResult(method.eval_model(trainer.model), method, run, pd.DataFrame(trainer.metrics), summary,
                      trainer.train_outputs["probs"].numpy(), trainer)
+
+
+def as_device(device):
+    """fit's device (None: cuda when available) as a torch.device, or a clear error."""
+    try:
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N' (or a torch.device), got {device!r}") from None
+    check_device(device.type, "device")
+    return device
+
+
+def as_folder(out):
+    """fit's out (a str or os.PathLike) as a folder path the run can write to, or a clear error."""
+    if not isinstance(out, (str, os.PathLike)) or not os.fspath(out):
+        raise ValueError(f"out: expected a folder (str or os.PathLike), got {out!r}")
+    out = os.fspath(out)
+    check_writable(out, "out:")
+    return out
 
 
 def label_quality_scores(labels, pred_probs, method):

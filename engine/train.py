@@ -155,26 +155,31 @@ def assemble(spec, chosen, given, base, config_path):
         if field not in known:
             where = flag(field) if field in SHARED_FIELDS else f"{field!r}"
             raise ValueError(f"{where}: method {chosen.name} has no such option")
-    if run["device"] == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
+    check_device(run["device"], "--device")
     out = run.setdefault("out", RunConfig.out)
     if not isinstance(out, str) or not out:
         raise ValueError(f"--out must name a folder, got {out!r}")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out {out} is a file, not a folder")
     config = RunConfig(**run, data=DataConfig(**data))
     check_writable(out)
     return config, chosen(**hyper), given.get("resume", False)
 
 
-def check_writable(out):
-    """Creates --out and writes a file in it, before any data is read: an output folder that
-    cannot hold the run's files fails now, not after the training."""
+def check_device(device_type, argument):
+    """A run on CUDA needs a CUDA device (the command line's --device, engine.fit's device)."""
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{argument} cuda: no CUDA device is available")
+
+
+def check_writable(out, argument="--out"):
+    """Creates the output folder `out` and writes a file in it, before any data is read: a folder
+    that cannot hold the run's files fails now, not after the training."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"{argument} {out} is a file, not a folder")
     try:
         os.makedirs(out, exist_ok=True)
         tempfile.TemporaryFile(dir=out).close()
     except OSError as error:
-        raise ValueError(f"--out {out} cannot be written ({error.strerror or error})") from None
+        raise ValueError(f"{argument} {out} cannot be written ({error.strerror or error})") from None
 
 
 def trainer_for(run, method, resume=False):

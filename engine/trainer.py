@@ -73,6 +73,10 @@ class Trainer:
                 self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.trained = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.config.batch_size < 2 * world and any(isinstance(module, torch.nn.BatchNorm1d)
+                                                      for module in self.model.modules()):
+            raise ValueError(f"batch_size {self.config.batch_size}: model {self.model_name}'s BatchNorm1d needs at "
+                             f"least 2 samples per batch and process; use batch_size >= {2 * world}")
         self.stages = method.stages()
 
         trained = (np.arange(len(data.given_labels)) if method.clean_subset is CleanSubset.TRAINED_ON
@@ -180,7 +184,10 @@ class Trainer:
 
     def predict_proba(self, x):
         """Class probabilities [M, C] (numpy) of the evaluated model for inputs like the training data's."""
-        loader = self.loader(EVAL_BATCH, x=self.data.check_inputs(x), shard=True)
+        x = self.data.check_inputs(x)
+        if not len(x):  # no batch to predict
+            return np.zeros((0, self.data.num_classes), dtype=np.float32)
+        loader = self.loader(EVAL_BATCH, x=x, shard=True)
         return self.predict(loader, self.method.eval_model(self.model))["probs"].cpu().numpy()
 
     def stage_at(self, epoch):

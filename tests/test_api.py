@@ -193,6 +193,11 @@ def test_a_method_defined_outside_the_package_trains_through_the_api(digits, gce
     (lambda x, y: engine.fit(x, y, x_test=x[:2], y_test=[0, 10**7]), "y_test: labels must be < 100000"),
     (lambda x, y: engine.fit(x, y, true_labels=y - 2), "true_labels: labels must be >= -1"),
     (lambda x, y: engine.fit(x, y - 1), "labels: labels must be >= 0"),
+    (lambda x, y: engine.fit(x, y, device="gpu"), "device: expected 'cpu', 'cuda' or 'cuda:N'"),
+    (lambda x, y: engine.fit(x, y, out=""), "out: expected a folder"),
+    (lambda x, y: engine.fit(x, y, out=REPO + "/README.md"), "out: " + REPO + "/README.md is a file"),
+    (lambda x, y: engine.fit(x, y, out="/proc/version/run"), "out: /proc/version/run cannot be written"),
+    (lambda x, y: engine.fit(x, y, method="ce", batch_size=1), "batch_size 1: model mlp's BatchNorm1d needs"),
     (lambda x, y: engine.fit(x, y, lr=-1.0), "JNPLConfig.lr must be > 0"),
     (lambda x, y: engine.fit(x, y, gamma=2), "has no option 'gamma'"),
     (lambda x, y: engine.fit(x, y, method="l2b", clean_fraction=0.1), "takes the clean subset as clean_indices"),
@@ -204,6 +209,21 @@ def test_bad_api_input_gets_a_clear_error(digits, call, message):
     x, noisy, _, _, _ = digits
     with pytest.raises(ValueError, match=re.escape(message)):
         call(x, noisy)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_fit_on_cuda_without_a_cuda_device_names_the_argument(digits):
+    with pytest.raises(ValueError, match="device cuda: no CUDA device is available"):
+        engine.fit(digits[0], digits[1], device="cuda")
+
+
+def test_empty_inputs_predict_empty_arrays_and_out_may_be_a_path(tmp_path):
+    x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
+    result = engine.fit(x, np.arange(40) % 3, method="ce", epochs=1, out=tmp_path / "run")
+    assert result.config.out == str(tmp_path / "run") and (tmp_path / "run" / "summary.json").exists()
+    probs = result.predict_proba(x[:0])
+    assert probs.shape == (0, 3) and probs.dtype == np.float32
+    assert result.predict(x[:0]).shape == (0,)
 
 
 def test_clean_indices_as_a_boolean_mask_name_its_true_samples():
