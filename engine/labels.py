@@ -23,16 +23,25 @@ def choose_clean_subset(config, true_labels, seed):
     return np.zeros(0, dtype=np.int64)
 
 
-def check_clean_subset(method, clean_indices, clean_labels, num_classes):
+def check_clean_subset(method, clean_indices, given_labels, num_classes):
+    """The clean subset a method needs holds samples of every class that occurs in the labels
+    (L2B: a class without any sample needs none). The command line sizes it, engine.fit names it:
+    the errors say what to change in both."""
     if method.clean_subset is CleanSubset.NOT_NEEDED:
         return
     if len(clean_indices) == 0:
         raise ValueError(f"method {method.name} needs a clean subset (clean_size or clean_fraction > 0; "
                          f"engine.fit: clean_indices)")
-    missing = np.setdiff1d(np.arange(num_classes), clean_labels)
+    # PU-distillation grows the clean set of every class index with its own binary filters
+    absent = np.setdiff1d(np.arange(num_classes), given_labels)
+    if method.clean_subset is CleanSubset.TRAINED_ON and len(absent):
+        raise ValueError(f"method {method.name} needs samples of every class 0..{num_classes - 1}; class "
+                         f"{absent[0]} has none: number the classes 0, 1, ... without gaps")
+    missing = np.setdiff1d(given_labels, given_labels[clean_indices])
     if len(missing):
         raise ValueError(f"method {method.name} needs clean samples of every class; the clean subset of "
-                         f"{len(clean_indices)} has none of class {missing[0]}: raise clean_size or clean_fraction")
+                         f"{len(clean_indices)} has none of class {missing[0]}: raise clean_size or clean_fraction "
+                         f"(engine.fit: add samples of class {missing[0]} to clean_indices)")
 
 
 def noisy_labels_for(data_config, dataset, clean_indices, seed):

@@ -55,7 +55,7 @@ class Trainer:
             raise ValueError("sync_bn: SyncBatchNorm runs on CUDA only; leave it off on the CPU")
         self.checkpoint_path = None if out is None else os.path.join(out, "checkpoint.pt")
         clean = data.clean_indices
-        check_clean_subset(method, clean, data.given_labels[clean], data.num_classes)
+        check_clean_subset(method, clean, data.given_labels, data.num_classes)
         self.train_indices = data.train_indices
         self.model_name = self.config.model
         if data.features != (self.model_name == "mlp"):

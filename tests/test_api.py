@@ -182,6 +182,8 @@ def test_a_method_defined_outside_the_package_trains_through_the_api(digits, gce
     (lambda x, y: engine.fit(x, y, x_test=x[:5]), "x_test and y_test go together"),
     (lambda x, y: engine.fit(x, y, x_test=x[:5, :10], y_test=y[:5]), "x_test: samples of shape"),
     (lambda x, y: engine.fit(x, y, method="l2b"), "method l2b needs a clean subset"),
+    (lambda x, y: engine.fit(x, y, method="l2b", clean_indices=np.flatnonzero(y != 4)[:50]),
+     "has none of class 4: raise clean_size or clean_fraction (engine.fit: add samples of class 4 to clean_indices)"),
     (lambda x, y: engine.fit(x, y, clean_indices=[5000]), "clean_indices: must lie in [0, 1400)"),
     (lambda x, y: engine.fit(x, y, clean_indices=[0.5, 2.0]), "clean_indices: expected a 1-D array of integer"),
     (lambda x, y: engine.fit(x, y, clean_indices=[[0, 1], [2, 3]]), "clean_indices: expected a 1-D array"),
@@ -232,6 +234,18 @@ def test_clean_indices_as_a_boolean_mask_name_its_true_samples():
     result = engine.fit(x, np.arange(40) % 2, method="ce", epochs=1, clean_indices=torch.from_numpy(mask))
     assert result.summary["clean_subset_size"] == 10 and result.config.hyperparameters.clean_size == 10
     assert result.label_issues()["clean_subset"].tolist() == mask.tolist()
+
+
+def test_a_clean_subset_needs_only_the_classes_that_occur():
+    """Labels 1 and 3 (none of 0 or 2): L2B takes clean samples of those two classes;
+    PU-distillation, which grows every class index's clean set, asks for classes without gaps."""
+    x = np.random.default_rng(0).normal(size=(48, 3)).astype(np.float32)
+    labels = np.where(x[:, 0] > 0, 3, 1)
+    clean = np.concatenate([np.flatnonzero(labels == 1)[:4], np.flatnonzero(labels == 3)[:4]])
+    result = engine.fit(x, labels, method="l2b", epochs=1, batch_size=8, clean_indices=clean)
+    assert result.summary["clean_subset_size"] == 8 and result.pred_probs.shape == (48, 4)
+    with pytest.raises(ValueError, match="class 0 has none: number the classes 0, 1, ... without gaps"):
+        engine.fit(x, labels, method="pudistill", epochs=1, batch_size=8, clean_indices=clean)
 
 
 def test_true_labels_may_be_partly_unknown():
