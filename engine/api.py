@@ -24,8 +24,9 @@ RANKINGS = ("label_quality", "self_confidence", "normalized_margin")
 class FitResult:
     """What engine.fit trained: `model` (the evaluated module, e.g. BLDR's EMA copy), the
     `method` with its per-sample state, the resolved `config` (a RunConfig), the per-epoch
-    `metrics` (a DataFrame), the `summary` and `pred_probs`, the model's class probabilities on
-    the training samples [N, C]."""
+    `metrics` (a DataFrame), the `summary` and `pred_probs`, the class probabilities on the
+    training samples [N, C] that the label issues are scored from: the trained network's (BLDR:
+    the network whose EMA copy `model` is, so predict_proba differs from them there)."""
 
     model: torch.nn.Module
     method: object
