@@ -116,6 +116,24 @@ def test_a_class_folder_without_images_is_refused(tmp_path, split):
         load_dataset("folder", str(tmp_path))
 
 
+def small_file_list(root):
+    """root/train.txt and root/test.txt over root/img's two classes (cat 0, dog 1)."""
+    image_folder(root / "img")
+    write_list(root / "train.txt", [f"img/{cls}/{i}.bmp {c}" for c, cls in enumerate(["cat", "dog"])
+                                    for i in range(3)])
+    write_list(root / "test.txt", ["img/cat/0.bmp 0", "img/dog/0.bmp 1"])
+
+
+def test_class_names_drop_surrounding_whitespace_and_trailing_blank_lines(tmp_path):
+    small_file_list(tmp_path)
+    (tmp_path / "classes.txt").write_bytes(b"cat \r\ndog\r\n\n  \n")
+    data = load_dataset("filelist", str(tmp_path))
+    assert data.class_names == ["cat", "dog"] and data.num_classes == 2  # no phantom class after dog
+    (tmp_path / "classes.txt").write_text("cat\n\ndog\n")
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/classes.txt:2: an empty class name \(line 2 names class 1\)$"):
+        load_dataset("filelist", str(tmp_path))
+
+
 X = np.random.default_rng(0).integers(0, 256, (10, 8, 8), dtype=np.uint8)
 Y = np.arange(10) % 3
 

@@ -371,6 +371,20 @@ def _read_file_list(path):
     return paths, labels, numbers
 
 
+def _read_class_names(path):
+    """The names of classes.txt, line i naming class i - 1: surrounding whitespace and blank lines
+    at the end are dropped (an editor's last newline is no class); a blank line before a name is
+    refused (a class without a name)."""
+    with open(path) as f:
+        names = [line.strip() for line in f]
+    while names and not names[-1]:
+        names.pop()
+    if "" in names:
+        line = names.index("") + 1
+        raise ValueError(f"{path}:{line}: an empty class name (line {line} names class {line - 1})")
+    return names
+
+
 def load_file_list(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
     """The Clothing1M / WebVision layout: data_dir/train.txt and data_dir/test.txt with one
     'relative/path label' per line. The labels of train.txt are the TRUE labels here (add
@@ -392,8 +406,7 @@ def load_file_list(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
     names_path, true_path = os.path.join(root, "classes.txt"), os.path.join(root, "train_true_labels.npy")
     names = None
     if os.path.exists(names_path):
-        with open(names_path) as f:
-            names = [line.rstrip("\n") for line in f]
+        names = _read_class_names(names_path)
         if len(names) < num_classes:
             raise ValueError(f"filelist {names_path}: {len(names)} class names for labels up to {num_classes - 1}")
         num_classes = len(names)
