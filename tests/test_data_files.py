@@ -176,6 +176,14 @@ NPZ_CASES = {
                                  r"got x \[10, 8, 8\] and y \[9\]$"),
     "test arrays differ in length": (lambda p: np.savez(p, x=X, y=Y, x_test=X, y_test=Y[:3]),
                                      r"x_test must be .* got x_test \[10, 8, 8\] and y_test \[3\]$"),
+    "x_test grayscale, x colour": (lambda p: np.savez(p, x=np.stack([X] * 3, -1), y=Y, x_test=X, y_test=Y),
+                                   r"x_test images are \[8, 8, 1\], x images \[8, 8, 3\]; both must have the same "
+                                   r"\[H, W, C\]$"),
+    "x_test larger": (lambda p: np.savez(p, x=X, y=Y, x_test=np.zeros((2, 16, 16), np.uint8), y_test=Y[:2]),
+                      r"x_test images are \[16, 16, 1\], x images \[8, 8, 1\]"),
+    "too few to hold out a test set": (lambda p: np.savez(p, x=X[:4], y=Y[:4]),
+                                       r"4 samples, too few to hold out a test set \(1 in 5: at least 5 samples\); "
+                                       r"add samples or give x_test and y_test$"),
     "an empty file": (lambda p: p.write_bytes(b""), r"not a readable .npz archive \(No data left in file\)$"),
     "a broken zip": (broken_zip, r"not a readable .npz archive \(File is not a zip file\)$"),
     "a corrupt member": (corrupt_member, r"not a readable .npz archive \("),
@@ -199,8 +207,19 @@ def test_npz_integer_images_in_range_are_kept_exactly(tmp_path):
     np.savez(tmp_path / "data.npz", x=x, y=y, x_test=x[:2].astype(np.int16), y_test=np.array([0, 1], np.uint8))
     data = load_dataset("npz", str(tmp_path / "data.npz"))
     assert data.x_train.dtype == np.uint8 and np.array_equal(data.x_train, x) and data.num_classes == 2
-    np.savez(tmp_path / "small.npz", x=x[:4], y=y[:4])  # too few to hold a test sample out
-    assert len(load_dataset("npz", str(tmp_path / "small.npz")).y_test) == 0
+    np.savez(tmp_path / "small.npz", x=x[:5], y=y[:5])  # the fewest that hold a test sample out
+    assert len(load_dataset("npz", str(tmp_path / "small.npz")).y_test) == 1
+
+
+def test_a_folder_too_small_to_hold_out_a_test_set_is_refused(tmp_path):
+    image_folder(tmp_path, count=2)
+    with pytest.raises(ValueError, match=rf"^folder {tmp_path}: 4 samples, too few to hold out a test set \(1 in 5: "
+                                         r"at least 5 samples\); add images or give train/ and test/ folders$"):
+        load_dataset("folder", str(tmp_path))
+    image_folder(tmp_path / "more", classes=("ant",), count=1)
+    os.rename(tmp_path / "more" / "ant", tmp_path / "ant")  # a fifth image
+    os.rmdir(tmp_path / "more")
+    assert len(load_dataset("folder", str(tmp_path)).y_test) == 1
 
 
 def test_the_command_line_prints_one_line_naming_the_file(tmp_path, capsys):

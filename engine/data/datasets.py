@@ -123,6 +123,18 @@ class ImageDataset:
         return self.x_train.shape[1:]
 
 
+HOLD_OUT = 5  # a data set without a test split holds out 1 in HOLD_OUT of its samples as one
+
+
+def _hold_out(x, y, where, hint):
+    """(x_train, y_train, x_test, y_test) with len // HOLD_OUT samples held out; refused when that
+    leaves no test sample (the run could not measure test accuracy)."""
+    if len(y) < HOLD_OUT:
+        raise ValueError(f"{where}: {len(y)} samples, too few to hold out a test set (1 in {HOLD_OUT}: at least "
+                         f"{HOLD_OUT} samples); {hint}")
+    return _split(x, y, len(y) // HOLD_OUT)
+
+
 def _split(x, y, test_size, seed=SPLIT_SEED):
     order = np.random.default_rng(seed).permutation(len(x))
     test, train = order[:test_size], order[test_size:]
@@ -276,7 +288,10 @@ def load_npz(data_dir):
                              f"N > 0, got {x_name} {list(x.shape)} and {y_name} {list(y.shape)}")
         parts += [x[..., None] if x.ndim == 3 else x, y]
     if len(parts) == 2:
-        parts = _split(*parts, len(parts[0]) // 5)
+        parts = _hold_out(*parts, f"npz {path}", "add samples or give x_test and y_test")
+    elif parts[0].shape[1:] != parts[2].shape[1:]:  # the model would be tested on inputs of another shape
+        raise ValueError(f"npz {path}: x_test images are {list(parts[2].shape[1:])}, x images "
+                         f"{list(parts[0].shape[1:])}; both must have the same [H, W, C]")
     num_classes = int(max(parts[1].max(), parts[3].max(initial=0))) + 1
     return ImageDataset("npz", *parts, num_classes, *_rgb_stats(parts[0]), flip=False)
 
@@ -338,7 +353,7 @@ def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
         parts.extend(_image_files(ImageFiles(root, np.asarray(paths, dtype=str), image_size), labels,
                                   f"folder {split_dir}", stream))
     if not has_splits:
-        parts = list(_split(*parts, len(parts[1]) // 5))
+        parts = list(_hold_out(*parts, f"folder {root}", "add images or give train/ and test/ folders"))
     return ImageDataset("folder", *parts, len(classes), *_rgb_stats(parts[0]), flip=True, class_names=classes)
 
 
