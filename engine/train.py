@@ -20,6 +20,7 @@ import torch
 from engine.config import (SHARED_FIELDS, ConfigError, DataConfig, RunConfig, WarmupConfig, check_fields, load_yaml,
                            size_class, with_overrides)
 from engine.checkpoint import CheckpointError
+from engine.data.datasets import DataFileError
 from engine.methods import METHODS, method_class
 from engine.methods.base import Diverged
 from engine.outputs import FolderInUse
@@ -232,6 +233,11 @@ def main(argv=None):
     except Diverged as error:  # a NaN epoch loss is all-reduced, so every process stops at the same epoch
         print(f"python -m engine.train: error: {error}", file=sys.stderr)
         return 1
+    except DataFileError as error:  # a streamed image is read when a batch needs it (only a sample is checked
+        # up front); a fixed or removed file changes the data's fingerprint, which --resume would refuse
+        print(f"python -m engine.train: error: {error}; training stopped: fix or remove the file and start the run "
+              f"again", file=sys.stderr)
+        return 2
     if not trainer.processes.main:  # rank 0 reports for the job
         return 0
     line = []

@@ -30,6 +30,11 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 SPLIT_SEED = 12345  # fixed: the train/test split of the small data sets never depends on --seed
 
 
+class DataFileError(ValueError):
+    """A data file that cannot be read or decoded; the message names it. Streamed images meet it
+    during training, where the command line reports it as one line."""
+
+
 @dataclass
 class ImageFiles:
     """Images kept on disk: `paths` relative to `root`, decoded per batch to RGB at
@@ -66,11 +71,11 @@ class ImageFiles:
         return self.path(i) if self.listing is None else f"{self.listing}:{self.lines[i]}: {self.path(i)}"
 
     def read(self, i):
-        """The encoded bytes of file i (uint8), or a ValueError naming it."""
+        """The encoded bytes of file i (uint8), or a DataFileError naming it."""
         try:
             return np.fromfile(self.path(i), dtype=np.uint8)
         except OSError as error:
-            raise ValueError(f"{self.name(i)}: cannot be read ({error.strerror or error})") from None
+            raise DataFileError(f"{self.name(i)}: cannot be read ({error.strerror or error})") from None
 
     def fingerprint(self):
         """sha256 (bytes) of the size, the paths (relative: the folder may move) and each file's
