@@ -23,7 +23,7 @@ from engine.checkpoint import CheckpointError
 from engine.data.datasets import DataFileError
 from engine.methods import METHODS, method_class
 from engine.methods.base import Diverged
-from engine.outputs import FolderInUse
+from engine.outputs import OUTPUT_FILES, FolderInUse
 
 PROG = "python -m engine.train"
 RUN_FIELDS = ("method", "seed", "device", "out", "sync_bn")
@@ -247,8 +247,7 @@ def main(argv=None):
         line.append(f"noise detection precision {summary['det_precision']:.3f} recall {summary['det_recall']:.3f} "
                     f"F1 {summary['det_f1']:.3f}")
     print(", ".join(line))
-    print(f"outputs in {os.path.abspath(run.out)}: config.yaml metrics.csv summary.json label_issues.csv "
-          f"separation.png checkpoint.pt")
+    print(f"outputs in {os.path.abspath(run.out)}: {' '.join(OUTPUT_FILES)}")
     return 0
 
 
