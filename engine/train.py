@@ -107,9 +107,9 @@ def parse_args(argv=None):
     first.add_argument("--config")
     first.add_argument("--method")
     known, _ = first.parse_known_args(argv)
-    base = load_yaml(known.config) if known.config else {}
-    spec = known.method or base.get("method") or RunConfig.method
     try:
+        base = load_yaml(known.config) if known.config else {}
+        spec = known.method or base.get("method") or RunConfig.method
         if not isinstance(spec, str):
             raise ValueError(f"--config {known.config}: method must be a name or module:Class, got {spec!r}")
         chosen = method_class(spec)
