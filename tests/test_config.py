@@ -178,3 +178,11 @@ def test_bad_config_files_get_clear_errors(tmp_path, content, message, capsys):
     err = capsys.readouterr().err
     assert caught.value.code == 2 and err.splitlines()[-1].startswith("python -m engine.train: error: ")
     assert message in err.splitlines()[-1]
+
+
+@pytest.mark.parametrize("value", ["'1'", "1.0"])
+def test_a_config_value_of_another_type_is_refused_naming_its_flag(tmp_path, capsys, value):
+    path = tmp_path / "config.yaml"
+    path.write_text(f"method: ce\ndata: {{dataset: digits}}\nhyperparameters: {{epochs: {value}}}\n")
+    assert main(["--config", str(path), "--device", "cpu", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == f"python -m engine.train: error: --epochs must be an integer, got {value}\n"
