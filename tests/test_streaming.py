@@ -190,6 +190,15 @@ def test_epoch_two_of_a_fresh_loader_repeats_epoch_two_after_epochs_zero_and_one
 
 
 @pytest.mark.parametrize("in_memory", [False, True])
+def test_a_batch_size_beyond_the_samples_gives_one_batch_of_them_all(files, in_memory):
+    images = np.random.default_rng(0).integers(0, 256, (48, 8, 8, 3), dtype=np.uint8)
+    huge = 3_000_000_000  # more than DALI's int32 batch size holds
+    batches = DaliLoader(images, huge, *PLAIN, shuffle=True, augment=True) if in_memory else loader(files, huge)
+    (x, indices), = list(batches)
+    assert len(x) == 48 and sorted(indices.tolist()) == list(range(48))
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
 def test_an_iteration_left_early_leaves_the_next_one_whole(files, in_memory):
     images = np.random.default_rng(0).integers(0, 256, (48, 8, 8, 3), dtype=np.uint8)
     batches = DaliLoader(images, 8, *PLAIN, shuffle=True, augment=True) if in_memory else loader(files, 8)

@@ -144,7 +144,9 @@ class PipelineLoader(BatchOrder):
         self.device = torch.device(device)
         self.device_id = dali_device_id(self.device)
         self._feed = _Feed()
-        self._options = dict(source=self._feed, batch_size=batch_size, num_threads=num_threads,
+        # DALI's batch_size is the largest batch it must hold, which the samples bound (a larger one
+        # fails inside DALI); the batches themselves come from BatchOrder.
+        self._options = dict(source=self._feed, batch_size=max(1, min(batch_size, count)), num_threads=num_threads,
                              device_id=self.device_id, prefetch_queue_depth=PREFETCH, exec_async=True,
                              exec_pipelined=True, exec_dynamic=True)
         self.definition = None
