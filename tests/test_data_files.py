@@ -134,6 +134,34 @@ def test_class_names_drop_surrounding_whitespace_and_trailing_blank_lines(tmp_pa
         load_dataset("filelist", str(tmp_path))
 
 
+def test_a_test_class_that_train_lacks_is_refused(tmp_path):
+    image_folder(tmp_path / "train", classes=("ant", "cat"))
+    image_folder(tmp_path / "test", classes=("ant", "bee"), count=1)  # bee's images would never be tested
+    with pytest.raises(ValueError, match=rf"^folder {tmp_path}/test/bee: a class that {tmp_path}/train does not "
+                                         r"have; rename it to one of train/'s classes or remove it$"):
+        load_dataset("folder", str(tmp_path))
+
+
+@pytest.mark.parametrize("missing", ["test", "train"])
+def test_a_folder_with_only_one_of_train_and_test_names_the_other(tmp_path, missing):
+    image_folder(tmp_path / ({"test": "train", "train": "test"}[missing]))
+    have = "train" if missing == "test" else "test"
+    with pytest.raises(ValueError, match=rf"^folder {tmp_path}: has {have}/ but no {missing}/; give both"):
+        load_dataset("folder", str(tmp_path))
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_hidden_entries_are_not_data(tmp_path, split):
+    image_folder(tmp_path / "train" if split else tmp_path, count=5)
+    if split:
+        image_folder(tmp_path / "test", count=1)
+    top = tmp_path / "train" if split else tmp_path
+    image_folder(top / ".ipynb_checkpoints", classes=("cat",))  # a class folder's worth of copies
+    (top / "cat" / "._0.bmp").write_bytes(b"macOS metadata, not an image")
+    data = load_dataset("folder", str(tmp_path))
+    assert data.class_names == ["cat", "dog"] and len(data.y_train) + len(data.y_test) == 10 + 2 * split
+
+
 X = np.random.default_rng(0).integers(0, 256, (10, 8, 8), dtype=np.uint8)
 Y = np.arange(10) % 3
 

@@ -333,21 +333,45 @@ def _rgb_stats(x):
     return tuple(flat.mean(0)), tuple(flat.std(0) + 1e-6)
 
 
+def _hidden(name):
+    """Entries whose name starts with "." are not data: .ipynb_checkpoints, macOS's ._x.png."""
+    return name.startswith(".")
+
+
+def image_names(folder):
+    """The names of the image files (IMAGE_SUFFIXES) in `folder`, sorted; hidden ones left out."""
+    return sorted(name for name in os.listdir(folder) if name.lower().endswith(IMAGE_SUFFIXES) and not _hidden(name))
+
+
+def _class_folders(folder):
+    return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not _hidden(entry.name))
+
+
 def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
     """root/<class>/<image> (classes sorted by name), or root/train/<class>/... and
-    root/test/<class>/...; without a test folder 20% is held out."""
+    root/test/<class>/... (test/ may lack a class, not have another); without them 20% is held
+    out. Hidden entries are left out."""
     root = _require_dir(data_dir, "folder")
-    has_splits = os.path.isdir(os.path.join(root, "train")) and os.path.isdir(os.path.join(root, "test"))
+    found = [split for split in ("train", "test") if os.path.isdir(os.path.join(root, split))]
+    if len(found) == 1:  # else its class folders would be taken for the images of a class "train"
+        missing = "test" if found == ["train"] else "train"
+        raise ValueError(f"folder {root}: has {found[0]}/ but no {missing}/; give both (a sub-folder per class in "
+                         f"each) or only class folders (1 in {HOLD_OUT} images is then held out as the test set)")
+    has_splits = bool(found)
     splits = ["train", "test"] if has_splits else [""]
     split_dirs = [os.path.join(root, split) if split else root for split in splits]
-    classes = sorted(d.name for d in os.scandir(split_dirs[0]) if d.is_dir())
+    classes = _class_folders(split_dirs[0])
+    if has_splits:
+        unknown = sorted(set(_class_folders(split_dirs[1])) - set(classes))
+        if unknown:  # its images would be left out of the test set
+            raise ValueError(f"folder {os.path.join(split_dirs[1], unknown[0])}: a class that {split_dirs[0]} does "
+                             f"not have; rename it to one of train/'s classes or remove it")
     parts = []
     for split, split_dir in zip(splits, split_dirs):
         paths, labels = [], []
         for label, cls in enumerate(classes):
             folder = os.path.join(split_dir, cls)
-            listed = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-            files = [f for f in listed if f.lower().endswith(IMAGE_SUFFIXES)]
+            files = image_names(folder) if os.path.isdir(folder) else []
             # A training class without images would be a class the model never sees (and skipping
             # it would shift the indices of the classes after it); test/ may lack a class.
             if not files and split_dir == split_dirs[0]:
