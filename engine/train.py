@@ -195,7 +195,10 @@ def trainer_for(run, method, resume=False):
                              f"subset (clean_indices.npy, {len(dataset.trusted_train)} samples), which the run uses")
         clean = dataset.trusted_train
     else:
-        clean = choose_clean_subset(config, dataset.y_train, run.seed)
+        try:
+            clean = choose_clean_subset(config, dataset.y_train, run.seed)
+        except ValueError as error:  # a size the training set cannot give, said of the flag that asked for it
+            raise ValueError(f"{flag('clean_size' if config.clean_size else 'clean_fraction')}: {error}") from None
         if len(clean) and dataset.true_train is not None:
             raise ValueError(f"--clean-size / --clean-fraction: the labels of --data-dir {run.data.data_dir} are its "
                              f"noisy ones (it has train_true_labels.npy), so a held-out subset would not have trusted "

@@ -140,6 +140,9 @@ def test_command_line_flags_and_config_file(tmp_path):
      "--warmup-epochs must be >= 0 and leave at least one of the 8 epochs after it, got 10"),
     (["--method", "pmnar", "--pmnar-beta", "-1"], "--pmnar-beta must be >= 0, got -1.0"),
     (["--method", "l2b", "--clean-size", "0"], "method l2b needs a clean subset"),
+    (["--method", "l2b", "--clean-size", "5000"], "--clean-size: size must be in [0, 1400], got 5000"),
+    (["--method", "l2b", "--clean-fraction", "0.999"], "--clean-fraction: class 0 has 126 samples, fewer than the 139 "
+                                                       "per class that a balanced subset of 1399 needs"),
     (["--method", "pudistill", "--pudistill-agree", "25"],
      "--pudistill-agree must be in [1, filters = 20], got 25"),
     (["--method", "pudistill", "--clean-size", "5"],
