@@ -162,6 +162,15 @@ def test_hidden_entries_are_not_data(tmp_path, split):
     assert data.class_names == ["cat", "dog"] and len(data.y_train) + len(data.y_test) == 10 + 2 * split
 
 
+def test_lists_may_start_with_a_byte_order_mark(tmp_path):
+    small_file_list(tmp_path)
+    for name in ("train.txt", "classes.txt"):
+        text = (tmp_path / name).read_text() if name != "classes.txt" else "chat\nchien\n"
+        (tmp_path / name).write_text(text, encoding="utf-8-sig")
+    data = load_dataset("filelist", str(tmp_path))
+    assert data.y_train.tolist() == [0, 0, 0, 1, 1, 1] and data.class_names == ["chat", "chien"]
+
+
 X = np.random.default_rng(0).integers(0, 256, (10, 8, 8), dtype=np.uint8)
 Y = np.arange(10) % 3
 

@@ -386,12 +386,15 @@ def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
     return ImageDataset("folder", *parts, len(classes), *_rgb_stats(parts[0]), flip=True, class_names=classes)
 
 
+LIST_ENCODING = "utf-8-sig"  # UTF-8; a byte-order mark (as Windows editors write one) is not part of line 1
+
+
 def _read_file_list(path):
     """The paths (relative to the list's folder), labels and line numbers of its lines. Paths
     must stay inside the list's folder (--data-dir): a data set is then one folder that can be
     moved or shared; link other folders into it to use their files."""
     folder, paths, labels, numbers = os.path.dirname(path), [], [], []
-    with open(path) as f:
+    with open(path, encoding=LIST_ENCODING) as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -419,7 +422,7 @@ def _read_class_names(path):
     """The names of classes.txt, line i naming class i - 1: surrounding whitespace and blank lines
     at the end are dropped (an editor's last newline is no class); a blank line before a name is
     refused (a class without a name)."""
-    with open(path) as f:
+    with open(path, encoding=LIST_ENCODING) as f:
         names = [line.strip() for line in f]
     while names and not names[-1]:
         names.pop()
