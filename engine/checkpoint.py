@@ -56,7 +56,7 @@ def load_checkpoint(path, identity, device):
         stored = state["identity"] if isinstance(state["identity"], dict) else {}
         differs = sorted(key for key in {*stored, *identity} if stored.get(key) != identity.get(key))
         what = {"data_fingerprint": "the training data, labels or test split"}
-        raise CheckpointError(f"--resume: {path} belongs to a different run (other "
-                              f"{', '.join(what.get(key, key) for key in differs)}); resume with that run's "
+        raise CheckpointError(f"--resume: {path} belongs to a different run (what differs: "
+                              f"{'; '.join(what.get(key, key) for key in differs)}); resume with that run's "
                               f"options or choose another --out")
     return state
