@@ -6,18 +6,14 @@ of its torch file next to their sha256, so a file changed after writing (a flipp
 partial copy) is refused instead of resumed from."""
 import hashlib
 import io
-import pickle
-import struct
 
 import torch
 
 from engine.outputs import write_atomically
+from engine.safe_loading import TORCH_READ_ERRORS, read_error_reason
 
 FORMAT = "noisy-label-engine checkpoint 1"
 STATE_KEYS = ("epoch", "step", "identity", "model", "optimizer", "method", "metrics")
-# What a damaged file can raise inside torch's reader besides its own errors.
-READ_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, IndexError, KeyError, TypeError,
-               AttributeError, OSError, struct.error)
 
 
 class CheckpointError(ValueError):
@@ -40,9 +36,8 @@ def read_checkpoint(path, device="cpu"):
 
     try:
         wrapped = torch.load(path, map_location="cpu", weights_only=True)
-    except READ_ERRORS as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise refuse(f"cannot be read ({reason})") from None
+    except TORCH_READ_ERRORS as error:
+        raise refuse(f"cannot be read ({read_error_reason(error)})") from None
     if not isinstance(wrapped, dict) or wrapped.get("format") != FORMAT:
         raise refuse("is not a checkpoint of this engine")
     payload = wrapped["payload"].numpy().tobytes()
@@ -61,7 +56,7 @@ def load_checkpoint(path, identity, device):
         stored = state["identity"] if isinstance(state["identity"], dict) else {}
         differs = sorted(key for key in {*stored, *identity} if stored.get(key) != identity.get(key))
         what = {"data_fingerprint": "the training data, labels or test split"}
-        raise CheckpointError(f"--resume: {path} belongs to a different run (other "
-                              f"{', '.join(what.get(key, key) for key in differs)}); resume with that run's "
+        raise CheckpointError(f"--resume: {path} belongs to a different run (what differs: "
+                              f"{'; '.join(what.get(key, key) for key in differs)}); resume with that run's "
                               f"options or choose another --out")
     return state

@@ -279,8 +279,10 @@ def load_yaml(path):
             content = yaml.safe_load(f)
     except OSError as error:
         raise ValueError(f"--config {path}: cannot read it ({error.strerror})") from None
-    except yaml.YAMLError as error:
-        raise ValueError(f"--config {path}: not valid YAML ({error})") from None
+    except yaml.YAMLError as error:  # one line: the problem and its line, not PyYAML's several
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        raise ValueError(f"--config {where}: not valid YAML ({getattr(error, 'problem', None) or error})") from None
     if not isinstance(content, dict):
         raise ValueError(f"--config {path}: expected a mapping of options, got {type(content).__name__}")
     return content

@@ -10,6 +10,8 @@ import tempfile
 import numpy as np
 import pandas as pd
 
+# The files a run writes in its folder; a new run (not a resumed one) first removes those of an earlier run.
+OUTPUT_FILES = ("config.yaml", "metrics.csv", "summary.json", "label_issues.csv", "separation.png", "checkpoint.pt")
 METRIC_FIELDS = ["epoch", "stage", "train_loss", "test_acc", "det_precision", "det_recall", "det_f1", "seconds"]
 
 
@@ -79,6 +81,15 @@ def remove_leftovers(folder):
     holding the folder's lock: no live writer then)."""
     for name in os.listdir(folder):
         if name.startswith(".") and name.endswith(TMP_SUFFIX):
+            os.remove(os.path.join(folder, name))
+
+
+def remove_outputs(folder):
+    """Deletes the OUTPUT_FILES an earlier run left in `folder` (nothing else in it), so that the
+    folder never holds a mix of two runs' files, even when the new run is killed or writes no
+    separation.png (call it holding the folder's lock)."""
+    for name in OUTPUT_FILES:
+        with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(folder, name))
 
 

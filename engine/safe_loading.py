@@ -4,6 +4,7 @@ formats hold: torch files (checkpoints, label files) through torch's weights-onl
 with numpy arrays of plain numeric types admitted besides tensors, and CIFAR's python batches
 through an unpickler that admits numpy arrays besides dicts, lists, strings and numbers."""
 import pickle
+import struct
 
 import numpy as np
 
@@ -22,9 +23,22 @@ PICKLE_ARRAY_GLOBALS = frozenset({
 })
 
 
+# What a missing, empty, truncated or foreign file can raise inside torch's reader.
+TORCH_READ_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, IndexError, KeyError, TypeError,
+                     AttributeError, OSError, struct.error)
+
+
+def read_error_reason(error):
+    """Why a file could not be read, in one sentence (an OSError's reason without its path; torch
+    follows its reason with sentences of advice about checkpoints)."""
+    text = (error.strerror if isinstance(error, OSError) else None) or str(error).strip()
+    return (text.splitlines() or [type(error).__name__])[0].split(". ")[0]
+
+
 def torch_load(source, what, map_location="cpu"):
     """torch.load of `source` (a path or file object) with weights_only=True, numpy arrays
-    admitted; anything else in it raises ValueError naming `what`, before any of it runs."""
+    admitted; anything else in it raises ValueError naming `what`, before any of it runs, and so
+    does a file that cannot be read (missing, empty, truncated)."""
     import torch  # only torch files need it: the data modules load without
 
     try:
@@ -34,6 +48,8 @@ def torch_load(source, what, map_location="cpu"):
         refused = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line or "got <" in line),
                        "it holds objects other than tensors, arrays, numbers, strings, lists and dicts")
         raise ValueError(f"{what}: refused, not a plain tensor / array file ({refused})") from None
+    except TORCH_READ_ERRORS as error:
+        raise ValueError(f"{what}: not a readable .pt file ({read_error_reason(error)})") from None
 
 
 class _Refused(pickle.UnpicklingError):

@@ -20,9 +20,10 @@ import torch
 from engine.config import (SHARED_FIELDS, ConfigError, DataConfig, RunConfig, WarmupConfig, check_fields, load_yaml,
                            size_class, with_overrides)
 from engine.checkpoint import CheckpointError
+from engine.data.datasets import DataFileError
 from engine.methods import METHODS, method_class
 from engine.methods.base import Diverged
-from engine.outputs import FolderInUse
+from engine.outputs import OUTPUT_FILES, FolderInUse
 
 PROG = "python -m engine.train"
 RUN_FIELDS = ("method", "seed", "device", "out", "sync_bn")
@@ -106,9 +107,9 @@ def parse_args(argv=None):
     first.add_argument("--config")
     first.add_argument("--method")
     known, _ = first.parse_known_args(argv)
-    base = load_yaml(known.config) if known.config else {}
-    spec = known.method or base.get("method") or RunConfig.method
     try:
+        base = load_yaml(known.config) if known.config else {}
+        spec = known.method or base.get("method") or RunConfig.method
         if not isinstance(spec, str):
             raise ValueError(f"--config {known.config}: method must be a name or module:Class, got {spec!r}")
         chosen = method_class(spec)
@@ -199,7 +200,10 @@ def trainer_for(run, method, resume=False):
                              f"subset (clean_indices.npy, {len(dataset.trusted_train)} samples), which the run uses")
         clean = dataset.trusted_train
     else:
-        clean = choose_clean_subset(config, dataset.y_train, run.seed)
+        try:
+            clean = choose_clean_subset(config, dataset.y_train, run.seed)
+        except ValueError as error:  # a size the training set cannot give, said of the flag that asked for it
+            raise ValueError(f"{flag('clean_size' if config.clean_size else 'clean_fraction')}: {error}") from None
         if len(clean) and dataset.true_train is not None:
             raise ValueError(f"--clean-size / --clean-fraction: the labels of --data-dir {run.data.data_dir} are its "
                              f"noisy ones (it has train_true_labels.npy), so a held-out subset would not have trusted "
@@ -237,6 +241,11 @@ def main(argv=None):
     except Diverged as error:  # a NaN epoch loss is all-reduced, so every process stops at the same epoch
         print(f"python -m engine.train: error: {error}", file=sys.stderr)
         return 1
+    except DataFileError as error:  # a streamed image is read when a batch needs it (only a sample is checked
+        # up front); a fixed or removed file changes the data's fingerprint, which --resume would refuse
+        print(f"python -m engine.train: error: {error}; training stopped: fix or remove the file and start the run "
+              f"again", file=sys.stderr)
+        return 2
     if not trainer.processes.main:  # rank 0 reports for the job
         return 0
     line = []
@@ -246,8 +255,7 @@ def main(argv=None):
         line.append(f"noise detection precision {summary['det_precision']:.3f} recall {summary['det_recall']:.3f} "
                     f"F1 {summary['det_f1']:.3f}")
     print(", ".join(line))
-    print(f"outputs in {os.path.abspath(run.out)}: config.yaml metrics.csv summary.json label_issues.csv "
-          f"separation.png checkpoint.pt")
+    print(f"outputs in {os.path.abspath(run.out)}: {' '.join(OUTPUT_FILES)}")
     return 0
 
 

@@ -21,8 +21,8 @@ from engine.labels import check_clean_subset, detection_metrics
 from engine.methods.base import Batch, CleanSubset, Diverged, Preparation, Step, epoch_seed
 from engine.models import build_model, load_pretrained
 from engine.models.base import recalibrate_batchnorm
-from engine.outputs import (folder_lock, label_issues_table, plot_separation, write_json, write_label_issues,
-                            write_metrics)
+from engine.outputs import (folder_lock, label_issues_table, plot_separation, remove_outputs, write_json,
+                            write_label_issues, write_metrics)
 
 EVAL_BATCH = 512
 
@@ -298,6 +298,8 @@ class Trainer:
             start_epoch = self.load_checkpoint()  # refuses another run's checkpoint before anything is written
             self.log(f"resumed from {self.checkpoint_path} after epoch {start_epoch}")
             self.processes.barrier()  # every process has read it before rank 0 writes the next
+        elif self.out is not None and self.processes.main:  # run() holds the folder's lock
+            remove_outputs(self.out)
         if self.out is not None and self.run_config is not None and self.processes.main:
             save_yaml(self.run_config, os.path.join(self.out, "config.yaml"))
         if not resumed:

@@ -188,6 +188,9 @@ def test_command_line_flags_and_config_file(tmp_path):
      "--epochs must be at least 4 for method nlnl with these options, got 3"),
     (["--method", "pmnar", "--pmnar-beta", "-1"], "--pmnar-beta must be >= 0, got -1.0"),
     (["--method", "l2b", "--clean-size", "0"], "method l2b needs a clean subset"),
+    (["--method", "l2b", "--clean-size", "5000"], "--clean-size: size must be in [0, 1400], got 5000"),
+    (["--method", "l2b", "--clean-fraction", "0.999"], "--clean-fraction: class 0 has 126 samples, fewer than the 139 "
+                                                       "per class that a balanced subset of 1399 needs"),
     (["--method", "pudistill", "--pudistill-agree", "25"],
      "--pudistill-agree must be in [1, filters = 20], got 25"),
     (["--method", "pudistill", "--clean-size", "5"],
@@ -206,9 +209,10 @@ def test_bad_flags_name_the_flag(args, message, capsys, tmp_path):
 
 
 @pytest.mark.parametrize("content,message", [
+    (None, "config.yaml: cannot read it (No such file or directory)"),
     ("- a list", "expected a mapping"),
     ("method: jnpl\nbogus: 1\n", "unknown entry 'bogus'"),
-    ("method: [unclosed\n", "not valid YAML"),
+    ("method: [unclosed\n", "config.yaml:2: not valid YAML (expected ',' or ']', but got '<stream end>')"),
     ("method: jnpl\nhyperparameters: {beta: 1}\n", "method jnpl has no such option"),
     ("!!python/object/apply:os.system ['echo hacked']\n", "not valid YAML"),
     ("method: jnpl\ndata: {bogus: 1}\n", "DataConfig has no option 'bogus'"),
@@ -218,7 +222,18 @@ def test_bad_flags_name_the_flag(args, message, capsys, tmp_path):
 ])
 def test_bad_config_files_get_clear_errors(tmp_path, content, message, capsys):
     path = tmp_path / "config.yaml"
-    path.write_text(content)
-    with pytest.raises((SystemExit, ValueError)) as caught:
+    if content is not None:  # None: no such file
+        path.write_text(content)
+    with pytest.raises(SystemExit) as caught:  # argparse's error: usage and one line, exit status 2
         parse_args(["--config", str(path), "--device", "cpu"])
-    assert message in (str(caught.value) + capsys.readouterr().err)
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and err.splitlines()[-1].startswith("python -m engine.train: error: ")
+    assert message in err.splitlines()[-1]
+
+
+@pytest.mark.parametrize("value", ["'1'", "1.0"])
+def test_a_config_value_of_another_type_is_refused_naming_its_flag(tmp_path, capsys, value):
+    path = tmp_path / "config.yaml"
+    path.write_text(f"method: ce\ndata: {{dataset: digits}}\nhyperparameters: {{epochs: {value}}}\n")
+    assert main(["--config", str(path), "--device", "cpu", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == f"python -m engine.train: error: --epochs must be an integer, got {value}\n"

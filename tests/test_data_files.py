@@ -116,6 +116,61 @@ def test_a_class_folder_without_images_is_refused(tmp_path, split):
         load_dataset("folder", str(tmp_path))
 
 
+def small_file_list(root):
+    """root/train.txt and root/test.txt over root/img's two classes (cat 0, dog 1)."""
+    image_folder(root / "img")
+    write_list(root / "train.txt", [f"img/{cls}/{i}.bmp {c}" for c, cls in enumerate(["cat", "dog"])
+                                    for i in range(3)])
+    write_list(root / "test.txt", ["img/cat/0.bmp 0", "img/dog/0.bmp 1"])
+
+
+def test_class_names_drop_surrounding_whitespace_and_trailing_blank_lines(tmp_path):
+    small_file_list(tmp_path)
+    (tmp_path / "classes.txt").write_bytes(b"cat \r\ndog\r\n\n  \n")
+    data = load_dataset("filelist", str(tmp_path))
+    assert data.class_names == ["cat", "dog"] and data.num_classes == 2  # no phantom class after dog
+    (tmp_path / "classes.txt").write_text("cat\n\ndog\n")
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/classes.txt:2: an empty class name \(line 2 names class 1\)$"):
+        load_dataset("filelist", str(tmp_path))
+
+
+def test_a_test_class_that_train_lacks_is_refused(tmp_path):
+    image_folder(tmp_path / "train", classes=("ant", "cat"))
+    image_folder(tmp_path / "test", classes=("ant", "bee"), count=1)  # bee's images would never be tested
+    with pytest.raises(ValueError, match=rf"^folder {tmp_path}/test/bee: a class that {tmp_path}/train does not "
+                                         r"have; rename it to one of train/'s classes or remove it$"):
+        load_dataset("folder", str(tmp_path))
+
+
+@pytest.mark.parametrize("missing", ["test", "train"])
+def test_a_folder_with_only_one_of_train_and_test_names_the_other(tmp_path, missing):
+    image_folder(tmp_path / ({"test": "train", "train": "test"}[missing]))
+    have = "train" if missing == "test" else "test"
+    with pytest.raises(ValueError, match=rf"^folder {tmp_path}: has {have}/ but no {missing}/; give both"):
+        load_dataset("folder", str(tmp_path))
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_hidden_entries_are_not_data(tmp_path, split):
+    image_folder(tmp_path / "train" if split else tmp_path, count=5)
+    if split:
+        image_folder(tmp_path / "test", count=1)
+    top = tmp_path / "train" if split else tmp_path
+    image_folder(top / ".ipynb_checkpoints", classes=("cat",))  # a class folder's worth of copies
+    (top / "cat" / "._0.bmp").write_bytes(b"macOS metadata, not an image")
+    data = load_dataset("folder", str(tmp_path))
+    assert data.class_names == ["cat", "dog"] and len(data.y_train) + len(data.y_test) == 10 + 2 * split
+
+
+def test_lists_may_start_with_a_byte_order_mark(tmp_path):
+    small_file_list(tmp_path)
+    for name in ("train.txt", "classes.txt"):
+        text = (tmp_path / name).read_text() if name != "classes.txt" else "chat\nchien\n"
+        (tmp_path / name).write_text(text, encoding="utf-8-sig")
+    data = load_dataset("filelist", str(tmp_path))
+    assert data.y_train.tolist() == [0, 0, 0, 1, 1, 1] and data.class_names == ["chat", "chien"]
+
+
 X = np.random.default_rng(0).integers(0, 256, (10, 8, 8), dtype=np.uint8)
 Y = np.arange(10) % 3
 
@@ -158,6 +213,14 @@ NPZ_CASES = {
                                  r"got x \[10, 8, 8\] and y \[9\]$"),
     "test arrays differ in length": (lambda p: np.savez(p, x=X, y=Y, x_test=X, y_test=Y[:3]),
                                      r"x_test must be .* got x_test \[10, 8, 8\] and y_test \[3\]$"),
+    "x_test grayscale, x colour": (lambda p: np.savez(p, x=np.stack([X] * 3, -1), y=Y, x_test=X, y_test=Y),
+                                   r"x_test images are \[8, 8, 1\], x images \[8, 8, 3\]; both must have the same "
+                                   r"\[H, W, C\]$"),
+    "x_test larger": (lambda p: np.savez(p, x=X, y=Y, x_test=np.zeros((2, 16, 16), np.uint8), y_test=Y[:2]),
+                      r"x_test images are \[16, 16, 1\], x images \[8, 8, 1\]"),
+    "too few to hold out a test set": (lambda p: np.savez(p, x=X[:4], y=Y[:4]),
+                                       r"4 samples, too few to hold out a test set \(1 in 5: at least 5 samples\); "
+                                       r"add samples or give x_test and y_test$"),
     "an empty file": (lambda p: p.write_bytes(b""), r"not a readable .npz archive \(No data left in file\)$"),
     "a broken zip": (broken_zip, r"not a readable .npz archive \(File is not a zip file\)$"),
     "a corrupt member": (corrupt_member, r"not a readable .npz archive \("),
@@ -181,8 +244,19 @@ def test_npz_integer_images_in_range_are_kept_exactly(tmp_path):
     np.savez(tmp_path / "data.npz", x=x, y=y, x_test=x[:2].astype(np.int16), y_test=np.array([0, 1], np.uint8))
     data = load_dataset("npz", str(tmp_path / "data.npz"))
     assert data.x_train.dtype == np.uint8 and np.array_equal(data.x_train, x) and data.num_classes == 2
-    np.savez(tmp_path / "small.npz", x=x[:4], y=y[:4])  # too few to hold a test sample out
-    assert len(load_dataset("npz", str(tmp_path / "small.npz")).y_test) == 0
+    np.savez(tmp_path / "small.npz", x=x[:5], y=y[:5])  # the fewest that hold a test sample out
+    assert len(load_dataset("npz", str(tmp_path / "small.npz")).y_test) == 1
+
+
+def test_a_folder_too_small_to_hold_out_a_test_set_is_refused(tmp_path):
+    image_folder(tmp_path, count=2)
+    with pytest.raises(ValueError, match=rf"^folder {tmp_path}: 4 samples, too few to hold out a test set \(1 in 5: "
+                                         r"at least 5 samples\); add images or give train/ and test/ folders$"):
+        load_dataset("folder", str(tmp_path))
+    image_folder(tmp_path / "more", classes=("ant",), count=1)
+    os.rename(tmp_path / "more" / "ant", tmp_path / "ant")  # a fifth image
+    os.rmdir(tmp_path / "more")
+    assert len(load_dataset("folder", str(tmp_path)).y_test) == 1
 
 
 def test_the_command_line_prints_one_line_naming_the_file(tmp_path, capsys):

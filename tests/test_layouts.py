@@ -467,6 +467,7 @@ def animal10n(root):
         for i, (name, _) in enumerate(files):
             image(root / folder / name, i)
     (root / "training" / "Thumbs.db").write_bytes(b"not an image")  # other files are passed over
+    (root / "training" / "._0_00001.jpg").write_bytes(b"macOS metadata")  # and so are hidden ones
     return root, train, test
 
 

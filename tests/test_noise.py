@@ -1,4 +1,6 @@
 import math
+import os
+import re
 
 import numpy as np
 import pytest
@@ -145,6 +147,28 @@ def test_noise_from_file_rejects(tmp_path, content, problem):
     with pytest.raises(ValueError, match=problem) as error:
         noise_from_file(path, 100, NUM_CLASSES)
     assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["labels.npy", "labels.pt"])
+@pytest.mark.parametrize("damage", ["empty", "truncated", "missing"])
+def test_an_unreadable_noise_file_is_refused_naming_it(tmp_path, name, damage):
+    path = tmp_path / name
+    stored = np.zeros(100, dtype=np.int64)
+    if name.endswith(".npy"):
+        np.save(path, stored)
+    else:
+        torch.save(torch.from_numpy(stored), path)
+    size = {"empty": 0, "truncated": path.stat().st_size // 2, "missing": None}[damage]
+    if size is None:
+        path.unlink()
+    else:
+        with open(path, "r+b") as f:
+            f.truncate(size)
+    kind = re.escape(os.path.splitext(name)[1])
+    reason = r"No such file or directory" if damage == "missing" else r".+"
+    with pytest.raises(ValueError, match=rf"^noise file {path}: not a readable {kind} file( of plain numbers)? "
+                                         rf"\({reason}\)$"):
+        noise_from_file(path, 100, NUM_CLASSES)
 
 
 def test_noise_from_file_rejects_ambiguous_dict_and_format(tmp_path):

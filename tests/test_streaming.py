@@ -12,11 +12,13 @@ import torch
 from PIL import Image
 
 from engine.config import ConfigError, DataConfig
-from engine.data.datasets import ImageFiles, load_dataset
+from engine.data import datasets
+from engine.data.datasets import DataFileError, ImageFiles, load_dataset
 from engine.data.pipeline import DaliLoader
 from engine.data.streaming import AREA, CROP_DRAWS, RATIO, StreamingLoader, crop_draws, crop_window
 from engine.data.training_data import TrainingData
 from engine.distributed import Processes
+from engine.train import main
 from test_data import by_index
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -188,6 +190,15 @@ def test_epoch_two_of_a_fresh_loader_repeats_epoch_two_after_epochs_zero_and_one
 
 
 @pytest.mark.parametrize("in_memory", [False, True])
+def test_a_batch_size_beyond_the_samples_gives_one_batch_of_them_all(files, in_memory):
+    images = np.random.default_rng(0).integers(0, 256, (48, 8, 8, 3), dtype=np.uint8)
+    huge = 3_000_000_000  # more than DALI's int32 batch size holds
+    batches = DaliLoader(images, huge, *PLAIN, shuffle=True, augment=True) if in_memory else loader(files, huge)
+    (x, indices), = list(batches)
+    assert len(x) == 48 and sorted(indices.tolist()) == list(range(48))
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
 def test_an_iteration_left_early_leaves_the_next_one_whole(files, in_memory):
     images = np.random.default_rng(0).integers(0, 256, (48, 8, 8, 3), dtype=np.uint8)
     batches = DaliLoader(images, 8, *PLAIN, shuffle=True, augment=True) if in_memory else loader(files, 8)
@@ -215,14 +226,29 @@ def test_an_undecodable_or_missing_file_is_named(tmp_path):
     with open(paths[13], "r+b") as f:
         f.truncate(100)  # bee/3.jpg (line 11 of train.txt): its header survives, its data do not
     for files, where in ((every, ""), (listed, rf"{tmp_path}/train.txt:11: ")):
-        with pytest.raises(ValueError, match=rf"^{where}{tmp_path}/bee/3.jpg: not a decodable image \(empty, "
+        with pytest.raises(DataFileError, match=rf"^{where}{tmp_path}/bee/3.jpg: not a decodable image \(empty, "
                                              r"truncated or corrupt\)$"):
             list(loader(files, 8))
     with pytest.raises(ValueError, match=rf"^{tmp_path}/train.txt:11: {tmp_path}/bee/3.jpg: not a decodable image"):
         load_dataset("filelist", str(tmp_path), image_size=SIZE, stream=True)  # its statistics decode a sample
     files = ImageFiles(str(tmp_path), np.array(["ant/0.jpg", "ant/gone.jpg"]), SIZE)
-    with pytest.raises(ValueError, match=rf"^{tmp_path}/ant/gone.jpg: cannot be read \(No such file or directory\)$"):
+    with pytest.raises(DataFileError, match=rf"^{tmp_path}/ant/gone.jpg: cannot be read \(No such file or "
+                                            r"directory\)$"):
         list(loader(files, 2, augment=False))
+
+
+def test_a_bad_file_met_while_training_stops_the_command_line_with_one_line(tmp_path, monkeypatch, capsys):
+    paths = write_jpegs(tmp_path / "data", count=5)
+    with open(paths[7], "r+b") as f:
+        f.truncate(100)
+    # Only a sample of a large streamed data set is decoded before training: here one without the bad file.
+    monkeypatch.setattr(datasets, "_rgb_stats", lambda x: PLAIN)
+    code = main(["--device", "cpu", "--method", "ce", "--dataset", "folder", "--data-dir", str(tmp_path / "data"),
+                 "--image-size", "16", "--stream", "--epochs", "1", "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert capsys.readouterr().err == (f"python -m engine.train: error: {tmp_path}/data/bee/2.jpg: not a decodable "
+                                       f"image (empty, truncated or corrupt); training stopped: fix or remove the "
+                                       f"file and start the run again\n")
 
 
 def test_the_fingerprint_follows_the_files_not_their_folder(tmp_path):

@@ -15,8 +15,11 @@ import pytest
 import torch
 import yaml
 
+import engine
 from engine.checkpoint import read_checkpoint
+from engine.data.datasets import load_dataset
 from engine.models import build_model
+from engine.outputs import OUTPUT_FILES
 from run_testing import assert_resume_repeats, built_once, read_metrics, wait_for_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,7 +83,9 @@ def test_resume_refuses_a_different_run_and_a_corrupt_checkpoint(tmp_path):
     before = {name: open(os.path.join(out, name), "rb").read() for name in OUTPUTS}
     result = train("--method", "ce", "--dataset", "digits", "--epochs", "1", "--seed", "5", "--out", out, "--resume",
                    check=False)
-    assert result.returncode == 2 and "belongs to a different run" in result.stderr
+    # another seed draws other noisy labels
+    differs = "belongs to a different run (what differs: the training data, labels or test split; seed);"
+    assert result.returncode == 2 and differs in result.stderr
     assert "Traceback" not in result.stderr
     assert before == {name: open(os.path.join(out, name), "rb").read() for name in OUTPUTS}, "nothing rewritten"
     with open(os.path.join(out, "checkpoint.pt"), "r+b") as f:
@@ -124,7 +129,8 @@ def test_resume_refuses_a_checkpoint_of_other_data(tmp_path):
     common = ["--method", "ce", "--dataset", "npz", "--epochs", "1", "--out", out]
     train(*common, "--data-dir", str(tmp_path / "a.npz"))
     result = train(*common, "--data-dir", str(tmp_path / "b.npz"), "--resume", check=False)
-    assert result.returncode == 2 and "belongs to a different run (other the training data" in result.stderr
+    assert result.returncode == 2 and "belongs to a different run (what differs: the training data, labels or test " \
+                                      "split);" in result.stderr
     assert "resumed" in train(*common, "--data-dir", str(tmp_path / "a.npz"), "--resume").stdout
 
 
@@ -143,6 +149,33 @@ def test_a_second_run_on_a_live_runs_folder_is_refused_and_a_killed_run_leaves_n
         first.send_signal(signal.SIGKILL)
         first.wait()
     train("--method", "ce", "--dataset", "digits", "--epochs", "1", "--out", out)  # the dead run's lock went with it
+
+
+def test_a_new_run_in_a_finished_runs_folder_leaves_none_of_its_files(tmp_path):
+    out = tmp_path / "run"
+    train("--method", "ce", "--dataset", "digits", "--epochs", "1", "--out", str(out))
+    assert {name for name in os.listdir(out) if not name.startswith(".")} == set(OUTPUT_FILES)
+    finished = (out / "checkpoint.pt").read_bytes()
+    (out / "notes.txt").write_text("the user's own file")
+    new = subprocess.Popen([sys.executable, "-m", "engine.train", "--device", "cpu", "--method", "ce", "--dataset",
+                            "digits", "--epochs", "200", "--seed", "1", "--out", str(out)], cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert "epoch 1/200" in new.stdout.readline()
+    finally:
+        new.send_signal(signal.SIGKILL)
+        new.wait()
+    # killed before its results: the finished run's summary, metrics, label issues and plot are gone with it
+    assert {name for name in os.listdir(out) if not name.startswith(".")} == {"config.yaml", "checkpoint.pt",
+                                                                             "notes.txt"}
+    assert (out / "checkpoint.pt").read_bytes() != finished and config_of(out)["seed"] == 1
+    train("--method", "ce", "--dataset", "digits", "--epochs", "1", "--out", str(out))
+    # engine.fit without true labels writes no separation.png: the earlier run's one goes
+    digits = load_dataset("digits")
+    engine.fit(digits.x_train, digits.y_train, method="ce", epochs=1, out=str(out))
+    assert {name for name in os.listdir(out) if not name.startswith(".")} == set(OUTPUT_FILES) - {
+        "separation.png"} | {"notes.txt"}
+    assert (out / "notes.txt").read_text() == "the user's own file"
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,11 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 SPLIT_SEED = 12345  # fixed: the train/test split of the small data sets never depends on --seed
 
 
+class DataFileError(ValueError):
+    """A data file that cannot be read or decoded; the message names it. Streamed images meet it
+    during training, where the command line reports it as one line."""
+
+
 @dataclass
 class ImageFiles:
     """Images kept on disk: `paths` relative to `root`, decoded per batch to RGB at
@@ -66,11 +71,11 @@ class ImageFiles:
         return self.path(i) if self.listing is None else f"{self.listing}:{self.lines[i]}: {self.path(i)}"
 
     def read(self, i):
-        """The encoded bytes of file i (uint8), or a ValueError naming it."""
+        """The encoded bytes of file i (uint8), or a DataFileError naming it."""
         try:
             return np.fromfile(self.path(i), dtype=np.uint8)
         except OSError as error:
-            raise ValueError(f"{self.name(i)}: cannot be read ({error.strerror or error})") from None
+            raise DataFileError(f"{self.name(i)}: cannot be read ({error.strerror or error})") from None
 
     def fingerprint(self):
         """sha256 (bytes) of the size, the paths (relative: the folder may move) and each file's
@@ -121,6 +126,18 @@ class ImageDataset:
     @property
     def image_shape(self):
         return self.x_train.shape[1:]
+
+
+HOLD_OUT = 5  # a data set without a test split holds out 1 in HOLD_OUT of its samples as one
+
+
+def _hold_out(x, y, where, hint):
+    """(x_train, y_train, x_test, y_test) with len // HOLD_OUT samples held out; refused when that
+    leaves no test sample (the run could not measure test accuracy)."""
+    if len(y) < HOLD_OUT:
+        raise ValueError(f"{where}: {len(y)} samples, too few to hold out a test set (1 in {HOLD_OUT}: at least "
+                         f"{HOLD_OUT} samples); {hint}")
+    return _split(x, y, len(y) // HOLD_OUT)
 
 
 def _split(x, y, test_size, seed=SPLIT_SEED):
@@ -276,7 +293,10 @@ def load_npz(data_dir):
                              f"N > 0, got {x_name} {list(x.shape)} and {y_name} {list(y.shape)}")
         parts += [x[..., None] if x.ndim == 3 else x, y]
     if len(parts) == 2:
-        parts = _split(*parts, len(parts[0]) // 5)
+        parts = _hold_out(*parts, f"npz {path}", "add samples or give x_test and y_test")
+    elif parts[0].shape[1:] != parts[2].shape[1:]:  # the model would be tested on inputs of another shape
+        raise ValueError(f"npz {path}: x_test images are {list(parts[2].shape[1:])}, x images "
+                         f"{list(parts[0].shape[1:])}; both must have the same [H, W, C]")
     num_classes = int(max(parts[1].max(), parts[3].max(initial=0))) + 1
     return ImageDataset("npz", *parts, num_classes, *_rgb_stats(parts[0]), flip=False)
 
@@ -313,21 +333,45 @@ def _rgb_stats(x):
     return tuple(flat.mean(0)), tuple(flat.std(0) + 1e-6)
 
 
+def _hidden(name):
+    """Entries whose name starts with "." are not data: .ipynb_checkpoints, macOS's ._x.png."""
+    return name.startswith(".")
+
+
+def image_names(folder):
+    """The names of the image files (IMAGE_SUFFIXES) in `folder`, sorted; hidden ones left out."""
+    return sorted(name for name in os.listdir(folder) if name.lower().endswith(IMAGE_SUFFIXES) and not _hidden(name))
+
+
+def _class_folders(folder):
+    return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not _hidden(entry.name))
+
+
 def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
     """root/<class>/<image> (classes sorted by name), or root/train/<class>/... and
-    root/test/<class>/...; without a test folder 20% is held out."""
+    root/test/<class>/... (test/ may lack a class, not have another); without them 20% is held
+    out. Hidden entries are left out."""
     root = _require_dir(data_dir, "folder")
-    has_splits = os.path.isdir(os.path.join(root, "train")) and os.path.isdir(os.path.join(root, "test"))
+    found = [split for split in ("train", "test") if os.path.isdir(os.path.join(root, split))]
+    if len(found) == 1:  # else its class folders would be taken for the images of a class "train"
+        missing = "test" if found == ["train"] else "train"
+        raise ValueError(f"folder {root}: has {found[0]}/ but no {missing}/; give both (a sub-folder per class in "
+                         f"each) or only class folders (1 in {HOLD_OUT} images is then held out as the test set)")
+    has_splits = bool(found)
     splits = ["train", "test"] if has_splits else [""]
     split_dirs = [os.path.join(root, split) if split else root for split in splits]
-    classes = sorted(d.name for d in os.scandir(split_dirs[0]) if d.is_dir())
+    classes = _class_folders(split_dirs[0])
+    if has_splits:
+        unknown = sorted(set(_class_folders(split_dirs[1])) - set(classes))
+        if unknown:  # its images would be left out of the test set
+            raise ValueError(f"folder {os.path.join(split_dirs[1], unknown[0])}: a class that {split_dirs[0]} does "
+                             f"not have; rename it to one of train/'s classes or remove it")
     parts = []
     for split, split_dir in zip(splits, split_dirs):
         paths, labels = [], []
         for label, cls in enumerate(classes):
             folder = os.path.join(split_dir, cls)
-            listed = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-            files = [f for f in listed if f.lower().endswith(IMAGE_SUFFIXES)]
+            files = image_names(folder) if os.path.isdir(folder) else []
             # A training class without images would be a class the model never sees (and skipping
             # it would shift the indices of the classes after it); test/ may lack a class.
             if not files and split_dir == split_dirs[0]:
@@ -338,8 +382,11 @@ def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
         parts.extend(_image_files(ImageFiles(root, np.asarray(paths, dtype=str), image_size), labels,
                                   f"folder {split_dir}", stream))
     if not has_splits:
-        parts = list(_split(*parts, len(parts[1]) // 5))
+        parts = list(_hold_out(*parts, f"folder {root}", "add images or give train/ and test/ folders"))
     return ImageDataset("folder", *parts, len(classes), *_rgb_stats(parts[0]), flip=True, class_names=classes)
+
+
+LIST_ENCODING = "utf-8-sig"  # UTF-8; a byte-order mark (as Windows editors write one) is not part of line 1
 
 
 def _read_file_list(path):
@@ -347,7 +394,7 @@ def _read_file_list(path):
     must stay inside the list's folder (--data-dir): a data set is then one folder that can be
     moved or shared; link other folders into it to use their files."""
     folder, paths, labels, numbers = os.path.dirname(path), [], [], []
-    with open(path) as f:
+    with open(path, encoding=LIST_ENCODING) as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -371,6 +418,20 @@ def _read_file_list(path):
     return paths, labels, numbers
 
 
+def _read_class_names(path):
+    """The names of classes.txt, line i naming class i - 1: surrounding whitespace and blank lines
+    at the end are dropped (an editor's last newline is no class); a blank line before a name is
+    refused (a class without a name)."""
+    with open(path, encoding=LIST_ENCODING) as f:
+        names = [line.strip() for line in f]
+    while names and not names[-1]:
+        names.pop()
+    if "" in names:
+        line = names.index("") + 1
+        raise ValueError(f"{path}:{line}: an empty class name (line {line} names class {line - 1})")
+    return names
+
+
 def load_file_list(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
     """The Clothing1M / WebVision layout: data_dir/train.txt and data_dir/test.txt with one
     'relative/path label' per line. The labels of train.txt are the TRUE labels here (add
@@ -392,8 +453,7 @@ def load_file_list(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
     names_path, true_path = os.path.join(root, "classes.txt"), os.path.join(root, "train_true_labels.npy")
     names = None
     if os.path.exists(names_path):
-        with open(names_path) as f:
-            names = [line.rstrip("\n") for line in f]
+        names = _read_class_names(names_path)
         if len(names) < num_classes:
             raise ValueError(f"filelist {names_path}: {len(names)} class names for labels up to {num_classes - 1}")
         num_classes = len(names)

@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engine.data.datasets import IMAGE_SUFFIXES
+from engine.data.datasets import IMAGE_SUFFIXES, image_names
 from engine.outputs import write_atomically
 
 PROG = "python -m engine.data.layouts"
@@ -166,10 +166,6 @@ def _folders_of(entries, root):
     return links
 
 
-def _image_files(folder):
-    return sorted(name for name in os.listdir(folder) if name.lower().endswith(IMAGE_SUFFIXES))
-
-
 # ---------------------------------------------------------------- the layouts
 
 def _clothing1m_file(src, name):
@@ -258,7 +254,7 @@ def convert_tiny_imagenet(src):
     train = []
     for label, wnid in enumerate(wnids):
         folder = _need_dir(os.path.join(src, "train", wnid, "images"), f"the training images of class {wnid}")
-        files = _image_files(folder)
+        files = image_names(folder)
         if not files:
             raise LayoutError(f"{folder}: no images of class {wnid}")
         train += [Entry(f"train/{wnid}/images/{name}", label, os.path.join(folder, name)) for name in files]
@@ -399,7 +395,7 @@ def convert_animal10n(src):
     for split, folder_name in (("train", "training"), ("test", "testing")):
         folder = _need_dir(os.path.join(src, folder_name), f"the {split} images")
         entries = []
-        for name in _image_files(folder):
+        for name in image_names(folder):
             match = ANIMAL10N_NAME.fullmatch(name)
             if not match or int(match.group(1)) >= len(ANIMAL10N_CLASSES):
                 raise LayoutError(f"{os.path.join(folder, name)}: expected a file named '<label>_<id>.<ext>' with a "

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from engine.safe_loading import torch_load
+from engine.safe_loading import read_error_reason, torch_load
 
 NOISE_KINDS = ("none", "symmetric", "asymmetric", "file")
 
@@ -94,8 +94,9 @@ def _load_label_array(path):
     if suffix == ".npy":
         try:
             return np.load(path, allow_pickle=False)
-        except ValueError as error:
-            raise ValueError(f"noise file {path}: cannot read a plain numeric array ({error})") from error
+        except (ValueError, EOFError, OSError) as error:  # a pickled, empty, truncated or missing file
+            raise ValueError(f"noise file {path}: not a readable .npy file of plain numbers "
+                             f"({read_error_reason(error)})") from None
     if suffix == ".pt":
         import torch  # only .pt files need torch
 

@@ -30,6 +30,7 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.auto_aug import rand_augment
 from nvidia.dali.auto_aug.core import select, signed_bin
 
+from engine.data.datasets import DataFileError
 from engine.data.loaders import BatchOrder
 from engine.distributed import Processes
 
@@ -143,7 +144,9 @@ class PipelineLoader(BatchOrder):
         self.device = torch.device(device)
         self.device_id = dali_device_id(self.device)
         self._feed = _Feed()
-        self._options = dict(source=self._feed, batch_size=batch_size, num_threads=num_threads,
+        # DALI's batch_size is the largest batch it must hold, which the samples bound (a larger one
+        # fails inside DALI); the batches themselves come from BatchOrder.
+        self._options = dict(source=self._feed, batch_size=max(1, min(batch_size, count)), num_threads=num_threads,
                              device_id=self.device_id, prefetch_queue_depth=PREFETCH, exec_async=True,
                              exec_pipelined=True, exec_dynamic=True)
         self.definition = None
@@ -288,7 +291,7 @@ def _decode_pipeline(size, channels):
 def decode_images(encoded, size=None, channels=3, names=None):
     """Decodes a list of encoded images (JPEG/PNG/... bytes as uint8 arrays) to uint8 NHWC,
     resized to size x size when given (needed when the images differ in size). An image that
-    does not decode raises a ValueError naming it by names[i] (else by its index)."""
+    does not decode raises a DataFileError naming it by names[i] (else by its index)."""
     pipe = _decode_pipe(size, channels, DECODE_BATCH)
     parts = []
     for start in range(0, len(encoded), DECODE_BATCH):
@@ -302,11 +305,11 @@ def decode_images(encoded, size=None, channels=3, names=None):
 
 
 def undecodable(encoded, name, size=None, channels=3):
-    """After DALI failed on the images `encoded`: a ValueError naming (name(i)) the first that
+    """After DALI failed on the images `encoded`: a DataFileError naming (name(i)) the first that
     does not decode, or None. DALI names neither the file nor, always, the sample, and its
     pipeline is unusable after a failure: decode them one at a time on a fresh one to find it."""
     bad = _first_undecodable(encoded, size, channels)
-    return None if bad is None else ValueError(f"{name(bad)}: not a decodable image (empty, truncated or corrupt)")
+    return None if bad is None else DataFileError(f"{name(bad)}: not a decodable image (empty, truncated or corrupt)")
 
 
 def _decode_pipe(size, channels, batch_size):

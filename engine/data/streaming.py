@@ -91,7 +91,7 @@ class StreamingLoader(PipelineLoader):
     (ImageFiles), or (images, indices, second view of the same images) when second_view is "weak"
     (another crop and flip) or "strong" (RandAugment too); options as DaliLoader's. augment:
     random-resized crops and, if `flip`, horizontal flips; otherwise the evaluation resize and
-    center crop. A file that cannot be read or decoded is a ValueError naming it."""
+    center crop. A file that cannot be read or decoded is a DataFileError naming it."""
 
     def __init__(self, files, batch_size, mean, std, device="cpu", shuffle=False, augment=False, flip=False,
                  seed=0, indices=None, drop_last=False, num_threads=None, second_view=None, processes=Processes()):

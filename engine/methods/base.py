@@ -20,6 +20,7 @@ A method written outside this package trains the same way:
 import dataclasses
 import enum
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -243,7 +244,7 @@ class Method(nn.Module):
         squeezed into a short budget learn too slowly (docs/methods.md). Memorization guards left
         unset are resolved here, so the config records the values used."""
         epochs = self.options.get("epochs")
-        if epochs is not None and epochs <= SHORT_BUDGET:
+        if isinstance(epochs, numbers.Real) and epochs <= SHORT_BUDGET:  # another type: refused by the Config
             size = "small"
         preset, options = self.Config.preset(size, num_classes), self.options
         if "warmup_epochs" not in options and getattr(preset, "warmup_epochs", 0):
