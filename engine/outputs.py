@@ -96,8 +96,8 @@ def remove_outputs(folder):
 def label_issues_table(given, probs, quality, is_issue, true=None, clean_indices=None, class_names=None):
     """The per-sample table, cleanlab's column names: index, given_label, predicted_label,
     label_quality (in [0, 1], lower = more likely mislabeled), is_label_issue; then true_label
-    when the true labels are known (empty where one is not: -1 in `true`), given_class / predicted_class when the classes have names,
-    and clean_subset (trusted labels, never an issue) when there is one."""
+    when the true labels are known (empty where one is not: -1 in `true`), given_class /
+    predicted_class when the classes have names, and clean_subset (trusted labels, never an issue) when there is one."""
     predicted = probs.argmax(1)
     clean = np.zeros(len(given), dtype=bool)
     if clean_indices is not None:
