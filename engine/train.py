@@ -86,13 +86,13 @@ def build_parser(methods):
     data = parser.add_argument_group("data and label noise")
     for field in dataclasses.fields(DataConfig):
         add_field(data, field, DataConfig, f"data:{field.name}")
-    training = parser.add_argument_group("training (default: the method's preset for the data's size: small below "
-                                         "20,000 training samples, else the paper's)")
+    training = parser.add_argument_group("training (default: the method's preset: the short-budget one below "
+                                         "20,000 training samples or for at most 50 epochs, else the paper's)")
     for field in dataclasses.fields(WarmupConfig):  # SHARED_FIELDS
         add_field(training, field, WarmupConfig, f"hyperparameters:{field.name}")
     for cls in methods:
-        doc = (cls.Config.__doc__ or "").strip().splitlines()
-        group = parser.add_argument_group(cls.name, doc[0] if doc else None)
+        doc = " ".join((cls.Config.__doc__ or "").split("\n\n")[0].split())  # its first paragraph, whole
+        group = parser.add_argument_group(cls.name, doc or None)
         for field in dataclasses.fields(cls.Config):
             if field.name not in SHARED_FIELDS:
                 add_field(group, field, cls.Config, f"{cls.name}:{field.name}", cls.name,

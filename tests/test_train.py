@@ -51,6 +51,18 @@ def test_help_documents_every_option():
         assert option in result.stdout
 
 
+def test_help_gives_the_preset_rule_and_each_methods_whole_description():
+    """The help gave the preset rule without its 50-epoch half, and only each method's first
+    docstring line: PMNAR's ablation recipe stopped before --pmnar-no-consistency."""
+    from engine.methods import METHODS
+    from engine.train import build_parser
+
+    groups = {group.title: group.description for group in build_parser(METHODS.values())._action_groups}
+    assert any(title.startswith("training") and "at most 50 epochs" in title for title in groups)
+    assert "PM = --pmnar-single-network --pmnar-no-reweighting --pmnar-no-consistency, PM+AR" in groups["pmnar"]
+    assert groups["l2b"].endswith("5% on small data).")
+
+
 # PU-distillation's preparation (clean-set augmentation and teachers), made quick for the tests.
 PUDISTILL_QUICK = ["--pudistill-rounds", "2", "--pudistill-trunk-epochs", "2", "--pudistill-teachers", "2",
                    "--pudistill-teacher-epochs", "2", "--pudistill-filter-steps", "50"]
