@@ -81,6 +81,9 @@ class Trainer:
 
         trained = (np.arange(len(data.given_labels)) if method.clean_subset is CleanSubset.TRAINED_ON
                    else self.train_indices)
+        if len(trained) < 2 * world:  # the loader leaves out a last batch of 1 sample per process: no step at all
+            raise ValueError(f"the training set has {len(trained)} samples to train on: training needs at least 2 per "
+                             f"process ({2 * world} for {world})")
         self.train_loader = self.loader(self.config.batch_size, shuffle=True, augment=True, seed=seed,
                                         indices=trained, second_view=method.second_view, shard=True)
         self.clean_loader = None
@@ -407,6 +410,7 @@ class Trainer:
             "true_noise_rate": float(self.truly_noisy()[checked].mean()) if len(checked) else None,
             "true_labels_known": int(len(checked)),
             "clean_subset_size": int(len(data.clean_indices)),
+            "processes": self.processes.world,  # a rerun repeats the run exactly on as many
             **self.method.summary(torch.from_numpy(data.true_labels) if len(checked) == len(train) else None),
         }
         if self.out is not None and self.processes.main:

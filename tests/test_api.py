@@ -228,6 +228,32 @@ def test_empty_inputs_predict_empty_arrays_and_out_may_be_a_path(tmp_path):
     assert result.predict(x[:0]).shape == (0,)
 
 
+def test_fit_resumes_the_run_in_out(tmp_path):
+    """fit had no resume: a script under torchrun could only start a killed run over. A finished
+    run resumes to the same results without training; other arguments are refused."""
+    from engine.checkpoint import CheckpointError
+
+    x = np.random.default_rng(0).normal(size=(60, 3)).astype(np.float32)
+    y = np.arange(60) % 3
+    first = engine.fit(x, y, method="ce", epochs=2, out=tmp_path)
+    resumed = engine.fit(x, y, method="ce", epochs=2, out=tmp_path, resume=True)
+    assert resumed.summary == first.summary and first.summary["processes"] == 1
+    pd.testing.assert_frame_equal(resumed.metrics.drop(columns="seconds"), first.metrics.drop(columns="seconds"))
+    np.testing.assert_array_equal(resumed.pred_probs, first.pred_probs)
+    with pytest.raises(CheckpointError, match="belongs to a different run"):
+        engine.fit(x, y, method="ce", epochs=2, out=tmp_path, resume=True, seed=1)
+    with pytest.raises(ValueError, match="resume: needs out"):
+        engine.fit(x, y, method="ce", epochs=2, resume=True)
+
+
+def test_a_training_set_too_small_to_train_on_is_refused():
+    """One sample left to train on (the others trusted, held out) gave no step at all: its only
+    batch of 1 was dropped, and the run reported a training loss of 0.0."""
+    x = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match="the training set has 1 samples to train on: training needs at least 2"):
+        engine.fit(x, np.arange(4) % 2, method="ce", epochs=1, clean_indices=[0, 1, 2])
+
+
 def test_clean_indices_as_a_boolean_mask_name_its_true_samples():
     x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
     mask = np.arange(40) % 4 == 0
