@@ -93,17 +93,21 @@ def remove_outputs(folder):
             os.remove(os.path.join(folder, name))
 
 
-def label_issues_table(given, probs, quality, is_issue, true=None, clean_indices=None, class_names=None):
-    """The per-sample table, cleanlab's column names: index, given_label, predicted_label,
-    label_quality (in [0, 1], lower = more likely mislabeled), is_label_issue; then true_label
-    when the true labels are known (empty where one is not: -1 in `true`), given_class /
-    predicted_class when the classes have names, and clean_subset (trusted labels, never an issue) when there is one."""
+def label_issues_table(given, probs, quality, is_issue, true=None, clean_indices=None, class_names=None, paths=None):
+    """The per-sample table, cleanlab's column names: index (then path, each sample's file, when
+    the data were read from files: `paths`), given_label, predicted_label, label_quality (in
+    [0, 1], lower = more likely mislabeled), is_label_issue; then true_label when the true labels
+    are known (empty where one is not: -1 in `true`), given_class / predicted_class when the
+    classes have names, and clean_subset (trusted labels, never an issue) when there is one."""
     predicted = probs.argmax(1)
     clean = np.zeros(len(given), dtype=bool)
     if clean_indices is not None:
         clean[clean_indices] = True
-    table = {"index": np.arange(len(given)), "given_label": given, "predicted_label": predicted,
-             "label_quality": quality.astype(np.float64), "is_label_issue": is_issue & ~clean}
+    table = {"index": np.arange(len(given))}
+    if paths is not None:
+        table["path"] = paths
+    table |= {"given_label": given, "predicted_label": predicted,
+              "label_quality": quality.astype(np.float64), "is_label_issue": is_issue & ~clean}
     if true is not None:
         table["true_label"] = pd.Series(true).where(true >= 0).astype("Int64")
     if class_names is not None:

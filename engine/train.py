@@ -216,7 +216,8 @@ def trainer_for(run, method, resume=False):
     data = TrainingData(dataset.name, dataset.x_train, given, dataset.num_classes, dataset.mean, dataset.std,
                         true_labels=dataset.y_train if dataset.true_train is None else dataset.true_train,
                         clean_indices=clean, x_test=dataset.x_test,
-                        y_test=dataset.y_test, flip=dataset.flip, class_names=dataset.class_names)
+                        y_test=dataset.y_test, flip=dataset.flip, class_names=dataset.class_names,
+                        train_paths=dataset.train_paths)
     run = dataclasses.replace(run, hyperparameters=config)
     return Trainer(method, data, seed=run.seed, device=run.device, out=run.out, resume=resume, run_config=run,
                    sync_bn=run.sync_bn)

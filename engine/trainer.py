@@ -398,7 +398,7 @@ class Trainer:
         data, train = self.data, self.train_indices
         self.table = label_issues_table(data.given_labels, self.train_outputs["probs"].numpy(), score, flagged,
                                         true=data.true_labels, clean_indices=data.clean_indices,
-                                        class_names=data.class_names)
+                                        class_names=data.class_names, paths=data.train_paths)
         precision, recall, f1 = self.detection(flagged)
         checked = self.checked()
         test_accs = [row["test_acc"] for row in self.metrics if row["test_acc"] is not None]

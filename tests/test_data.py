@@ -4,12 +4,14 @@ import os
 import pickle
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from engine.data.datasets import load_dataset
 from engine.data.loaders import ImageArrayLoader
 from engine.data.training_data import TrainingData
+from engine.train import main
 from engine.data.pipeline import (RAND_AUGMENT_OPS, DaliLoader, decode_images, rand_augment_choices, rand_augment_suite,
                                   sample_uniforms)
 
@@ -28,6 +30,7 @@ def test_mnist5k_is_a_fixed_4000_1000_split(mnist5k):
     assert mnist5k.x_train.dtype == np.uint8 and mnist5k.num_classes == 10
     counts = np.bincount(np.concatenate([mnist5k.y_train, mnist5k.y_test]))
     assert counts.tolist() == [500] * 10  # the whole 5k subset, 500 per class
+    assert mnist5k.train_paths is None, "not read from files: label_issues.csv has no path"
     again = load_dataset("mnist5k")
     assert np.array_equal(again.y_train, mnist5k.y_train) and np.array_equal(again.x_test, mnist5k.x_test)
 
@@ -356,3 +359,52 @@ def test_image_folder_and_file_list(tmp_path):
         f.write("no-label-here.bmp\n")
     with pytest.raises(ValueError, match=r"test.txt:7: expected 'path label'"):
         load_dataset("filelist", str(tmp_path / "folder"))
+
+
+def bmp_tree(root, layout):
+    """8x8 BMPs of three classes in `layout`: "folder" (root/<class>/, 1 in 5 held out),
+    "splits" (root/train/<class>/ and root/test/<class>/) or "filelist" (train.txt listing them
+    in a shuffled order); returns {path relative to root: image} of the training candidates."""
+    rng = np.random.default_rng(5)
+    images = {}
+    for split in ("train", "test") if layout == "splits" else ("",):
+        for cls in ("cat", "dog", "emu"):
+            os.makedirs(root / split / cls)
+            for i in range(5):
+                images[os.path.join(split, cls, f"{i}.bmp")] = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+                write_bmp(root / split / cls / f"{i}.bmp", images[os.path.join(split, cls, f"{i}.bmp")])
+    if layout == "filelist":
+        listed = rng.permutation(sorted(images))
+        for split, paths in (("train", listed[3:]), ("test", listed[:3])):
+            (root / f"{split}.txt").write_text("".join(f"{p} {'cat dog emu'.split().index(p.split('/')[0])}\n"
+                                                       for p in paths))
+        (root / "classes.txt").write_text("cat\ndog\nemu\n")
+        images = {path: images[path] for path in listed[3:]}
+    return {path: image for path, image in images.items() if not path.startswith("test/")}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("layout", ["folder", "splits", "filelist"])
+def test_the_label_issues_name_each_training_samples_file(tmp_path, layout, stream):
+    """train_paths (the label-issues table's path) follow the samples through the held-out split
+    and the in-memory decoding: each names its sample's file, each training file once."""
+    images = bmp_tree(tmp_path, layout)
+    data = load_dataset("filelist" if layout == "filelist" else "folder", str(tmp_path), image_size=8, stream=stream)
+    paths = data.train_paths.tolist()
+    assert len(paths) == len(set(paths)) == len(data.y_train) == {"folder": 12, "splits": 15, "filelist": 12}[layout]
+    assert set(paths) <= set(images) and (layout == "folder" or set(paths) == set(images))
+    assert [data.class_names[label] for label in data.y_train] == [path.split("/")[-2] for path in paths]
+    if stream:
+        assert data.x_train.paths.tolist() == paths
+    else:
+        assert all(np.array_equal(x, images[path]) for x, path in zip(data.x_train, paths))
+
+
+def test_the_command_line_writes_each_samples_path(tmp_path):
+    images = bmp_tree(tmp_path / "data", "folder")
+    assert main(["--device", "cpu", "--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--image-size", "8",
+                 "--model", "small_cnn", "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    table = pd.read_csv(tmp_path / "run" / "label_issues.csv")
+    assert list(table.columns[:3]) == ["index", "path", "given_label"]
+    assert set(table["path"]) <= set(images) and table["path"].is_unique and len(table) == 12
+    assert (table["true_label"].map("cat dog emu".split().__getitem__) == table["path"].str.split("/").str[0]).all()

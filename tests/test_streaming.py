@@ -269,7 +269,9 @@ def test_the_command_line_trains_on_streamed_files(tree, tmp_path):
                "--out", str(out)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    assert len(pd.read_csv(out / "label_issues.csv")) == 48
+    table = pd.read_csv(out / "label_issues.csv")
+    assert len(table) == 48 and table.columns[1] == "path" and table["path"].is_unique
+    assert (table["true_label"].map(CLASSES.__getitem__) == table["path"].str.split("/").str[0]).all()
     assert "image_size: 64\n  stream: true" in (out / "config.yaml").read_text()
 
 

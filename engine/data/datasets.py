@@ -109,6 +109,9 @@ class ImageDataset:
     # The training samples whose labels the data set marks as trusted (filelist's
     # clean_indices.npy): the clean subset, in place of one held out by clean_size / clean_fraction.
     trusted_train: np.ndarray | None = field(default=None)
+    # Of image files: each training sample's path relative to the data folder (the label-issues
+    # table's `path`: the sample's index alone does not name its file after a held-out split).
+    train_paths: np.ndarray | None = field(default=None)
 
     def __post_init__(self):
         for name in ("x_train", "x_test"):
@@ -131,19 +134,22 @@ class ImageDataset:
 HOLD_OUT = 5  # a data set without a test split holds out 1 in HOLD_OUT of its samples as one
 
 
-def _hold_out(x, y, where, hint):
-    """(x_train, y_train, x_test, y_test) with len // HOLD_OUT samples held out; refused when that
+def _hold_out(arrays, where, hint):
+    """_split of the per-sample `arrays` with len // HOLD_OUT samples held out; refused when that
     leaves no test sample (the run could not measure test accuracy)."""
-    if len(y) < HOLD_OUT:
-        raise ValueError(f"{where}: {len(y)} samples, too few to hold out a test set (1 in {HOLD_OUT}: at least "
+    count = len(arrays[0])
+    if count < HOLD_OUT:
+        raise ValueError(f"{where}: {count} samples, too few to hold out a test set (1 in {HOLD_OUT}: at least "
                          f"{HOLD_OUT} samples); {hint}")
-    return _split(x, y, len(y) // HOLD_OUT)
+    return _split(arrays, count // HOLD_OUT)
 
 
-def _split(x, y, test_size, seed=SPLIT_SEED):
-    order = np.random.default_rng(seed).permutation(len(x))
+def _split(arrays, test_size, seed=SPLIT_SEED):
+    """The per-sample `arrays` (x, y and any others, e.g. paths), split alike: their training
+    parts, then their test parts (x_train, y_train, x_test, y_test for (x, y))."""
+    order = np.random.default_rng(seed).permutation(len(arrays[0]))
     test, train = order[:test_size], order[test_size:]
-    return x[train], y[train], x[test], y[test]
+    return [array[train] for array in arrays] + [array[test] for array in arrays]
 
 
 def load_mnist5k(data_dir=None):
@@ -151,7 +157,7 @@ def load_mnist5k(data_dir=None):
     with importlib.resources.as_file(resource) as path, gzip.open(path) as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.int64)
     x = table[:, :784].reshape(-1, 28, 28, 1).astype(np.uint8)
-    return ImageDataset("mnist5k", *_split(x, table[:, 784], 1000), 10, *MNIST_STATS, flip=False)
+    return ImageDataset("mnist5k", *_split((x, table[:, 784]), 1000), 10, *MNIST_STATS, flip=False)
 
 
 def load_digits(data_dir=None):
@@ -160,7 +166,7 @@ def load_digits(data_dir=None):
     digits = sklearn_digits()
     x = np.clip(digits.images * 16, 0, 255).astype(np.uint8)[..., None]  # 0..16 -> 0..255
     mean, std = float(x.mean()), float(x.std())
-    return ImageDataset("digits", *_split(x, digits.target, 397), 10, (mean,), (std,), flip=False)
+    return ImageDataset("digits", *_split((x, digits.target), 397), 10, (mean,), (std,), flip=False)
 
 
 def _require_dir(data_dir, dataset):
@@ -293,7 +299,7 @@ def load_npz(data_dir):
                              f"N > 0, got {x_name} {list(x.shape)} and {y_name} {list(y.shape)}")
         parts += [x[..., None] if x.ndim == 3 else x, y]
     if len(parts) == 2:
-        parts = _hold_out(*parts, f"npz {path}", "add samples or give x_test and y_test")
+        parts = _hold_out(parts, f"npz {path}", "add samples or give x_test and y_test")
     elif parts[0].shape[1:] != parts[2].shape[1:]:  # the model would be tested on inputs of another shape
         raise ValueError(f"npz {path}: x_test images are {list(parts[2].shape[1:])}, x images "
                          f"{list(parts[0].shape[1:])}; both must have the same [H, W, C]")
@@ -366,7 +372,7 @@ def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
         if unknown:  # its images would be left out of the test set
             raise ValueError(f"folder {os.path.join(split_dirs[1], unknown[0])}: a class that {split_dirs[0]} does "
                              f"not have; rename it to one of train/'s classes or remove it")
-    parts = []
+    parts, split_paths = [], []
     for split, split_dir in zip(splits, split_dirs):
         paths, labels = [], []
         for label, cls in enumerate(classes):
@@ -379,11 +385,16 @@ def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
                                  f"add images or remove it")
             paths += [os.path.join(split, cls, f) for f in files]
             labels += [label] * len(files)
-        parts.extend(_image_files(ImageFiles(root, np.asarray(paths, dtype=str), image_size), labels,
-                                  f"folder {split_dir}", stream))
-    if not has_splits:
-        parts = list(_hold_out(*parts, f"folder {root}", "add images or give train/ and test/ folders"))
-    return ImageDataset("folder", *parts, len(classes), *_rgb_stats(parts[0]), flip=True, class_names=classes)
+        split_paths.append(np.asarray(paths, dtype=str))
+        parts.extend(_image_files(ImageFiles(root, split_paths[-1], image_size), labels, f"folder {split_dir}",
+                                  stream))
+    train_paths = split_paths[0]
+    if not has_splits:  # the paths are split with their images: decoded ones no longer carry them
+        x, y, train_paths, x_test, y_test, _ = _hold_out((*parts, train_paths), f"folder {root}",
+                                                         "add images or give train/ and test/ folders")
+        parts = [x, y, x_test, y_test]
+    return ImageDataset("folder", *parts, len(classes), *_rgb_stats(parts[0]), flip=True, class_names=classes,
+                        train_paths=train_paths)
 
 
 LIST_ENCODING = "utf-8-sig"  # UTF-8; a byte-order mark (as Windows editors write one) is not part of line 1
@@ -441,14 +452,14 @@ def load_file_list(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
     lists the train.txt lines (0-based) whose labels are trusted: the clean subset.
     classes.txt, if there, names the classes (line i: class i). engine.data.layouts writes them."""
     root = _require_dir(data_dir, "filelist")
-    parts = []
+    parts, listed = [], []
     for split in ("train", "test"):
         list_path = os.path.join(root, f"{split}.txt")
         if not os.path.exists(list_path):
             raise FileNotFoundError(f"filelist: {list_path} is missing")
         paths, labels, numbers = _read_file_list(list_path)
-        files = ImageFiles(root, np.asarray(paths, dtype=str), image_size, list_path, np.asarray(numbers))
-        parts.extend(_image_files(files, labels, f"filelist {list_path}", stream))
+        listed.append(ImageFiles(root, np.asarray(paths, dtype=str), image_size, list_path, np.asarray(numbers)))
+        parts.extend(_image_files(listed[-1], labels, f"filelist {list_path}", stream))
     num_classes = int(max(parts[1].max(), parts[3].max())) + 1
     names_path, true_path = os.path.join(root, "classes.txt"), os.path.join(root, "train_true_labels.npy")
     names = None
@@ -473,7 +484,8 @@ def load_file_list(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
                              f"of train.txt; got {trusted.dtype} {list(trusted.shape)}")
         trusted = np.sort(trusted.astype(np.int64))
     return ImageDataset("filelist", *parts, num_classes, *_rgb_stats(parts[0]), flip=True, class_names=names,
-                        true_train=None if true is None else true.astype(np.int64), trusted_train=trusted)
+                        true_train=None if true is None else true.astype(np.int64), trusted_train=trusted,
+                        train_paths=listed[0].paths)
 
 
 def _find_dir(root, marker):

@@ -28,6 +28,7 @@ class TrainingData:
     y_test: np.ndarray | None = None
     flip: bool = False                # horizontal flips keep the label (images)
     class_names: list | None = None
+    train_paths: np.ndarray | None = None  # str [N]: the training images' files, when read from files
 
     @property
     def features(self):
