@@ -194,6 +194,11 @@ def update_history(history, indices, logits):
     return history
 
 
+# One row of logits and a label: the modules run their options through the op once when built,
+# so a bad option fails at construction rather than at the first forward.
+_PROBE = (torch.zeros(1, 2), torch.ones(1, 1, dtype=torch.long))
+
+
 class _Loss(torch.nn.Module):
     def __init__(self, reduction="mean"):
         super().__init__()
@@ -212,6 +217,7 @@ class NLLoss(_Loss):
 
     def __init__(self, reduction="mean", clamp_eps=None):
         super().__init__(reduction)
+        nl_loss(*_PROBE, clamp_eps=clamp_eps)  # the op's own argument checks, at construction
         self.clamp_eps = clamp_eps
 
     def extra_repr(self):
@@ -232,6 +238,7 @@ class PLPlusLoss(_Loss):
 
     def __init__(self, n=3, reduction="mean"):
         super().__init__(reduction)
+        pl_plus_loss(_PROBE[0], _PROBE[1][:, 0], n)  # the op's own argument checks, at construction
         self.n = n
 
     def extra_repr(self):

@@ -77,7 +77,7 @@ def jnpl_candidates(logits):
     """(candidate mask, yhat, p_yhat) of JNPL, arXiv:2104.06574, Alg. 1 before the Bernoulli draw."""
     p = torch.softmax(_acc(logits), 1)
     top = p.topk(2, dim=1)
-    return top.values[:, 1] < 1.0 / logits.shape[1], top.indices[:, 0], top.values[:, 0]
+    return top.values[:, 1] < 1.0 / logits.shape[1], logits.argmax(1), top.values[:, 0]
 
 
 def normalize_weights(x, mode, temperature=10.0):

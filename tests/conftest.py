@@ -1,8 +1,17 @@
+import os
 from pathlib import Path
 
-import pytest
-import torch
-from torch.utils.cpp_extension import load
+# pytest-xdist's workers share the cores: each gets its share as torch / OpenMP threads, which
+# the training runs it starts inherit. Two workers of 2 threads each on 2 cores spent 1.6 times
+# as long on the training tests (threads waiting for descheduled ones). A user's setting stays.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _CORES // _WORKERS))
+
+import pytest  # noqa: E402  (after OMP_NUM_THREADS: torch reads it when it loads)
+import torch  # noqa: E402
+from torch.utils.cpp_extension import load  # noqa: E402
 
 import engine.losses  # noqa: F401  (loads the ops)
 from run_testing import session_folder

@@ -206,6 +206,9 @@ def test_a_method_defined_outside_the_package_trains_through_the_api(digits, gce
     (lambda x, y: engine.fit(x, y, method="nosuch"), "unknown method 'nosuch'"),
     (lambda x, y: engine.fit(np.where(np.arange(64) == 3, np.nan, x), y), "NaN or infinite"),
     (lambda x, y: engine.fit(x, y, model="small_cnn"), "does not fit feature vectors"),
+    (lambda x, y: engine.fit(x, y, class_names=dict(enumerate("abcdefghij"))), "class_names: expected a list of "
+     "names in label order, got dict (a dict {label: name}: pass [d[i] for i in range(num_classes)])"),
+    (lambda x, y: engine.fit(x, y, class_names="abcdefghij"), "class_names: expected a list of names in label order"),
 ])
 def test_bad_api_input_gets_a_clear_error(digits, call, message):
     x, noisy, _, _, _ = digits
@@ -244,6 +247,25 @@ def test_fit_resumes_the_run_in_out(tmp_path):
         engine.fit(x, y, method="ce", epochs=2, out=tmp_path, resume=True, seed=1)
     with pytest.raises(ValueError, match="resume: needs out"):
         engine.fit(x, y, method="ce", epochs=2, resume=True)
+
+
+def test_a_loss_that_fails_on_nan_outputs_stops_the_run_as_diverged():
+    """A loss whose input checks fail on NaN outputs before any loss shows NaN (here
+    torch.multinomial's): the run stops as diverged, naming the outputs, not with the error."""
+    from engine.losses import weighted_ce
+    from engine.methods.base import Diverged
+
+    class Sampled(engine.Method):
+        name = "sampled"
+
+        def loss(self, model, batch, step):
+            logits = model(batch.images)
+            drawn = torch.multinomial(torch.softmax(logits.detach().float(), 1), 1).squeeze(1)
+            return weighted_ce(logits, drawn)
+
+    x = np.random.default_rng(0).normal(size=(60, 3)).astype(np.float32)
+    with pytest.raises(Diverged, match=r"epoch 2 \[ce\]: the model's outputs are NaN or infinite: the run diverged"):
+        engine.fit(x, np.arange(60) % 3, method=Sampled(), epochs=3, lr=1e30)
 
 
 def test_a_training_set_too_small_to_train_on_is_refused():

@@ -97,8 +97,10 @@ def test_losses_and_gradients_match_cpu(emulated, C, dtype, layout):
 @pytest.mark.parametrize("C", [2, 10, 100])
 def test_jnpl_select_and_history_match_cpu(emulated, C):
     g = torch.Generator().manual_seed(C)
-    z = torch.cat([logits_with_edge_rows(C, g), 2 * torch.randn(200, C, generator=g, dtype=torch.float64)])
+    z = torch.cat([logits_with_edge_rows(C, g), 2 * torch.randn(203, C, generator=g, dtype=torch.float64)])
     z[7:107, 0] += 8  # confident rows: PL+ candidates
+    # Rows without a softmax, their NaN / +inf in the last lane: torch.argmax's column
+    z[207, C - 1], z[208, 0], z[208, C - 1], z[209] = math.nan, math.inf, math.nan, -math.inf
     z = z.float()
     keep, yhat = ops.jnpl_select(z, 11, 12)
     lane_keep, lane_yhat = emulated.jnpl_select(z, 11, 12, 0)
@@ -108,6 +110,7 @@ def test_jnpl_select_and_history_match_cpu(emulated, C):
     # p_yhat comes from a different exp on each side, so a draw within an ulp of it may differ.
     assert (lane_keep != keep).sum() <= 2
 
+    assert torch.equal(yhat, z.argmax(1))  # torch's arg-max, also where a NaN leaves no softmax
     indices = torch.randint(0, 50, (len(z),), generator=g)
     history = L.update_history(torch.zeros(50, C, dtype=torch.bool), indices, z)
     lane_history = torch.zeros(50, C, dtype=torch.bool)

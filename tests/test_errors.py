@@ -91,6 +91,10 @@ Z1 = torch.randn(4, 1)
         (lambda: L.jnpl_select(Z, 0, 0, first_row=2**63 - 1), ValueError,
          r"jnpl_select\(\): first_row \+ rows must be <= 2\^32 .*, got first_row = 9223372036854775807 and 4 rows"),
         (lambda: L.NLLoss(reduction="avg"), ValueError, r"NLLoss\(\): reduction must be one of \('none', 'mean', 'sum'\), got 'avg'"),
+        # A module's options are checked when it is built, not at its first forward.
+        (lambda: L.NLLoss(clamp_eps=5), ValueError, r"nl_loss\(\): clamp_eps must be in \[0, 1\), got 5"),
+        (lambda: L.NLPlusLoss(clamp_eps="0.1"), TypeError, r"nl_loss\(\): clamp_eps must be a float, got str"),
+        (lambda: L.PLPlusLoss(n=17), ValueError, r"pl_plus_loss\(\): n must be in \[0, 16\], got 17"),
         (lambda: L.nl_plus_loss(Z, COMP, reduction="avg"), ValueError, r"nl_plus_loss\(\): reduction must be one of"),
     ],
 )

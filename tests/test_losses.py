@@ -364,3 +364,24 @@ def test_nan_logits_give_nan_rows_only(name, bad, device):
     rows = [0, 2, 3]
     torch.testing.assert_close(value[rows].double(), ref_value[rows], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grad[rows].double(), ref_grad[rows], rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_results_do_not_depend_on_the_number_of_threads():
+    """The CPU kernels split rows among threads (at::parallel_for, 3,276 rows of 10 classes a
+    chunk), each with its own row buffer. The test workers run one thread each (conftest), so
+    the split is checked here: 1 and 3 threads give the same bits."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(20_000, 10, generator=g, dtype=torch.float64).float().requires_grad_()
+    y = torch.randint(0, 10, (20_000,), generator=g)
+    before, results = torch.get_num_threads(), []
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            loss = L.pm_loss(z, y, reduction="none")
+            (grad,) = torch.autograd.grad(loss.sum(), z)
+            results.append((loss, grad, L.sample_complementary(y, 10, k=3, seed=1), *L.jnpl_select(z, 1, 2),
+                            L.normalize_weights(loss.detach(), "softmax")))
+    finally:
+        torch.set_num_threads(before)
+    for one, three in zip(*results):
+        assert torch.equal(one, three)

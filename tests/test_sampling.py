@@ -186,6 +186,34 @@ def test_jnpl_select_equals_the_reference_row_by_row(C, dtype, strided, device):
     assert (expected & ~ties).any() and (candidate & ~expected & ~ties).any() and (~candidate).any()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_rows_without_a_softmax_take_torchs_arg_max_and_are_never_kept(dtype, device):
+    """A NaN or +inf logit leaves a row without a softmax: jnpl_select gives it torch.argmax's
+    column (the first NaN, else the first +inf; column 0 of a row of -inf) and never keeps it,
+    and update_history records that column, as the references do. Both used to take the
+    arg-max of the other columns, passing the NaN by."""
+    C, nan, inf = 40, math.nan, math.inf
+    z = torch.zeros(6, C)
+    z[:, 5] = 9  # confident rows: PL+ candidates
+    z[0, 30] = nan
+    z[1, 20], z[1, 33] = inf, nan
+    z[2, 20], z[2, 25] = inf, inf
+    z[3] = -inf
+    z[4, 35], z[4, 36] = nan, inf
+    z = z.to(device, dtype)
+    expected = torch.tensor([30, 33, 20, 0, 35, 5])
+    assert torch.equal(z.argmax(1).cpu(), expected)
+    kept = torch.zeros(6, dtype=torch.bool)
+    for offset in range(20):
+        keep, yhat = L.jnpl_select(z, seed=1, offset=offset)
+        assert torch.equal(yhat.cpu(), expected)
+        kept |= keep.cpu()
+    assert kept.tolist() == [False] * 5 + [True]
+    history = L.update_history(torch.zeros(8, C, dtype=torch.bool, device=device), torch.arange(6, device=device), z)
+    assert torch.equal(history, R.update_history(torch.zeros_like(history), torch.arange(6, device=device), z))
+    assert torch.equal(history.nonzero()[:, 1].cpu(), expected)
+
+
 def test_strided_labels_and_exclude_equal_their_contiguous_copies(device):
     g = torch.Generator().manual_seed(4)
     B, C = 500, 9

@@ -3,6 +3,7 @@ labels, the true labels where known, the held-out clean subset, an optional test
 inputs become batches (DALI for augmented uint8 images and for image files streamed from disk,
 plain tensors for evaluation passes over uint8 images and for float feature vectors)."""
 import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -175,6 +176,11 @@ def from_arrays(x, labels, x_test=None, y_test=None, true_labels=None, clean_ind
         y_test = as_labels(y_test, len(x_test), "y_test")
     num_classes = int(max(part.max() for part in (given, true, y_test) if part is not None and len(part))) + 1
     if class_names is not None:
+        # A dict would give its keys and a string its letters as the names.
+        if isinstance(class_names, (str, bytes, Mapping)) or not isinstance(class_names, Iterable):
+            hint = " (a dict {label: name}: pass [d[i] for i in range(num_classes)])"
+            raise ValueError(f"class_names: expected a list of names in label order, got {type(class_names).__name__}"
+                             f"{hint if isinstance(class_names, Mapping) else ''}")
         class_names = [str(name) for name in class_names]
         if not num_classes <= len(class_names) <= MAX_CLASSES:
             raise ValueError(f"class_names: {len(class_names)} names for labels up to {num_classes - 1} (at most "

@@ -61,6 +61,10 @@ NOISY_HD T neg_infinity() { return -static_cast<T>(INFINITY); }
 template <class T>
 NOISY_HD T quiet_nan() { return static_cast<T>(NAN); }
 
+// The largest finite float or double (FLT_MAX / DBL_MAX, without <cfloat> on the device).
+template <class T>
+NOISY_HD T max_finite() { return static_cast<T>(sizeof(T) == 4 ? 3.4028234663852886e38 : 1.7976931348623157e308); }
+
 // True for finite values; written without std:: so it also compiles for the device.
 template <class T>
 NOISY_HD bool is_finite(T x) { return x - x == T(0); }

@@ -42,15 +42,31 @@ struct SelectProblem {
   int64_t* argmax;             // [rows]
 };
 
+// torch.argmax of a row, by a Group of threads computing in T: the first NaN, else the first
+// +inf, else the first maximum (a row of -inf: column 0). The softmax's arg-max passes NaN by,
+// which is not torch's answer for a row that has no softmax. T holds the logits exactly.
+template <class T, class Scalar, class Group>
+NOISY_HD int64_t torch_argmax(const Matrix<const Scalar>& logits, int64_t row, int64_t classes, const Group& group) {
+  const auto key = [&](int64_t j) {
+    const T z = load_as<T>(logits.at(row, j));
+    if (z != z) return static_cast<T>(INFINITY);
+    return is_finite(z) ? z : (z > 0 ? max_finite<T>() : -max_finite<T>());
+  };
+  return group.top_two_of(key, classes, false).arg;
+}
+
 // PL+ selection of one row by a Group of threads (see softmax_row).
 template <class Scalar, class Acc, class Group>
 NOISY_HD void select_row(const SelectProblem<Scalar, Acc>& p, int64_t row, const Group& group) {
   const auto logit = [&](int64_t j) { return load_as<Acc>(p.logits.at(row, j)); };
   const SoftmaxRow<Acc> s = softmax_row<Acc>(logit, p.classes, group);
+  // p_arg is NaN only where a NaN or +inf logit leaves the row without a softmax (the same in
+  // every lane: the branch is uniform). Such a row is never kept.
+  const int64_t arg = s.p_arg == s.p_arg ? s.arg : torch_argmax<Acc>(p.logits, row, p.classes, group);
   if (group.lane != 0) return;
   PhiloxStream rng(p.seed, p.offset, p.first_row + static_cast<uint64_t>(row));
   p.keep[row] = jnpl_keep(s, p.classes, rng);
-  p.argmax[row] = s.arg;
+  p.argmax[row] = arg;
 }
 
 template <class Scalar, class Acc>
@@ -105,13 +121,11 @@ struct HistoryProblem {
   Matrix<bool> history;
 };
 
-// Marks the arg-max of one row in its history row, by a Group of threads (see softmax_row).
-// double holds every supported dtype exactly, so the arg-max is the same on every device.
+// Marks the arg-max of one row (torch.argmax's) in its history row, by a Group of threads.
 template <class Scalar, class Group>
 NOISY_HD void history_row(const HistoryProblem<Scalar>& p, int64_t row, const Group& group) {
-  const auto logit = [&](int64_t j) { return load_as<double>(p.logits.at(row, j)); };
-  const TopTwo<double> top = group.top_two_of(logit, p.classes, false);
-  if (group.lane == 0 && top.arg >= 0) p.history.at(p.indices[row * p.index_stride], top.arg) = true;
+  const int64_t arg = torch_argmax<double>(p.logits, row, p.classes, group);
+  if (group.lane == 0) p.history.at(p.indices[row * p.index_stride], arg) = true;
 }
 
 // CPU kernels: csrc/cpu/kernels.cpp. CUDA kernels: csrc/cuda/kernels.cu; `stream` is a
