@@ -266,6 +266,9 @@ class Trainer:
                         raise
                     raise self.diverged(epoch, stage, epoch_in_stage, "the model's outputs are NaN or infinite") \
                         from error
+            share = self.train_loader.share(number)
+            if share != 1 and self.method.loss_is_a_mean_over_the_rows:  # an uneven last batch: its samples
+                loss = loss * share  # weigh alike in DDP's average of the processes' gradients
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             sample_parameters = self.method.sample_parameters()
@@ -280,7 +283,7 @@ class Trainer:
             self.step += 1
             total += loss.detach()
             batches += 1
-        # The mean of the processes' (equal-sized) parts' losses: the global batch's.
+        # The mean of the processes' parts' losses, each scaled by its share: the global batch's.
         total = self.processes.all_reduce(total) / self.processes.world
         return (total / max(batches, 1)).item(), step or Step(epoch, stage, epoch_in_stage, self.step,
                                                                 self.optimizer)

@@ -61,6 +61,21 @@ def test_training_batches_are_split_into_parts_of_the_one_process_batch(count, b
         assert shards[0].first_row(number) == 0 and shards[1].first_row(number) == len(part0)
 
 
+@pytest.mark.parametrize("count,batch,world", [(1001, 128, 2), (1001, 128, 3), (7, 4, 2), (134, 64, 4)])
+def test_mean_losses_scaled_by_each_process_share_average_to_the_global_batch_mean(count, batch, world):
+    """What DDP's gradient average makes of the trainer's scaled losses: the global batch's mean,
+    also for an uneven last batch (3 and 2 rows, ...)."""
+    losses = np.random.default_rng(0).random(count)
+    whole = BatchOrder(count, batch, shuffle=True, seed=5)
+    loaders = [BatchOrder(count, batch, shuffle=True, seed=5, processes=Processes(rank, world)) for rank in range(world)]
+    shares = []
+    for number, (global_batch, *parts) in enumerate(zip(whole.batches(), *(loader.batches() for loader in loaders))):
+        shares += [loader.share(number) for loader in loaders]
+        averaged = np.mean([loader.share(number) * losses[part].mean() for loader, part in zip(loaders, parts)])
+        assert averaged == pytest.approx(losses[global_batch].mean(), rel=1e-12)
+    assert any(share != 1 for share in shares) and whole.share(0) == 1
+
+
 def test_passes_over_a_split_give_each_process_a_contiguous_run_of_samples():
     loaders = [BatchOrder(1000, 128, indices=np.arange(5, 1005), processes=Processes(rank, 2)) for rank in range(2)]
     seen = [index for loader in loaders for batch in loader.batches() for index in batch]

@@ -46,6 +46,15 @@ class BatchOrder:
             return 0
         return self.processes.part(min(self.batch_size, len(self.indices) - number * self.batch_size))[0]
 
+    def share(self, number):
+        """This process's rows of (global) training batch `number` times the number of processes,
+        over the batch's rows: 1 where the batch divides evenly. Each process's mean loss scaled
+        by it, DDP's average of the processes' gradients weighs every sample of the batch alike
+        (unscaled, a last batch of 3 and 2 rows weighed the 2 rows at 1/4 each, the 3 at 1/6)."""
+        rows = min(self.batch_size, len(self.indices) - number * self.batch_size)
+        start, stop = self.processes.part(rows)
+        return (stop - start) * self.processes.world / rows
+
     def batches(self):
         order = self.epoch_order()
         for number in range(len(self)):

@@ -227,6 +227,10 @@ class Method(nn.Module):
     # with it a short run may not memorize at all and the guard costs accuracy (docs/methods.md,
     # "Defaults"). A switch is (True, False): on where the batches are not augmented.
     memorization_guards = {}
+    # Under DDP a loss is this process's mean over its rows of the global batch, which the
+    # trainer scales by the process's share of a last batch that does not divide evenly. A loss
+    # that is already this process's part of the global batch's (L2B's) sets it False.
+    loss_is_a_mean_over_the_rows = True
 
     def __init__(self, **options):
         """options: fields of `Config` that replace the preset's values."""

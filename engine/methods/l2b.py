@@ -145,6 +145,7 @@ class L2B(Method):
     Config = L2BConfig
     clean_subset = CleanSubset.BATCHES
     memorization_guards = {"weights": ("both", "sum_to_one")}
+    loss_is_a_mean_over_the_rows = False  # a weighted sum, normalized over the global batch
 
     @property
     def grad_clip(self):
