@@ -17,8 +17,8 @@ import typing
 
 import torch
 
-from engine.config import (SHARED_FIELDS, ConfigError, DataConfig, RunConfig, WarmupConfig, check_fields, load_yaml,
-                           size_class, with_overrides)
+from engine.config import (SHARED_FIELDS, SHORT_BUDGET, SMALL_DATA, ConfigError, DataConfig, RunConfig, WarmupConfig,
+                           check_fields, load_yaml, size_class, with_overrides)
 from engine.checkpoint import CheckpointError
 from engine.data.datasets import DataFileError
 from engine.methods import METHODS, method_class
@@ -86,8 +86,9 @@ def build_parser(methods):
     data = parser.add_argument_group("data and label noise")
     for field in dataclasses.fields(DataConfig):
         add_field(data, field, DataConfig, f"data:{field.name}")
-    training = parser.add_argument_group("training (default: the method's preset: the short-budget one below "
-                                         "20,000 training samples or for at most 50 epochs, else the paper's)")
+    training = parser.add_argument_group(f"training (default: the method's preset: the short-budget one below "
+                                         f"{SMALL_DATA:,} training samples or for at most {SHORT_BUDGET} epochs, "
+                                         f"else the paper's)")
     for field in dataclasses.fields(WarmupConfig):  # SHARED_FIELDS
         add_field(training, field, WarmupConfig, f"hyperparameters:{field.name}")
     for cls in methods:

@@ -40,19 +40,21 @@ class BatchOrder:
             return self.indices[slice(*self.processes.part(len(self.indices)))]
         return self.indices[np.random.default_rng([self.seed, self.epoch]).permutation(len(self.indices))]
 
+    def batch_part(self, number):
+        """(start, stop) of this process's part of (global) training batch `number`, and its rows."""
+        rows = min(self.batch_size, len(self.indices) - number * self.batch_size)
+        return (*self.processes.part(rows), rows)
+
     def first_row(self, number):
         """Where this process's part of (global) batch `number` starts in it."""
-        if not self.shuffle:
-            return 0
-        return self.processes.part(min(self.batch_size, len(self.indices) - number * self.batch_size))[0]
+        return self.batch_part(number)[0] if self.shuffle else 0
 
     def share(self, number):
         """This process's rows of (global) training batch `number` times the number of processes,
         over the batch's rows: 1 where the batch divides evenly. Each process's mean loss scaled
         by it, DDP's average of the processes' gradients weighs every sample of the batch alike
         (unscaled, a last batch of 3 and 2 rows weighed the 2 rows at 1/4 each, the 3 at 1/6)."""
-        rows = min(self.batch_size, len(self.indices) - number * self.batch_size)
-        start, stop = self.processes.part(rows)
+        start, stop, rows = self.batch_part(number)
         return (stop - start) * self.processes.world / rows
 
     def batches(self):
