@@ -1,6 +1,7 @@
 """The training CLI end to end: outputs, exact resume after a kill, bad input, every method's
 ablation switches, config.yaml reruns, a user's own method, and 20-epoch mnist5k runs where
-every method must beat CE under 30% asymmetric noise with the same budget (marked slow)."""
+every method must beat CE under 30% asymmetric noise with the same budget, and NLNL beat it under 40%
+symmetric noise without augmentation (marked slow)."""
 import json
 import os
 import re
@@ -299,19 +300,26 @@ def test_a_method_defined_in_a_user_file_trains_through_the_cli(tmp_path):
 
 MNIST5K_30_ASYMMETRIC = ["--dataset", "mnist5k", "--noise", "asymmetric", "--noise-rate", "0.3", "--epochs", "20",
                          "--seed", "0"]
-# The runs compared, each a method's preset and its extra switches; the longest first (L2B about
+# 40% symmetric noise on batches without augmentation, where the small CNN fits the wrong labels
+# (CE's test accuracy peaks and slides) and NLNL runs its selective stages (issue item 3).
+MNIST5K_40_SYMMETRIC_UNAUGMENTED = ["--dataset", "mnist5k", "--noise", "symmetric", "--noise-rate", "0.4",
+                                    "--epochs", "20", "--seed", "0", "--no-augment"]
+# The runs compared, each a method's preset, its extra switches and its setting; the longest first (L2B about
 # 4 min). "pmnar_adaptive" is PMNAR with the adaptive parts that its short-budget preset leaves
 # off on augmented batches, "jnpl_selective" / "nlnl_selective" JNPL / NLNL with their selective
 # stages (off there too). BLDR's label issues come from its negative head, the paper's rule, which
 # its preset uses where the batches are not augmented (a memorization guard that changes only the
 # label issues, not training): that head's detection is what test_bldr_detects_better_than_ce checks.
-COMPARED = {"l2b": ["--method", "l2b"],
-            "pmnar_adaptive": ["--method", "pmnar", "--pmnar-reweighting", "--pmnar-history"],
-            "pmnar": ["--method", "pmnar"], "bldr": ["--method", "bldr", "--bldr-detection", "negative"],
-            "pudistill": ["--method", "pudistill"],
-            "jnpl": ["--method", "jnpl"], "jnpl_selective": ["--method", "jnpl", "--jnpl-selective"],
-            "nlnl": ["--method", "nlnl"], "nlnl_selective": ["--method", "nlnl", "--nlnl-selective"],
-            "ce": ["--method", "ce"]}
+COMPARED = {name: [*switches, *MNIST5K_30_ASYMMETRIC] for name, switches in {
+    "l2b": ["--method", "l2b"],
+    "pmnar_adaptive": ["--method", "pmnar", "--pmnar-reweighting", "--pmnar-history"],
+    "pmnar": ["--method", "pmnar"], "bldr": ["--method", "bldr", "--bldr-detection", "negative"],
+    "pudistill": ["--method", "pudistill"],
+    "jnpl": ["--method", "jnpl"], "jnpl_selective": ["--method", "jnpl", "--jnpl-selective"],
+    "nlnl": ["--method", "nlnl"], "nlnl_selective": ["--method", "nlnl", "--nlnl-selective"],
+    "ce": ["--method", "ce"]}.items()}
+COMPARED.update({f"{method}_unaugmented": ["--method", method, *MNIST5K_40_SYMMETRIC_UNAUGMENTED]
+                 for method in ("nlnl", "ce")})
 # Pair-flip noise, where CE memorizes the flipped labels and the methods do not. Measured on
 # 2026-12-03 with these 20 epochs: CE 88.2% (its cosine schedule; 89.0% from lr 0.1, 2026-12-05),
 # BLDR 95.1% (94.7% with its balanced corrected label, 2026-12-06),
@@ -348,8 +356,8 @@ def train_compared(root):
     while waiting or running:
         while waiting and len(running) < 2:
             method = waiting.pop(0)
-            command = [sys.executable, "-m", "engine.train", "--device", "cpu", *COMPARED[method],
-                       *MNIST5K_30_ASYMMETRIC, "--out", str(root / method)]
+            command = [sys.executable, "-m", "engine.train", "--device", "cpu", *COMPARED[method], "--out",
+                       str(root / method)]
             with open(root / f"{method}.log", "w") as log:  # a file, not a pipe nobody reads meanwhile
                 running[method] = subprocess.Popen(command, cwd=REPO, env=environment, stdout=log,
                                                    stderr=subprocess.STDOUT)
@@ -391,6 +399,20 @@ def test_memorization_guards_win_where_ce_memorizes(guarded, preset, guard, marg
     with_guard, without = (summary(compared_runs[name][0]) for name in (guarded, preset))
     assert not config_of(compared_runs[preset][0])["hyperparameters"][guard]
     assert with_guard["test_acc"] > without["test_acc"] + margin, (with_guard["test_acc"], without["test_acc"])
+
+
+@pytest.mark.slow
+def test_nlnl_beats_ce_at_40_percent_symmetric_noise_without_augmentation(compared_runs):
+    """NLNL's regime (issue item 3): without augmentation CE fits the wrong labels and NLNL's
+    selective stages, on there by its preset, leave them out. Measured on seeds 0, 1 and 2
+    (2026-12-06): NLNL 96.3%, 96.4%, 94.8%, CE 92.8%, 93.2%, 92.8%. With crops neither fits them
+    in 20 epochs and NLNL ties CE (docs/methods.md)."""
+    nlnl, ce = (compared_runs[f"{method}_unaugmented"][0] for method in ("nlnl", "ce"))
+    assert config_of(nlnl)["hyperparameters"]["selective"]
+    assert summary(nlnl)["test_acc"] > summary(ce)["test_acc"] + MIN_MARGIN_OVER_CE, (summary(nlnl), summary(ce))
+    warmup_epochs = config_of(nlnl)["hyperparameters"]["warmup_epochs"]
+    fall, epoch = largest_fall_at_stage_changes(read_metrics(nlnl), warmup_epochs)
+    assert fall <= 0.03, f"{fall:.3f} below the best so far at epoch {epoch}"
 
 
 def largest_fall_at_stage_changes(metrics, warmup_epochs):
