@@ -224,30 +224,34 @@ def trainer_for(run, method, resume=False):
                    sync_bn=run.sync_bn)
 
 
+def failed(message, exit_code):
+    """Print the error in one line and return the exit code. Under torchrun every process prints
+    its own, naming its rank: an error can be one process's alone (its shard's bad file, a rank
+    without a GPU), and printing only rank 0's would hide it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    process = f" (rank {os.environ.get('RANK')} of {world})" if world > 1 else ""
+    print(f"python -m engine.train: error{process}: {message}", file=sys.stderr)
+    return exit_code
+
+
 def main(argv=None):
     run, method, resume = parse_args(argv)
     try:
         trainer = trainer_for(run, method, resume)
     except ConfigError as error:  # a bad value found once the data are known: name its flag
-        print(f"python -m engine.train: error: {config_flag(error, method)} {error.text}", file=sys.stderr)
-        return 2
+        return failed(f"{config_flag(error, method)} {error.text}", 2)
     except (ValueError, FileNotFoundError) as error:  # a bad configuration: say what, no traceback
-        print(f"python -m engine.train: error: {error}", file=sys.stderr)
-        return 2
+        return failed(error, 2)
     try:
         summary = trainer.run()
     except (CheckpointError, FolderInUse) as error:  # nothing written: --resume of an unreadable or
         # another run's checkpoint, or an --out that a live run writes to
-        print(f"python -m engine.train: error: {error}", file=sys.stderr)
-        return 2
+        return failed(error, 2)
     except Diverged as error:  # a NaN epoch loss is all-reduced, so every process stops at the same epoch
-        print(f"python -m engine.train: error: {error}", file=sys.stderr)
-        return 1
+        return failed(error, 1)
     except DataFileError as error:  # a streamed image is read when a batch needs it (only a sample is checked
         # up front); a fixed or removed file changes the data's fingerprint, which --resume would refuse
-        print(f"python -m engine.train: error: {error}; training stopped: fix or remove the file and start the run "
-              f"again", file=sys.stderr)
-        return 2
+        return failed(f"{error}; training stopped: fix or remove the file and start the run again", 2)
     if not trainer.processes.main:  # rank 0 reports for the job
         return 0
     line = []

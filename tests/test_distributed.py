@@ -182,7 +182,9 @@ def test_a_global_batch_that_does_not_divide_among_the_processes_is_refused(tmp_
     result = torchrun_train(*COMMON, "--method", "ce", "--epochs", "1", "--batch-size", "63", "--out",
                             str(tmp_path / "run"), check=False)
     assert result.returncode != 0
-    assert "batch size 63 is the global batch: it must be divisible by the 2 processes" in result.stderr
+    for rank in range(2):  # each process names itself: an error can be one process's alone
+        assert (f"python -m engine.train: error (rank {rank} of 2): batch size 63 is the global batch: it must be "
+                f"divisible by the 2 processes") in result.stderr
 
 
 def test_sync_bn_on_the_cpu_is_refused(tmp_path):
