@@ -408,9 +408,6 @@ def test_nlnl_beats_ce_at_40_percent_symmetric_noise_without_augmentation(compar
     nlnl, ce = (compared_runs[f"{method}_unaugmented"][0] for method in ("nlnl", "ce"))
     assert config_of(nlnl)["hyperparameters"]["selective"]
     assert summary(nlnl)["test_acc"] > summary(ce)["test_acc"] + MIN_MARGIN_OVER_CE, (summary(nlnl), summary(ce))
-    warmup_epochs = config_of(nlnl)["hyperparameters"]["warmup_epochs"]
-    fall, epoch = largest_fall_at_stage_changes(read_metrics(nlnl), warmup_epochs)
-    assert fall <= 0.03, f"{fall:.3f} below the best so far at epoch {epoch}"
 
 
 def largest_fall_at_stage_changes(metrics, warmup_epochs):
@@ -435,10 +432,11 @@ def test_largest_fall_at_stage_changes():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["jnpl_selective", "nlnl_selective"])
+@pytest.mark.parametrize("method", ["jnpl_selective", "nlnl_selective", "nlnl_unaugmented"])
 def test_no_collapse_at_stage_changes(method, compared_runs):
     """JNPL's and NLNL's selective stages (SelNL, SelPL, pseudo-labeling) keep test accuracy
-    within 3 points of its best so far (measured on 2026-12-06: JNPL 0.9 points, NLNL 0.8)."""
+    within 3 points of its best so far (measured on 2026-12-06: JNPL 0.9 points, NLNL 0.8 under
+    pair flips and 0.9 at 40% symmetric noise without augmentation)."""
     out = compared_runs[method][0]
     warmup_epochs = config_of(out)["hyperparameters"].get("warmup_epochs", 0)
     fall, epoch = largest_fall_at_stage_changes(read_metrics(out), warmup_epochs)
