@@ -15,7 +15,7 @@ import os
 import types
 import typing
 
-from engine.data.datasets import BUILT_IN, DATASETS, FILE_IMAGE_SIZE, IMAGE_FILES, STREAM_ABOVE
+from engine.data.datasets import BUILT_IN, DATASETS, FILE_IMAGE_SIZE, IMAGE_FILES, OWN_LABELS, STREAM_ABOVE
 from engine.models import MODELS
 
 SMALL_DATA = 20_000  # training sets below this size get the methods' "small" presets,
@@ -23,6 +23,9 @@ SHORT_BUDGET = 50    # and so does a budget of at most this many epochs (the pap
 SIZE_CLASSES = ("paper", "small")
 NOISE_KINDS = ("none", "symmetric", "asymmetric", "file", "cifar10n", "cifar100n")
 CIFAR10N_VARIANTS = ("aggre", "random1", "random2", "random3", "worst")
+# The noise kinds each noise option acts on: a flag given for another kind is refused.
+NOISE_OPTIONS = {"noise_rate": ("symmetric", "asymmetric"), "noise_include_true": ("symmetric",),
+                 "noise_variant": ("cifar10n",), "noise_file": ("file",)}
 
 
 class ConfigError(ValueError):
@@ -209,9 +212,10 @@ class DataConfig(Validated):
     dataset: str = option("mnist5k", "data set: mnist5k and digits are built in; the others read --data-dir",
                           choices=tuple(DATASETS))
     data_dir: str | None = option(None, "folder (or .npz file) of a data set given by the user")
-    noise: typing.Literal[NOISE_KINDS] = option(
-        "symmetric", "label noise: synthetic (symmetric, asymmetric), per-sample labels from --noise-file, or "
-                     "the human CIFAR-10N / CIFAR-100N labels")
+    noise: typing.Literal[NOISE_KINDS] | None = option(
+        None, "label noise: synthetic (symmetric, asymmetric), per-sample labels from --noise-file, the human "
+              f"CIFAR-10N / CIFAR-100N labels, or none (default: none on your own data, {' / '.join(OWN_LABELS)}, "
+              "whose labels are trained on as given; symmetric on the benchmark data sets)")
     noise_rate: float = option(0.4, "fraction of labels corrupted, in [0, 1)")
     noise_variant: typing.Literal[CIFAR10N_VARIANTS] = option("worst", "which CIFAR-10N label set (CIFAR-100N "
                                                                        "has one)")
@@ -223,6 +227,17 @@ class DataConfig(Validated):
     stream: bool | None = option(None, "read and decode image files per batch, holding only their paths, instead "
                                        f"of decoding them once into memory (default: when --image-size > "
                                        f"{STREAM_ABOVE})")
+
+    def __post_init__(self):
+        if self.noise is None:  # recorded resolved, so config.yaml says what the run did
+            object.__setattr__(self, "noise", "none" if self.dataset in OWN_LABELS else "symmetric")
+        super().__post_init__()
+
+    @property
+    def labels_as_given(self):
+        """The training labels are the user's own, trained on as they are: none of them is known
+        to be right (unless the data set says so: filelist's train_true_labels.npy)."""
+        return self.dataset in OWN_LABELS and self.noise == "none"
 
     def validate(self):
         self.require("dataset", self.dataset in DATASETS, f"must be one of {', '.join(sorted(DATASETS))}")

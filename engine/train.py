@@ -17,8 +17,8 @@ import typing
 
 import torch
 
-from engine.config import (SHARED_FIELDS, SHORT_BUDGET, SMALL_DATA, ConfigError, DataConfig, RunConfig, WarmupConfig,
-                           check_fields, load_yaml, size_class, with_overrides)
+from engine.config import (NOISE_OPTIONS, SHARED_FIELDS, SHORT_BUDGET, SMALL_DATA, ConfigError, DataConfig, RunConfig,
+                           WarmupConfig, check_fields, load_yaml, size_class, with_overrides)
 from engine.checkpoint import CheckpointError
 from engine.data.datasets import DataFileError
 from engine.methods import METHODS, method_class
@@ -162,6 +162,8 @@ def assemble(spec, chosen, given, base, config_path):
     if not isinstance(out, str) or not out:
         raise ValueError(f"--out must name a folder, got {out!r}")
     config = RunConfig(**run, data=DataConfig(**data))
+    check_noise_options(config.data, [dest.partition(":")[2] for dest in given if dest.startswith("data:")],
+                        defaulted="noise" not in data)
     check_writable(out)
     return config, chosen(**hyper), given.get("resume", False)
 
@@ -170,6 +172,17 @@ def check_device(device_type, argument):
     """A run on CUDA needs a CUDA device (the command line's --device, engine.fit's device)."""
     if device_type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"{argument} cuda: no CUDA device is available")
+
+
+def check_noise_options(data, flags, defaulted):
+    """A noise option given as a flag (`flags`: the data fields given) must act on the run's
+    noise: a --noise-rate with no --noise on the user's own data would be ignored silently."""
+    for field in flags:
+        kinds = NOISE_OPTIONS.get(field)
+        if kinds and data.noise not in kinds:
+            default = f", the default on dataset {data.dataset}, whose labels are trained on as given" if defaulted else ""
+            raise ValueError(f"{flag(field)} applies to --noise {' or '.join(kinds)}, not to --noise {data.noise}"
+                             f"{default}")
 
 
 def check_writable(out, argument="--out"):
@@ -205,23 +218,34 @@ def trainer_for(run, method, resume=False):
             clean = choose_clean_subset(config, dataset.y_train, run.seed)
         except ValueError as error:  # a size the training set cannot give, said of the flag that asked for it
             raise ValueError(f"{flag('clean_size' if config.clean_size else 'clean_fraction')}: {error}") from None
-        if len(clean) and dataset.true_train is not None:
+        if len(clean) and (dataset.true_train is not None or run.data.labels_as_given):
+            why = ("it has train_true_labels.npy" if dataset.true_train is not None else
+                   f"--noise {run.data.noise} trains on them as given")
             raise ValueError(f"--clean-size / --clean-fraction: the labels of --data-dir {run.data.data_dir} are its "
-                             f"noisy ones (it has train_true_labels.npy), so a held-out subset would not have trusted "
-                             f"labels; give a trusted subset as clean_indices.npy (engine.data.layouts clothing1m "
-                             f"--clean-train or --clean-val writes one)")
+                             f"noisy ones ({why}), so a held-out subset would not have trusted labels; give a "
+                             f"trusted subset as a filelist's clean_indices.npy (engine.data.layouts clothing1m "
+                             f"--clean-train or --clean-val writes one) or as engine.fit's clean_indices")
     if config.clean_fraction is not None or dataset.trusted_train is not None:  # recorded as the count it gave
         config = with_overrides(config, {"clean_size": len(clean)})
     method.config = config
     given = noisy_labels_for(run.data, dataset, clean, run.seed)
     data = TrainingData(dataset.name, dataset.x_train, given, dataset.num_classes, dataset.mean, dataset.std,
-                        true_labels=dataset.y_train if dataset.true_train is None else dataset.true_train,
+                        true_labels=true_labels_of(dataset, run.data),
                         clean_indices=clean, x_test=dataset.x_test,
                         y_test=dataset.y_test, flip=dataset.flip, class_names=dataset.class_names,
                         train_paths=dataset.train_paths)
     run = dataclasses.replace(run, hyperparameters=config)
     return Trainer(method, data, seed=run.seed, device=run.device, out=run.out, resume=resume, run_config=run,
                    sync_bn=run.sync_bn)
+
+
+def true_labels_of(dataset, data_config):
+    """The training samples' true labels where known (-1 elsewhere), None where none is: a
+    real noisy data set's own (train_true_labels.npy); none of the user's labels trained on as
+    given; else (a benchmark, or labels the run adds noise to) the data set's labels."""
+    if dataset.true_train is not None:
+        return dataset.true_train
+    return None if data_config.labels_as_given else dataset.y_train
 
 
 def failed(message, exit_code):
@@ -260,8 +284,11 @@ def main(argv=None):
     if summary["det_f1"] is not None:
         line.append(f"noise detection precision {summary['det_precision']:.3f} recall {summary['det_recall']:.3f} "
                     f"F1 {summary['det_f1']:.3f}")
+    line.append(f"{summary['estimated_noise_rate']:.1%} of the training labels flagged as issues")
     print(", ".join(line))
-    print(f"outputs in {os.path.abspath(run.out)}: {' '.join(OUTPUT_FILES)}")
+    # Without known true labels there is no separation.png to list.
+    written = [name for name in OUTPUT_FILES if os.path.exists(os.path.join(run.out, name))]
+    print(f"outputs in {os.path.abspath(run.out)}: {' '.join(written)}")
     return 0
 
 

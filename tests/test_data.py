@@ -1,5 +1,6 @@
 """Data sets (built-in and users' formats), the DALI CPU pipeline, CIFAR-N human labels."""
 import gzip
+import json
 import os
 import pickle
 
@@ -400,11 +401,61 @@ def test_the_label_issues_name_each_training_samples_file(tmp_path, layout, stre
         assert all(np.array_equal(x, images[path]) for x, path in zip(data.x_train, paths))
 
 
-def test_the_command_line_writes_each_samples_path(tmp_path):
+def folder_run(tmp_path, *flags):
+    """The command line on a folder of 15 BMPs (12 for training): its exit code."""
+    return main(["--device", "cpu", "--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--image-size", "8",
+                 "--model", "small_cnn", "--epochs", "1", "--out", str(tmp_path / "run"), *flags])
+
+
+def test_the_command_line_trains_on_a_users_folder_as_labeled(tmp_path, capsys):
+    """The user's own labels are what is checked: by default the run adds no noise to them and
+    takes none as known to be right, so no true_label and no detection scores (nor their plot);
+    each row names its file."""
     images = bmp_tree(tmp_path / "data", "folder")
-    assert main(["--device", "cpu", "--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--image-size", "8",
-                 "--model", "small_cnn", "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    assert folder_run(tmp_path) == 0
     table = pd.read_csv(tmp_path / "run" / "label_issues.csv")
-    assert list(table.columns[:3]) == ["index", "path", "given_label"]
+    result, outputs = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert result.endswith(f", {table['is_label_issue'].mean():.1%} of the training labels flagged as issues")
+    assert outputs == f"outputs in {tmp_path / 'run'}: config.yaml metrics.csv summary.json label_issues.csv " \
+                      "checkpoint.pt"
+    assert list(table.columns[:3]) == ["index", "path", "given_label"] and "true_label" not in table
     assert set(table["path"]) <= set(images) and table["path"].is_unique and len(table) == 12
+    assert (table["given_class"] == table["path"].str.split("/").str[0]).all()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["true_labels_known"] == 0 and summary["det_f1"] is None and summary["true_noise_rate"] is None
+    assert "  noise: none\n" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def test_synthetic_noise_on_a_users_folder_is_asked_for_and_measured(tmp_path):
+    """--noise symmetric takes the folder's labels as the true ones and corrupts half of them."""
+    bmp_tree(tmp_path / "data", "folder")
+    assert folder_run(tmp_path, "--noise", "symmetric", "--noise-rate", "0.5") == 0
+    table = pd.read_csv(tmp_path / "run" / "label_issues.csv")
     assert (table["true_label"].map("cat dog emu".split().__getitem__) == table["path"].str.split("/").str[0]).all()
+    assert (table["given_label"] != table["true_label"]).sum() == 6
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["true_noise_rate"] == 0.5
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--noise-rate", "0.2"], "--noise-rate applies to --noise symmetric or asymmetric, not to --noise none, the "
+                              "default on dataset folder, whose labels are trained on as given"),
+    (["--noise", "asymmetric", "--noise-include-true"], "--noise-include-true applies to --noise symmetric, not to "
+                                                        "--noise asymmetric"),
+    (["--noise-file", "labels.npy"], "--noise-file applies to --noise file, not to --noise none, the default"),
+    (["--method", "l2b", "--clean-size", "6"],
+     "--clean-size / --clean-fraction: the labels of --data-dir {data} are its noisy ones (--noise none trains on "
+     "them as given), so a held-out subset would not have trusted labels; give a trusted subset as a filelist's "
+     "clean_indices.npy"),
+])
+def test_noise_options_that_a_users_folder_would_ignore_are_refused(tmp_path, capsys, flags, message):
+    """A noise option the run's noise would not use, and a "clean" subset held out of labels
+    that no one has checked, end the run before training with one line naming the flag."""
+    bmp_tree(tmp_path / "data", "folder")
+    try:
+        code = folder_run(tmp_path, *flags)
+    except SystemExit as exit_:  # argparse's error
+        code = exit_.code
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and err.startswith("python -m engine.train: error: ")
+    assert message.format(data=tmp_path / "data") in err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()

@@ -271,7 +271,7 @@ def test_the_command_line_trains_on_streamed_files(tree, tmp_path):
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(out / "label_issues.csv")
     assert len(table) == 48 and table.columns[1] == "path" and table["path"].is_unique
-    assert (table["true_label"].map(CLASSES.__getitem__) == table["path"].str.split("/").str[0]).all()
+    assert (table["given_label"].map(CLASSES.__getitem__) == table["path"].str.split("/").str[0]).all()
     assert "image_size: 64\n  stream: true" in (out / "config.yaml").read_text()
 
 

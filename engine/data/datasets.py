@@ -94,7 +94,8 @@ class ImageFiles:
 class ImageDataset:
     name: str
     x_train: np.ndarray          # uint8 [N, H, W, C], or ImageFiles
-    y_train: np.ndarray          # int64 [N], the TRUE labels (unless true_train is given)
+    y_train: np.ndarray          # int64 [N]: a benchmark's true labels, the user's own (OWN_LABELS), or with
+                                 # true_train a real noisy data set's given labels
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
@@ -445,9 +446,9 @@ def _read_class_names(path):
 
 def load_file_list(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
     """The Clothing1M / WebVision layout: data_dir/train.txt and data_dir/test.txt with one
-    'relative/path label' per line. The labels of train.txt are the TRUE labels here (add
-    noise with --noise) unless you give the noisy ones with --noise file, or the folder holds
-    train_true_labels.npy: then they are the given (noisy) labels and the file has the true ones
+    'relative/path label' per line. A run trains on the labels of train.txt as given (the
+    default --noise none), or takes them as the true ones where --noise adds noise or --noise
+    file gives the noisy ones. If the folder holds train_true_labels.npy, it has the true labels
     where known (-1 elsewhere; detection is measured on those). clean_indices.npy, if there,
     lists the train.txt lines (0-based) whose labels are trusted: the clean subset.
     classes.txt, if there, names the classes (line i: class i). engine.data.layouts writes them."""
@@ -497,6 +498,10 @@ def _find_dir(root, marker):
 
 
 BUILT_IN = ("mnist5k", "digits")  # the others read --data-dir
+# The user's own data: its labels are the ones to check, so by default they are trained on as
+# given (no synthetic noise) and no label of it is taken as known to be right. The other data
+# sets are benchmarks with clean labels, to which a run adds noise.
+OWN_LABELS = ("npz",) + IMAGE_FILES
 DATASETS = {
     "mnist5k": load_mnist5k,
     "digits": load_digits,
