@@ -15,7 +15,8 @@ import os
 import types
 import typing
 
-from engine.data.datasets import BUILT_IN, DATASETS, FILE_IMAGE_SIZE, IMAGE_FILES, OWN_LABELS, STREAM_ABOVE
+from engine.data.datasets import (BUILT_IN, DATASETS, FILE_IMAGE_SIZE, HOLDS_OUT, IMAGE_FILES, OWN_LABELS, STREAM_ABOVE,
+                                  TEST_FRACTION)
 from engine.models import MODELS
 
 SMALL_DATA = 20_000  # training sets below this size get the methods' "small" presets,
@@ -227,6 +228,10 @@ class DataConfig(Validated):
     stream: bool | None = option(None, "read and decode image files per batch, holding only their paths, instead "
                                        f"of decoding them once into memory (default: when --image-size > "
                                        f"{STREAM_ABOVE})")
+    test_fraction: float | None = option(
+        None, f"share of the samples held out as the test set where the data set has no test split (an npz "
+              f"without x_test, a folder without train/ and test/; default {TEST_FRACTION}); 0: none, so every sample "
+              f"is trained on and gets a label score, without test accuracy")
 
     def __post_init__(self):
         if self.noise is None:  # recorded resolved, so config.yaml says what the run did
@@ -246,6 +251,10 @@ class DataConfig(Validated):
         if self.dataset not in IMAGE_FILES and (self.image_size != FILE_IMAGE_SIZE or self.stream):
             self.fail("image_size" if self.image_size != FILE_IMAGE_SIZE else "stream",
                       f"applies to image files (dataset {' or '.join(IMAGE_FILES)}), not to dataset {self.dataset}")
+        if self.test_fraction is not None:
+            self.require("test_fraction", 0.0 <= self.test_fraction < 1.0, "must be in [0, 1)")
+            self.require("test_fraction", self.dataset in HOLDS_OUT, f"applies to the data sets that may lack a test "
+                                                                     f"split ({', '.join(HOLDS_OUT)})")
         if self.dataset not in BUILT_IN and self.data_dir is None:
             self.fail("data_dir", f"is needed by dataset {self.dataset}")
         if self.data_dir is not None and not os.path.exists(self.data_dir):

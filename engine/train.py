@@ -180,9 +180,8 @@ def check_noise_options(data, flags, defaulted):
     for field in flags:
         kinds = NOISE_OPTIONS.get(field)
         if kinds and data.noise not in kinds:
-            default = f", the default on dataset {data.dataset}, whose labels are trained on as given" if defaulted else ""
-            raise ValueError(f"{flag(field)} applies to --noise {' or '.join(kinds)}, not to --noise {data.noise}"
-                             f"{default}")
+            why = f", the default on dataset {data.dataset}, whose labels are trained on as given" if defaulted else ""
+            raise ValueError(f"{flag(field)} applies to --noise {' or '.join(kinds)}, not to --noise {data.noise}{why}")
 
 
 def check_writable(out, argument="--out"):
@@ -206,7 +205,7 @@ def trainer_for(run, method, resume=False):
     from engine.trainer import Trainer
 
     dataset = load_dataset(run.data.dataset, run.data.data_dir, image_size=run.data.image_size,
-                           stream=run.data.stream)
+                           stream=run.data.stream, test_fraction=run.data.test_fraction)
     config = method.configure(size_class(len(dataset.y_train)), dataset.num_classes)
     if dataset.trusted_train is not None:  # the data set's own clean subset replaces the preset's held-out one
         if {"clean_size", "clean_fraction"} & set(method.options):
@@ -231,12 +230,17 @@ def trainer_for(run, method, resume=False):
     given = noisy_labels_for(run.data, dataset, clean, run.seed)
     data = TrainingData(dataset.name, dataset.x_train, given, dataset.num_classes, dataset.mean, dataset.std,
                         true_labels=true_labels_of(dataset, run.data),
-                        clean_indices=clean, x_test=dataset.x_test,
-                        y_test=dataset.y_test, flip=dataset.flip, class_names=dataset.class_names,
+                        clean_indices=clean, **test_split(dataset), flip=dataset.flip, class_names=dataset.class_names,
                         train_paths=dataset.train_paths)
     run = dataclasses.replace(run, hyperparameters=config)
     return Trainer(method, data, seed=run.seed, device=run.device, out=run.out, resume=resume, run_config=run,
                    sync_bn=run.sync_bn)
+
+
+def test_split(dataset):
+    """x_test and y_test of the run: None for a data set that held out none (test_fraction 0)."""
+    held_out = len(dataset.y_test) > 0
+    return {"x_test": dataset.x_test if held_out else None, "y_test": dataset.y_test if held_out else None}
 
 
 def true_labels_of(dataset, data_config):

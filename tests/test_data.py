@@ -426,6 +426,16 @@ def test_the_command_line_trains_on_a_users_folder_as_labeled(tmp_path, capsys):
     assert "  noise: none\n" in (tmp_path / "run" / "config.yaml").read_text()
 
 
+def test_every_label_of_a_folder_is_scored_when_none_is_held_out(tmp_path):
+    """--test-fraction 0: all 15 images are trained on and get a row; there is no test accuracy."""
+    images = bmp_tree(tmp_path / "data", "folder")
+    assert folder_run(tmp_path, "--test-fraction", "0") == 0
+    table = pd.read_csv(tmp_path / "run" / "label_issues.csv")
+    assert sorted(table["path"]) == sorted(images) and len(images) == 15
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["test_acc"] is None
+    assert pd.read_csv(tmp_path / "run" / "metrics.csv")["test_acc"].isna().all()
+
+
 def test_synthetic_noise_on_a_users_folder_is_asked_for_and_measured(tmp_path):
     """--noise symmetric takes the folder's labels as the true ones and corrupts half of them."""
     bmp_tree(tmp_path / "data", "folder")

@@ -219,8 +219,8 @@ NPZ_CASES = {
     "x_test larger": (lambda p: np.savez(p, x=X, y=Y, x_test=np.zeros((2, 16, 16), np.uint8), y_test=Y[:2]),
                       r"x_test images are \[16, 16, 1\], x images \[8, 8, 1\]"),
     "too few to hold out a test set": (lambda p: np.savez(p, x=X[:4], y=Y[:4]),
-                                       r"4 samples, too few to hold out a test set \(1 in 5: at least 5 samples\); "
-                                       r"add samples or give x_test and y_test$"),
+                                       r"4 samples, too few to hold out a share 0.2 of them as the test set and "
+                                       r"train on the rest; add samples or give x_test and y_test$"),
     "an empty file": (lambda p: p.write_bytes(b""), r"not a readable .npz archive \(No data left in file\)$"),
     "a broken zip": (broken_zip, r"not a readable .npz archive \(File is not a zip file\)$"),
     "a corrupt member": (corrupt_member, r"not a readable .npz archive \("),
@@ -250,13 +250,45 @@ def test_npz_integer_images_in_range_are_kept_exactly(tmp_path):
 
 def test_a_folder_too_small_to_hold_out_a_test_set_is_refused(tmp_path):
     image_folder(tmp_path, count=2)
-    with pytest.raises(ValueError, match=rf"^folder {tmp_path}: 4 samples, too few to hold out a test set \(1 in 5: "
-                                         r"at least 5 samples\); add images or give train/ and test/ folders$"):
+    with pytest.raises(ValueError, match=rf"^folder {tmp_path}: 4 samples, too few to hold out a share 0.2 of them as "
+                                         r"the test set and train on the rest; add images or give train/ and test/ "
+                                         r"folders$"):
         load_dataset("folder", str(tmp_path))
     image_folder(tmp_path / "more", classes=("ant",), count=1)
     os.rename(tmp_path / "more" / "ant", tmp_path / "ant")  # a fifth image
     os.rmdir(tmp_path / "more")
     assert len(load_dataset("folder", str(tmp_path)).y_test) == 1
+
+
+@pytest.mark.parametrize("name", ["npz", "folder"])
+def test_the_held_out_share_is_a_choice(tmp_path, name):
+    """test_fraction: the share held out where the data have no test split (rounded down), none
+    at 0 (every sample trains); refused where the data have their own split."""
+    if name == "npz":
+        rng = np.random.default_rng(2)
+        np.savez(tmp_path / "data.npz", x=rng.integers(0, 256, (29, 8, 8), dtype=np.uint8), y=np.arange(29) % 2)
+        data_dir = str(tmp_path / "data.npz")
+    else:
+        image_folder(tmp_path / "data", classes=("ant", "bee", "cat", "dog", "emu"), count=6)
+        os.remove(tmp_path / "data" / "ant" / "0.bmp")
+        data_dir = str(tmp_path / "data")
+    sizes = {fraction: (len(data.y_train), len(data.y_test), len(data.x_test))
+             for fraction in (None, 0.29, 0.5, 0.0) for data in [load_dataset(name, data_dir, test_fraction=fraction)]}
+    assert sizes == {None: (24, 5, 5), 0.29: (21, 8, 8), 0.5: (15, 14, 14), 0.0: (29, 0, 0)}
+    if name == "npz":
+        np.savez(tmp_path / "split.npz", x=np.zeros((4, 8, 8), np.uint8), y=[0, 1, 0, 1], x_test=np.zeros((2, 8, 8),
+                 np.uint8), y_test=[0, 1])
+        split = str(tmp_path / "split.npz")
+    else:
+        for part in ("train", "test"):
+            image_folder(tmp_path / "split" / part, classes=("ant", "bee"), count=2)
+        split = str(tmp_path / "split")
+    assert len(load_dataset(name, split).y_test) in (2, 4)
+    with pytest.raises(ValueError, match=f"^--test-fraction: {name} {split} has its own test split"):
+        load_dataset(name, split, test_fraction=0.0)
+    with pytest.raises(ValueError, match="^test_fraction applies to the data sets that may lack a test split "
+                                         r"\(npz, folder\), not to digits$"):
+        load_dataset("digits", test_fraction=0.0)
 
 
 def test_the_command_line_prints_one_line_naming_the_file(tmp_path, capsys):

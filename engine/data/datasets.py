@@ -132,17 +132,21 @@ class ImageDataset:
         return self.x_train.shape[1:]
 
 
-HOLD_OUT = 5  # a data set without a test split holds out 1 in HOLD_OUT of its samples as one
+TEST_FRACTION = 0.2  # a data set without a test split (HOLDS_OUT) holds out this share of its samples as one
 
 
-def _hold_out(arrays, where, hint):
-    """_split of the per-sample `arrays` with len // HOLD_OUT samples held out; refused when that
-    leaves no test sample (the run could not measure test accuracy)."""
+def _hold_out(arrays, where, hint, fraction):
+    """_split of the per-sample `arrays` with the share `fraction` (None: TEST_FRACTION) held out
+    as the test set, rounded down; refused when that leaves no test sample (the run could not
+    measure test accuracy) or no training sample. fraction 0: every sample trains, the test
+    parts are empty."""
+    fraction = TEST_FRACTION if fraction is None else fraction
     count = len(arrays[0])
-    if count < HOLD_OUT:
-        raise ValueError(f"{where}: {count} samples, too few to hold out a test set (1 in {HOLD_OUT}: at least "
-                         f"{HOLD_OUT} samples); {hint}")
-    return _split(arrays, count // HOLD_OUT)
+    test_size = int(count * fraction + 1e-9)  # 0.29 * 100 is 28.999...
+    if fraction and not 0 < test_size < count:
+        raise ValueError(f"{where}: {count} samples, too few to hold out a share {fraction:g} of them as the test set "
+                         f"and train on the rest; {hint}")
+    return _split(arrays, test_size)
 
 
 def _split(arrays, test_size, seed=SPLIT_SEED):
@@ -280,9 +284,9 @@ def _npz_integers(path, arrays, name, high, dtype, hint):
     return array.astype(dtype)
 
 
-def load_npz(data_dir):
+def load_npz(data_dir, test_fraction=None):
     """Arrays x (integers 0..255, [N, H, W] or [N, H, W, C]) and y (integer labels [N]);
-    x_test / y_test, else 20% held out."""
+    x_test / y_test, else a share test_fraction held out (_hold_out)."""
     path = _require_dir(data_dir, "npz")
     arrays = _npz_arrays(path)
     names = ["x", "y"] + (["x_test", "y_test"] if "x_test" in arrays or "y_test" in arrays else [])
@@ -300,7 +304,9 @@ def load_npz(data_dir):
                              f"N > 0, got {x_name} {list(x.shape)} and {y_name} {list(y.shape)}")
         parts += [x[..., None] if x.ndim == 3 else x, y]
     if len(parts) == 2:
-        parts = _hold_out(parts, f"npz {path}", "add samples or give x_test and y_test")
+        parts = _hold_out(parts, f"npz {path}", "add samples or give x_test and y_test", test_fraction)
+    elif test_fraction is not None:
+        raise ValueError(f"--test-fraction: npz {path} has its own test split (x_test, y_test)")
     elif parts[0].shape[1:] != parts[2].shape[1:]:  # the model would be tested on inputs of another shape
         raise ValueError(f"npz {path}: x_test images are {list(parts[2].shape[1:])}, x images "
                          f"{list(parts[0].shape[1:])}; both must have the same [H, W, C]")
@@ -354,17 +360,19 @@ def _class_folders(folder):
     return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not _hidden(entry.name))
 
 
-def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
+def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False, test_fraction=None):
     """root/<class>/<image> (classes sorted by name), or root/train/<class>/... and
-    root/test/<class>/... (test/ may lack a class, not have another); without them 20% is held
-    out. Hidden entries are left out."""
+    root/test/<class>/... (test/ may lack a class, not have another); without them a share
+    test_fraction is held out (_hold_out). Hidden entries are left out."""
     root = _require_dir(data_dir, "folder")
     found = [split for split in ("train", "test") if os.path.isdir(os.path.join(root, split))]
     if len(found) == 1:  # else its class folders would be taken for the images of a class "train"
         missing = "test" if found == ["train"] else "train"
         raise ValueError(f"folder {root}: has {found[0]}/ but no {missing}/; give both (a sub-folder per class in "
-                         f"each) or only class folders (1 in {HOLD_OUT} images is then held out as the test set)")
+                         f"each) or only class folders (a share of the images is then held out as the test set)")
     has_splits = bool(found)
+    if has_splits and test_fraction is not None:
+        raise ValueError(f"--test-fraction: folder {root} has its own test split (train/ and test/)")
     splits = ["train", "test"] if has_splits else [""]
     split_dirs = [os.path.join(root, split) if split else root for split in splits]
     classes = _class_folders(split_dirs[0])
@@ -392,7 +400,7 @@ def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
     train_paths = split_paths[0]
     if not has_splits:  # the paths are split with their images: decoded ones no longer carry them
         x, y, train_paths, x_test, y_test, _ = _hold_out((*parts, train_paths), f"folder {root}",
-                                                         "add images or give train/ and test/ folders")
+                                                         "add images or give train/ and test/ folders", test_fraction)
         parts = [x, y, x_test, y_test]
     return ImageDataset("folder", *parts, len(classes), *_rgb_stats(parts[0]), flip=True, class_names=classes,
                         train_paths=train_paths)
@@ -498,6 +506,7 @@ def _find_dir(root, marker):
 
 
 BUILT_IN = ("mnist5k", "digits")  # the others read --data-dir
+HOLDS_OUT = ("npz", "folder")  # the data sets that may lack a test split (then hold one out: _hold_out)
 # The user's own data: its labels are the ones to check, so by default they are trained on as
 # given (no synthetic noise) and no label of it is taken as known to be right. The other data
 # sets are benchmarks with clean labels, to which a run adds noise.
@@ -515,11 +524,19 @@ DATASETS = {
 }
 
 
-def load_dataset(name, data_dir=None, image_size=FILE_IMAGE_SIZE, stream=None):
+def load_dataset(name, data_dir=None, image_size=FILE_IMAGE_SIZE, stream=None, test_fraction=None):
     """The data set `name`; image files (IMAGE_FILES) are decoded to image_size x image_size,
-    streamed from disk with stream=True (stream=None: when image_size > STREAM_ABOVE)."""
+    streamed from disk with stream=True (stream=None: when image_size > STREAM_ABOVE). One
+    without a test split (HOLDS_OUT) holds out the share test_fraction (None: TEST_FRACTION; 0:
+    none, every sample trains and the test parts are empty)."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
-    if name not in IMAGE_FILES:
-        return DATASETS[name](data_dir)
-    return DATASETS[name](data_dir, image_size, image_size > STREAM_ABOVE if stream is None else stream)
+    options = {}
+    if name in IMAGE_FILES:
+        options.update(image_size=image_size, stream=image_size > STREAM_ABOVE if stream is None else stream)
+    if name in HOLDS_OUT:
+        options.update(test_fraction=test_fraction)
+    elif test_fraction is not None:
+        raise ValueError(f"test_fraction applies to the data sets that may lack a test split ({', '.join(HOLDS_OUT)}), "
+                         f"not to {name}")
+    return DATASETS[name](data_dir, **options)
