@@ -52,7 +52,8 @@ class FitResult:
 
 
 def fit(x, labels, *, method="jnpl", x_test=None, y_test=None, true_labels=None, clean_indices=None, epochs=None,
-        seed=0, device=None, out=None, resume=False, class_names=None, verbose=False, sync_bn=False, **options):
+        seed=0, device=None, out=None, resume=False, overwrite=False, class_names=None, verbose=False, sync_bn=False,
+        **options):
     """Train `method` on inputs `x` with the given (possibly noisy) `labels` [N].
 
     x: uint8 images [N, H, W, C] (or [N, H, W]) or float feature vectors [N, D] (tabular data:
@@ -65,7 +66,8 @@ def fit(x, labels, *, method="jnpl", x_test=None, y_test=None, true_labels=None,
     its preset (the short-budget one below 20,000 samples or for at most 50 epochs, else the
     paper's). out: a folder for the outputs and checkpoints (none by default). resume: continue
     the run whose checkpoint is in out (killed or finished; the same arguments), as the command
-    line's --resume: a checkpoint of other arguments or data is refused. verbose: print a line per epoch. Returns a
+    line's --resume: a checkpoint of other arguments or data is refused. overwrite: start a new run in out even
+    where one that did not finish left its checkpoint (refused otherwise). verbose: print a line per epoch. Returns a
     FitResult. Under torchrun, every process calls fit with the same arguments and trains its
     share (README "Distributed training"); sync_bn: SyncBatchNorm there (CUDA).
     """
@@ -90,8 +92,8 @@ def fit(x, labels, *, method="jnpl", x_test=None, y_test=None, true_labels=None,
                     hyperparameters=config)
     from engine.trainer import Trainer
 
-    trainer = Trainer(method, data, seed=seed, device=device, out=out, resume=resume, run_config=run,
-                      sync_bn=sync_bn, log=print if verbose else lambda line: None)
+    trainer = Trainer(method, data, seed=seed, device=device, out=out, resume=resume, overwrite=overwrite,
+                      run_config=run, sync_bn=sync_bn, log=print if verbose else lambda line: None)
     summary = trainer.run()
     return FitResult(method.eval_model(trainer.model), method, run, pd.DataFrame(trainer.metrics), summary,
                      trainer.train_outputs["probs"].numpy(), trainer)

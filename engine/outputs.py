@@ -19,7 +19,18 @@ LOCK_NAME = ".lock"
 
 
 class FolderInUse(RuntimeError):
-    """Another live run writes to the output folder."""
+    """Another live run writes to the output folder, or one that did not finish left its
+    checkpoint there (refuse_unfinished_run)."""
+
+
+def refuse_unfinished_run(folder):
+    """Raises FolderInUse where `folder` holds the checkpoint of a run that did not finish (no
+    summary.json): a new run there would delete what it trained, perhaps for hours."""
+    checkpoint, summary = (os.path.join(folder, name) for name in ("checkpoint.pt", "summary.json"))
+    if os.path.exists(checkpoint) and not os.path.exists(summary):
+        raise FolderInUse(f"output folder {folder} holds the checkpoint of a run that did not finish: resume it "
+                          f"(--resume, engine.fit's resume=True) or start a new run there, deleting it (--overwrite, "
+                          f"overwrite=True)")
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """Command line: train a classifier on noisy labels with one method.
 
     python -m engine.train --method jnpl --dataset mnist5k --noise symmetric --noise-rate 0.4 \\
-        --epochs 30 --seed 0 --out runs/x [--resume] [--device cpu|cuda]
+        --epochs 30 --seed 0 --out runs/x [--resume | --overwrite] [--device cpu|cuda]
     python -m engine.train --config runs/x/config.yaml [flags that override it]
 
 Every flag is a field of a config dataclass (engine/config.py, the methods' Config classes);
@@ -79,6 +79,9 @@ def build_parser(methods):
                                          "its values)")
     parser.add_argument("--resume", action="store_true", default=argparse.SUPPRESS,
                         help="continue from --out/checkpoint.pt if it exists")
+    parser.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS,
+                        help="start a new run in --out even where a run that did not finish left its checkpoint "
+                             "(deleting it; without this flag that is refused)")
     run = parser.add_argument_group("run")
     for field in dataclasses.fields(RunConfig):
         if field.name in RUN_FIELDS:
@@ -102,7 +105,8 @@ def build_parser(methods):
 
 
 def parse_args(argv=None):
-    """(RunConfig without hyperparameters, the Method with its options, resume) from the command
+    """(RunConfig without hyperparameters, the Method with its options, how to start: trainer_for's
+    resume and overwrite) from the command
     line and an optional --config file; argparse errors exit with status 2."""
     first = argparse.ArgumentParser(prog=PROG, add_help=False)
     first.add_argument("--config")
@@ -165,7 +169,7 @@ def assemble(spec, chosen, given, base, config_path):
     check_noise_options(config.data, [dest.partition(":")[2] for dest in given if dest.startswith("data:")],
                         defaulted="noise" not in data)
     check_writable(out)
-    return config, chosen(**hyper), given.get("resume", False)
+    return config, chosen(**hyper), {"resume": given.get("resume", False), "overwrite": given.get("overwrite", False)}
 
 
 def check_device(device_type, argument):
@@ -196,7 +200,7 @@ def check_writable(out, argument="--out"):
         raise ValueError(f"{argument} {out} cannot be written ({error.strerror or error})") from None
 
 
-def trainer_for(run, method, resume=False):
+def trainer_for(run, method, resume=False, overwrite=False):
     """The Trainer of a command-line run: the data set with its label noise and clean subset,
     the method configured for its size; `run` gets the resolved hyper-parameters."""
     from engine.data.datasets import load_dataset
@@ -233,8 +237,8 @@ def trainer_for(run, method, resume=False):
                         clean_indices=clean, **test_split(dataset), flip=dataset.flip, class_names=dataset.class_names,
                         train_paths=dataset.train_paths)
     run = dataclasses.replace(run, hyperparameters=config)
-    return Trainer(method, data, seed=run.seed, device=run.device, out=run.out, resume=resume, run_config=run,
-                   sync_bn=run.sync_bn)
+    return Trainer(method, data, seed=run.seed, device=run.device, out=run.out, resume=resume, overwrite=overwrite,
+                   run_config=run, sync_bn=run.sync_bn)
 
 
 def test_split(dataset):
@@ -263,9 +267,9 @@ def failed(message, exit_code):
 
 
 def main(argv=None):
-    run, method, resume = parse_args(argv)
+    run, method, start = parse_args(argv)
     try:
-        trainer = trainer_for(run, method, resume)
+        trainer = trainer_for(run, method, **start)
     except ConfigError as error:  # a bad value found once the data are known: name its flag
         return failed(f"{config_flag(error, method)} {error.text}", 2)
     except (ValueError, FileNotFoundError) as error:  # a bad configuration: say what, no traceback

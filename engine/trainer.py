@@ -21,8 +21,8 @@ from engine.labels import check_clean_subset, detection_metrics
 from engine.methods.base import Batch, CleanSubset, Diverged, Preparation, Step, epoch_seed
 from engine.models import build_model, load_pretrained
 from engine.models.base import recalibrate_batchnorm
-from engine.outputs import (folder_lock, label_issues_table, plot_separation, remove_outputs, write_json,
-                            write_label_issues, write_metrics)
+from engine.outputs import (folder_lock, label_issues_table, plot_separation, refuse_unfinished_run, remove_outputs,
+                            write_json, write_label_issues, write_metrics)
 
 EVAL_BATCH = 512
 
@@ -32,15 +32,16 @@ class Trainer:
 
     The method is configured for the data's size class unless it already is (method.config);
     with `out`, every output is written there (run_config, a RunConfig, goes to config.yaml)
-    and `resume=True` continues from out/checkpoint.pt. Under torchrun, `batch_size` is the
+    and `resume=True` continues from out/checkpoint.pt; a new run there is refused where an
+    unfinished run left its checkpoint, unless `overwrite=True`. Under torchrun, `batch_size` is the
     global batch (each process takes batch_size / processes of it) and sync_bn=True (CUDA)
     turns the BatchNorm layers into SyncBatchNorm."""
 
-    def __init__(self, method, data, *, seed=0, device="cpu", out=None, resume=False, run_config=None,
+    def __init__(self, method, data, *, seed=0, device="cpu", out=None, resume=False, overwrite=False, run_config=None,
                  sync_bn=False, log=lambda line: print(line, flush=True)):
         self.method, self.data, self.seed = method, data, seed
         self.processes, self.device = from_environment(device)
-        self.out, self.resume, self.run_config = out, resume, run_config
+        self.out, self.resume, self.overwrite, self.run_config = out, resume, overwrite, run_config
         self.log = log if self.processes.main else lambda line: None
         self.config = method.config or method.configure(size_class(len(data.x_train)), data.num_classes)
         world = self.processes.world
@@ -304,8 +305,11 @@ class Trainer:
             start_epoch = self.load_checkpoint()  # refuses another run's checkpoint before anything is written
             self.log(f"resumed from {self.checkpoint_path} after epoch {start_epoch}")
             self.processes.barrier()  # every process has read it before rank 0 writes the next
-        elif self.out is not None and self.processes.main:  # run() holds the folder's lock
-            remove_outputs(self.out)
+        elif self.out is not None:
+            if not self.overwrite:  # on every process, so that each stops with the error
+                refuse_unfinished_run(self.out)
+            if self.processes.main:  # run() holds the folder's lock
+                remove_outputs(self.out)
         if self.out is not None and self.run_config is not None and self.processes.main:
             save_yaml(self.run_config, os.path.join(self.out, "config.yaml"))
         if not resumed:

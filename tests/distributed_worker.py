@@ -22,8 +22,8 @@ def checksums(state):
 
 
 def main(out, argv):
-    run, method, resume = parse_args(argv)
-    trainer = trainer_for(run, method, resume)
+    run, method, start = parse_args(argv)
+    trainer = trainer_for(run, method, **start)
     record = {"steps": [], "epochs": []}
     loss, end_epoch = method.loss, method.end_epoch
 

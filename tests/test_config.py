@@ -148,9 +148,10 @@ def test_run_config_round_trips_through_yaml(tmp_path):
 
 
 def test_command_line_flags_and_config_file(tmp_path):
-    run, method, resume = parse_args(["--method", "pmnar", "--dataset", "digits", "--pmnar-no-consistency",
-                                      "--lr", "0.3", "--seed", "4", "--device", "cpu", "--resume"])
-    assert (run.method, run.seed, run.data.dataset, resume) == ("pmnar", 4, "digits", True)
+    run, method, start = parse_args(["--method", "pmnar", "--dataset", "digits", "--pmnar-no-consistency",
+                                     "--lr", "0.3", "--seed", "4", "--device", "cpu", "--resume"])
+    assert (run.method, run.seed, run.data.dataset, start) == ("pmnar", 4, "digits", {"resume": True,
+                                                                                      "overwrite": False})
     assert method.options == {"consistency": False, "lr": 0.3}
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"method": "pmnar", "seed": 7, "device": "cpu", "out": str(tmp_path / "x"),

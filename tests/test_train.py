@@ -20,7 +20,7 @@ import engine
 from engine.checkpoint import read_checkpoint
 from engine.data.datasets import load_dataset
 from engine.models import build_model
-from engine.outputs import OUTPUT_FILES
+from engine.outputs import OUTPUT_FILES, FolderInUse
 from run_testing import assert_resume_repeats, built_once, read_metrics, wait_for_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -147,7 +147,8 @@ def test_resume_refuses_a_checkpoint_of_other_data(tmp_path):
     assert "resumed" in train(*common, "--data-dir", str(tmp_path / "a.npz"), "--resume").stdout
 
 
-def test_a_second_run_on_a_live_runs_folder_is_refused_and_a_killed_run_leaves_no_lock(tmp_path):
+def test_a_second_run_on_a_live_runs_folder_is_refused_and_a_killed_run_leaves_no_lock_but_its_checkpoint(
+        tmp_path):
     out = str(tmp_path / "run")
     common = ["--method", "ce", "--dataset", "digits", "--epochs", "200", "--out", out]
     first = subprocess.Popen([sys.executable, "-m", "engine.train", "--device", "cpu", *common], cwd=REPO,
@@ -161,7 +162,16 @@ def test_a_second_run_on_a_live_runs_folder_is_refused_and_a_killed_run_leaves_n
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    train("--method", "ce", "--dataset", "digits", "--epochs", "1", "--out", out)  # the dead run's lock went with it
+    # The dead run's lock went with it; what it trained stays until a run resumes it or overwrites it.
+    trained = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    new = ["--method", "ce", "--dataset", "digits", "--epochs", "1", "--out", out]
+    refused = train(*new, check=False)
+    assert refused.returncode == 2 and refused.stderr.splitlines() == [
+        f"python -m engine.train: error: output folder {out} holds the checkpoint of a run that did not finish: resume "
+        f"it (--resume, engine.fit's resume=True) or start a new run there, deleting it (--overwrite, overwrite=True)"]
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == trained
+    train(*new, "--overwrite")
+    assert summary(out)["epochs"] == 1
 
 
 def test_a_new_run_in_a_finished_runs_folder_leaves_none_of_its_files(tmp_path):
@@ -182,9 +192,11 @@ def test_a_new_run_in_a_finished_runs_folder_leaves_none_of_its_files(tmp_path):
     assert {name for name in os.listdir(out) if not name.startswith(".")} == {"config.yaml", "checkpoint.pt",
                                                                              "notes.txt"}
     assert (out / "checkpoint.pt").read_bytes() != finished and config_of(out)["seed"] == 1
-    train("--method", "ce", "--dataset", "digits", "--epochs", "1", "--out", str(out))
-    # engine.fit without true labels writes no separation.png: the earlier run's one goes
     digits = load_dataset("digits")
+    with pytest.raises(FolderInUse, match="holds the checkpoint of a run that did not finish"):
+        engine.fit(digits.x_train, digits.y_train, method="ce", epochs=1, out=str(out))
+    train("--method", "ce", "--dataset", "digits", "--epochs", "1", "--out", str(out), "--overwrite")
+    # engine.fit without true labels writes no separation.png: the earlier run's one goes
     engine.fit(digits.x_train, digits.y_train, method="ce", epochs=1, out=str(out))
     assert {name for name in os.listdir(out) if not name.startswith(".")} == set(OUTPUT_FILES) - {
         "separation.png"} | {"notes.txt"}
