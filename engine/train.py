@@ -105,9 +105,9 @@ def build_parser(methods):
 
 
 def parse_args(argv=None):
-    """(RunConfig without hyperparameters, the Method with its options, how to start: trainer_for's
-    resume and overwrite) from the command
-    line and an optional --config file; argparse errors exit with status 2."""
+    """(RunConfig without hyperparameters, the Method with its options, trainer_for's resume and
+    overwrite) from the command line and an optional --config file; argparse errors exit with
+    status 2."""
     first = argparse.ArgumentParser(prog=PROG, add_help=False)
     first.add_argument("--config")
     first.add_argument("--method")
