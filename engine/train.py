@@ -77,11 +77,12 @@ def build_parser(methods):
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="config.yaml of an earlier run: repeat it (flags given with it override "
                                          "its values)")
-    parser.add_argument("--resume", action="store_true", default=argparse.SUPPRESS,
-                        help="continue from --out/checkpoint.pt if it exists")
-    parser.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS,
-                        help="start a new run in --out even where a run that did not finish left its checkpoint "
-                             "(deleting it; without this flag that is refused)")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true", default=argparse.SUPPRESS,
+                       help="continue from --out/checkpoint.pt if it exists")
+    start.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS,
+                       help="start a new run in --out even where a run that did not finish left its checkpoint "
+                            "(deleting it; without this flag that is refused)")
     run = parser.add_argument_group("run")
     for field in dataclasses.fields(RunConfig):
         if field.name in RUN_FIELDS:

@@ -200,6 +200,7 @@ def test_command_line_flags_and_config_file(tmp_path):
     (["--test-fraction", "0"], "--test-fraction applies to the data sets that may lack a test split (npz, folder), "
                                "got 0.0"),
     (["--test-fraction", "1"], "--test-fraction must be in [0, 1), got 1.0"),
+    (["--resume", "--overwrite"], "argument --overwrite: not allowed with argument --resume"),
 ])
 def test_bad_flags_name_the_flag(args, message, capsys, tmp_path):
     """Values are checked where their config defines them: names and kinds while parsing, ranges
