@@ -308,6 +308,7 @@ class Trainer:
         elif self.out is not None:
             if not self.overwrite:  # on every process, so that each stops with the error
                 refuse_unfinished_run(self.out)
+                self.processes.barrier()  # every process has looked before rank 0 writes a new checkpoint
             if self.processes.main:  # run() holds the folder's lock
                 remove_outputs(self.out)
         if self.out is not None and self.run_config is not None and self.processes.main:

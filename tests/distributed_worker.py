@@ -6,10 +6,13 @@ the method's per-sample state right after each end_epoch (before the trainer bro
 weights, and the summary.
 
     [torchrun --nproc_per_node=2] tests/distributed_worker.py OUT ARGS...
+
+LATE_RANK_SECONDS=S in the environment starts rank 1's training S seconds after the others'.
 """
 import json
 import os
 import sys
+import time
 
 import torch
 
@@ -38,6 +41,8 @@ def main(out, argv):
                                  "model": checksums(trainer.model.state_dict())})
 
     method.loss, method.end_epoch = recorded_loss, recorded_end_epoch
+    if trainer.processes.rank == 1:
+        time.sleep(float(os.environ.get("LATE_RANK_SECONDS", 0)))
     record["summary"] = trainer.run()
     record["world"] = trainer.processes.world
     with open(os.path.join(out, f"rank{trainer.processes.rank}.json"), "w") as f:

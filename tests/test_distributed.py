@@ -85,11 +85,13 @@ def test_passes_over_a_split_give_each_process_a_contiguous_run_of_samples():
 
 # ------------------------------------------------------------------ runs on 2 processes
 
-def launch(out, args, world):
-    """Runs the worker on `world` processes; returns each process's record."""
+def launch(out, args, world, env=None):
+    """Runs the worker on `world` processes (with `env` added to the environment); returns each
+    process's record."""
     os.makedirs(out, exist_ok=True)
     command = (TORCHRUN if world == 2 else [sys.executable]) + [WORKER, str(out), *args, "--out", str(out / "run")]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, **(env or {})})
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return [json.load(open(out / f"rank{rank}.json")) for rank in range(world)]
 
@@ -176,6 +178,15 @@ def test_resume_after_kill_of_one_process_repeats_the_uninterrupted_run(tmp_path
     os.kill(int(max(workers, key=int)), signal.SIGKILL)  # one process; torchrun ends the job
     assert agent.wait(timeout=120) != 0
     assert_resume_repeats(killed, whole, lambda: torchrun_train(*common, "--out", killed, "--resume"), 2, 7)
+
+
+def test_a_late_process_does_not_mistake_the_new_runs_checkpoint_for_an_unfinished_runs(tmp_path):
+    """Every process checks the folder for an unfinished run's checkpoint before rank 0 writes
+    the new run's first one: CE has no state to broadcast before it, so without that order a
+    process starting 5 s late found rank 0's fresh checkpoint and refused to train."""
+    first, second = launch(tmp_path, [*COMMON, "--method", "ce", "--epochs", "1"], world=2,
+                           env={"LATE_RANK_SECONDS": "5"})
+    assert first["summary"] == second["summary"] and first["summary"]["epochs"] == 1
 
 
 def test_a_global_batch_that_does_not_divide_among_the_processes_is_refused(tmp_path):
