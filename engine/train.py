@@ -204,7 +204,7 @@ def check_writable(out, argument="--out"):
 def trainer_for(run, method, resume=False, overwrite=False):
     """The Trainer of a command-line run: the data set with its label noise and clean subset,
     the method configured for its size; `run` gets the resolved hyper-parameters."""
-    from engine.data.datasets import load_dataset
+    from engine.data.datasets import TRUSTED_LABELS, load_dataset
     from engine.data.training_data import TrainingData
     from engine.labels import choose_clean_subset, noisy_labels_for
     from engine.trainer import Trainer
@@ -215,7 +215,8 @@ def trainer_for(run, method, resume=False, overwrite=False):
     if dataset.trusted_train is not None:  # the data set's own clean subset replaces the preset's held-out one
         if {"clean_size", "clean_fraction"} & set(method.options):
             raise ValueError(f"--clean-size / --clean-fraction: --data-dir {run.data.data_dir} has its own clean "
-                             f"subset (clean_indices.npy, {len(dataset.trusted_train)} samples), which the run uses")
+                             f"subset ({TRUSTED_LABELS[dataset.name][0]}, {len(dataset.trusted_train)} samples), "
+                             f"which the run uses")
         clean = dataset.trusted_train
     else:
         try:
@@ -226,9 +227,8 @@ def trainer_for(run, method, resume=False, overwrite=False):
             why = ("it has train_true_labels.npy" if dataset.true_train is not None else
                    f"--noise {run.data.noise} trains on them as given")
             raise ValueError(f"--clean-size / --clean-fraction: the labels of --data-dir {run.data.data_dir} are its "
-                             f"noisy ones ({why}), so a held-out subset would not have trusted labels; give a "
-                             f"trusted subset as a filelist's clean_indices.npy (engine.data.layouts clothing1m "
-                             f"--clean-train or --clean-val writes one) or as engine.fit's clean_indices")
+                             f"noisy ones ({why}), so a held-out subset would not have trusted labels; name the "
+                             f"samples whose labels you trust with {TRUSTED_LABELS[dataset.name][1]}")
     if config.clean_fraction is not None or dataset.trusted_train is not None:  # recorded as the count it gave
         config = with_overrides(config, {"clean_size": len(clean)})
     method.config = config

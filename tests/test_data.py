@@ -446,6 +446,41 @@ def test_synthetic_noise_on_a_users_folder_is_asked_for_and_measured(tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["true_noise_rate"] == 0.5
 
 
+def test_a_folders_clean_paths_give_l2b_its_trusted_labels(tmp_path, capsys):
+    """clean_paths.txt names the images whose folder labels were checked: L2B meta-learns on
+    them, the hold-out leaves them in training, the table marks them and flags none of them; a
+    held-out subset is then refused."""
+    bmp_tree(tmp_path / "data", "folder")
+    trusted = ["cat/1.bmp", "dog/0.bmp", "emu/4.bmp", "emu/2.bmp"]
+    (tmp_path / "data" / "clean_paths.txt").write_text(f"{trusted[0]}\n\n./{trusted[1]}\n{trusted[2]}\n"
+                                                       f"{trusted[3]}\n{trusted[0]}\n")
+    for fraction in (None, 0.5, 0.0):  # 3, 7 and 0 of the 11 untrusted images held out
+        data = load_dataset("folder", str(tmp_path / "data"), test_fraction=fraction)
+        assert sorted(data.train_paths[data.trusted_train]) == sorted(trusted)
+        assert len(data.y_test) == {None: 3, 0.5: 7, 0.0: 0}[fraction]
+    assert folder_run(tmp_path, "--method", "l2b", "--warmup-epochs", "0", "--batch-size", "4") == 0
+    table = pd.read_csv(tmp_path / "run" / "label_issues.csv")
+    assert sorted(table.loc[table["clean_subset"], "path"]) == sorted(trusted)
+    assert not table.loc[table["clean_subset"], "is_label_issue"].any() and len(table) == 12
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["clean_subset_size"] == 4
+    capsys.readouterr()
+    assert folder_run(tmp_path, "--method", "l2b", "--clean-size", "3", "--overwrite") == 2
+    assert "has its own clean subset (clean_paths.txt, 4 samples), which the run uses" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout, line", [("folder", "test/cat/0.bmp"), ("splits", "test/cat/0.bmp"),
+                                          ("splits", "cat/0.bmp"), ("folder", "/cat/0.bmp")])
+def test_a_clean_path_that_is_no_training_image_is_named(tmp_path, layout, line):
+    """A test image, a path without its train/ folder or an absolute one is refused by its line."""
+    bmp_tree(tmp_path, layout)
+    (tmp_path / "clean_paths.txt").write_text(f"{'train/' if layout == 'splits' else ''}dog/1.bmp\n{line}\n")
+    example = os.path.join("train" if layout == "splits" else "", "cat", "0.bmp")
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'clean_paths.txt'}:2: {line} is not a training image of the "
+                                         f"folder; list training images by their paths relative to {tmp_path}, as "
+                                         f"{example}$"):
+        load_dataset("folder", str(tmp_path))
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--noise-rate", "0.2"], "--noise-rate applies to --noise symmetric or asymmetric, not to --noise none, the "
                               "default on dataset folder, whose labels are trained on as given"),
@@ -454,8 +489,8 @@ def test_synthetic_noise_on_a_users_folder_is_asked_for_and_measured(tmp_path):
     (["--noise-file", "labels.npy"], "--noise-file applies to --noise file, not to --noise none, the default"),
     (["--method", "l2b", "--clean-size", "6"],
      "--clean-size / --clean-fraction: the labels of --data-dir {data} are its noisy ones (--noise none trains on "
-     "them as given), so a held-out subset would not have trusted labels; give a trusted subset as a filelist's "
-     "clean_indices.npy"),
+     "them as given), so a held-out subset would not have trusted labels; name the samples whose labels you trust "
+     "with clean_paths.txt in the folder (the images' paths relative to it, one per line)"),
 ])
 def test_noise_options_that_a_users_folder_would_ignore_are_refused(tmp_path, capsys, flags, message):
     """A noise option the run's noise would not use, and a "clean" subset held out of labels

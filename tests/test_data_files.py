@@ -260,6 +260,29 @@ def test_a_folder_too_small_to_hold_out_a_test_set_is_refused(tmp_path):
     assert len(load_dataset("folder", str(tmp_path)).y_test) == 1
 
 
+def test_an_npz_names_its_trusted_labels_and_keeps_them_in_training(tmp_path):
+    """clean_indices: positions in x; the held-out test set is drawn from the other samples."""
+    rng = np.random.default_rng(3)
+    x, y = rng.integers(0, 256, (10, 8, 8), dtype=np.uint8), np.arange(10) % 2
+    np.savez(tmp_path / "data.npz", x=x, y=y, clean_indices=np.array([7, 0, 9, 4, 5]))
+    for fraction, held_out in ((None, 2), (0.5, 5), (0.0, 0)):
+        data = load_dataset("npz", str(tmp_path / "data.npz"), test_fraction=fraction)
+        assert len(data.y_test) == held_out and len(data.trusted_train) == 5
+        kept = [np.flatnonzero((x == image).all((1, 2)))[0] for image in data.x_train[data.trusted_train, ..., 0]]
+        assert sorted(kept) == [0, 4, 5, 7, 9]
+    np.savez(tmp_path / "split.npz", x=x, y=y, x_test=x[:2], y_test=y[:2], clean_indices=np.array([3]))
+    assert load_dataset("npz", str(tmp_path / "split.npz")).trusted_train.tolist() == [3]
+    np.savez(tmp_path / "few.npz", x=x, y=y, clean_indices=np.arange(9))
+    with pytest.raises(ValueError, match=rf"^npz {tmp_path / 'few.npz'}: 10 samples \(1 without a trusted label\), too "
+                                         r"few to hold out a share 0.2"):
+        load_dataset("npz", str(tmp_path / "few.npz"))
+    for bad in (np.array([0, 10]), np.array([2, 2]), np.array([0.0]), np.array([[1]])):
+        np.savez(tmp_path / "bad.npz", x=x, y=y, clean_indices=bad)
+        with pytest.raises(ValueError, match=rf"^npz {tmp_path / 'bad.npz'}: clean_indices \(of x\): expected distinct "
+                                             r"integer indices in \[0, 10\); got "):
+            load_dataset("npz", str(tmp_path / "bad.npz"))
+
+
 @pytest.mark.parametrize("name", ["npz", "folder"])
 def test_the_held_out_share_is_a_choice(tmp_path, name):
     """test_fraction: the share held out where the data have no test split (rounded down), none

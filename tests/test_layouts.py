@@ -165,7 +165,8 @@ def test_a_bad_clean_indices_file_is_named(tmp_path, capsys, indices, dtype):
     src, dst = clothing1m(tmp_path / "src"), tmp_path / "dst"
     convert(capsys, "clothing1m", src, dst)
     np.save(dst / "clean_indices.npy", np.asarray(indices, dtype=dtype))
-    with pytest.raises(ValueError, match=r"clean_indices.npy: expected distinct integer line indices in \[0, 8\)"):
+    with pytest.raises(ValueError, match=r"clean_indices.npy \(lines of train.txt\): expected distinct integer indices "
+                                         r"in \[0, 8\)"):
         load_dataset("filelist", str(dst))
 
 

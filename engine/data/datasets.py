@@ -135,26 +135,41 @@ class ImageDataset:
 TEST_FRACTION = 0.2  # a data set without a test split (HOLDS_OUT) holds out this share of its samples as one
 
 
-def _hold_out(arrays, where, hint, fraction):
+def _hold_out(arrays, where, hint, fraction, trusted=None):
     """_split of the per-sample `arrays` with the share `fraction` (None: TEST_FRACTION) held out
     as the test set, rounded down; refused when that leaves no test sample (the run could not
     measure test accuracy) or no training sample. fraction 0: every sample trains, the test
-    parts are empty."""
+    parts are empty. `trusted` (bool [N]): samples with trusted labels, never held out (the
+    methods that need a clean subset need all of them)."""
     fraction = TEST_FRACTION if fraction is None else fraction
     count = len(arrays[0])
     test_size = int(count * fraction + 1e-9)  # 0.29 * 100 is 28.999...
-    if fraction and not 0 < test_size < count:
-        raise ValueError(f"{where}: {count} samples, too few to hold out a share {fraction:g} of them as the test set "
-                         f"and train on the rest; {hint}")
-    return _split(arrays, test_size)
+    candidates = count if trusted is None else count - int(trusted.sum())
+    if fraction and not (0 < test_size < count and test_size <= candidates):
+        untrusted = f" ({candidates} without a trusted label)" if candidates < count else ""
+        raise ValueError(f"{where}: {count} samples{untrusted}, too few to hold out a share {fraction:g} of them as "
+                         f"the test set and train on the rest; {hint}")
+    return _split(arrays, test_size, keep=trusted)
 
 
-def _split(arrays, test_size, seed=SPLIT_SEED):
+def _split(arrays, test_size, seed=SPLIT_SEED, keep=None):
     """The per-sample `arrays` (x, y and any others, e.g. paths), split alike: their training
-    parts, then their test parts (x_train, y_train, x_test, y_test for (x, y))."""
+    parts, then their test parts (x_train, y_train, x_test, y_test for (x, y)). `keep` (bool
+    [N]): samples that stay in the training parts."""
     order = np.random.default_rng(seed).permutation(len(arrays[0]))
-    test, train = order[:test_size], order[test_size:]
+    test = (order if keep is None else order[~keep[order]])[:test_size]
+    train = order[~np.isin(order, test)]
     return [array[train] for array in arrays] + [array[test] for array in arrays]
+
+
+def _trusted_indices(indices, count, where):
+    """Sorted int64 positions of the samples whose labels are trusted: `indices` must be
+    distinct integers in [0, count)."""
+    if (indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer) or len(np.unique(indices)) != len(indices)
+            or not ((indices >= 0) & (indices < count)).all()):
+        raise ValueError(f"{where}: expected distinct integer indices in [0, {count}); got {indices.dtype} "
+                         f"{list(indices.shape)}")
+    return np.sort(indices.astype(np.int64))
 
 
 def load_mnist5k(data_dir=None):
@@ -286,7 +301,8 @@ def _npz_integers(path, arrays, name, high, dtype, hint):
 
 def load_npz(data_dir, test_fraction=None):
     """Arrays x (integers 0..255, [N, H, W] or [N, H, W, C]) and y (integer labels [N]);
-    x_test / y_test, else a share test_fraction held out (_hold_out)."""
+    x_test / y_test, else a share test_fraction held out (_hold_out); clean_indices, if there,
+    the positions in x of the samples whose labels are trusted (the clean subset)."""
     path = _require_dir(data_dir, "npz")
     arrays = _npz_arrays(path)
     names = ["x", "y"] + (["x_test", "y_test"] if "x_test" in arrays or "y_test" in arrays else [])
@@ -303,20 +319,27 @@ def load_npz(data_dir, test_fraction=None):
             raise ValueError(f"npz {path}: {x_name} must be [N, H, W] or [N, H, W, C] and {y_name} [N] with the same "
                              f"N > 0, got {x_name} {list(x.shape)} and {y_name} {list(y.shape)}")
         parts += [x[..., None] if x.ndim == 3 else x, y]
+    trusted = None
+    if "clean_indices" in arrays:
+        trusted = _trusted_indices(arrays["clean_indices"], len(parts[1]), f"npz {path}: clean_indices (of x)")
     if len(parts) == 2:
-        parts = _hold_out(parts, f"npz {path}", "add samples or give x_test and y_test", test_fraction)
+        mask = np.isin(np.arange(len(parts[1])), () if trusted is None else trusted)
+        x, y, mask, x_test, y_test, _ = _hold_out((*parts, mask), f"npz {path}", "add samples or give x_test and "
+                                                  "y_test", test_fraction, trusted=mask)
+        parts, trusted = [x, y, x_test, y_test], None if trusted is None else np.flatnonzero(mask)
     elif test_fraction is not None:
         raise ValueError(f"--test-fraction: npz {path} has its own test split (x_test, y_test)")
     elif parts[0].shape[1:] != parts[2].shape[1:]:  # the model would be tested on inputs of another shape
         raise ValueError(f"npz {path}: x_test images are {list(parts[2].shape[1:])}, x images "
                          f"{list(parts[0].shape[1:])}; both must have the same [H, W, C]")
     num_classes = int(max(parts[1].max(), parts[3].max(initial=0))) + 1
-    return ImageDataset("npz", *parts, num_classes, *_rgb_stats(parts[0]), flip=False)
+    return ImageDataset("npz", *parts, num_classes, *_rgb_stats(parts[0]), flip=False, trusted_train=trusted)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 IMAGE_FILES = ("folder", "filelist")  # the data sets of image files: image_size and stream apply to them
 FILE_IMAGE_SIZE = 32  # the default size images from files are decoded to
+CLEAN_PATHS = "clean_paths.txt"  # a folder's trusted labels: the training images it lists
 STREAM_ABOVE = 64     # stream=None: larger images stay on disk (held in memory they would grow with N * size^2)
 STATS_SAMPLE = 500    # images on disk: the normalization statistics come from this many training images
 
@@ -363,7 +386,8 @@ def _class_folders(folder):
 def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False, test_fraction=None):
     """root/<class>/<image> (classes sorted by name), or root/train/<class>/... and
     root/test/<class>/... (test/ may lack a class, not have another); without them a share
-    test_fraction is held out (_hold_out). Hidden entries are left out."""
+    test_fraction is held out (_hold_out). Hidden entries are left out. clean_paths.txt, if
+    there, lists the training images whose labels are trusted (the clean subset)."""
     root = _require_dir(data_dir, "folder")
     found = [split for split in ("train", "test") if os.path.isdir(os.path.join(root, split))]
     if len(found) == 1:  # else its class folders would be taken for the images of a class "train"
@@ -397,13 +421,35 @@ def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False, test_f
         split_paths.append(np.asarray(paths, dtype=str))
         parts.extend(_image_files(ImageFiles(root, split_paths[-1], image_size), labels, f"folder {split_dir}",
                                   stream))
-    train_paths = split_paths[0]
+    train_paths, listed = split_paths[0], _read_clean_paths(root, split_paths[0])
+    trusted = None if listed is None else np.flatnonzero(listed)
     if not has_splits:  # the paths are split with their images: decoded ones no longer carry them
-        x, y, train_paths, x_test, y_test, _ = _hold_out((*parts, train_paths), f"folder {root}",
-                                                         "add images or give train/ and test/ folders", test_fraction)
-        parts = [x, y, x_test, y_test]
+        listed = np.zeros(len(train_paths), dtype=bool) if listed is None else listed
+        x, y, train_paths, listed, x_test, y_test, *_ = _hold_out(
+            (*parts, train_paths, listed), f"folder {root}", "add images or give train/ and test/ folders",
+            test_fraction, trusted=listed)
+        parts, trusted = [x, y, x_test, y_test], None if trusted is None else np.flatnonzero(listed)
     return ImageDataset("folder", *parts, len(classes), *_rgb_stats(parts[0]), flip=True, class_names=classes,
-                        train_paths=train_paths)
+                        trusted_train=trusted, train_paths=train_paths)
+
+
+def _read_clean_paths(root, train_paths):
+    """bool [N]: the training images that root/clean_paths.txt lists, one path per line relative
+    to root (their class folders are their trusted labels); None without that file."""
+    path = os.path.join(root, CLEAN_PATHS)
+    if not os.path.exists(path):
+        return None
+    position = {os.path.normpath(name): i for i, name in enumerate(train_paths)}
+    listed = np.zeros(len(train_paths), dtype=bool)
+    with open(path, encoding=LIST_ENCODING) as f:
+        for number, line in enumerate(f, 1):
+            name = os.path.normpath(line.strip()) if line.strip() else None
+            if name is not None and name not in position:
+                raise ValueError(f"{path}:{number}: {line.strip()} is not a training image of the folder; list "
+                                 f"training images by their paths relative to {root}, as {train_paths[0]}")
+            if name is not None:
+                listed[position[name]] = True
+    return listed
 
 
 LIST_ENCODING = "utf-8-sig"  # UTF-8; a byte-order mark (as Windows editors write one) is not part of line 1
@@ -486,12 +532,8 @@ def load_file_list(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
                              f"(-1: unknown), one per line of train.txt; got {true.dtype} {list(true.shape)}")
     trusted_path, trusted = os.path.join(root, "clean_indices.npy"), None
     if os.path.exists(trusted_path):
-        trusted = np.load(trusted_path, allow_pickle=False)
-        if (trusted.ndim != 1 or not np.issubdtype(trusted.dtype, np.integer) or len(np.unique(trusted)) != len(trusted)
-                or not ((trusted >= 0) & (trusted < len(parts[1]))).all()):
-            raise ValueError(f"filelist {trusted_path}: expected distinct integer line indices in [0, {len(parts[1])}) "
-                             f"of train.txt; got {trusted.dtype} {list(trusted.shape)}")
-        trusted = np.sort(trusted.astype(np.int64))
+        trusted = _trusted_indices(np.load(trusted_path, allow_pickle=False), len(parts[1]),
+                                   f"filelist {trusted_path} (lines of train.txt)")
     return ImageDataset("filelist", *parts, num_classes, *_rgb_stats(parts[0]), flip=True, class_names=names,
                         true_train=None if true is None else true.astype(np.int64), trusted_train=trusted,
                         train_paths=listed[0].paths)
@@ -511,6 +553,14 @@ HOLDS_OUT = ("npz", "folder")  # the data sets that may lack a test split (then 
 # given (no synthetic noise) and no label of it is taken as known to be right. The other data
 # sets are benchmarks with clean labels, to which a run adds noise.
 OWN_LABELS = ("npz",) + IMAGE_FILES
+# Where each of them names the samples whose labels are trusted (the clean subset): (what the
+# messages call it, how to give one).
+TRUSTED_LABELS = {
+    "npz": ("the array clean_indices", "an array clean_indices in the .npz (positions in x)"),
+    "folder": (CLEAN_PATHS, f"{CLEAN_PATHS} in the folder (the images' paths relative to it, one per line)"),
+    "filelist": ("clean_indices.npy", "clean_indices.npy in the folder (lines of train.txt; engine.data.layouts "
+                                      "clothing1m --clean-train or --clean-val writes one)"),
+}
 DATASETS = {
     "mnist5k": load_mnist5k,
     "digits": load_digits,
