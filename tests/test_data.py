@@ -481,6 +481,16 @@ def test_a_clean_path_that_is_no_training_image_is_named(tmp_path, layout, line)
         load_dataset("folder", str(tmp_path))
 
 
+@pytest.mark.parametrize("layout, other", [("folder", "clean_indices.npy"), ("filelist", "clean_paths.txt")])
+def test_the_other_layouts_file_of_trusted_labels_is_refused_not_ignored(tmp_path, layout, other):
+    bmp_tree(tmp_path, layout)
+    (tmp_path / other).write_bytes(b"")
+    own = {"folder": "clean_paths.txt", "filelist": "clean_indices.npy"}[layout]
+    with pytest.raises(ValueError, match=f"^{layout} {tmp_path / other}: a {layout} names its trusted labels in "
+                                         f"{own} in the folder .*, not in {other}$"):
+        load_dataset(layout, str(tmp_path))
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--noise-rate", "0.2"], "--noise-rate applies to --noise symmetric or asymmetric, not to --noise none, the "
                               "default on dataset folder, whose labels are trained on as given"),

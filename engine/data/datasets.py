@@ -339,7 +339,8 @@ def load_npz(data_dir, test_fraction=None):
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 IMAGE_FILES = ("folder", "filelist")  # the data sets of image files: image_size and stream apply to them
 FILE_IMAGE_SIZE = 32  # the default size images from files are decoded to
-CLEAN_PATHS = "clean_paths.txt"  # a folder's trusted labels: the training images it lists
+CLEAN_PATHS = "clean_paths.txt"      # a folder's trusted labels: the training images it lists
+CLEAN_INDICES = "clean_indices.npy"  # a filelist's: the lines of train.txt it lists
 STREAM_ABOVE = 64     # stream=None: larger images stay on disk (held in memory they would grow with N * size^2)
 STATS_SAMPLE = 500    # images on disk: the normalization statistics come from this many training images
 
@@ -389,6 +390,7 @@ def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False, test_f
     test_fraction is held out (_hold_out). Hidden entries are left out. clean_paths.txt, if
     there, lists the training images whose labels are trusted (the clean subset)."""
     root = _require_dir(data_dir, "folder")
+    _refuse_trusted_file(root, "folder", CLEAN_INDICES)
     found = [split for split in ("train", "test") if os.path.isdir(os.path.join(root, split))]
     if len(found) == 1:  # else its class folders would be taken for the images of a class "train"
         missing = "test" if found == ["train"] else "train"
@@ -431,6 +433,13 @@ def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False, test_f
         parts, trusted = [x, y, x_test, y_test], None if trusted is None else np.flatnonzero(listed)
     return ImageDataset("folder", *parts, len(classes), *_rgb_stats(parts[0]), flip=True, class_names=classes,
                         trusted_train=trusted, train_paths=train_paths)
+
+
+def _refuse_trusted_file(root, dataset, other):
+    """`other`, the other image layout's file of trusted labels, would be ignored here: refused."""
+    if os.path.exists(os.path.join(root, other)):
+        raise ValueError(f"{dataset} {os.path.join(root, other)}: a {dataset} names its trusted labels in "
+                         f"{TRUSTED_LABELS[dataset][1]}, not in {other}")
 
 
 def _read_clean_paths(root, train_paths):
@@ -507,6 +516,7 @@ def load_file_list(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
     lists the train.txt lines (0-based) whose labels are trusted: the clean subset.
     classes.txt, if there, names the classes (line i: class i). engine.data.layouts writes them."""
     root = _require_dir(data_dir, "filelist")
+    _refuse_trusted_file(root, "filelist", CLEAN_PATHS)
     parts, listed = [], []
     for split in ("train", "test"):
         list_path = os.path.join(root, f"{split}.txt")
@@ -530,7 +540,7 @@ def load_file_list(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
                 (true >= -1) & (true < num_classes)).all():
             raise ValueError(f"filelist {true_path}: expected {len(parts[1])} integer labels in [-1, {num_classes}) "
                              f"(-1: unknown), one per line of train.txt; got {true.dtype} {list(true.shape)}")
-    trusted_path, trusted = os.path.join(root, "clean_indices.npy"), None
+    trusted_path, trusted = os.path.join(root, CLEAN_INDICES), None
     if os.path.exists(trusted_path):
         trusted = _trusted_indices(np.load(trusted_path, allow_pickle=False), len(parts[1]),
                                    f"filelist {trusted_path} (lines of train.txt)")
@@ -558,8 +568,8 @@ OWN_LABELS = ("npz",) + IMAGE_FILES
 TRUSTED_LABELS = {
     "npz": ("the array clean_indices", "an array clean_indices in the .npz (positions in x)"),
     "folder": (CLEAN_PATHS, f"{CLEAN_PATHS} in the folder (the images' paths relative to it, one per line)"),
-    "filelist": ("clean_indices.npy", "clean_indices.npy in the folder (lines of train.txt; engine.data.layouts "
-                                      "clothing1m --clean-train or --clean-val writes one)"),
+    "filelist": (CLEAN_INDICES, f"{CLEAN_INDICES} in the folder (lines of train.txt; engine.data.layouts "
+                                f"clothing1m --clean-train or --clean-val writes one)"),
 }
 DATASETS = {
     "mnist5k": load_mnist5k,
