@@ -315,17 +315,25 @@ class PUDistill(Method):
 
     def summary(self, true_labels):
         """The augmented clean set drawn from the noisy set: size and, with true labels, precision
-        (the paper's Table I, measured here on the noisy training set), overall and per class."""
-        accepted = self.accepted_class.cpu()
+        (the paper's Table I, measured here on the noisy training set), overall and per class;
+        the student's teacher targets: how many samples got them (max f_t >= eta) and, with true
+        labels, the teachers' arg-max accuracy on the whole training set and on those samples."""
+        accepted, teacher_label = self.accepted_class.cpu(), self.teacher_probs.argmax(1).cpu()
         joined = accepted >= 0
+        confident = ((self.teacher_probs.max(1).values >= self.config.eta) & ~self.clean_mask).cpu()
         if true_labels is None:
-            return {"augmented_clean_set": {"size": int(joined.sum())}}
-        correct = joined & (accepted == true_labels)
+            return {"augmented_clean_set": {"size": int(joined.sum())},
+                    "teacher_targets": {"size": int(confident.sum())}}
+        correct, teacher_right = joined & (accepted == true_labels), teacher_label == true_labels
         per_class = [{"class": c, "size": int((accepted == c).sum()),
                       "precision": float((correct & (accepted == c)).sum() / max(int((accepted == c).sum()), 1))}
                      for c in range(self.num_classes)]
         return {"augmented_clean_set": {"size": int(joined.sum()), "precision": float(correct.sum() / max(int(
-            joined.sum()), 1)), "per_class": per_class}}
+            joined.sum()), 1)), "per_class": per_class},
+                "teacher_targets": {"size": int(confident.sum()),
+                                    "teacher_accuracy": float(teacher_right.float().mean()),
+                                    "accuracy": float((teacher_right & confident).sum()
+                                                      / max(int(confident.sum()), 1))}}
 
 
 def fit_network(network, ctx, epoch_indices, labels, stage, seed, mixup_images, entropy):
