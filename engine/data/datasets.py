@@ -424,13 +424,14 @@ def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False, test_f
         parts.extend(_image_files(ImageFiles(root, split_paths[-1], image_size), labels, f"folder {split_dir}",
                                   stream))
     train_paths, listed = split_paths[0], _read_clean_paths(root, split_paths[0])
-    trusted = None if listed is None else np.flatnonzero(listed)
+    named = listed is not None
     if not has_splits:  # the paths are split with their images: decoded ones no longer carry them
-        listed = np.zeros(len(train_paths), dtype=bool) if listed is None else listed
+        listed = listed if named else np.zeros(len(train_paths), dtype=bool)
         x, y, train_paths, listed, x_test, y_test, *_ = _hold_out(
             (*parts, train_paths, listed), f"folder {root}", "add images or give train/ and test/ folders",
             test_fraction, trusted=listed)
-        parts, trusted = [x, y, x_test, y_test], None if trusted is None else np.flatnonzero(listed)
+        parts = [x, y, x_test, y_test]
+    trusted = np.flatnonzero(listed) if named else None
     return ImageDataset("folder", *parts, len(classes), *_rgb_stats(parts[0]), flip=True, class_names=classes,
                         trusted_train=trusted, train_paths=train_paths)
 
