@@ -213,7 +213,9 @@ def trainer_for(run, method, resume=False, overwrite=False):
                            stream=run.data.stream, test_fraction=run.data.test_fraction)
     config = method.configure(size_class(len(dataset.y_train)), dataset.num_classes)
     if dataset.trusted_train is not None:  # the data set's own clean subset replaces the preset's held-out one
-        if {"clean_size", "clean_fraction"} & set(method.options):
+        asked = {name: method.options[name] for name in ("clean_size", "clean_fraction")
+                 if method.options.get(name) is not None}
+        if asked and asked != {"clean_size": len(dataset.trusted_train)}:  # a run's config.yaml records its size
             raise ValueError(f"--clean-size / --clean-fraction: --data-dir {run.data.data_dir} has its own clean "
                              f"subset ({TRUSTED_LABELS[dataset.name][0]}, {len(dataset.trusted_train)} samples), "
                              f"which the run uses")

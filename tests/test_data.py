@@ -462,7 +462,11 @@ def test_a_folders_clean_paths_give_l2b_its_trusted_labels(tmp_path, capsys):
     table = pd.read_csv(tmp_path / "run" / "label_issues.csv")
     assert sorted(table.loc[table["clean_subset"], "path"]) == sorted(trusted)
     assert not table.loc[table["clean_subset"], "is_label_issue"].any() and len(table) == 12
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["clean_subset_size"] == 4
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["clean_subset_size"] == 4
+    # config.yaml records the subset's size (clean_size 4): rerunning it is the same run
+    assert main(["--config", str(tmp_path / "run" / "config.yaml"), "--out", str(tmp_path / "rerun")]) == 0
+    assert json.loads((tmp_path / "rerun" / "summary.json").read_text()) == summary
     capsys.readouterr()
     assert folder_run(tmp_path, "--method", "l2b", "--clean-size", "3", "--overwrite") == 2
     assert "has its own clean subset (clean_paths.txt, 4 samples), which the run uses" in capsys.readouterr().err
