@@ -137,7 +137,9 @@ class MethodConfig(Validated):
                                  "random-resized crops) and, where a flip keeps the label, horizontal flips of "
                                  "the training batches; off: the images as given (a consistency term's second "
                                  "view keeps its RandAugment)")
-    clean_size: int | None = option(None, "hold out this many samples with true labels (the clean subset)")
+    clean_size: int | None = option(None, "hold out this many samples with true labels (the clean subset) of a "
+                                          "benchmark; your own data name their trusted samples instead: a folder's "
+                                          "clean_paths.txt, an npz's clean_indices, a filelist's clean_indices.npy")
     clean_fraction: float | None = option(None, "hold out this fraction of samples with true labels")
 
     @classmethod
