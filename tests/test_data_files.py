@@ -171,6 +171,23 @@ def test_lists_may_start_with_a_byte_order_mark(tmp_path):
     assert data.y_train.tolist() == [0, 0, 0, 1, 1, 1] and data.class_names == ["chat", "chien"]
 
 
+@pytest.mark.parametrize("name", ["train.txt", "classes.txt", "clean_paths.txt"])
+def test_a_list_that_is_not_utf8_is_named_with_its_line(tmp_path, name):
+    """A list saved in another encoding (here Latin-1's "é" on line 2) is refused by file and
+    line, where it used to end the run with Python's decoding error alone."""
+    if name == "clean_paths.txt":
+        image_folder(tmp_path)
+        lines = ["cat/0.bmp", "caf\u00e9/1.bmp"]
+    else:
+        small_file_list(tmp_path)
+        lines = (tmp_path / "train.txt").read_text().splitlines()[:1] + ["caf\u00e9/0.bmp 0"] if name == "train.txt" \
+            else ["cat", "caf\u00e9"]
+    (tmp_path / name).write_bytes("\r\n".join(lines).encode("latin-1"))
+    with pytest.raises(ValueError, match=rf"^{tmp_path / name}:2: not UTF-8 text \(byte 0xe9\); save the list as "
+                                         r"UTF-8"):
+        load_dataset("folder" if name == "clean_paths.txt" else "filelist", str(tmp_path))
+
+
 X = np.random.default_rng(0).integers(0, 256, (10, 8, 8), dtype=np.uint8)
 Y = np.arange(10) % 3
 

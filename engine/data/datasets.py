@@ -443,6 +443,23 @@ def _refuse_trusted_file(root, dataset, other):
                          f"{TRUSTED_LABELS[dataset][1]}, not in {other}")
 
 
+LIST_ENCODING = "utf-8-sig"  # UTF-8; a byte-order mark (as Windows editors write one) is not part of line 1
+
+
+def _list_lines(path):
+    """The lines of the text list `path` (LIST_ENCODING), stripped of surrounding whitespace,
+    line n at n - 1; a file that is not UTF-8 is refused naming it and its first bad line."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode(LIST_ENCODING)
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte {data[error.start]:#04x}); save the list as UTF-8, "
+                         f"as the paths and names it holds are read") from None
+    return [line.strip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+
+
 def _read_clean_paths(root, train_paths):
     """bool [N]: the training images that root/clean_paths.txt lists, one path per line relative
     to root (their class folders are their trusted labels); None without that file."""
@@ -451,18 +468,13 @@ def _read_clean_paths(root, train_paths):
         return None
     position = {os.path.normpath(name): i for i, name in enumerate(train_paths)}
     listed = np.zeros(len(train_paths), dtype=bool)
-    with open(path, encoding=LIST_ENCODING) as f:
-        for number, line in enumerate(f, 1):
-            name = os.path.normpath(line.strip()) if line.strip() else None
-            if name is not None and name not in position:
-                raise ValueError(f"{path}:{number}: {line.strip()} is not a training image of the folder; list "
-                                 f"training images by their paths relative to {root}, as {train_paths[0]}")
-            if name is not None:
-                listed[position[name]] = True
+    for number, line in enumerate(_list_lines(path), 1):
+        if line and os.path.normpath(line) not in position:
+            raise ValueError(f"{path}:{number}: {line} is not a training image of the folder; list training images "
+                             f"by their paths relative to {root}, as {train_paths[0]}")
+        if line:
+            listed[position[os.path.normpath(line)]] = True
     return listed
-
-
-LIST_ENCODING = "utf-8-sig"  # UTF-8; a byte-order mark (as Windows editors write one) is not part of line 1
 
 
 def _read_file_list(path):
@@ -470,27 +482,26 @@ def _read_file_list(path):
     must stay inside the list's folder (--data-dir): a data set is then one folder that can be
     moved or shared; link other folders into it to use their files."""
     folder, paths, labels, numbers = os.path.dirname(path), [], [], []
-    with open(path, encoding=LIST_ENCODING) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                file, label = line.strip().rsplit(maxsplit=1)
-                label = int(label)
-            except ValueError:
-                raise ValueError(f"{where}: expected 'path label', got {line.strip()!r}") from None
-            if os.path.isabs(file) or os.path.normpath(file).split(os.sep)[0] == os.pardir:
-                raise ValueError(f"{where}: {file} is outside --data-dir {folder}; list paths must be relative "
-                                 f"and inside it (to use files elsewhere, link their folder into it)")
-            if not 0 <= label < MAX_CLASSES:
-                raise ValueError(f"{where}: label {label} is not a class index in [0, {MAX_CLASSES})")
-            full = os.path.join(folder, file)
-            if not os.path.isfile(full):
-                raise FileNotFoundError(f"{where}: {full} is missing")
-            paths.append(file)
-            labels.append(label)
-            numbers.append(number)
+    for number, line in enumerate(_list_lines(path), 1):
+        if not line:
+            continue
+        where = f"{path}:{number}"
+        try:
+            file, label = line.rsplit(maxsplit=1)
+            label = int(label)
+        except ValueError:
+            raise ValueError(f"{where}: expected 'path label', got {line!r}") from None
+        if os.path.isabs(file) or os.path.normpath(file).split(os.sep)[0] == os.pardir:
+            raise ValueError(f"{where}: {file} is outside --data-dir {folder}; list paths must be relative "
+                             f"and inside it (to use files elsewhere, link their folder into it)")
+        if not 0 <= label < MAX_CLASSES:
+            raise ValueError(f"{where}: label {label} is not a class index in [0, {MAX_CLASSES})")
+        full = os.path.join(folder, file)
+        if not os.path.isfile(full):
+            raise FileNotFoundError(f"{where}: {full} is missing")
+        paths.append(file)
+        labels.append(label)
+        numbers.append(number)
     return paths, labels, numbers
 
 
@@ -498,8 +509,7 @@ def _read_class_names(path):
     """The names of classes.txt, line i naming class i - 1: surrounding whitespace and blank lines
     at the end are dropped (an editor's last newline is no class); a blank line before a name is
     refused (a class without a name)."""
-    with open(path, encoding=LIST_ENCODING) as f:
-        names = [line.strip() for line in f]
+    names = _list_lines(path)
     while names and not names[-1]:
         names.pop()
     if "" in names:
