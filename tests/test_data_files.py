@@ -289,14 +289,16 @@ def test_an_npz_names_its_trusted_labels_and_keeps_them_in_training(tmp_path):
         assert sorted(kept) == [0, 4, 5, 7, 9]
     np.savez(tmp_path / "split.npz", x=x, y=y, x_test=x[:2], y_test=y[:2], clean_indices=np.array([3]))
     assert load_dataset("npz", str(tmp_path / "split.npz")).trusted_train.tolist() == [3]
+    np.savez(tmp_path / "mask.npz", x=x, y=y, x_test=x[:2], y_test=y[:2], clean_indices=np.arange(10) % 4 == 1)
+    assert load_dataset("npz", str(tmp_path / "mask.npz")).trusted_train.tolist() == [1, 5, 9]
     np.savez(tmp_path / "few.npz", x=x, y=y, clean_indices=np.arange(9))
     with pytest.raises(ValueError, match=rf"^npz {tmp_path / 'few.npz'}: 10 samples \(1 without a trusted label\), too "
                                          r"few to hold out a share 0.2"):
         load_dataset("npz", str(tmp_path / "few.npz"))
-    for bad in (np.array([0, 10]), np.array([2, 2]), np.array([0.0]), np.array([[1]])):
+    for bad in (np.array([0, 10]), np.array([2, 2]), np.array([0.0]), np.array([[1]]), np.ones(9, bool)):
         np.savez(tmp_path / "bad.npz", x=x, y=y, clean_indices=bad)
         with pytest.raises(ValueError, match=rf"^npz {tmp_path / 'bad.npz'}: clean_indices \(of x\): expected distinct "
-                                             r"integer indices in \[0, 10\); got "):
+                                             r"integer indices in \[0, 10\) or a boolean mask \[10\]; got "):
             load_dataset("npz", str(tmp_path / "bad.npz"))
 
 

@@ -164,11 +164,13 @@ def _split(arrays, test_size, seed=SPLIT_SEED, keep=None):
 
 def _trusted_indices(indices, count, where):
     """Sorted int64 positions of the samples whose labels are trusted: `indices` must be
-    distinct integers in [0, count)."""
+    distinct integers in [0, count), or a boolean mask of `count` values (as engine.fit takes)."""
+    if indices.dtype == bool and indices.shape == (count,):
+        return np.flatnonzero(indices)
     if (indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer) or len(np.unique(indices)) != len(indices)
             or not ((indices >= 0) & (indices < count)).all()):
-        raise ValueError(f"{where}: expected distinct integer indices in [0, {count}); got {indices.dtype} "
-                         f"{list(indices.shape)}")
+        raise ValueError(f"{where}: expected distinct integer indices in [0, {count}) or a boolean mask [{count}]; "
+                         f"got {indices.dtype} {list(indices.shape)}")
     return np.sort(indices.astype(np.int64))
 
 
