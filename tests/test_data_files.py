@@ -116,6 +116,23 @@ def test_a_class_folder_without_images_is_refused(tmp_path, split):
         load_dataset("folder", str(tmp_path))
 
 
+@pytest.mark.parametrize("name", ["folder", "npz"])
+def test_data_of_one_class_are_refused_before_a_run_starts(tmp_path, capsys, name):
+    """One class leaves a classifier nothing to learn: refused in one line, and no checkpoint is
+    left behind to block the next run in that folder (the run used to fail in its first step)."""
+    if name == "folder":
+        image_folder(tmp_path / "data", classes=("cat",), count=6)
+        data, named = tmp_path / "data", " (cat)"
+    else:
+        data, named = tmp_path / "data.npz", ""
+        np.savez(data, x=np.zeros((6, 8, 8), np.uint8), y=np.zeros(6, np.int64))
+    code = main(["--device", "cpu", "--dataset", name, "--data-dir", str(data), "--epochs", "1", "--out",
+                 str(tmp_path / "run")])
+    assert code == 2 and not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert capsys.readouterr().err.strip().endswith(f"error: {name}: 1 class{named} in the training labels; a "
+                                                    f"classifier needs at least 2")
+
+
 def small_file_list(root):
     """root/train.txt and root/test.txt over root/img's two classes (cat 0, dog 1)."""
     image_folder(root / "img")

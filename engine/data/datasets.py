@@ -115,6 +115,10 @@ class ImageDataset:
     train_paths: np.ndarray | None = field(default=None)
 
     def __post_init__(self):
+        if self.num_classes < 2:  # else the run would fail in its first step, leaving a checkpoint behind
+            named = f" ({', '.join(self.class_names)})" if self.class_names else ""
+            raise ValueError(f"{self.name}: {self.num_classes} class{named} in the training labels; a classifier "
+                             f"needs at least 2")
         for name in ("x_train", "x_test"):
             x = getattr(self, name)
             if not isinstance(x, ImageFiles) and (x.dtype != np.uint8 or x.ndim != 4):
