@@ -140,20 +140,25 @@ TEST_FRACTION = 0.2  # a data set without a test split (HOLDS_OUT) holds out thi
 
 
 def _hold_out(arrays, where, hint, fraction, trusted=None):
-    """_split of the per-sample `arrays` with the share `fraction` (None: TEST_FRACTION) held out
-    as the test set, rounded down; refused when that leaves no test sample (the run could not
-    measure test accuracy) or no training sample. fraction 0: every sample trains, the test
-    parts are empty. `trusted` (bool [N]): samples with trusted labels, never held out (the
-    methods that need a clean subset need all of them)."""
+    """(_split of the per-sample `arrays` with the share `fraction` (None: TEST_FRACTION) held out
+    as the test set, rounded down, the positions of `trusted` in the training parts). Refused when
+    that leaves no test sample (the run could not measure test accuracy) or no training sample.
+    fraction 0: every sample trains, the test parts are empty. `trusted` (positions, or None):
+    samples with trusted labels, never held out (the methods that need a clean subset need all of
+    them); None gives None."""
     fraction = TEST_FRACTION if fraction is None else fraction
     count = len(arrays[0])
     test_size = int(count * fraction + 1e-9)  # 0.29 * 100 is 28.999...
-    candidates = count if trusted is None else count - int(trusted.sum())
+    keep = np.zeros(count, dtype=bool)
+    if trusted is not None:
+        keep[trusted] = True
+    candidates = count - int(keep.sum())
     if fraction and not (0 < test_size < count and test_size <= candidates):
         untrusted = f" ({candidates} without a trusted label)" if candidates < count else ""
         raise ValueError(f"{where}: {count} samples{untrusted}, too few to hold out a share {fraction:g} of them as "
                          f"the test set and train on the rest; {hint}")
-    return _split(arrays, test_size, keep=trusted)
+    parts, n = _split((*arrays, keep), test_size, keep=keep), len(arrays)  # keep's parts: n and 2n + 1
+    return parts[:n] + parts[n + 1:-1], None if trusted is None else np.flatnonzero(parts[n])
 
 
 def _split(arrays, test_size, seed=SPLIT_SEED, keep=None):
@@ -329,10 +334,8 @@ def load_npz(data_dir, test_fraction=None):
     if "clean_indices" in arrays:
         trusted = _trusted_indices(arrays["clean_indices"], len(parts[1]), f"npz {path}: clean_indices (of x)")
     if len(parts) == 2:
-        mask = np.isin(np.arange(len(parts[1])), () if trusted is None else trusted)
-        x, y, mask, x_test, y_test, _ = _hold_out((*parts, mask), f"npz {path}", "add samples or give x_test and "
-                                                  "y_test", test_fraction, trusted=mask)
-        parts, trusted = [x, y, x_test, y_test], None if trusted is None else np.flatnonzero(mask)
+        parts, trusted = _hold_out(parts, f"npz {path}", "add samples or give x_test and y_test", test_fraction,
+                                   trusted)
     elif test_fraction is not None:
         raise ValueError(f"--test-fraction: npz {path} has its own test split (x_test, y_test)")
     elif parts[0].shape[1:] != parts[2].shape[1:]:  # the model would be tested on inputs of another shape
@@ -429,15 +432,12 @@ def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False, test_f
         split_paths.append(np.asarray(paths, dtype=str))
         parts.extend(_image_files(ImageFiles(root, split_paths[-1], image_size), labels, f"folder {split_dir}",
                                   stream))
-    train_paths, listed = split_paths[0], _read_clean_paths(root, split_paths[0])
-    named = listed is not None
+    train_paths, trusted = split_paths[0], _read_clean_paths(root, split_paths[0])
     if not has_splits:  # the paths are split with their images: decoded ones no longer carry them
-        listed = listed if named else np.zeros(len(train_paths), dtype=bool)
-        x, y, train_paths, listed, x_test, y_test, *_ = _hold_out(
-            (*parts, train_paths, listed), f"folder {root}", "add images or give train/ and test/ folders",
-            test_fraction, trusted=listed)
+        (x, y, train_paths, x_test, y_test, _), trusted = _hold_out(
+            (*parts, train_paths), f"folder {root}", "add images or give train/ and test/ folders", test_fraction,
+            trusted)
         parts = [x, y, x_test, y_test]
-    trusted = np.flatnonzero(listed) if named else None
     return ImageDataset("folder", *parts, len(classes), *_rgb_stats(parts[0]), flip=True, class_names=classes,
                         trusted_train=trusted, train_paths=train_paths)
 
@@ -467,20 +467,21 @@ def _list_lines(path):
 
 
 def _read_clean_paths(root, train_paths):
-    """bool [N]: the training images that root/clean_paths.txt lists, one path per line relative
-    to root (their class folders are their trusted labels); None without that file."""
+    """Sorted positions of the training images that root/clean_paths.txt lists, one path per line
+    relative to root (their class folders are their trusted labels); None without that file."""
     path = os.path.join(root, CLEAN_PATHS)
     if not os.path.exists(path):
         return None
     position = {os.path.normpath(name): i for i, name in enumerate(train_paths)}
-    listed = np.zeros(len(train_paths), dtype=bool)
+    listed = set()
     for number, line in enumerate(_list_lines(path), 1):
-        if line and os.path.normpath(line) not in position:
+        if not line:
+            continue
+        if os.path.normpath(line) not in position:
             raise ValueError(f"{path}:{number}: {line} is not a training image of the folder; list training images "
                              f"by their paths relative to {root}, as {train_paths[0]}")
-        if line:
-            listed[position[os.path.normpath(line)]] = True
-    return listed
+        listed.add(position[os.path.normpath(line)])
+    return np.array(sorted(listed), dtype=np.int64)
 
 
 def _read_file_list(path):

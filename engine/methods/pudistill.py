@@ -287,12 +287,17 @@ class PUDistill(Method):
                     f"samples per class")
         return probs / self.config.teachers
 
+    def teacher_targets(self):
+        """(bool [N]: the samples that learn the teachers' targets, max f_t >= eta outside the
+        clean subset; the teachers' arg-max [N])."""
+        confidence, teacher_label = self.teacher_probs.max(1)
+        return (confidence >= self.config.eta) & ~self.clean_mask, teacher_label
+
     def student_targets(self):
         """y' per training sample [N, C] (see the module docstring)."""
         corrected = torch.where(self.accepted_class >= 0, self.accepted_class, self.given_labels)
         onehot = F.one_hot(corrected, self.num_classes).float()
-        confidence, teacher_label = self.teacher_probs.max(1)
-        confident = (confidence >= self.config.eta) & ~self.clean_mask
+        confident, teacher_label = self.teacher_targets()
         lam = self.config.lambda_
         if self.config.targets == "soft":
             teacher = lam * self.teacher_probs + (1 - lam) * onehot
@@ -318,9 +323,8 @@ class PUDistill(Method):
         (the paper's Table I, measured here on the noisy training set), overall and per class;
         the student's teacher targets: how many samples got them (max f_t >= eta) and, with true
         labels, the teachers' arg-max accuracy on the whole training set and on those samples."""
-        accepted, teacher_label = self.accepted_class.cpu(), self.teacher_probs.argmax(1).cpu()
+        accepted, (confident, teacher_label) = self.accepted_class.cpu(), (t.cpu() for t in self.teacher_targets())
         joined = accepted >= 0
-        confident = ((self.teacher_probs.max(1).values >= self.config.eta) & ~self.clean_mask).cpu()
         if true_labels is None:
             return {"augmented_clean_set": {"size": int(joined.sum())},
                     "teacher_targets": {"size": int(confident.sum())}}
