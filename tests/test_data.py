@@ -485,6 +485,15 @@ def test_a_clean_path_that_is_no_training_image_is_named(tmp_path, layout, line)
         load_dataset("folder", str(tmp_path))
 
 
+@pytest.mark.parametrize("layout", ["folder", "splits"])
+def test_a_clean_subset_of_every_training_image_is_refused(tmp_path, layout):
+    """Nothing would be left to train on and score (engine.fit refuses such clean_indices alike)."""
+    images = bmp_tree(tmp_path, layout)
+    (tmp_path / "clean_paths.txt").write_text("".join(f"{path}\n" for path in images))
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'clean_paths.txt'}: all 15 samples are in the clean subset"):
+        load_dataset("folder", str(tmp_path), test_fraction=0.0 if layout == "folder" else None)
+
+
 @pytest.mark.parametrize("layout, other", [("folder", "clean_indices.npy"), ("filelist", "clean_paths.txt")])
 def test_the_other_layouts_file_of_trusted_labels_is_refused_not_ignored(tmp_path, layout, other):
     bmp_tree(tmp_path, layout)

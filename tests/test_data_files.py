@@ -312,10 +312,16 @@ def test_an_npz_names_its_trusted_labels_and_keeps_them_in_training(tmp_path):
     with pytest.raises(ValueError, match=rf"^npz {tmp_path / 'few.npz'}: 10 samples \(1 without a trusted label\), too "
                                          r"few to hold out a share 0.2"):
         load_dataset("npz", str(tmp_path / "few.npz"))
-    for bad in (np.array([0, 10]), np.array([2, 2]), np.array([0.0]), np.array([[1]]), np.ones(9, bool)):
-        np.savez(tmp_path / "bad.npz", x=x, y=y, clean_indices=bad)
-        with pytest.raises(ValueError, match=rf"^npz {tmp_path / 'bad.npz'}: clean_indices \(of x\): expected distinct "
-                                             r"integer indices in \[0, 10\) or a boolean mask \[10\]; got "):
+    np.savez(tmp_path / "twice.npz", x=x, y=y, x_test=x[:2], y_test=y[:2], clean_indices=np.array([6, 2, 6]))
+    assert load_dataset("npz", str(tmp_path / "twice.npz")).trusted_train.tolist() == [2, 6]  # as engine.fit counts
+    for bad, message in ((np.array([0, 10]), r"must lie in \[0, 10\), found 0..10"),
+                         (np.array([0.0]), r"expected a 1-D array of integer sample indices or a boolean mask \[10\], "
+                                           r"got shape \[1\] of float64"),
+                         (np.array([[1]]), r"expected a 1-D array of integer sample indices"),
+                         (np.ones(9, bool), r"a boolean mask needs one value per sample \(10\), got shape \[9\]"),
+                         (np.arange(10), r"all 10 samples are in the clean subset")):
+        np.savez(tmp_path / "bad.npz", x=x, y=y, x_test=x[:2], y_test=y[:2], clean_indices=bad)
+        with pytest.raises(ValueError, match=rf"^npz {tmp_path / 'bad.npz'}: clean_indices \(of x\): {message}"):
             load_dataset("npz", str(tmp_path / "bad.npz"))
 
 

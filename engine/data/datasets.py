@@ -171,16 +171,27 @@ def _split(arrays, test_size, seed=SPLIT_SEED, keep=None):
     return [array[train] for array in arrays] + [array[test] for array in arrays]
 
 
-def _trusted_indices(indices, count, where):
-    """Sorted int64 positions of the samples whose labels are trusted: `indices` must be
-    distinct integers in [0, count), or a boolean mask of `count` values (as engine.fit takes)."""
-    if indices.dtype == bool and indices.shape == (count,):
-        return np.flatnonzero(indices)
-    if (indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer) or len(np.unique(indices)) != len(indices)
-            or not ((indices >= 0) & (indices < count)).all()):
-        raise ValueError(f"{where}: expected distinct integer indices in [0, {count}) or a boolean mask [{count}]; "
-                         f"got {indices.dtype} {list(indices.shape)}")
-    return np.sort(indices.astype(np.int64))
+def trusted_positions(indices, count, where):
+    """Sorted unique int64 positions in [0, count) of the samples whose labels are trusted (a
+    run's clean subset), from integer indices (a repeated one counts once) or a boolean mask of
+    `count` values. Anything else is refused naming `where`, as is a subset of every sample
+    (nothing would be left to train on and score)."""
+    indices = np.asarray(indices)
+    if indices.dtype == bool:
+        if indices.shape != (count,):
+            raise ValueError(f"{where}: a boolean mask needs one value per sample ({count}), got shape "
+                             f"{list(indices.shape)}")
+        indices = np.flatnonzero(indices)
+    elif indices.ndim != 1 or (len(indices) and not np.issubdtype(indices.dtype, np.integer)):
+        raise ValueError(f"{where}: expected a 1-D array of integer sample indices or a boolean mask [{count}], "
+                         f"got shape {list(indices.shape)} of {indices.dtype}")
+    positions = np.unique(indices.astype(np.int64))
+    if len(positions) and (positions[0] < 0 or positions[-1] >= count):
+        raise ValueError(f"{where}: must lie in [0, {count}), found {positions[0]}..{positions[-1]}")
+    if len(positions) == count:
+        raise ValueError(f"{where}: all {count} samples are in the clean subset; leave out those whose labels the "
+                         f"method should train on and score")
+    return positions
 
 
 def load_mnist5k(data_dir=None):
@@ -332,7 +343,7 @@ def load_npz(data_dir, test_fraction=None):
         parts += [x[..., None] if x.ndim == 3 else x, y]
     trusted = None
     if "clean_indices" in arrays:
-        trusted = _trusted_indices(arrays["clean_indices"], len(parts[1]), f"npz {path}: clean_indices (of x)")
+        trusted = trusted_positions(arrays["clean_indices"], len(parts[1]), f"npz {path}: clean_indices (of x)")
     if len(parts) == 2:
         parts, trusted = _hold_out(parts, f"npz {path}", "add samples or give x_test and y_test", test_fraction,
                                    trusted)
@@ -473,15 +484,15 @@ def _read_clean_paths(root, train_paths):
     if not os.path.exists(path):
         return None
     position = {os.path.normpath(name): i for i, name in enumerate(train_paths)}
-    listed = set()
+    listed = []
     for number, line in enumerate(_list_lines(path), 1):
         if not line:
             continue
         if os.path.normpath(line) not in position:
             raise ValueError(f"{path}:{number}: {line} is not a training image of the folder; list training images "
                              f"by their paths relative to {root}, as {train_paths[0]}")
-        listed.add(position[os.path.normpath(line)])
-    return np.array(sorted(listed), dtype=np.int64)
+        listed.append(position[os.path.normpath(line)])
+    return trusted_positions(np.array(list(listed), dtype=np.int64), len(train_paths), path)
 
 
 def _read_file_list(path):
@@ -560,7 +571,7 @@ def load_file_list(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
                              f"(-1: unknown), one per line of train.txt; got {true.dtype} {list(true.shape)}")
     trusted_path, trusted = os.path.join(root, CLEAN_INDICES), None
     if os.path.exists(trusted_path):
-        trusted = _trusted_indices(np.load(trusted_path, allow_pickle=False), len(parts[1]),
+        trusted = trusted_positions(np.load(trusted_path, allow_pickle=False), len(parts[1]),
                                    f"filelist {trusted_path} (lines of train.txt)")
     return ImageDataset("filelist", *parts, num_classes, *_rgb_stats(parts[0]), flip=True, class_names=names,
                         true_train=None if true is None else true.astype(np.int64), trusted_train=trusted,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from engine.data.datasets import MAX_CLASSES, ImageFiles
+from engine.data.datasets import MAX_CLASSES, ImageFiles, trusted_positions
 from engine.data.loaders import ImageArrayLoader, TensorLoader
 
 IMAGE_CHANNELS = (1, 3)
@@ -133,28 +133,6 @@ def as_labels(labels, count, argument, lowest=0):
     return labels
 
 
-def as_clean_indices(indices, count):
-    """clean_indices as sorted unique int64 positions in [0, count): a 1-D integer array of
-    indices or a boolean mask [count]; anything else is a clear error, as is a subset of every
-    sample (nothing would be left to train on and score)."""
-    indices = as_numpy(indices)
-    if indices.dtype == bool:
-        if indices.shape != (count,):
-            raise ValueError(f"clean_indices: a boolean mask needs one value per sample ({count}), got shape "
-                             f"{list(indices.shape)}")
-        indices = np.flatnonzero(indices)
-    elif indices.ndim != 1 or (len(indices) and not np.issubdtype(indices.dtype, np.integer)):
-        raise ValueError(f"clean_indices: expected a 1-D array of integer sample indices or a boolean mask [{count}], "
-                         f"got shape {list(indices.shape)} of {indices.dtype}")
-    clean = np.unique(indices.astype(np.int64))
-    if len(clean) and (clean[0] < 0 or clean[-1] >= count):
-        raise ValueError(f"clean_indices: must lie in [0, {count}), found {clean[0]}..{clean[-1]}")
-    if len(clean) == count:
-        raise ValueError(f"clean_indices: all {count} samples are in the clean subset; leave out those whose labels "
-                         f"the method should train on and score")
-    return clean
-
-
 def from_arrays(x, labels, x_test=None, y_test=None, true_labels=None, clean_indices=None, class_names=None,
                 name="arrays"):
     """TrainingData from a user's arrays (engine.fit): images are normalized per channel,
@@ -188,7 +166,9 @@ def from_arrays(x, labels, x_test=None, y_test=None, true_labels=None, clean_ind
         num_classes = len(class_names)
     if num_classes < 2:
         raise ValueError(f"labels: need at least 2 classes, got labels in [0, {num_classes - 1}]")
-    clean = np.zeros(0, dtype=np.int64) if clean_indices is None else as_clean_indices(clean_indices, len(x))
+    clean = np.zeros(0, dtype=np.int64)
+    if clean_indices is not None:
+        clean = trusted_positions(as_numpy(clean_indices), len(x), "clean_indices")
     if x.ndim == 2:  # in float64: float32 squares overflow from about 1e19 and the std would be infinite
         x64 = x.astype(np.float64)
         mean, std = x64.mean(0).astype(np.float32), np.maximum(x64.std(0), 1e-6).astype(np.float32)
