@@ -36,6 +36,13 @@ class FitResult:
     pred_probs: np.ndarray
     _trainer: object = field(repr=False)
 
+    def __repr__(self):
+        # The summary's scalars: the model, the per-epoch table and the [N, C] probabilities would
+        # fill a notebook cell.
+        shown = ", ".join(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value!r}"
+                          for name, value in self.summary.items() if value is not None)
+        return f"FitResult({shown})"
+
     def predict_proba(self, x):
         """Class probabilities [M, C] (numpy float32) for inputs like the training data (uint8
         images of the same shape, or feature vectors standardized as the training ones were)."""

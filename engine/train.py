@@ -286,7 +286,7 @@ def main(argv=None):
         return failed(error, 1)
     except DataFileError as error:  # a streamed image is read when a batch needs it (only a sample is checked
         # up front); a fixed or removed file changes the data's fingerprint, which --resume would refuse
-        return failed(f"{error}; training stopped: fix or remove the file and start the run again", 2)
+        return failed(f"{error}; training stopped: fix or remove the file and start the run again with --overwrite", 2)
     if not trainer.processes.main:  # rank 0 reports for the job
         return 0
     line = []

@@ -67,6 +67,10 @@ def test_fit_on_feature_vectors_learns_and_finds_the_wrong_labels(digits):
     assert probs.shape == (len(x_test), 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
     assert (probs.argmax(1) == y_test).mean() == pytest.approx(result.summary["test_acc"])
     assert np.array_equal(result.predict(torch.from_numpy(x_test)), probs.argmax(1))
+    # Printed, it says what the run gave, in one line (not the model, the table or the [N, C] probabilities).
+    text = repr(result)
+    assert text.startswith("FitResult(method='jnpl', dataset='arrays', model='mlp', epochs=12, test_acc=0.")
+    assert f"det_f1={result.summary['det_f1']:.4g}" in text and "\n" not in text and len(text) < 500
 
 
 def test_fit_trains_when_a_batch_would_hold_one_sample():

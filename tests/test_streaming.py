@@ -248,7 +248,13 @@ def test_a_bad_file_met_while_training_stops_the_command_line_with_one_line(tmp_
     assert code == 2
     assert capsys.readouterr().err == (f"python -m engine.train: error: {tmp_path}/data/bee/2.jpg: not a decodable "
                                        f"image (empty, truncated or corrupt); training stopped: fix or remove the "
-                                       f"file and start the run again\n")
+                                       f"file and start the run again with --overwrite\n")
+    os.remove(paths[7])
+    # The stopped run's checkpoint is of other data: continuing it is refused, starting over is not.
+    args = ["--device", "cpu", "--method", "ce", "--dataset", "folder", "--data-dir", str(tmp_path / "data"),
+            "--image-size", "16", "--stream", "--epochs", "1", "--out", str(tmp_path / "run")]
+    assert main(args) == 2 and "holds the checkpoint of a run that did not finish" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
 
 
 def test_the_fingerprint_follows_the_files_not_their_folder(tmp_path):
