@@ -46,8 +46,8 @@ def check_clean_subset(method, clean_indices, given_labels, num_classes):
 
 def noisy_labels_for(data_config, dataset, clean_indices, seed):
     """The given label of every training sample. Synthetic noise corrupts only the samples
-    outside the clean subset, so the noise rate is the noise rate of the set the method trains
-    on; per-sample labels (a file, CIFAR-N) are taken as they are. The clean subset keeps its
+    outside the clean subset, so the noise rate is that of the samples a method scores;
+    per-sample labels (a file, CIFAR-N) are taken as they are. The clean subset keeps its
     true labels."""
     true = dataset.y_train
     if data_config.noise in ("cifar10n", "cifar100n"):

@@ -80,8 +80,9 @@ class Trainer:
                              f"least 2 samples per batch and process; use batch_size >= {2 * world}")
         self.stages = method.stages()
 
-        trained = (np.arange(len(data.given_labels)) if method.clean_subset is CleanSubset.TRAINED_ON
-                   else self.train_indices)
+        # Trusted labels are trained on like the others, except by a method that keeps them for its meta-steps (L2B).
+        trained = (self.train_indices if method.clean_subset is CleanSubset.BATCHES
+                   else np.arange(len(data.given_labels)))
         if len(trained) < 2 * world:  # the loader leaves out a last batch of 1 sample per process: no step at all
             raise ValueError(f"the training set has {len(trained)} samples to train on: training needs at least 2 per "
                              f"process ({2 * world} for {world})")

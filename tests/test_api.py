@@ -273,11 +273,11 @@ def test_a_loss_that_fails_on_nan_outputs_stops_the_run_as_diverged():
 
 
 def test_a_training_set_too_small_to_train_on_is_refused():
-    """One sample left to train on (the others trusted, held out) gave no step at all: its only
-    batch of 1 was dropped, and the run reported a training loss of 0.0."""
+    """One sample left to train on (the others trusted, kept for L2B's meta-steps) gave no step at
+    all: its only batch of 1 was dropped, and the run reported a training loss of 0.0."""
     x = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
     with pytest.raises(ValueError, match="the training set has 1 samples to train on: training needs at least 2"):
-        engine.fit(x, np.arange(4) % 2, method="ce", epochs=1, clean_indices=[0, 1, 2])
+        engine.fit(x, np.arange(4) % 2, method="l2b", epochs=1, clean_indices=[0, 1, 2])
 
 
 def test_clean_indices_as_a_boolean_mask_name_its_true_samples():
@@ -286,6 +286,21 @@ def test_clean_indices_as_a_boolean_mask_name_its_true_samples():
     result = engine.fit(x, np.arange(40) % 2, method="ce", epochs=1, clean_indices=torch.from_numpy(mask))
     assert result.summary["clean_subset_size"] == 10 and result.config.hyperparameters.clean_size == 10
     assert result.label_issues()["clean_subset"].tolist() == mask.tolist()
+
+
+@pytest.mark.parametrize("method", ["ce", "pmnar"])
+def test_a_method_without_a_use_for_trusted_labels_trains_on_them(digits, method):
+    """The only 9s in the training set are 30 trusted ones (the others dropped): the network
+    predicts 9s only if it trains on them (it never did before 2026-12-06: recall 0)."""
+    x, _, true, x_test, y_test = digits
+    kept = np.flatnonzero(true != 9)
+    kept = np.sort(np.concatenate([kept, np.flatnonzero(true == 9)[:30]]))
+    x, labels = x[kept], true[kept]
+    trusted = np.flatnonzero(labels == 9)
+    result = engine.fit(x, labels, method=method, x_test=x_test, y_test=y_test, clean_indices=trusted, epochs=12)
+    predicted = result.predict(x_test)
+    assert (predicted[y_test == 9] == 9).mean() > 0.4, result.summary  # 0.68 and 0.73 measured
+    assert not result.label_issues()["is_label_issue"][trusted].any()
 
 
 def test_a_clean_subset_needs_only_the_classes_that_occur():

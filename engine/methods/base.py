@@ -52,8 +52,9 @@ class CEStage(enum.Enum):
 class CleanSubset(enum.Enum):
     """What a method does with the held-out clean subset (samples with trusted labels)."""
 
-    NOT_NEEDED = "not needed"   # held out of training if the user asks for one
-    BATCHES = "batches"         # needed: each Batch carries an augmented batch of it (L2B)
+    NOT_NEEDED = "not needed"   # one, where given, is trained on with its labels like any sample
+    BATCHES = "batches"         # needed, kept out of the training batches: each Batch carries an augmented
+    #                             batch of it for the meta-step (L2B)
     TRAINED_ON = "trained on"   # needed, and it joins the training batches with its labels (PU-distillation)
 
 
