@@ -179,6 +179,28 @@ def test_hidden_entries_are_not_data(tmp_path, split):
     assert data.class_names == ["cat", "dog"] and len(data.y_train) + len(data.y_test) == 10 + 2 * split
 
 
+def test_a_class_folders_sub_folders_are_part_of_the_class(tmp_path):
+    """As in torchvision's ImageFolder: images at any depth of a class folder are its images
+    (they were left out before 2026-12-06), through a linked folder too; a hidden sub-folder is
+    not data, and a link to a folder above does not loop."""
+    root = tmp_path / "data"
+    image_folder(root, count=3)
+    nested = image_folder(root / "cat", classes=("2019",), count=2, seed=1)
+    image_folder(root / "dog", classes=(".thumbnails",), count=1, seed=2)
+    image_folder(tmp_path / "more", classes=("x",), count=2, seed=3)
+    os.symlink(tmp_path / "more" / "x", root / "dog" / "linked")
+    os.symlink(root / "dog", root / "dog" / "again")
+    (root / "clean_paths.txt").write_text("cat/2019/1.bmp\n")
+    data = load_dataset("folder", str(root), test_fraction=0.0, image_size=8)
+    paths = data.train_paths.tolist()  # in the held-out split's order
+    assert sorted(paths) == ["cat/0.bmp", "cat/1.bmp", "cat/2.bmp", "cat/2019/0.bmp", "cat/2019/1.bmp",
+                             "dog/0.bmp", "dog/1.bmp", "dog/2.bmp", "dog/linked/0.bmp", "dog/linked/1.bmp"]
+    assert data.y_train.tolist() == [path.startswith("dog") for path in paths]
+    (trusted,) = data.trusted_train
+    assert paths[trusted] == "cat/2019/1.bmp"
+    assert np.array_equal(data.x_train[trusted], nested[str(root / "cat" / "2019" / "1.bmp")])
+
+
 def test_lists_may_start_with_a_byte_order_mark(tmp_path):
     small_file_list(tmp_path)
     for name in ("train.txt", "classes.txt"):

@@ -400,6 +400,24 @@ def image_names(folder):
     return sorted(name for name in os.listdir(folder) if name.lower().endswith(IMAGE_SUFFIXES) and not _hidden(name))
 
 
+def class_images(folder):
+    """The image files (IMAGE_SUFFIXES) at any depth under the class folder `folder`, as sorted
+    paths relative to it (sub-folders are part of the class, as in torchvision's ImageFolder);
+    hidden entries are left out, and a linked folder is read once (a link to a folder above it
+    would loop)."""
+    found, seen = [], set()
+    for top, folders, names in os.walk(folder, followlinks=True):
+        if os.path.realpath(top) in seen:
+            folders.clear()
+            continue
+        seen.add(os.path.realpath(top))
+        folders[:] = [name for name in folders if not _hidden(name)]
+        relative = os.path.relpath(top, folder)
+        found += [os.path.normpath(os.path.join(relative, name)) for name in names
+                  if name.lower().endswith(IMAGE_SUFFIXES) and not _hidden(name)]
+    return sorted(found)
+
+
 def _class_folders(folder):
     return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not _hidden(entry.name))
 
@@ -432,7 +450,7 @@ def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False, test_f
         paths, labels = [], []
         for label, cls in enumerate(classes):
             folder = os.path.join(split_dir, cls)
-            files = image_names(folder) if os.path.isdir(folder) else []
+            files = class_images(folder) if os.path.isdir(folder) else []
             # A training class without images would be a class the model never sees (and skipping
             # it would shift the indices of the classes after it); test/ may lack a class.
             if not files and split_dir == split_dirs[0]:
