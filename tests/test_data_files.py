@@ -257,6 +257,9 @@ NPZ_CASES = {
     "pixels above 255": (lambda p: np.savez(p, x=X.astype(np.int64) + 45, y=Y),
                          r"x must lie in \[0, 256\), got values from \d+ to 300; store uint8 pixels"),
     "float labels": (lambda p: np.savez(p, x=X, y=Y + 0.5), r"y must be an integer array, got float64"),
+    "feature vectors": (lambda p: np.savez(p, x=np.random.default_rng(0).normal(size=(10, 5)), y=Y),
+                        r"x is \[10, 5\], feature vectors; the command line trains on images \[N, H, W\] or "
+                        r"\[N, H, W, C\]: train feature vectors with engine.fit\(x, y\)"),
     "a huge label": (lambda p: np.savez(p, x=X, y=np.r_[Y[:-1], 10**9]),
                      rf"y must lie in \[0, {MAX_CLASSES}\), got values from 0 to 1000000000"),
     "a negative label": (lambda p: np.savez(p, x=X, y=Y - 1), r"y must lie in \[0, 100000\), got values from -1 to 1"),

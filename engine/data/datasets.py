@@ -334,6 +334,10 @@ def load_npz(data_dir, test_fraction=None):
                          f"it has {', '.join(arrays) or 'none'}")
     parts = []
     for x_name, y_name in zip(names[::2], names[1::2]):
+        if arrays[x_name].ndim == 2:  # the pixel advice below would mislead a table's user
+            raise ValueError(f"npz {path}: {x_name} is {list(arrays[x_name].shape)}, feature vectors; the command line "
+                             f"trains on images [N, H, W] or [N, H, W, C]: train feature vectors with engine.fit(x, y) "
+                             f"(README, Python API)")
         x = _npz_integers(path, arrays, x_name, 256, np.uint8,
                           "store uint8 pixels, e.g. (x * 255).round().astype(np.uint8) for floats in [0, 1]")
         y = _npz_integers(path, arrays, y_name, MAX_CLASSES, np.int64, "labels are class indices 0, 1, ...")
