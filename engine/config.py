@@ -137,10 +137,11 @@ class MethodConfig(Validated):
                                  "random-resized crops) and, where a flip keeps the label, horizontal flips of "
                                  "the training batches; off: the images as given (a consistency term's second "
                                  "view keeps its RandAugment)")
-    clean_size: int | None = option(None, "hold out this many samples with true labels (the clean subset) of a "
-                                          "benchmark; your own data name their trusted samples instead: a folder's "
-                                          "clean_paths.txt, an npz's clean_indices, a filelist's clean_indices.npy")
-    clean_fraction: float | None = option(None, "hold out this fraction of samples with true labels")
+    clean_size: int | None = option(None, "the clean subset: this many samples of a benchmark keep their true labels "
+                                          "(the noise spares them); your own data name their trusted samples instead: "
+                                          "a folder's clean_paths.txt, an npz's clean_indices, a filelist's "
+                                          "clean_indices.npy")
+    clean_fraction: float | None = option(None, "the clean subset as this fraction of a benchmark's samples")
 
     @classmethod
     def preset(cls, size, num_classes):
