@@ -13,7 +13,8 @@ import pandas as pd
 import torch
 
 from engine.config import RunConfig, size_class
-from engine.data.training_data import from_arrays
+from engine.data.datasets import ImageDataset
+from engine.data.training_data import from_arrays, from_loaded
 from engine.methods import as_method
 from engine.train import check_device, check_writable
 
@@ -45,7 +46,8 @@ class FitResult:
 
     def predict_proba(self, x):
         """Class probabilities [M, C] (numpy float32) for inputs like the training data (uint8
-        images of the same shape, or feature vectors standardized as the training ones were)."""
+        images of the same shape, feature vectors standardized as the training ones were, or
+        image files, ImageFiles of the same size, for a model trained on files)."""
         return self._trainer.predict_proba(x)
 
     def predict(self, x):
@@ -58,13 +60,16 @@ class FitResult:
         return self._trainer.table.copy()
 
 
-def fit(x, labels, *, method="jnpl", x_test=None, y_test=None, true_labels=None, clean_indices=None, epochs=None,
+def fit(x, labels=None, *, method="jnpl", x_test=None, y_test=None, true_labels=None, clean_indices=None, epochs=None,
         seed=0, device=None, out=None, resume=False, overwrite=False, class_names=None, verbose=False, sync_bn=False,
         **options):
     """Train `method` on inputs `x` with the given (possibly noisy) `labels` [N].
 
     x: uint8 images [N, H, W, C] (or [N, H, W]) or float feature vectors [N, D] (tabular data:
-    an MLP, no augmentation, features standardized), numpy or torch. method: a built-in name
+    an MLP, no augmentation, features standardized), numpy or torch; or a data set that
+    engine.data.datasets.load_dataset loaded (e.g. a folder of JPEGs streamed from disk), which
+    brings its labels (`labels` replaces them), its test split, class names, file paths, known
+    true labels and trusted samples. method: a built-in name
     ("ce", "nlnl", "jnpl", "pmnar", "bldr", "l2b", "pudistill"), "module:Class", or a Method
     (class or instance) of your own. x_test / y_test: a test split (test accuracy per epoch).
     true_labels: the true labels where known (detection precision / recall). clean_indices:
@@ -83,8 +88,18 @@ def fit(x, labels, *, method="jnpl", x_test=None, y_test=None, true_labels=None,
         out = as_folder(out)
     elif resume:
         raise ValueError("resume: needs out, the folder of the run to continue")
-    data = from_arrays(x, labels, x_test=x_test, y_test=y_test, true_labels=true_labels, clean_indices=clean_indices,
-                       class_names=class_names)
+    if isinstance(x, ImageDataset):
+        given = [name for name, value in (("x_test", x_test), ("y_test", y_test), ("class_names", class_names))
+                 if value is not None]
+        if given:
+            raise ValueError(f"{given[0]}: a loaded data set brings its own (load_dataset's test_fraction sets the "
+                             f"held-out share where it has no test split)")
+        data = from_loaded(x, labels, true_labels=true_labels, clean_indices=clean_indices)
+    elif labels is None:
+        raise ValueError("labels: the given label of each sample of x (only a loaded data set brings its own)")
+    else:
+        data = from_arrays(x, labels, x_test=x_test, y_test=y_test, true_labels=true_labels,
+                           clean_indices=clean_indices, class_names=class_names)
     if epochs is not None:
         options["epochs"] = epochs
     if {"clean_size", "clean_fraction"} & set(options):
@@ -136,12 +151,12 @@ def label_quality_scores(labels, pred_probs, method):
     return (self_confidence - others.max(1) + 1) / 2
 
 
-def find_label_issues(x, labels, *, method="pmnar", return_indices_ranked_by=None, **fit_options):
+def find_label_issues(x, labels=None, *, method="pmnar", return_indices_ranked_by=None, **fit_options):
     """Which labels are probably wrong, with cleanlab.filter.find_label_issues' conventions: a
     boolean mask [N] (True = label issue) by default; with return_indices_ranked_by the indices
     of the flagged samples, most likely wrong first, ranked by "label_quality" (the method's own
     score) or by cleanlab's "self_confidence" / "normalized_margin" of the trained model's
-    probabilities. fit_options go to engine.fit."""
+    probabilities. x, labels and fit_options go to engine.fit (a loaded data set brings its labels)."""
     if return_indices_ranked_by not in (None, *RANKINGS):
         raise ValueError(f"return_indices_ranked_by must be None or one of {', '.join(RANKINGS)}, got "
                          f"{return_indices_ranked_by!r}")

@@ -205,7 +205,7 @@ def trainer_for(run, method, resume=False, overwrite=False):
     """The Trainer of a command-line run: the data set with its label noise and clean subset,
     the method configured for its size; `run` gets the resolved hyper-parameters."""
     from engine.data.datasets import TRUSTED_LABELS, load_dataset
-    from engine.data.training_data import TrainingData
+    from engine.data.training_data import from_dataset
     from engine.labels import choose_clean_subset, noisy_labels_for
     from engine.trainer import Trainer
 
@@ -235,19 +235,10 @@ def trainer_for(run, method, resume=False, overwrite=False):
         config = with_overrides(config, {"clean_size": len(clean)})
     method.config = config
     given = noisy_labels_for(run.data, dataset, clean, run.seed)
-    data = TrainingData(dataset.name, dataset.x_train, given, dataset.num_classes, dataset.mean, dataset.std,
-                        true_labels=true_labels_of(dataset, run.data),
-                        clean_indices=clean, **test_split(dataset), flip=dataset.flip, class_names=dataset.class_names,
-                        train_paths=dataset.train_paths)
+    data = from_dataset(dataset, given, true_labels_of(dataset, run.data), clean)
     run = dataclasses.replace(run, hyperparameters=config)
     return Trainer(method, data, seed=run.seed, device=run.device, out=run.out, resume=resume, overwrite=overwrite,
                    run_config=run, sync_bn=run.sync_bn)
-
-
-def test_split(dataset):
-    """x_test and y_test of the run: None for a data set that held out none (test_fraction 0)."""
-    held_out = len(dataset.y_test) > 0
-    return {"x_test": dataset.x_test if held_out else None, "y_test": dataset.y_test if held_out else None}
 
 
 def true_labels_of(dataset, data_config):

@@ -73,6 +73,52 @@ def test_fit_on_feature_vectors_learns_and_finds_the_wrong_labels(digits):
     assert f"det_f1={result.summary['det_f1']:.4g}" in text and "\n" not in text and len(text) < 500
 
 
+def colour_folder(root, per_class=20):
+    """root/<red|green|blue>/<i>.jpg: 40 x 48 noise images, each tinted by its class's channel
+    (learnable in a few steps); root/clean_paths.txt trusts one image per class."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for channel, name in enumerate(("red", "green", "blue")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            image = rng.integers(0, 80, (40, 48, 3), dtype=np.uint8)
+            image[..., channel] += 150
+            Image.fromarray(image).save(root / name / f"{i}.jpg", quality=90)
+    (root / "clean_paths.txt").write_text("red/0.jpg\ngreen/0.jpg\nblue/0.jpg\n")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_fit_on_a_loaded_folder_of_jpegs(tmp_path, stream):
+    """engine.fit takes what load_dataset loaded, streamed or decoded: its labels, test split,
+    class names, file paths and trusted samples; the model predicts inputs of the same kind."""
+    from engine.data.datasets import ImageFiles, load_dataset
+
+    colour_folder(tmp_path / "photos")
+    data = load_dataset("folder", str(tmp_path / "photos"), image_size=32, stream=stream)
+    result = engine.fit(data, method="ce", epochs=3, batch_size=8)
+    assert result.summary["dataset"] == "folder" and result.summary["clean_subset_size"] == 3
+    assert (result.predict(data.x_test) == data.y_test).mean() == pytest.approx(result.summary["test_acc"])
+    assert result.summary["test_acc"] >= 0.9, result.summary
+    table = result.label_issues()
+    assert sorted(table["path"]) == sorted(data.train_paths) and len(table) == 48
+    assert sorted(table["path"][table["clean_subset"]]) == ["blue/0.jpg", "green/0.jpg", "red/0.jpg"]
+    assert (table["given_class"] == table["path"].str.split("/").str[0]).all()
+    mask = engine.find_label_issues(data, method="ce", epochs=1, batch_size=8)
+    assert mask.dtype == bool and mask.shape == (48,)
+    if stream:
+        files = ImageFiles(str(tmp_path / "photos"), ["red/3.jpg", "blue/5.jpg"], 32)
+        assert result.predict(files).tolist() == [data.class_names.index("red"), data.class_names.index("blue")]
+        with pytest.raises(ValueError, match=r"^x: the model trained on image files at 32 px: give image files"):
+            result.predict(np.zeros((2, 32, 32, 3), np.uint8))
+    for options, message in (({"x_test": data.x_test}, "x_test: a loaded data set brings its own"),
+                             ({"clean_indices": [0]}, r"clean_indices: the data set has its own clean subset "
+                                                      r"\(clean_paths.txt, 3 samples\)"),
+                             ({"labels": np.full(48, 3)}, "labels: the data set has 3 classes, found label 3")):
+        with pytest.raises(ValueError, match=message):
+            engine.fit(data, method="ce", epochs=1, **options)
+
+
 def test_fit_trains_when_a_batch_would_hold_one_sample():
     """513 feature vectors: a last training batch (128) and evaluation batch (512) of one sample,
     which BatchNorm1d refuses in training mode."""

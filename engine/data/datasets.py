@@ -46,6 +46,9 @@ class ImageFiles:
     listing: str | None = None
     lines: np.ndarray | None = None  # int [N], the files' line numbers in `listing`
 
+    def __post_init__(self):
+        self.paths = np.asarray(self.paths, dtype=str)  # a list of paths indexes as an array
+
     def __len__(self):
         return len(self.paths)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from engine.data.datasets import MAX_CLASSES, ImageFiles, trusted_positions
+from engine.data.datasets import MAX_CLASSES, TRUSTED_LABELS, ImageFiles, trusted_positions
 from engine.data.loaders import ImageArrayLoader, TensorLoader
 
 IMAGE_CHANNELS = (1, 3)
@@ -75,7 +75,16 @@ class TrainingData:
         return DaliLoader(x, batch_size, self.mean, self.std, device=device, flip=self.flip, **options)
 
     def check_inputs(self, x, argument="x"):
-        """`x` as the array kind the model was trained on, or a clear error."""
+        """`x` as the array kind the model was trained on, or a clear error. A model trained on
+        image files predicts image files (ImageFiles of the same size: decoded, resized and
+        center-cropped as its test images were)."""
+        if isinstance(self.x_train, ImageFiles):
+            if not isinstance(x, ImageFiles) or x.size != self.x_train.size:
+                raise ValueError(f"{argument}: the model trained on image files at {self.x_train.size} px: give image "
+                                 f"files, ImageFiles(folder, paths, {self.x_train.size}) (engine.data.datasets), e.g. "
+                                 f"a loaded data set's x_test; got {type(x).__name__}"
+                                 f"{f' at {x.size} px' if isinstance(x, ImageFiles) else ''}")
+            return x
         x = as_inputs(x, argument)
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"{argument}: expected inputs of shape [M, {', '.join(map(str, self.input_shape))}] "
@@ -131,6 +140,37 @@ def as_labels(labels, count, argument, lowest=0):
     if count and labels.max() >= MAX_CLASSES:  # the class count is the largest label + 1: it sizes the model
         raise ValueError(f"{argument}: labels must be < {MAX_CLASSES} (class indices 0, 1, ...), found {labels.max()}")
     return labels
+
+
+def from_dataset(dataset, given, true_labels, clean_indices):
+    """TrainingData of a loaded data set (engine.data.datasets.load_dataset) with the labels
+    training sees, the true ones where known (else None) and the clean subset; its test split
+    unless it held none out (test_fraction 0)."""
+    held_out = len(dataset.y_test) > 0
+    return TrainingData(dataset.name, dataset.x_train, given, dataset.num_classes, dataset.mean, dataset.std,
+                        true_labels=true_labels, clean_indices=clean_indices,
+                        x_test=dataset.x_test if held_out else None, y_test=dataset.y_test if held_out else None,
+                        flip=dataset.flip, class_names=dataset.class_names, train_paths=dataset.train_paths)
+
+
+def from_loaded(dataset, labels=None, true_labels=None, clean_indices=None):
+    """engine.fit's TrainingData of a loaded data set: its labels (or `labels`, e.g. noise added
+    to a benchmark's), its known true labels (or `true_labels`) and its trusted samples (or, where
+    it has none, `clean_indices`)."""
+    count, classes = len(dataset.y_train), dataset.num_classes
+    given = dataset.y_train if labels is None else as_labels(labels, count, "labels")
+    true = dataset.true_train if true_labels is None else as_labels(true_labels, count, "true_labels", lowest=-1)
+    for argument, values in (("labels", given), ("true_labels", true)):
+        if values is not None and count and values.max() >= classes:
+            raise ValueError(f"{argument}: the data set has {classes} classes, found label {values.max()}")
+    clean = dataset.trusted_train
+    if clean_indices is not None:
+        if clean is not None:
+            where = TRUSTED_LABELS[dataset.name][0]
+            raise ValueError(f"clean_indices: the data set has its own clean subset ({where}, {len(clean)} samples), "
+                             f"which the run uses")
+        clean = trusted_positions(as_numpy(clean_indices), count, "clean_indices")
+    return from_dataset(dataset, given, true, np.zeros(0, dtype=np.int64) if clean is None else clean)
 
 
 def from_arrays(x, labels, x_test=None, y_test=None, true_labels=None, clean_indices=None, class_names=None,
