@@ -106,9 +106,9 @@ def test_fit_on_a_loaded_folder_of_jpegs(tmp_path, stream):
     assert (table["given_class"] == table["path"].str.split("/").str[0]).all()
     mask = engine.find_label_issues(data, method="ce", epochs=1, batch_size=8)
     assert mask.dtype == bool and mask.shape == (48,)
+    files = ImageFiles(str(tmp_path / "photos"), ["red/3.jpg", "blue/5.jpg"], 32)  # decoded where the data were
+    assert result.predict(files).tolist() == [data.class_names.index("red"), data.class_names.index("blue")]
     if stream:
-        files = ImageFiles(str(tmp_path / "photos"), ["red/3.jpg", "blue/5.jpg"], 32)
-        assert result.predict(files).tolist() == [data.class_names.index("red"), data.class_names.index("blue")]
         with pytest.raises(ValueError, match=r"^x: the model trained on image files at 32 px: give image files"):
             result.predict(np.zeros((2, 32, 32, 3), np.uint8))
     for options, message in (({"x_test": data.x_test}, "x_test: a loaded data set brings its own"),

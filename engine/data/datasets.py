@@ -80,6 +80,14 @@ class ImageFiles:
         except OSError as error:
             raise DataFileError(f"{self.name(i)}: cannot be read ({error.strerror or error})") from None
 
+    def decoded(self):
+        """The images decoded now, uint8 [N, size, size, 3], as a data set not streamed holds
+        them (a DataFileError names a file that does not decode)."""
+        from engine.data.pipeline import decode_images
+
+        return decode_images([self.read(i) for i in range(len(self))], size=self.size,
+                             names=[self.name(i) for i in range(len(self))])
+
     def fingerprint(self):
         """sha256 (bytes) of the size, the paths (relative: the folder may move) and each file's
         size and mtime: a changed file changes it, without reading any pixels."""
@@ -375,15 +383,9 @@ STATS_SAMPLE = 500    # images on disk: the normalization statistics come from t
 def _image_files(files, labels, name, stream):
     """(images, labels) of `files` (ImageFiles): the files themselves with stream=True, else
     decoded now and held in memory (uint8 NHWC)."""
-    from engine.data.pipeline import decode_images
-
     if not len(files):
         raise ValueError(f"{name}: no images found")
-    labels = np.asarray(labels, dtype=np.int64)
-    if stream:
-        return files, labels
-    names = [files.name(i) for i in range(len(files))]
-    return decode_images([files.read(i) for i in range(len(files))], size=files.size, names=names), labels
+    return files if stream else files.decoded(), np.asarray(labels, dtype=np.int64)
 
 
 def _rgb_stats(x):
@@ -517,7 +519,7 @@ def _read_clean_paths(root, train_paths):
             raise ValueError(f"{path}:{number}: {line} is not a training image of the folder; list training images "
                              f"by their paths relative to {root}, as {train_paths[0]}")
         listed.append(position[os.path.normpath(line)])
-    return trusted_positions(np.array(list(listed), dtype=np.int64), len(train_paths), path)
+    return trusted_positions(np.array(listed, dtype=np.int64), len(train_paths), path)
 
 
 def _read_file_list(path):

@@ -76,9 +76,12 @@ class TrainingData:
 
     def check_inputs(self, x, argument="x"):
         """`x` as the array kind the model was trained on, or a clear error. A model trained on
-        image files predicts image files (ImageFiles of the same size: decoded, resized and
-        center-cropped as its test images were)."""
-        if isinstance(self.x_train, ImageFiles):
+        image files streamed predicts image files (ImageFiles of the same size: decoded, resized
+        and center-cropped as its test images were); image files for a model trained on decoded
+        images are decoded as a data set not streamed decodes them."""
+        if isinstance(x, ImageFiles) and not isinstance(self.x_train, ImageFiles):
+            x = x.decoded()
+        elif isinstance(self.x_train, ImageFiles):
             if not isinstance(x, ImageFiles) or x.size != self.x_train.size:
                 raise ValueError(f"{argument}: the model trained on image files at {self.x_train.size} px: give image "
                                  f"files, ImageFiles(folder, paths, {self.x_train.size}) (engine.data.datasets), e.g. "
