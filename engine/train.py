@@ -14,13 +14,14 @@ import sys
 import tempfile
 import types
 import typing
+import warnings
 
 import torch
 
 from engine.config import (NOISE_OPTIONS, SHARED_FIELDS, SHORT_BUDGET, SMALL_DATA, ConfigError, DataConfig, RunConfig,
                            WarmupConfig, check_fields, load_yaml, size_class, with_overrides)
 from engine.checkpoint import CheckpointError
-from engine.data.datasets import DataFileError
+from engine.data.datasets import DataFileError, LeftOut
 from engine.methods import METHODS, method_class
 from engine.methods.base import Diverged
 from engine.outputs import OUTPUT_FILES, FolderInUse
@@ -260,10 +261,22 @@ def failed(message, exit_code):
     return exit_code
 
 
+def note_left_out(show):
+    """warnings.showwarning with a data set's LeftOut as a one-line note on stderr."""
+    def showwarning(message, category, *where):
+        if issubclass(category, LeftOut):
+            print(f"python -m engine.train: note: {message}", file=sys.stderr)
+        else:
+            show(message, category, *where)
+    return showwarning
+
+
 def main(argv=None):
     run, method, start = parse_args(argv)
     try:
-        trainer = trainer_for(run, method, **start)
+        with warnings.catch_warnings():
+            warnings.showwarning = note_left_out(warnings.showwarning)
+            trainer = trainer_for(run, method, **start)
     except ConfigError as error:  # a bad value found once the data are known: name its flag
         return failed(f"{config_flag(error, method)} {error.text}", 2)
     except (ValueError, FileNotFoundError) as error:  # a bad configuration: say what, no traceback

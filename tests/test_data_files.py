@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engine.data import pipeline
-from engine.data.datasets import MAX_CLASSES, load_dataset
+from engine.data.datasets import MAX_CLASSES, LeftOut, load_dataset
 from engine.train import main
 from test_data import write_bmp
 
@@ -199,6 +199,24 @@ def test_a_class_folders_sub_folders_are_part_of_the_class(tmp_path):
     (trusted,) = data.trusted_train
     assert paths[trusted] == "cat/2019/1.bmp"
     assert np.array_equal(data.x_train[trusted], nested[str(root / "cat" / "2019" / "1.bmp")])
+
+
+def test_files_of_no_image_kind_are_named_not_dropped_silently(tmp_path, capsys):
+    """iPhone photos (.heic) are not read: a class folder of them would lose them without a word."""
+    root = tmp_path / "data"
+    image_folder(root, count=3)
+    for name in ("cat/4.heic", "cat/5.HEIC", "dog/Thumbs.db", "dog/notes/a.txt"):
+        os.makedirs(os.path.dirname(root / name), exist_ok=True)
+        (root / name).write_bytes(b"not read")
+    with pytest.warns(LeftOut, match=rf"^folder {root}: 4 files in class folders left out, not of an image kind "
+                                     r"read \(.png .jpg .jpeg .bmp .tif .tiff .webp\): cat/4.heic, cat/5.HEIC, "
+                                     r"dog/Thumbs.db, \.\.\.$"):
+        assert len(load_dataset("folder", str(root), test_fraction=0.0).y_train) == 6
+    assert main(["--dataset", "folder", "--data-dir", str(root), "--test-fraction", "0", "--epochs", "1",
+                 "--batch-size", "4", "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert f"python -m engine.train: note: folder {root}: 4 files in class folders left out" in err
+    assert "UserWarning" not in err and "LeftOut" not in err
 
 
 def test_lists_may_start_with_a_byte_order_mark(tmp_path):

@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import importlib.resources
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 
@@ -33,6 +34,10 @@ SPLIT_SEED = 12345  # fixed: the train/test split of the small data sets never d
 class DataFileError(ValueError):
     """A data file that cannot be read or decoded; the message names it. Streamed images meet it
     during training, where the command line reports it as one line."""
+
+
+class LeftOut(UserWarning):
+    """Files in a data set's folders that it does not read (the command line prints it as a note)."""
 
 
 @dataclass
@@ -410,11 +415,11 @@ def image_names(folder):
 
 
 def class_images(folder):
-    """The image files (IMAGE_SUFFIXES) at any depth under the class folder `folder`, as sorted
-    paths relative to it (sub-folders are part of the class, as in torchvision's ImageFolder);
-    hidden entries are left out, and a linked folder is read once (a link to a folder above it
-    would loop)."""
-    found, seen = [], set()
+    """(images, others): the files at any depth under the class folder `folder` (sub-folders
+    are part of the class, as in torchvision's ImageFolder) as sorted paths relative to it,
+    image files (IMAGE_SUFFIXES) and the others. Hidden entries are left out, and a linked folder
+    is read once (a link to a folder above it would loop)."""
+    found, others, seen = [], [], set()
     for top, folders, names in os.walk(folder, followlinks=True):
         if os.path.realpath(top) in seen:
             folders.clear()
@@ -422,9 +427,11 @@ def class_images(folder):
         seen.add(os.path.realpath(top))
         folders[:] = [name for name in folders if not _hidden(name)]
         relative = os.path.relpath(top, folder)
-        found += [os.path.normpath(os.path.join(relative, name)) for name in names
-                  if name.lower().endswith(IMAGE_SUFFIXES) and not _hidden(name)]
-    return sorted(found)
+        for name in names:
+            if not _hidden(name):
+                (found if name.lower().endswith(IMAGE_SUFFIXES) else others).append(
+                    os.path.normpath(os.path.join(relative, name)))
+    return sorted(found), sorted(others)
 
 
 def _class_folders(folder):
@@ -454,12 +461,13 @@ def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False, test_f
         if unknown:  # its images would be left out of the test set
             raise ValueError(f"folder {os.path.join(split_dirs[1], unknown[0])}: a class that {split_dirs[0]} does "
                              f"not have; rename it to one of train/'s classes or remove it")
-    parts, split_paths = [], []
+    parts, split_paths, left_out = [], [], []
     for split, split_dir in zip(splits, split_dirs):
         paths, labels = [], []
         for label, cls in enumerate(classes):
             folder = os.path.join(split_dir, cls)
-            files = class_images(folder) if os.path.isdir(folder) else []
+            files, others = class_images(folder) if os.path.isdir(folder) else ([], [])
+            left_out += [os.path.join(split, cls, name) for name in others]
             # A training class without images would be a class the model never sees (and skipping
             # it would shift the indices of the classes after it); test/ may lack a class.
             if not files and split_dir == split_dirs[0]:
@@ -470,6 +478,10 @@ def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False, test_f
         split_paths.append(np.asarray(paths, dtype=str))
         parts.extend(_image_files(ImageFiles(root, split_paths[-1], image_size), labels, f"folder {split_dir}",
                                   stream))
+    if left_out:  # e.g. .heic photos, which would otherwise vanish from their class without a word
+        warnings.warn(f"folder {root}: {len(left_out)} file{'s' * (len(left_out) > 1)} in class folders left out, not "
+                      f"of an image kind read ({' '.join(IMAGE_SUFFIXES)}): {', '.join(left_out[:3])}"
+                      f"{', ...' if len(left_out) > 3 else ''}", LeftOut, stacklevel=2)
     train_paths, trusted = split_paths[0], _read_clean_paths(root, split_paths[0])
     if not has_splits:  # the paths are split with their images: decoded ones no longer carry them
         (x, y, train_paths, x_test, y_test, _), trusted = _hold_out(
