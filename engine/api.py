@@ -15,7 +15,7 @@ import torch
 from engine.config import RunConfig, size_class
 from engine.data.datasets import ImageDataset
 from engine.data.training_data import from_arrays, from_loaded
-from engine.methods import as_method
+from engine.methods import as_method, with_model_for
 from engine.train import check_device, check_writable
 
 RANKINGS = ("label_quality", "self_confidence", "normalized_margin")
@@ -106,9 +106,7 @@ def fit(x, labels=None, *, method="jnpl", x_test=None, y_test=None, true_labels=
         raise ValueError("engine.fit takes the clean subset as clean_indices (the samples whose labels you trust), "
                          "not clean_size / clean_fraction")
     options["clean_size"] = len(data.clean_indices)  # config.yaml records the subset the run used
-    method = as_method(method, options)
-    if data.features and "model" not in method.options:
-        method = as_method(method, {"model": "mlp"})
+    method = with_model_for(as_method(method, options), data.features)
     config = method.configure(size_class(len(data.x_train)), data.num_classes)
     run = RunConfig(method=method.name, seed=seed, device=device.type, out=out, sync_bn=sync_bn,
                     hyperparameters=config)

@@ -22,7 +22,7 @@ from engine.config import (NOISE_OPTIONS, SHARED_FIELDS, SHORT_BUDGET, SMALL_DAT
                            WarmupConfig, check_fields, load_yaml, size_class, with_overrides)
 from engine.checkpoint import CheckpointError
 from engine.data.datasets import DataFileError, LeftOut
-from engine.methods import METHODS, method_class
+from engine.methods import METHODS, method_class, with_model_for
 from engine.methods.base import Diverged
 from engine.outputs import OUTPUT_FILES, FolderInUse
 
@@ -212,6 +212,7 @@ def trainer_for(run, method, resume=False, overwrite=False):
 
     dataset = load_dataset(run.data.dataset, run.data.data_dir, image_size=run.data.image_size,
                            stream=run.data.stream, test_fraction=run.data.test_fraction)
+    method = with_model_for(method, dataset.x_train.ndim == 2)  # an npz of feature vectors
     config = method.configure(size_class(len(dataset.y_train)), dataset.num_classes)
     if dataset.trusted_train is not None:  # the data set's own clean subset replaces the preset's held-out one
         asked = {name: method.options[name] for name in ("clean_size", "clean_fraction")

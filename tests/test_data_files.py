@@ -1,8 +1,10 @@
 """Bad data files: each is refused with a ValueError / FileNotFoundError naming the file (and a
 list's line), which the command line prints as one line."""
+import json
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from engine.data import pipeline
@@ -219,6 +221,26 @@ def test_files_of_no_image_kind_are_named_not_dropped_silently(tmp_path, capsys)
     assert "UserWarning" not in err and "LeftOut" not in err
 
 
+def test_an_npz_of_feature_vectors_trains_the_mlp_from_the_command_line(tmp_path, capsys):
+    """Feature vectors (e.g. embeddings of images or text) in an npz: the MLP, standardized
+    features, label issues; an image model is refused."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    np.savez(tmp_path / "features.npz", x=x[:1400], y=y[:1400], x_test=x[1400:], y_test=y[1400:])
+    common = ["--dataset", "npz", "--data-dir", str(tmp_path / "features.npz"), "--noise", "symmetric",
+              "--noise-rate", "0.3", "--epochs", "12"]
+    assert main(["--method", "pmnar", *common, "--out", str(tmp_path / "run")]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["model"] == "mlp" and summary["test_acc"] > 0.85 and summary["det_f1"] > 0.85, summary
+    assert len(pd.read_csv(tmp_path / "run" / "label_issues.csv")) == 1400
+    data = load_dataset("npz", str(tmp_path / "features.npz"))
+    assert data.x_train.dtype == np.float32 and np.allclose(data.mean, x[:1400].mean(0), atol=1e-4)
+    capsys.readouterr()
+    assert main(["--method", "ce", *common, "--model", "small_cnn", "--out", str(tmp_path / "cnn")]) == 2
+    assert "model 'small_cnn' does not fit feature vectors: use mlp" in capsys.readouterr().err
+
+
 def test_lists_may_start_with_a_byte_order_mark(tmp_path):
     small_file_list(tmp_path)
     for name in ("train.txt", "classes.txt"):
@@ -275,9 +297,15 @@ NPZ_CASES = {
     "pixels above 255": (lambda p: np.savez(p, x=X.astype(np.int64) + 45, y=Y),
                          r"x must lie in \[0, 256\), got values from \d+ to 300; store uint8 pixels"),
     "float labels": (lambda p: np.savez(p, x=X, y=Y + 0.5), r"y must be an integer array, got float64"),
-    "feature vectors": (lambda p: np.savez(p, x=np.random.default_rng(0).normal(size=(10, 5)), y=Y),
-                        r"x is \[10, 5\], feature vectors; the command line trains on images \[N, H, W\] or "
-                        r"\[N, H, W, C\]: train feature vectors with engine.fit\(x, y\)"),
+    "feature vectors with a NaN": (lambda p: np.savez(p, x=np.r_[np.ones((9, 5)), np.full((1, 5), np.nan)], y=Y),
+                                   r"x: feature vectors hold NaN or infinite values \(in float32\)$"),
+    "features beyond float32": (lambda p: np.savez(p, x=np.full((10, 5), 1e300), y=Y),
+                                r"x: feature vectors hold NaN or infinite values \(in float32\)$"),
+    "feature vectors of strings": (lambda p: np.savez(p, x=np.full((10, 5), "a"), y=Y),
+                                   r"x: feature vectors \[N, D\] must be numbers, got <U1$"),
+    "x_test of other features": (lambda p: np.savez(p, x=np.ones((10, 5)), y=Y, x_test=np.ones((2, 4)), y_test=Y[:2]),
+                                 r"x_test feature vectors are \[4\], x feature vectors \[5\]; both must have the "
+                                 r"same D$"),
     "a huge label": (lambda p: np.savez(p, x=X, y=np.r_[Y[:-1], 10**9]),
                      rf"y must lie in \[0, {MAX_CLASSES}\), got values from 0 to 1000000000"),
     "a negative label": (lambda p: np.savez(p, x=X, y=Y - 1), r"y must lie in \[0, 100000\), got values from -1 to 1"),

@@ -242,7 +242,7 @@ def test_a_bad_file_met_while_training_stops_the_command_line_with_one_line(tmp_
     with open(paths[7], "r+b") as f:
         f.truncate(100)
     # Only a sample of a large streamed data set is decoded before training: here one without the bad file.
-    monkeypatch.setattr(datasets, "_rgb_stats", lambda x: PLAIN)
+    monkeypatch.setattr(datasets, "channel_stats", lambda x: PLAIN)
     code = main(["--device", "cpu", "--method", "ce", "--dataset", "folder", "--data-dir", str(tmp_path / "data"),
                  "--image-size", "16", "--stream", "--epochs", "1", "--out", str(tmp_path / "run")])
     assert code == 2

@@ -109,7 +109,7 @@ class ImageFiles:
 @dataclass
 class ImageDataset:
     name: str
-    x_train: np.ndarray          # uint8 [N, H, W, C], or ImageFiles
+    x_train: np.ndarray          # uint8 [N, H, W, C], ImageFiles, or float32 feature vectors [N, D] (npz)
     y_train: np.ndarray          # int64 [N]: a benchmark's true labels, the user's own (OWN_LABELS), or with
                                  # true_train a real noisy data set's given labels
     x_test: np.ndarray
@@ -137,8 +137,9 @@ class ImageDataset:
                              f"needs at least 2")
         for name in ("x_train", "x_test"):
             x = getattr(self, name)
-            if not isinstance(x, ImageFiles) and (x.dtype != np.uint8 or x.ndim != 4):
-                raise ValueError(f"{self.name}: {name} must be uint8 [N, H, W, C], got {x.dtype} {x.shape}")
+            if not isinstance(x, ImageFiles) and (x.dtype, x.ndim) not in ((np.uint8, 4), (np.float32, 2)):
+                raise ValueError(f"{self.name}: {name} must be uint8 images [N, H, W, C] or float32 feature vectors "
+                                 f"[N, D], got {x.dtype} {x.shape}")
         if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
             raise ValueError(f"{self.name}: images and labels differ in length")
         self.y_train = self.y_train.astype(np.int64)
@@ -338,9 +339,10 @@ def _npz_integers(path, arrays, name, high, dtype, hint):
 
 
 def load_npz(data_dir, test_fraction=None):
-    """Arrays x (integers 0..255, [N, H, W] or [N, H, W, C]) and y (integer labels [N]);
-    x_test / y_test, else a share test_fraction held out (_hold_out); clean_indices, if there,
-    the positions in x of the samples whose labels are trusted (the clean subset)."""
+    """Arrays x (images: integers 0..255, [N, H, W] or [N, H, W, C]; or feature vectors [N, D],
+    e.g. embeddings, trained with the MLP) and y (integer labels [N]); x_test / y_test, else a
+    share test_fraction held out (_hold_out); clean_indices, if there, the positions in x of the
+    samples whose labels are trusted (the clean subset)."""
     path = _require_dir(data_dir, "npz")
     arrays = _npz_arrays(path)
     names = ["x", "y"] + (["x_test", "y_test"] if "x_test" in arrays or "y_test" in arrays else [])
@@ -348,18 +350,18 @@ def load_npz(data_dir, test_fraction=None):
     if missing:
         raise ValueError(f"npz {path}: needs arrays x and y (and x_test with y_test), missing {', '.join(missing)}; "
                          f"it has {', '.join(arrays) or 'none'}")
-    parts = []
+    parts, features = [], arrays["x"].ndim == 2
     for x_name, y_name in zip(names[::2], names[1::2]):
-        if arrays[x_name].ndim == 2:  # the pixel advice below would mislead a table's user
-            raise ValueError(f"npz {path}: {x_name} is {list(arrays[x_name].shape)}, feature vectors; the command line "
-                             f"trains on images [N, H, W] or [N, H, W, C]: train feature vectors with engine.fit(x, y) "
-                             f"(README, Python API)")
-        x = _npz_integers(path, arrays, x_name, 256, np.uint8,
-                          "store uint8 pixels, e.g. (x * 255).round().astype(np.uint8) for floats in [0, 1]")
+        if features:
+            x = as_features(arrays[x_name], f"npz {path}: {x_name}")
+        else:
+            x = _npz_integers(path, arrays, x_name, 256, np.uint8,
+                              "store uint8 pixels, e.g. (x * 255).round().astype(np.uint8) for floats in [0, 1]")
         y = _npz_integers(path, arrays, y_name, MAX_CLASSES, np.int64, "labels are class indices 0, 1, ...")
-        if x.ndim not in (3, 4) or y.ndim != 1 or len(x) != len(y) or not len(x):
-            raise ValueError(f"npz {path}: {x_name} must be [N, H, W] or [N, H, W, C] and {y_name} [N] with the same "
-                             f"N > 0, got {x_name} {list(x.shape)} and {y_name} {list(y.shape)}")
+        if x.ndim not in ((2,) if features else (3, 4)) or y.ndim != 1 or len(x) != len(y) or not len(x):
+            shapes = "[N, D] (as x)" if features else "[N, H, W] or [N, H, W, C]"
+            raise ValueError(f"npz {path}: {x_name} must be {shapes} and {y_name} [N] with the same N > 0, got "
+                             f"{x_name} {list(x.shape)} and {y_name} {list(y.shape)}")
         parts += [x[..., None] if x.ndim == 3 else x, y]
     trusted = None
     if "clean_indices" in arrays:
@@ -370,10 +372,12 @@ def load_npz(data_dir, test_fraction=None):
     elif test_fraction is not None:
         raise ValueError(f"--test-fraction: npz {path} has its own test split (x_test, y_test)")
     elif parts[0].shape[1:] != parts[2].shape[1:]:  # the model would be tested on inputs of another shape
-        raise ValueError(f"npz {path}: x_test images are {list(parts[2].shape[1:])}, x images "
-                         f"{list(parts[0].shape[1:])}; both must have the same [H, W, C]")
+        kind, shape = ("feature vectors", "D") if features else ("images", "[H, W, C]")
+        raise ValueError(f"npz {path}: x_test {kind} are {list(parts[2].shape[1:])}, x {kind} "
+                         f"{list(parts[0].shape[1:])}; both must have the same {shape}")
     num_classes = int(max(parts[1].max(), parts[3].max(initial=0))) + 1
-    return ImageDataset("npz", *parts, num_classes, *_rgb_stats(parts[0]), flip=False, trusted_train=trusted)
+    stats = feature_stats(parts[0]) if features else channel_stats(parts[0])
+    return ImageDataset("npz", *parts, num_classes, *stats, flip=False, trusted_train=trusted)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -393,7 +397,26 @@ def _image_files(files, labels, name, stream):
     return files if stream else files.decoded(), np.asarray(labels, dtype=np.int64)
 
 
-def _rgb_stats(x):
+def as_features(x, where):
+    """Feature vectors [N, D] (numbers) as float32, or a clear error naming `where`."""
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise ValueError(f"{where}: feature vectors [N, D] must be numbers, got {x.dtype}")
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes infinite, refused next
+        x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{where}: feature vectors hold NaN or infinite values (in float32)")
+    return x
+
+
+def feature_stats(x):
+    """Per-feature mean and std (float32 [D]) of feature vectors [N, D], computed in float64:
+    float32 squares overflow from about 1e19 and the std would be infinite."""
+    x64 = x.astype(np.float64)
+    return x64.mean(0).astype(np.float32), np.maximum(x64.std(0), 1e-6).astype(np.float32)
+
+
+def channel_stats(x):
+    """Per-channel mean and std (0-255 scale) of uint8 images [N, H, W, C], or of ImageFiles."""
     if isinstance(x, ImageFiles):  # a fixed sample, decoded small (the statistics barely depend on the size)
         from engine.data.pipeline import decode_images
 
@@ -488,7 +511,7 @@ def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False, test_f
             (*parts, train_paths), f"folder {root}", "add images or give train/ and test/ folders", test_fraction,
             trusted)
         parts = [x, y, x_test, y_test]
-    return ImageDataset("folder", *parts, len(classes), *_rgb_stats(parts[0]), flip=True, class_names=classes,
+    return ImageDataset("folder", *parts, len(classes), *channel_stats(parts[0]), flip=True, class_names=classes,
                         trusted_train=trusted, train_paths=train_paths)
 
 
@@ -612,7 +635,7 @@ def load_file_list(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
     if os.path.exists(trusted_path):
         trusted = trusted_positions(np.load(trusted_path, allow_pickle=False), len(parts[1]),
                                    f"filelist {trusted_path} (lines of train.txt)")
-    return ImageDataset("filelist", *parts, num_classes, *_rgb_stats(parts[0]), flip=True, class_names=names,
+    return ImageDataset("filelist", *parts, num_classes, *channel_stats(parts[0]), flip=True, class_names=names,
                         true_train=None if true is None else true.astype(np.int64), trusted_train=trusted,
                         train_paths=listed[0].paths)
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from engine.data.datasets import MAX_CLASSES, TRUSTED_LABELS, ImageFiles, trusted_positions
+from engine.data.datasets import (MAX_CLASSES, TRUSTED_LABELS, ImageFiles, as_features, channel_stats, feature_stats,
+                                  trusted_positions)
 from engine.data.loaders import ImageArrayLoader, TensorLoader
 
 IMAGE_CHANNELS = (1, 3)
@@ -109,12 +110,7 @@ def as_inputs(x, argument="x"):
     float32 feature vectors [N, D]; anything else is a clear error."""
     x = as_numpy(x)
     if x.ndim == 2:
-        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-            raise ValueError(f"{argument}: feature vectors [N, D] must be numbers, got {x.dtype}")
-        x = x.astype(np.float32)
-        if not np.isfinite(x).all():
-            raise ValueError(f"{argument}: feature vectors hold NaN or infinite values")
-        return x
+        return as_features(x, argument)
     if x.ndim == 3 and x.dtype == np.uint8:
         x = x[..., None]
     if x.ndim == 4:
@@ -212,11 +208,6 @@ def from_arrays(x, labels, x_test=None, y_test=None, true_labels=None, clean_ind
     clean = np.zeros(0, dtype=np.int64)
     if clean_indices is not None:
         clean = trusted_positions(as_numpy(clean_indices), len(x), "clean_indices")
-    if x.ndim == 2:  # in float64: float32 squares overflow from about 1e19 and the std would be infinite
-        x64 = x.astype(np.float64)
-        mean, std = x64.mean(0).astype(np.float32), np.maximum(x64.std(0), 1e-6).astype(np.float32)
-    else:
-        flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
-        mean, std = flat.mean(0), flat.std(0) + 1e-6
+    mean, std = feature_stats(x) if x.ndim == 2 else channel_stats(x)
     return TrainingData(name, x, given, num_classes, mean, std, true_labels=true, clean_indices=clean, x_test=x_test,
                         y_test=y_test, flip=False, class_names=class_names)

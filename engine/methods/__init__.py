@@ -45,4 +45,10 @@ def as_method(method, options):
     raise TypeError(f"method must be a name, a Method subclass or a Method instance, got {type(method).__name__}")
 
 
-__all__ = ["METHODS", "Method", "as_method", "method_class"]
+def with_model_for(method, features):
+    """`method` (an instance), with the MLP where the inputs are feature vectors and no model
+    was chosen (the presets' models are CNNs)."""
+    return as_method(method, {"model": "mlp"}) if features and "model" not in method.options else method
+
+
+__all__ = ["METHODS", "Method", "as_method", "method_class", "with_model_for"]
