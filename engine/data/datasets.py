@@ -16,7 +16,7 @@ import importlib.resources
 import os
 import warnings
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -418,11 +418,8 @@ def feature_stats(x):
 def channel_stats(x):
     """Per-channel mean and std (0-255 scale) of uint8 images [N, H, W, C], or of ImageFiles."""
     if isinstance(x, ImageFiles):  # a fixed sample, decoded small (the statistics barely depend on the size)
-        from engine.data.pipeline import decode_images
-
         sample = np.sort(np.random.default_rng(SPLIT_SEED).permutation(len(x))[:STATS_SAMPLE])
-        x = decode_images([x.read(i) for i in sample], size=min(x.size, STREAM_ABOVE),
-                          names=[x.name(i) for i in sample])
+        x = replace(x[sample], size=min(x.size, STREAM_ABOVE)).decoded()
     flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
     return tuple(flat.mean(0)), tuple(flat.std(0) + 1e-6)
 
