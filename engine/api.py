@@ -151,8 +151,9 @@ def label_quality_scores(labels, pred_probs, method):
 
 def find_label_issues(x, labels=None, *, method="pmnar", return_indices_ranked_by=None, **fit_options):
     """Which labels are probably wrong, with cleanlab.filter.find_label_issues' conventions: a
-    boolean mask [N] (True = label issue) by default; with return_indices_ranked_by the indices
-    of the flagged samples, most likely wrong first, ranked by "label_quality" (the method's own
+    boolean mask over the training samples (True = label issue) by default; with
+    return_indices_ranked_by the flagged samples' indices (the label-issues table's: their
+    positions in the data as given), most likely wrong first, ranked by "label_quality" (the method's own
     score) or by cleanlab's "self_confidence" / "normalized_margin" of the trained model's
     probabilities. x, labels and fit_options go to engine.fit (a loaded data set brings its labels)."""
     if return_indices_ranked_by not in (None, *RANKINGS):
@@ -168,4 +169,4 @@ def find_label_issues(x, labels=None, *, method="pmnar", return_indices_ranked_b
     else:
         scores = label_quality_scores(table["given_label"].to_numpy(), result.pred_probs, return_indices_ranked_by)
     flagged = np.flatnonzero(mask)
-    return flagged[np.argsort(scores[flagged], kind="stable")]
+    return table["index"].to_numpy()[flagged[np.argsort(scores[flagged], kind="stable")]]

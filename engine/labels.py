@@ -54,8 +54,11 @@ def noisy_labels_for(data_config, dataset, clean_indices, seed):
         from engine.data.cifar_n import load_cifar_n_labels
 
         given = load_cifar_n_labels(data_config.noise, data_config.noise_variant, true)
-    elif data_config.noise == "file":
-        given = noise_from_file(data_config.noise_file, len(true), dataset.num_classes)
+    elif data_config.noise == "file":  # a label per sample as given: a held-out test share's too
+        rows = dataset.train_rows
+        count = len(true) if rows is None else len(true) + len(dataset.y_test)
+        given = noise_from_file(data_config.noise_file, count, dataset.num_classes)
+        given = given if rows is None else given[rows]
     else:
         given = true.copy()
         noisy_set = np.setdiff1d(np.arange(len(true)), clean_indices)

@@ -104,9 +104,11 @@ def remove_outputs(folder):
             os.remove(os.path.join(folder, name))
 
 
-def label_issues_table(given, probs, quality, is_issue, true=None, clean_indices=None, class_names=None, paths=None):
-    """The per-sample table, cleanlab's column names: index (then path, each sample's file, when
-    the data were read from files: `paths`), given_label, predicted_label, label_quality (in
+def label_issues_table(given, probs, quality, is_issue, true=None, clean_indices=None, class_names=None, paths=None,
+                       rows=None):
+    """The per-sample table, cleanlab's column names: index (the sample's position in the data as
+    given: `rows`, else its position in `given`; then path, each sample's file, when the data were
+    read from files: `paths`), given_label, predicted_label, label_quality (in
     [0, 1], lower = more likely mislabeled), is_label_issue; then true_label when the true labels
     are known (empty where one is not: -1 in `true`), given_class / predicted_class when the
     classes have names, and clean_subset (trusted labels, never an issue) when there is one."""
@@ -114,7 +116,7 @@ def label_issues_table(given, probs, quality, is_issue, true=None, clean_indices
     clean = np.zeros(len(given), dtype=bool)
     if clean_indices is not None:
         clean[clean_indices] = True
-    table = {"index": np.arange(len(given))}
+    table = {"index": np.arange(len(given)) if rows is None else rows}
     if paths is not None:
         table["path"] = paths
     table |= {"given_label": given, "predicted_label": predicted,

@@ -357,8 +357,9 @@ class Trainer:
     @torch.no_grad()
     def outputs_are_finite(self, images):
         """Whether the model's outputs on `images` are finite (asked after a loss failed: a sync)."""
-        outputs = self.model(images)
-        return all(torch.isfinite(z).all() for z in (outputs if isinstance(outputs, (list, tuple)) else [outputs]))
+        outputs = self.model(images)  # logits, or several: a tuple, or BLDR's heads by name
+        outputs = outputs.values() if isinstance(outputs, dict) else outputs
+        return all(torch.isfinite(z).all() for z in (outputs if not isinstance(outputs, torch.Tensor) else [outputs]))
 
     def diverged(self, epoch, stage, epoch_in_stage, what):
         kept = f"; {self.checkpoint_path} keeps the run as it was before this epoch" if self.checkpoint_path else ""
@@ -407,7 +408,7 @@ class Trainer:
         data, train = self.data, self.train_indices
         self.table = label_issues_table(data.given_labels, self.train_outputs["probs"].numpy(), score, flagged,
                                         true=data.true_labels, clean_indices=data.clean_indices,
-                                        class_names=data.class_names, paths=data.train_paths)
+                                        class_names=data.class_names, paths=data.train_paths, rows=data.train_rows)
         precision, recall, f1 = self.detection(flagged)
         checked = self.checked()
         test_accs = [row["test_acc"] for row in self.metrics if row["test_acc"] is not None]

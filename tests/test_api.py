@@ -245,6 +245,8 @@ def test_a_method_defined_outside_the_package_trains_through_the_api(digits, gce
     (lambda x, y: engine.fit(x, y, x_test=x[:2], y_test=[0, 10**7]), "y_test: labels must be < 100000"),
     (lambda x, y: engine.fit(x, y, true_labels=y - 2), "true_labels: labels must be >= -1"),
     (lambda x, y: engine.fit(x, y - 1), "labels: labels must be >= 0"),
+    (lambda x, y: engine.fit(x, np.full_like(y, 3)), "labels: every label is 3; a classifier needs samples of at least "
+                                                      "2 classes"),
     (lambda x, y: engine.fit(x, y, device="gpu"), "device: expected 'cpu', 'cuda' or 'cuda:N'"),
     (lambda x, y: engine.fit(x, y, out=""), "out: expected a folder"),
     (lambda x, y: engine.fit(x, y, out=REPO + "/README.md"), "out: " + REPO + "/README.md is a file"),
@@ -316,6 +318,20 @@ def test_a_loss_that_fails_on_nan_outputs_stops_the_run_as_diverged():
     x = np.random.default_rng(0).normal(size=(60, 3)).astype(np.float32)
     with pytest.raises(Diverged, match=r"epoch 2 \[ce\]: the model's outputs are NaN or infinite: the run diverged"):
         engine.fit(x, np.arange(60) % 3, method=Sampled(), epochs=3, lr=1e30)
+
+
+def test_a_loss_error_on_the_finite_outputs_of_a_two_headed_model_is_raised_as_it_is():
+    """BLDR's model returns its heads in a dict: the check for NaN outputs after a failed loss used
+    to fail on it with a TypeError, hiding the loss's own error."""
+    from engine.methods import BLDR
+
+    class Failing(BLDR):
+        def loss(self, model, batch, step):
+            raise RuntimeError("the loss's own error")
+
+    x = np.random.default_rng(0).normal(size=(60, 3)).astype(np.float32)
+    with pytest.raises(RuntimeError, match="^the loss's own error$"):
+        engine.fit(x, np.arange(60) % 3, method=Failing(), epochs=2)
 
 
 def test_a_training_set_too_small_to_train_on_is_refused():

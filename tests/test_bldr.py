@@ -222,3 +222,30 @@ def test_bldr_state_holds_weights_sop_and_the_ema_but_not_the_trained_model():
     assert fresh.sop_u is sop_u, "loaded in place: an optimizer holds these very parameters"
     assert fresh.sop_weight.item() > 0
     assert fresh.sop_weight.item() == pytest.approx(50.0 * method.noise_rate.item()**2)
+
+
+def test_bldr_self_distillation_on_two_processes_gives_the_one_process_gradient():
+    """What DDP's average of two processes' gradients makes of the halves of a batch: the one
+    process's gradient, for the mean terms and for the feature term, a sum over the rows (which
+    weighed half as much on two processes)."""
+    from engine.distributed import Processes
+
+    method = make_bldr(warmup=0)
+    method.stage_head_count = 2
+    generator, rows, width = torch.Generator().manual_seed(0), 8, 5
+    shapes = {"main": C, "negative": C, "features": width, "stage0": C, "stage1": C, "stage0_features": width,
+              "stage1_features": width}
+    out = {name: 10 * torch.randn(rows, size, generator=generator, requires_grad=True) for name, size in shapes.items()}
+    labels, weight = torch.arange(rows) % C, torch.rand(rows, generator=generator)
+
+    def gradients(part, processes):
+        method.processes = processes
+        loss = method.distillation_loss({name: z[part] for name, z in out.items()}, labels[part], weight[part])
+        found = torch.autograd.grad(loss, list(out.values()), allow_unused=True)
+        return [torch.zeros_like(z) if g is None else g for z, g in zip(out.values(), found)]
+
+    whole = gradients(slice(None), Processes())
+    halves = [gradients(slice(rank * 4, rank * 4 + 4), Processes(rank, 2)) for rank in range(2)]
+    for name, one, first, second in zip(out, whole, *halves):
+        torch.testing.assert_close((first + second) / 2, one, msg=name)
+    assert whole[list(out).index("stage0_features")].abs().max() > 0

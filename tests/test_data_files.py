@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import engine
 from engine.data import pipeline
 from engine.data.datasets import MAX_CLASSES, LeftOut, load_dataset
 from engine.train import main
@@ -91,8 +92,8 @@ def test_file_list_paths_must_stay_inside_the_data_dir(tmp_path, listed):
     with pytest.raises(ValueError, match=rf"^{data_dir}/train.txt:2: {listed} is outside --data-dir {data_dir}; "
                                          r"list paths must be relative and inside it"):
         load_dataset("filelist", str(data_dir))
-    write_list(data_dir / "train.txt", ["link/cat/1.bmp 0", "link/cat/0.bmp 0"])
-    assert load_dataset("filelist", str(data_dir)).y_train.tolist() == [0, 0]
+    write_list(data_dir / "train.txt", ["link/cat/1.bmp 0", "link/dog/1.bmp 1"])
+    assert load_dataset("filelist", str(data_dir)).y_train.tolist() == [0, 1]
 
 
 @pytest.mark.parametrize("label", [-1, MAX_CLASSES, 10**9])
@@ -133,6 +134,13 @@ def test_data_of_one_class_are_refused_before_a_run_starts(tmp_path, capsys, nam
     assert code == 2 and not (tmp_path / "run" / "checkpoint.pt").exists()
     assert capsys.readouterr().err.strip().endswith(f"error: {name}: 1 class{named} in the training labels; a "
                                                     f"classifier needs at least 2")
+    if name == "npz":  # labels of one class other than 0 (the class count, the largest label + 1, is then 2 or more)
+        np.savez(data, x=np.zeros((6, 8, 8), np.uint8), y=np.ones(6, np.int64), x_test=np.zeros((2, 8, 8), np.uint8),
+                 y_test=np.array([0, 1]))
+        assert main(["--device", "cpu", "--dataset", name, "--data-dir", str(data), "--epochs", "1", "--out",
+                     str(tmp_path / "run")]) == 2
+        assert capsys.readouterr().err.strip().endswith("error: npz: the training labels: every label is 1; a "
+                                                        "classifier needs samples of at least 2 classes")
 
 
 def small_file_list(root):
@@ -141,6 +149,24 @@ def small_file_list(root):
     write_list(root / "train.txt", [f"img/{cls}/{i}.bmp {c}" for c, cls in enumerate(["cat", "dog"])
                                     for i in range(3)])
     write_list(root / "test.txt", ["img/cat/0.bmp 0", "img/dog/0.bmp 1"])
+
+
+def test_a_blank_line_in_a_file_list_with_per_line_values_is_refused(tmp_path):
+    """clean_indices.npy and train_true_labels.npy have a value per line of train.txt: a blank line
+    among its entries would shift them onto the next file, so it is refused naming the line."""
+    small_file_list(tmp_path)
+    lines = (tmp_path / "train.txt").read_text().splitlines()
+    write_list(tmp_path / "train.txt", lines[:2] + [""] + lines[2:] + [""])
+    assert len(load_dataset("filelist", str(tmp_path)).y_train) == 6  # a blank line alone is skipped
+    for name, values in (("clean_indices.npy", np.array([3])), ("train_true_labels.npy", np.zeros(6, np.int64))):
+        np.save(tmp_path / name, values)
+        with pytest.raises(ValueError, match=f"^{tmp_path / 'train.txt'}:3: a blank line, but "
+                                             f"{tmp_path / name} has a value per line of train.txt"):
+            load_dataset("filelist", str(tmp_path))
+        os.remove(tmp_path / name)
+    write_list(tmp_path / "train.txt", lines + ["", ""])  # blank lines after the last entry shift nothing
+    np.save(tmp_path / "clean_indices.npy", np.array([3]))
+    assert load_dataset("filelist", str(tmp_path)).trusted_train.tolist() == [3]
 
 
 def test_class_names_drop_surrounding_whitespace_and_trailing_blank_lines(tmp_path):
@@ -408,9 +434,17 @@ def test_the_held_out_share_is_a_choice(tmp_path, name):
         image_folder(tmp_path / "data", classes=("ant", "bee", "cat", "dog", "emu"), count=6)
         os.remove(tmp_path / "data" / "ant" / "0.bmp")
         data_dir = str(tmp_path / "data")
-    sizes = {fraction: (len(data.y_train), len(data.y_test), len(data.x_test))
-             for fraction in (None, 0.29, 0.5, 0.0) for data in [load_dataset(name, data_dir, test_fraction=fraction)]}
+    loaded = {fraction: load_dataset(name, data_dir, test_fraction=fraction) for fraction in (None, 0.29, 0.5, 0.0)}
+    sizes = {fraction: (len(data.y_train), len(data.y_test), len(data.x_test)) for fraction, data in loaded.items()}
     assert sizes == {None: (24, 5, 5), 0.29: (21, 8, 8), 0.5: (15, 14, 14), 0.0: (29, 0, 0)}
+    whole = loaded[0.0]
+    for data in loaded.values():  # both parts in the samples' own order; train_rows: where each came from
+        rows, held_out = data.train_rows, np.setdiff1d(np.arange(29), data.train_rows)
+        assert (np.diff(rows) > 0).all() and len(held_out) == len(data.y_test)
+        assert (data.x_train == whole.x_train[rows]).all() and (data.y_train == whole.y_train[rows]).all()
+        assert (data.x_test == whole.x_train[held_out]).all() and (data.y_test == whole.y_train[held_out]).all()
+        if name == "folder":
+            assert (data.train_paths == whole.train_paths[rows]).all()
     if name == "npz":
         np.savez(tmp_path / "split.npz", x=np.zeros((4, 8, 8), np.uint8), y=[0, 1, 0, 1], x_test=np.zeros((2, 8, 8),
                  np.uint8), y_test=[0, 1])
@@ -425,6 +459,49 @@ def test_the_held_out_share_is_a_choice(tmp_path, name):
     with pytest.raises(ValueError, match="^test_fraction applies to the data sets that may lack a test split "
                                          r"\(npz, folder\), not to digits$"):
         load_dataset("digits", test_fraction=0.0)
+
+
+def test_the_label_issues_index_is_the_row_of_x_when_a_test_share_is_held_out(tmp_path, capsys):
+    """An npz without a test split: label_issues.csv's index names each sample's row in x (it
+    used to be its place in a shuffled training part, naming another sample), and --noise file
+    gives a label per row of x, the held-out ones included."""
+    rng = np.random.default_rng(4)
+    x, y = rng.integers(0, 256, (30, 8, 8), dtype=np.uint8), np.arange(30) % 3
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    data = load_dataset("npz", str(tmp_path / "data.npz"))
+    noisy = (y + rng.integers(0, 3, 30)) % 3
+    np.save(tmp_path / "noisy.npy", noisy)
+    assert main(["--device", "cpu", "--dataset", "npz", "--data-dir", str(tmp_path / "data.npz"), "--method", "ce",
+                 "--noise", "file", "--noise-file", str(tmp_path / "noisy.npy"), "--epochs", "1",
+                 "--out", str(tmp_path / "run")]) == 0
+    table = pd.read_csv(tmp_path / "run" / "label_issues.csv")
+    assert table["index"].tolist() == data.train_rows.tolist() and len(table) == 24
+    assert (table["given_label"] == noisy[table["index"]]).all() and (table["true_label"] == y[table["index"]]).all()
+    # the API's ranked indices are the table's: rows of x
+    ranked = engine.find_label_issues(data, noisy[data.train_rows], method="ce", epochs=1,
+                                      return_indices_ranked_by="label_quality")
+    assert len(ranked) and sorted(ranked) == table["index"][table["is_label_issue"]].tolist()
+    np.save(tmp_path / "short.npy", noisy[:24])
+    capsys.readouterr()
+    assert main(["--device", "cpu", "--dataset", "npz", "--data-dir", str(tmp_path / "data.npz"), "--noise", "file",
+                 "--noise-file", str(tmp_path / "short.npy"), "--epochs", "1", "--out", str(tmp_path / "short")]) == 2
+    assert capsys.readouterr().err == (f"python -m engine.train: error: noise file {tmp_path / 'short.npy'}: has 24 "
+                                       f"labels but the data set has 30 samples\n")
+
+
+def test_a_file_where_a_folder_is_read_is_named(tmp_path, capsys):
+    np.savez(tmp_path / "data.npz", x=np.zeros((4, 8, 8), np.uint8), y=np.arange(4) % 2)
+    for name, message in (("folder", f"--data-dir {tmp_path / 'data.npz'}: a file; --dataset folder reads a folder"),
+                          ("filelist", f"--data-dir {tmp_path / 'data.npz'}: a file; --dataset filelist reads a "
+                                       f"folder"),
+                          ("cifar10", f"cifar10 {tmp_path / 'data.npz'}: not the CIFAR-10 JPEG archive "
+                                      r"\(cifar10_jpeg_ordered.npz\), which has train_jpeg, train_offsets, y_train "
+                                      "and their test_ arrays; missing train_jpeg, train_offsets, y_train, test_jpeg, "
+                                      "test_offsets, y_test")):
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            load_dataset(name, str(tmp_path / "data.npz"))
+        assert main(["--dataset", name, "--data-dir", str(tmp_path / "data.npz"), "--out", str(tmp_path / "run")]) == 2
+        assert capsys.readouterr().err.count("\n") == 1
 
 
 def test_the_command_line_prints_one_line_naming_the_file(tmp_path, capsys):

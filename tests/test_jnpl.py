@@ -9,7 +9,7 @@ import torch
 from engine import losses as L
 from engine import reference as R
 from engine.methods.base import Batch, Phase, clean_selection, confidence_on_labels
-from engine.methods.jnpl import JNPL, JNPLConfig, JNPLStage
+from engine.methods.jnpl import COMPLEMENTARY_STREAM, JNPL, JNPLConfig, JNPLStage
 from engine.methods.nlnl import NLNL, NLNLConfig, NLNLStage
 from method_testing import (N, C, FixedLogits, assert_same_state, first_epoch_of, index_images, make_method,
                             preset_method, probs_with_confidence, step_at)
@@ -210,7 +210,8 @@ def test_jnpl_loss_is_nl_plus_and_weighted_pl_plus_on_the_selected_rows(pl_weigh
     loss = method.loss(FixedLogits(logits), batch, step)
 
     keep, yhat = L.jnpl_select(logits, seed=0, offset=17)
-    comp = L.sample_complementary(batch.labels, C, k=C - 1, replacement=False, seed=0, offset=17)
+    comp = L.sample_complementary(batch.labels, C, k=C - 1, replacement=False, seed=0,
+                                  offset=COMPLEMENTARY_STREAM + 17)
     torch.testing.assert_close(loss, L.nl_plus_loss(logits, comp) + weight * L.pl_plus_loss(logits[keep], yhat[keep]))
 
     candidates, top, _ = R.jnpl_candidates(logits)
@@ -232,6 +233,24 @@ def test_jnpl_loss_is_nl_plus_and_weighted_pl_plus_on_the_selected_rows(pl_weigh
     (nl_grad,) = torch.autograd.grad(L.nl_plus_loss(leaf, others), leaf)
     torch.testing.assert_close(grad[~keep], nl_grad[~keep])
     assert not torch.allclose(grad[keep], nl_grad[keep])
+
+
+def test_pl_plus_selection_and_complementary_labels_are_drawn_apart():
+    """With one complementary label (the paper's preset) a row's complementary label and whether PL+
+    keeps it are independent: they used to share a row's first Philox draw, so here the kept rows
+    drew the lowest allowed class half of the time and the others never (1/4 each expected)."""
+    method = make_method(JNPL, complementary_labels=1, class_balanced=False)
+    rows = 20_000
+    logits = torch.zeros(rows, C)
+    logits[:, 0] = math.log(C - 1)  # every row a PL+ candidate (the others' p < 1 / C), kept with p_0 = 1/2
+    labels = torch.arange(rows) % (C - 1) + 1
+    batch = Batch(torch.zeros(rows, 1), torch.arange(rows), labels)
+    step = step_at(method, first_epoch_of(method, JNPLStage.JNPL), step=5)
+    keep, _ = method.select(logits, batch, step)
+    lowest = method.complementary(batch, step)[:, 0] == torch.where(labels == 0, 1, 0)
+    assert 0.45 < keep.float().mean() < 0.55
+    for part in (keep, ~keep):
+        assert abs(lowest[part].float().mean().item() - 1 / (C - 1)) < 0.02
 
 
 def test_jnpl_loss_without_a_kept_row_is_nl_plus_alone():

@@ -38,6 +38,17 @@ def test_small_preset_stages_split_2_1_1_1_after_the_warmup():
     assert stages[-1].milestones == (0.5,)
 
 
+def test_every_stage_gets_an_epoch_down_to_one_per_stage():
+    """4 epochs after the warm-up (the fewest): one per stage. 2 : 1 : 1 : 1 rounds to 2, 1, 1 and
+    leaves the last none; it used to take that from SelPL, which then never ran."""
+    for epochs in range(5, 40):
+        stages = preset_method(NLNL, "small", 10, selective=True, epochs=epochs, warmup_epochs=1).stages()
+        assert [stage.kind for stage in stages] == KINDS and min(stage.epochs for stage in stages) >= 1
+        assert sum(stage.epochs for stage in stages) == epochs
+    fewest = preset_method(NLNL, "small", 10, selective=True, epochs=5, warmup_epochs=1).stages()
+    assert [stage.epochs for stage in fewest] == [1, 1, 1, 1, 1]
+
+
 def test_paper_preset_complementary_labels_and_stages():
     ten, hundred = preset_method(NLNL, "paper", 10), preset_method(NLNL, "paper", 100)
     assert ten.config.complementary_labels == 1 and not ten.replacement

@@ -106,6 +106,19 @@ def test_batches_have_the_shapes_and_types_of_the_in_memory_loader(files):
     assert strong.shape == first.shape
 
 
+def test_without_augmentation_a_second_view_is_the_evaluation_view(files):
+    """augment=False (--no-augment) with a method's second view (PMNAR, BLDR): the evaluation's
+    resize and center crop, RandAugment on a strong one, as the in-memory pipeline gives (there was
+    none: the methods failed on a missing view)."""
+    plain, _ = next(iter(loader(files, augment=False, shuffle=False)))
+    first, _, weak = next(iter(loader(files, augment=False, shuffle=False, second_view="weak")))
+    assert torch.equal(first, plain) and torch.equal(weak, plain)
+    first, indices, strong = next(iter(loader(files, augment=False, shuffle=False, second_view="strong")))
+    assert torch.equal(first, plain) and strong.shape == plain.shape and indices.tolist() == list(range(16))
+    changed = (strong - plain).abs().flatten(1).amax(1) > 0.1
+    assert changed.float().mean() > 0.5, "RandAugment changes most images"
+
+
 def numpy_crops(seed, indices, aspect, flip=True):
     """(start [B, 2] as (x, y), size [B, 2] as (width, height), mirror) of the crops the pipeline
     takes from images of height / width `aspect`."""

@@ -129,6 +129,10 @@ class ImageDataset:
     # Of image files: each training sample's path relative to the data folder (the label-issues
     # table's `path`: the sample's index alone does not name its file after a held-out split).
     train_paths: np.ndarray | None = field(default=None)
+    # Where a test share was held out of the samples (_hold_out): each training sample's position
+    # among them (the row of an npz's x, the place in a folder's sorted listing), the label-issues
+    # table's `index`, so that it names the sample in the data as given.
+    train_rows: np.ndarray | None = field(default=None)
 
     def __post_init__(self):
         if self.num_classes < 2:  # else the run would fail in its first step, leaving a checkpoint behind
@@ -147,10 +151,18 @@ class ImageDataset:
         for name, y in (("y_train", self.y_train), ("y_test", self.y_test)):
             if len(y) and (y.min() < 0 or y.max() >= self.num_classes):
                 raise ValueError(f"{self.name}: {name} must lie in [0, {self.num_classes})")
+        require_classes(self.y_train, f"{self.name}: the training labels")
 
     @property
     def image_shape(self):
         return self.x_train.shape[1:]
+
+
+def require_classes(labels, where):
+    """A classifier's training labels name at least 2 classes (else it would learn one answer and
+    flag nothing): a clear error naming `where` otherwise."""
+    if len(labels) and (labels == labels[0]).all():
+        raise ValueError(f"{where}: every label is {labels[0]}; a classifier needs samples of at least 2 classes")
 
 
 TEST_FRACTION = 0.2  # a data set without a test split (HOLDS_OUT) holds out this share of its samples as one
@@ -158,11 +170,12 @@ TEST_FRACTION = 0.2  # a data set without a test split (HOLDS_OUT) holds out thi
 
 def _hold_out(arrays, where, hint, fraction, trusted=None):
     """(_split of the per-sample `arrays` with the share `fraction` (None: TEST_FRACTION) held out
-    as the test set, rounded down, the positions of `trusted` in the training parts). Refused when
-    that leaves no test sample (the run could not measure test accuracy) or no training sample.
-    fraction 0: every sample trains, the test parts are empty. `trusted` (positions, or None):
-    samples with trusted labels, never held out (the methods that need a clean subset need all of
-    them); None gives None."""
+    as the test set, rounded down, each part in the samples' own order; the positions of `trusted`
+    in the training parts; the positions in `arrays` of the training samples, the label-issues
+    table's index). Refused when that leaves no test sample (the run could not measure test
+    accuracy) or no training sample. fraction 0: every sample trains, the test parts are empty.
+    `trusted` (positions, or None): samples with trusted labels, never held out (the methods that
+    need a clean subset need all of them); None gives None."""
     fraction = TEST_FRACTION if fraction is None else fraction
     count = len(arrays[0])
     test_size = int(count * fraction + 1e-9)  # 0.29 * 100 is 28.999...
@@ -174,17 +187,21 @@ def _hold_out(arrays, where, hint, fraction, trusted=None):
         untrusted = f" ({candidates} without a trusted label)" if candidates < count else ""
         raise ValueError(f"{where}: {count} samples{untrusted}, too few to hold out a share {fraction:g} of them as "
                          f"the test set and train on the rest; {hint}")
-    parts, n = _split((*arrays, keep), test_size, keep=keep), len(arrays)  # keep's parts: n and 2n + 1
-    return parts[:n] + parts[n + 1:-1], None if trusted is None else np.flatnonzero(parts[n])
+    parts, n = _split((*arrays, np.arange(count)), test_size, keep=keep, in_order=True), len(arrays)
+    rows = parts[n]  # the rows' parts: n and 2n + 1
+    return parts[:n] + parts[n + 1:-1], None if trusted is None else np.flatnonzero(keep[rows]), rows
 
 
-def _split(arrays, test_size, seed=SPLIT_SEED, keep=None):
+def _split(arrays, test_size, seed=SPLIT_SEED, keep=None, in_order=False):
     """The per-sample `arrays` (x, y and any others, e.g. paths), split alike: their training
-    parts, then their test parts (x_train, y_train, x_test, y_test for (x, y)). `keep` (bool
-    [N]): samples that stay in the training parts."""
+    parts, then their test parts (x_train, y_train, x_test, y_test for (x, y)), in a shuffled
+    order or, `in_order`, in the samples' own. `keep` (bool [N]): samples that stay in the
+    training parts."""
     order = np.random.default_rng(seed).permutation(len(arrays[0]))
     test = (order if keep is None else order[~keep[order]])[:test_size]
     train = order[~np.isin(order, test)]
+    if in_order:
+        train, test = np.sort(train), np.sort(test)
     return [array[train] for array in arrays] + [array[test] for array in arrays]
 
 
@@ -228,11 +245,14 @@ def load_digits(data_dir=None):
     return ImageDataset("digits", *_split((x, digits.target), 397), 10, (mean,), (std,), flip=False)
 
 
-def _require_dir(data_dir, dataset):
+def _require_dir(data_dir, dataset, folder=False):
+    """--data-dir of `dataset`, which exists (and is a folder where `folder`), or a clear error."""
     if data_dir is None:
         raise ValueError(f"--dataset {dataset} needs --data-dir")
     if not os.path.exists(data_dir):
         raise FileNotFoundError(f"--data-dir {data_dir} does not exist")
+    if folder and not os.path.isdir(data_dir):
+        raise ValueError(f"--data-dir {data_dir}: a file; --dataset {dataset} reads a folder")
     return data_dir
 
 
@@ -275,7 +295,12 @@ def load_cifar10_jpeg(path):
     """The JPEG re-encoding of CIFAR-10 in original order, decoded once (DALI, CPU)."""
     from engine.data.pipeline import decode_images
 
-    archive = np.load(path)
+    archive = _npz_arrays(path)
+    missing = [name for split in ("train", "test") for name in (f"{split}_jpeg", f"{split}_offsets", f"y_{split}")
+               if name not in archive]
+    if missing:
+        raise ValueError(f"cifar10 {path}: not the CIFAR-10 JPEG archive ({CIFAR10_JPEG_ARCHIVE}), which has "
+                         f"train_jpeg, train_offsets, y_train and their test_ arrays; missing {', '.join(missing)}")
     splits = {}
     for split in ("train", "test"):
         jpeg, offsets = archive[f"{split}_jpeg"], archive[f"{split}_offsets"]
@@ -350,7 +375,7 @@ def load_npz(data_dir, test_fraction=None):
     if missing:
         raise ValueError(f"npz {path}: needs arrays x and y (and x_test with y_test), missing {', '.join(missing)}; "
                          f"it has {', '.join(arrays) or 'none'}")
-    parts, features = [], arrays["x"].ndim == 2
+    parts, features, rows = [], arrays["x"].ndim == 2, None
     for x_name, y_name in zip(names[::2], names[1::2]):
         if features:
             x = as_features(arrays[x_name], f"npz {path}: {x_name}")
@@ -367,8 +392,8 @@ def load_npz(data_dir, test_fraction=None):
     if "clean_indices" in arrays:
         trusted = trusted_positions(arrays["clean_indices"], len(parts[1]), f"npz {path}: clean_indices (of x)")
     if len(parts) == 2:
-        parts, trusted = _hold_out(parts, f"npz {path}", "add samples or give x_test and y_test", test_fraction,
-                                   trusted)
+        parts, trusted, rows = _hold_out(parts, f"npz {path}", "add samples or give x_test and y_test",
+                                         test_fraction, trusted)
     elif test_fraction is not None:
         raise ValueError(f"--test-fraction: npz {path} has its own test split (x_test, y_test)")
     elif parts[0].shape[1:] != parts[2].shape[1:]:  # the model would be tested on inputs of another shape
@@ -377,7 +402,7 @@ def load_npz(data_dir, test_fraction=None):
                          f"{list(parts[0].shape[1:])}; both must have the same {shape}")
     num_classes = int(max(parts[1].max(), parts[3].max(initial=0))) + 1
     stats = feature_stats(parts[0]) if features else channel_stats(parts[0])
-    return ImageDataset("npz", *parts, num_classes, *stats, flip=False, trusted_train=trusted)
+    return ImageDataset("npz", *parts, num_classes, *stats, flip=False, trusted_train=trusted, train_rows=rows)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -463,7 +488,7 @@ def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False, test_f
     root/test/<class>/... (test/ may lack a class, not have another); without them a share
     test_fraction is held out (_hold_out). Hidden entries are left out. clean_paths.txt, if
     there, lists the training images whose labels are trusted (the clean subset)."""
-    root = _require_dir(data_dir, "folder")
+    root = _require_dir(data_dir, "folder", folder=True)
     _refuse_trusted_file(root, "folder", CLEAN_INDICES)
     found = [split for split in ("train", "test") if os.path.isdir(os.path.join(root, split))]
     if len(found) == 1:  # else its class folders would be taken for the images of a class "train"
@@ -502,14 +527,14 @@ def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False, test_f
         warnings.warn(f"folder {root}: {len(left_out)} file{'s' * (len(left_out) > 1)} in class folders left out, not "
                       f"of an image kind read ({' '.join(IMAGE_SUFFIXES)}): {', '.join(left_out[:3])}"
                       f"{', ...' if len(left_out) > 3 else ''}", LeftOut, stacklevel=2)
-    train_paths, trusted = split_paths[0], _read_clean_paths(root, split_paths[0])
+    train_paths, trusted, rows = split_paths[0], _read_clean_paths(root, split_paths[0]), None
     if not has_splits:  # the paths are split with their images: decoded ones no longer carry them
-        (x, y, train_paths, x_test, y_test, _), trusted = _hold_out(
+        (x, y, train_paths, x_test, y_test, _), trusted, rows = _hold_out(
             (*parts, train_paths), f"folder {root}", "add images or give train/ and test/ folders", test_fraction,
             trusted)
         parts = [x, y, x_test, y_test]
     return ImageDataset("folder", *parts, len(classes), *channel_stats(parts[0]), flip=True, class_names=classes,
-                        trusted_train=trusted, train_paths=train_paths)
+                        trusted_train=trusted, train_paths=train_paths, train_rows=rows)
 
 
 def _refuse_trusted_file(root, dataset, other):
@@ -603,7 +628,7 @@ def load_file_list(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
     where known (-1 elsewhere; detection is measured on those). clean_indices.npy, if there,
     lists the train.txt lines (0-based) whose labels are trusted: the clean subset.
     classes.txt, if there, names the classes (line i: class i). engine.data.layouts writes them."""
-    root = _require_dir(data_dir, "filelist")
+    root = _require_dir(data_dir, "filelist", folder=True)
     _refuse_trusted_file(root, "filelist", CLEAN_PATHS)
     parts, listed = [], []
     for split in ("train", "test"):
@@ -615,6 +640,11 @@ def load_file_list(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
         parts.extend(_image_files(listed[-1], labels, f"filelist {list_path}", stream))
     num_classes = int(max(parts[1].max(), parts[3].max())) + 1
     names_path, true_path = os.path.join(root, "classes.txt"), os.path.join(root, "train_true_labels.npy")
+    per_line = [path for path in (true_path, os.path.join(root, CLEAN_INDICES)) if os.path.exists(path)]
+    gaps = np.flatnonzero(listed[0].lines != np.arange(1, len(listed[0]) + 1))
+    if per_line and len(gaps):  # its values would name the entries after the blank line one line off
+        raise ValueError(f"{listed[0].listing}:{gaps[0] + 1}: a blank line, but {per_line[0]} has a value per line "
+                         f"of train.txt; remove the blank lines")
     names = None
     if os.path.exists(names_path):
         names = _read_class_names(names_path)

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from engine.data.datasets import require_classes
 from engine.safe_loading import read_error_reason, torch_load
 
 NOISE_KINDS = ("none", "symmetric", "asymmetric", "file")
@@ -122,6 +123,7 @@ def noise_from_file(path, num_samples, num_classes):
     labels = _as_labels(array, num_classes, f"noise file {path}: labels")
     if len(labels) != num_samples:
         raise ValueError(f"noise file {path}: has {len(labels)} labels but the data set has {num_samples} samples")
+    require_classes(labels, f"noise file {path}")
     return labels
 
 

@@ -274,7 +274,8 @@ def _to_torch(tensor_list, device):
         out = torch.empty(tensor_list.as_tensor().shape(), dtype=torch.float32, device=device)
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
-        feed_ndarray(tensor_list.as_tensor(), out, cuda_stream=torch.cuda.current_stream())
+        # the stream of the batch's device (a run on cuda:1 need not have made it the current device)
+        feed_ndarray(tensor_list.as_tensor(), out, cuda_stream=torch.cuda.current_stream(device))
         return out
     return torch.from_numpy(np.asarray(tensor_list.as_tensor()))
 

@@ -56,15 +56,22 @@ def crop_window(area, ratio, x, y, aspect, sqrt, minimum):
 
 
 @pipeline_def(enable_conditionals=True)  # RandAugment applies its ops with DALI conditionals
-def _file_pipeline(source, size, views, suite, mean, std, decoder):
-    # suite: the strong view's RandAugment ops (PipelineLoader.suite), else None
+def _file_pipeline(source, size, views, second, suite, mean, std, decoder):
+    # views: the random crops fed draws (0: none, evaluation's center crop); second: a second view
+    # of each image; suite: the strong view's RandAugment ops (PipelineLoader.suite), else None
     choices = RAND_AUGMENT_DRAWS if suite else 0
     encoded, *draws = fn.external_source(source=source, num_outputs=1 + CROP_DRAWS * views + choices, batch=True)
     normalize = dict(mean=list(mean), std=list(std), dtype=types.FLOAT, output_layout="CHW")
-    if not views:  # evaluation
+    if not views:  # evaluation, or training without augmentation
         images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB)
         images = fn.resize(images, resize_shorter=round(size * EVAL_RESIZE))
-        return fn.crop_mirror_normalize(images, crop=(size, size), **normalize)
+        first = fn.crop_mirror_normalize(images, crop=(size, size), **normalize)
+        if not second:
+            return first
+        # as the in-memory pipeline without augmentation: the same view, RandAugment on a strong one
+        if suite:
+            images = rand_augmented(fn.crop(images, crop=(size, size)), draws, suite)
+        return first, fn.crop_mirror_normalize(images, crop=(size, size), **normalize)
     # One view decodes only its crop; two decode the image once and crop it twice.
     decoded = fn.decoders.image(encoded, device=decoder, output_type=types.RGB) if views > 1 else None
     height_width = fn.peek_image_shape(encoded, dtype=types.FLOAT)  # from the header: H, W, C
@@ -101,7 +108,7 @@ class StreamingLoader(PipelineLoader):
                          num_threads or min(8, os.cpu_count() or 1), augment, second_view, channels=3)  # decoded as RGB
         self.files, self.flip = files, augment and flip
         self.definition = functools.partial(_file_pipeline, size=files.size, views=self._views,
-                                            suite=self.suite, mean=mean, std=std,
+                                            second=second_view is not None, suite=self.suite, mean=mean, std=std,
                                             decoder="cpu" if self.device_id is None else "mixed")
 
     def _epoch_inputs(self):

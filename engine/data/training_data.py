@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from engine.data.datasets import (MAX_CLASSES, TRUSTED_LABELS, ImageFiles, as_features, channel_stats, feature_stats,
-                                  trusted_positions)
+                                  require_classes, trusted_positions)
 from engine.data.loaders import ImageArrayLoader, TensorLoader
 
 IMAGE_CHANNELS = (1, 3)
@@ -31,6 +31,8 @@ class TrainingData:
     flip: bool = False                # horizontal flips keep the label (images)
     class_names: list | None = None
     train_paths: np.ndarray | None = None  # str [N]: the training images' files, when read from files
+    train_rows: np.ndarray | None = None   # int64 [N]: their positions in the data as given, where a test share
+                                           # was held out of it (ImageDataset.train_rows); else 0..N-1
 
     @property
     def features(self):
@@ -149,7 +151,8 @@ def from_dataset(dataset, given, true_labels, clean_indices):
     return TrainingData(dataset.name, dataset.x_train, given, dataset.num_classes, dataset.mean, dataset.std,
                         true_labels=true_labels, clean_indices=clean_indices,
                         x_test=dataset.x_test if held_out else None, y_test=dataset.y_test if held_out else None,
-                        flip=dataset.flip, class_names=dataset.class_names, train_paths=dataset.train_paths)
+                        flip=dataset.flip, class_names=dataset.class_names, train_paths=dataset.train_paths,
+                        train_rows=dataset.train_rows)
 
 
 def from_loaded(dataset, labels=None, true_labels=None, clean_indices=None):
@@ -162,6 +165,7 @@ def from_loaded(dataset, labels=None, true_labels=None, clean_indices=None):
     for argument, values in (("labels", given), ("true_labels", true)):
         if values is not None and count and values.max() >= classes:
             raise ValueError(f"{argument}: the data set has {classes} classes, found label {values.max()}")
+    require_classes(given, "labels")
     clean = dataset.trusted_train
     if clean_indices is not None:
         if clean is not None:
@@ -203,8 +207,7 @@ def from_arrays(x, labels, x_test=None, y_test=None, true_labels=None, clean_ind
             raise ValueError(f"class_names: {len(class_names)} names for labels up to {num_classes - 1} (at most "
                              f"{MAX_CLASSES} classes)")
         num_classes = len(class_names)
-    if num_classes < 2:
-        raise ValueError(f"labels: need at least 2 classes, got labels in [0, {num_classes - 1}]")
+    require_classes(given, "labels")
     clean = np.zeros(0, dtype=np.int64)
     if clean_indices is not None:
         clean = trusted_positions(as_numpy(clean_indices), len(x), "clean_indices")

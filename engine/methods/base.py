@@ -160,9 +160,10 @@ def split_epochs(total, fractions):
                          f"{len(fractions)} stages, got {total}")
     counts = [max(1, int(round(total * f / sum(fractions)))) for f in fractions]
     counts[-1] = total - sum(counts[:-1])
-    if counts[-1] < 1:
-        counts[-2] += counts[-1] - 1
-        counts[-1] = 1
+    for stage in reversed(range(len(counts) - 1)):  # a last stage rounded to < 1 epoch takes from the stages
+        while counts[-1] < 1 and counts[stage] > 1:  # before it that have more than one, the latest first
+            counts[stage] -= 1
+            counts[-1] += 1
     return counts
 
 

@@ -269,12 +269,15 @@ class BLDR(Method):
     def distillation_loss(self, out, labels, weight):
         teacher = torch.softmax((out["main"] + out["negative"]).detach().float() / 2 / DISTILL_TEMPERATURE, 1)
         deepest = out["features"].detach().float()
+        # The feature term is a sum over the rows (the released code's): over the global batch, as DDP
+        # averages the processes' gradients.
+        feature_weight = DISTILL_FEATURE_WEIGHT * self.processes.world
         loss = 0.0
         for index in range(self.stage_head_count):
             logits, features = out[f"stage{index}"], out[f"stage{index}_features"]
             loss = (loss + weighted_ce(logits, labels, weight)
                     + DISTILL_KL_WEIGHT * DISTILL_TEMPERATURE**2 * kl_to_softmax(teacher, logits, DISTILL_TEMPERATURE)
-                    + DISTILL_FEATURE_WEIGHT * ((features.float() - deepest) ** 2).sum())
+                    + feature_weight * ((features.float() - deepest) ** 2).sum())
         return loss
 
     @torch.no_grad()

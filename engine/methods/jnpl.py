@@ -29,6 +29,10 @@ from engine.losses import jnpl_select, nl_plus_loss, pl_plus_loss, sample_comple
 from engine.methods.base import (Method, Phase, Stage, class_mean_one, clean_selection, confidence_on_labels,
                                  split_epochs)
 
+# The complementary labels' Philox offsets: the step plus this, above every step number (< 2**32), so
+# that they are drawn apart from jnpl_select's, keyed by the step itself, in the same rows.
+COMPLEMENTARY_STREAM = 1 << 32
+
 
 @dataclass(frozen=True)
 class NegativeLearningConfig(WarmupConfig):
@@ -163,7 +167,11 @@ class JNPL(Method):
 
     def complementary(self, batch, step):
         return sample_complementary(batch.labels, self.num_classes, k=self.k, replacement=self.replacement,
-                                    seed=self.seed, offset=step.step, first_row=batch.first_row)
+                                    seed=self.seed, offset=COMPLEMENTARY_STREAM + step.step, first_row=batch.first_row)
+
+    def select(self, logits, batch, step):
+        """PL+'s rows and their arg-max (jnpl_select), drawn apart from the complementary labels."""
+        return jnpl_select(logits, seed=self.seed, offset=step.step, first_row=batch.first_row)
 
     def loss(self, model, batch, step):
         logits = model(batch.images)
@@ -171,7 +179,7 @@ class JNPL(Method):
             return weighted_ce(logits, batch.labels)
         if step.stage.kind is Phase.PSEUDO:
             return self.pseudo_loss(logits, batch, step)
-        keep, yhat = jnpl_select(logits, seed=self.seed, offset=step.step, first_row=batch.first_row)
+        keep, yhat = self.select(logits, batch, step)
         # PL+'s mean over the kept rows as a masked sum: indexing by the mask would wait for the GPU.
         pl_plus = pl_plus_loss(logits, yhat, weight=keep.float(), reduction="sum") / keep.sum().clamp_min(1)
         return self.negative_loss(logits, batch, step) + self.config.pl_weight * pl_plus
