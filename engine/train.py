@@ -23,7 +23,7 @@ from engine.config import (NOISE_OPTIONS, SHARED_FIELDS, SHORT_BUDGET, SMALL_DAT
 from engine.checkpoint import CheckpointError
 from engine.data.datasets import DataFileError, LeftOut
 from engine.methods import METHODS, method_class, with_model_for
-from engine.methods.base import Diverged
+from engine.methods.base import CleanSubset, Diverged
 from engine.outputs import OUTPUT_FILES, FolderInUse
 
 PROG = "python -m engine.train"
@@ -147,17 +147,27 @@ def assemble(spec, chosen, given, base, config_path):
     run.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
     data = dict(base.get("data") or {})
     check_fields(DataConfig, data)
-    hyper = dict(base.get("hyperparameters") or {})
+    recorded = dict(base.get("hyperparameters") or {})  # the values --config's run used
+    flags = {}
     for dest, value in given.items():
         section, _, field = dest.partition(":")
         if section == "data":
             data[field] = value
         elif section == "hyperparameters":
-            hyper[field] = value
+            flags[field] = value
         elif section in METHODS or section == chosen.name:
             if section != chosen.name:
                 raise ValueError(f"{flag(field, section)} is an option of --method {section}, not of {spec}")
-            hyper[field] = value
+            flags[field] = value
+    # One of clean_size / clean_fraction given replaces the other; fewer epochs than the recorded
+    # warm-up fit it again, as for a new run.
+    for asked, replaced in (("clean_size", "clean_fraction"), ("clean_fraction", "clean_size")):
+        if asked in flags and replaced not in flags:
+            recorded.pop(replaced, None)
+    warmup = recorded.get("warmup_epochs")
+    if "warmup_epochs" not in flags and isinstance(warmup, int) and flags.get("epochs", warmup + 1) <= warmup:
+        del recorded["warmup_epochs"]
+    hyper = {**recorded, **flags}
     known = {f.name for f in dataclasses.fields(chosen.Config)}
     for field in hyper:
         if field not in known:
@@ -171,7 +181,8 @@ def assemble(spec, chosen, given, base, config_path):
     check_noise_options(config.data, [dest.partition(":")[2] for dest in given if dest.startswith("data:")],
                         defaulted="noise" not in data)
     check_writable(out)
-    return config, chosen(**hyper), {"resume": given.get("resume", False), "overwrite": given.get("overwrite", False)}
+    return config, chosen(**hyper), {"resume": given.get("resume", False), "overwrite": given.get("overwrite", False),
+                                     "recorded": sorted(set(recorded) - set(flags))}
 
 
 def check_device(device_type, argument):
@@ -202,9 +213,10 @@ def check_writable(out, argument="--out"):
         raise ValueError(f"{argument} {out} cannot be written ({error.strerror or error})") from None
 
 
-def trainer_for(run, method, resume=False, overwrite=False):
+def trainer_for(run, method, resume=False, overwrite=False, recorded=()):
     """The Trainer of a command-line run: the data set with its label noise and clean subset,
-    the method configured for its size; `run` gets the resolved hyper-parameters."""
+    the method configured for its size; `run` gets the resolved hyper-parameters. `recorded`:
+    the method's options that come from --config's file, not from flags."""
     from engine.data.datasets import TRUSTED_LABELS, load_dataset
     from engine.data.training_data import from_dataset
     from engine.labels import choose_clean_subset, noisy_labels_for
@@ -215,9 +227,10 @@ def trainer_for(run, method, resume=False, overwrite=False):
     method = with_model_for(method, dataset.x_train.ndim == 2)  # an npz of feature vectors
     config = method.configure(size_class(len(dataset.y_train)), dataset.num_classes)
     if dataset.trusted_train is not None:  # the data set's own clean subset replaces the preset's held-out one
-        asked = {name: method.options[name] for name in ("clean_size", "clean_fraction")
-                 if method.options.get(name) is not None}
-        if asked and asked != {"clean_size": len(dataset.trusted_train)}:  # a run's config.yaml records its size
+        # a size --config's file recorded is that of its run's subset, not a request
+        asked = [name for name in ("clean_size", "clean_fraction")
+                 if method.options.get(name) is not None and name not in recorded]
+        if asked:
             raise ValueError(f"--clean-size / --clean-fraction: --data-dir {run.data.data_dir} has its own clean "
                              f"subset ({TRUSTED_LABELS[dataset.name][0]}, {len(dataset.trusted_train)} samples), "
                              f"which the run uses")
@@ -227,12 +240,15 @@ def trainer_for(run, method, resume=False, overwrite=False):
             clean = choose_clean_subset(config, dataset.y_train, run.seed)
         except ValueError as error:  # a size the training set cannot give, said of the flag that asked for it
             raise ValueError(f"{flag('clean_size' if config.clean_size else 'clean_fraction')}: {error}") from None
-        if len(clean) and (dataset.true_train is not None or run.data.labels_as_given):
+        needed = len(clean) or method.clean_subset is not CleanSubset.NOT_NEEDED
+        if needed and (dataset.true_train is not None or run.data.labels_as_given):
             why = ("it has train_true_labels.npy" if dataset.true_train is not None else
                    f"--noise {run.data.noise} trains on them as given")
-            raise ValueError(f"--clean-size / --clean-fraction: the labels of --data-dir {run.data.data_dir} are its "
-                             f"noisy ones ({why}), so a held-out subset would not have trusted labels; name the "
-                             f"samples whose labels you trust with {TRUSTED_LABELS[dataset.name][1]}")
+            what = ("--clean-size / --clean-fraction" if len(clean) else f"--method {method.name} needs a clean "
+                    f"subset and")
+            raise ValueError(f"{what}: the labels of --data-dir {run.data.data_dir} are its noisy ones ({why}), so a "
+                             f"held-out subset would not have trusted labels; name the samples whose labels you trust "
+                             f"with {TRUSTED_LABELS[dataset.name][1]}")
     if config.clean_fraction is not None or dataset.trusted_train is not None:  # recorded as the count it gave
         config = with_overrides(config, {"clean_size": len(clean)})
     method.config = config

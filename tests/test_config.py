@@ -151,7 +151,8 @@ def test_command_line_flags_and_config_file(tmp_path):
     run, method, start = parse_args(["--method", "pmnar", "--dataset", "digits", "--pmnar-no-consistency",
                                      "--lr", "0.3", "--seed", "4", "--device", "cpu", "--resume"])
     assert (run.method, run.seed, run.data.dataset, start) == ("pmnar", 4, "digits", {"resume": True,
-                                                                                      "overwrite": False})
+                                                                                      "overwrite": False,
+                                                                                      "recorded": []})
     assert method.options == {"consistency": False, "lr": 0.3}
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"method": "pmnar", "seed": 7, "device": "cpu", "out": str(tmp_path / "x"),
@@ -160,6 +161,27 @@ def test_command_line_flags_and_config_file(tmp_path):
     run, method, _ = parse_args(["--config", str(config), "--pmnar-beta", "0.25", "--noise-rate", "0.3"])
     assert (run.seed, run.data.noise, run.data.noise_rate) == (7, "asymmetric", 0.3)
     assert method.options == {"epochs": 4, "beta": 0.25}
+
+
+def test_a_flag_given_with_config_replaces_what_it_pairs_with(tmp_path):
+    """Every run's config.yaml records its clean subset as clean_size and its warm-up: --clean-fraction
+    replaces the one (they exclude each other), and --epochs too few for the other fits it again, as
+    for a new run; values the file recorded are not requests of the user."""
+    from engine.train import trainer_for
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"method": "bldr", "device": "cpu", "out": str(tmp_path / "x"),
+                                      "data": {"dataset": "digits"},
+                                      "hyperparameters": {"epochs": 30, "warmup_epochs": 10, "clean_size": 70,
+                                                          "lr": 0.05}}))
+    run, method, start = parse_args(["--config", str(config), "--clean-fraction", "0.1", "--epochs", "10"])
+    assert method.options == {"lr": 0.05, "clean_fraction": 0.1, "epochs": 10} and start["recorded"] == ["lr"]
+    resolved = trainer_for(run, method).run_config.hyperparameters
+    assert (resolved.epochs, resolved.warmup_epochs, resolved.clean_size) == (10, 3, 140)  # as --epochs 10 alone
+    run, method, start = parse_args(["--config", str(config), "--epochs", "20", "--warmup-epochs", "4"])
+    assert method.options == {"epochs": 20, "warmup_epochs": 4, "clean_size": 70, "lr": 0.05}
+    _, method, start = parse_args(["--config", str(config), "--epochs", "11"])  # the recorded warm-up still fits
+    assert method.options["warmup_epochs"] == 10 and start["recorded"] == ["clean_size", "lr", "warmup_epochs"]
 
 
 @pytest.mark.parametrize("args,message", [

@@ -20,6 +20,8 @@ POSITIVE = {"none": 0, "ce": 1, "pl_plus": 2}
 NEGATIVES = {"none": 0, "listed": 1, "all_but_label": 2}
 NORM_MODES = {"sub_min": 0, "min_max": 1, "max": 2, "rectify_sum": 3, "sigmoid": 4, "softmax": 5}  # normalize.h
 
+FLOAT_MAX = torch.finfo(torch.float32).max
+
 
 def logits_with_edge_rows(C, generator):
     """Random rows and rows that stress the cross-lane reductions (float64; cast by the caller)."""
@@ -97,10 +99,12 @@ def test_losses_and_gradients_match_cpu(emulated, C, dtype, layout):
 @pytest.mark.parametrize("C", [2, 10, 100])
 def test_jnpl_select_and_history_match_cpu(emulated, C):
     g = torch.Generator().manual_seed(C)
-    z = torch.cat([logits_with_edge_rows(C, g), 2 * torch.randn(203, C, generator=g, dtype=torch.float64)])
+    z = torch.cat([logits_with_edge_rows(C, g), 2 * torch.randn(205, C, generator=g, dtype=torch.float64)])
     z[7:107, 0] += 8  # confident rows: PL+ candidates
     # Rows without a softmax, their NaN / +inf in the last lane: torch.argmax's column
     z[207, C - 1], z[208, 0], z[208, C - 1], z[209] = math.nan, math.inf, math.nan, -math.inf
+    # +inf after the largest float (their keys tie); the lowest float among -inf
+    z[210, 0], z[210, C - 1], z[211], z[211, C - 1] = FLOAT_MAX, math.inf, -math.inf, -FLOAT_MAX
     z = z.float()
     keep, yhat = ops.jnpl_select(z, 11, 12)
     lane_keep, lane_yhat = emulated.jnpl_select(z, 11, 12, 0)
@@ -111,6 +115,7 @@ def test_jnpl_select_and_history_match_cpu(emulated, C):
     assert (lane_keep != keep).sum() <= 2
 
     assert torch.equal(yhat, z.argmax(1))  # torch's arg-max, also where a NaN leaves no softmax
+    assert yhat[210] == yhat[211] == C - 1
     indices = torch.randint(0, 50, (len(z),), generator=g)
     history = L.update_history(torch.zeros(50, C, dtype=torch.bool), indices, z)
     lane_history = torch.zeros(50, C, dtype=torch.bool)
@@ -146,3 +151,11 @@ def test_normalize_weights_block_matches_cpu(emulated, size, dtype):
             result = emulated.normalize_weights(x, value, temperature)
             assert result.dtype == expected.dtype
             torch.testing.assert_close(result, expected, rtol=rtol, atol=atol, msg=f"{mode}, t = {temperature}")
+
+
+def test_normalize_weights_block_gives_minus_inf_zero_of_the_softmax(emulated):
+    """Every thread's statistics start at -inf: a -inf among its first elements made them NaN."""
+    x = torch.randn(2000, dtype=torch.float64)
+    x[[0, 3, 700]] = -math.inf
+    result = emulated.normalize_weights(x, NORM_MODES["softmax"], 10.0)
+    torch.testing.assert_close(result, torch.softmax(x / 10.0, 0))

@@ -158,6 +158,13 @@ def test_training_takes_the_clean_subset_from_clean_indices(tmp_path, capsys):
     capsys.readouterr()
     assert train(["--method", "l2b", *common, "--clean-size", "2", "--out", str(tmp_path / "run2")]) == 2
     assert "has its own clean subset (clean_indices.npy, 5 samples)" in capsys.readouterr().err
+    # The run's config.yaml on a conversion with another trusted subset: its recorded size is no request.
+    labels = load_dataset("filelist", str(dst)).y_train
+    one_per_class = [trusted[list(labels[trusted]).index(c)] for c in sorted(set(labels[trusted]))]
+    assert len(one_per_class) < len(trusted)
+    np.save(dst / "clean_indices.npy", np.array(one_per_class))
+    assert train(["--config", str(out / "config.yaml"), "--out", str(tmp_path / "run3")]) == 0
+    assert f"clean_size: {len(one_per_class)}" in (tmp_path / "run3" / "config.yaml").read_text()
 
 
 @pytest.mark.parametrize("indices, dtype, message", [

@@ -192,25 +192,27 @@ def test_rows_without_a_softmax_take_torchs_arg_max_and_are_never_kept(dtype, de
     column (the first NaN, else the first +inf; column 0 of a row of -inf) and never keeps it,
     and update_history records that column, as the references do. Both used to take the
     arg-max of the other columns, passing the NaN by."""
-    C, nan, inf = 40, math.nan, math.inf
-    z = torch.zeros(6, C)
+    C, nan, inf, largest = 40, math.nan, math.inf, torch.finfo(dtype).max
+    z = torch.zeros(8, C, dtype=torch.float64)
     z[:, 5] = 9  # confident rows: PL+ candidates
     z[0, 30] = nan
     z[1, 20], z[1, 33] = inf, nan
     z[2, 20], z[2, 25] = inf, inf
     z[3] = -inf
     z[4, 35], z[4, 36] = nan, inf
+    z[6, 10], z[6, 12] = largest, inf  # the largest finite value before +inf, the lowest among -inf:
+    z[7], z[7, 8] = -inf, -largest     # they used to tie with the infinities, the first column winning
     z = z.to(device, dtype)
-    expected = torch.tensor([30, 33, 20, 0, 35, 5])
+    expected = torch.tensor([30, 33, 20, 0, 35, 5, 12, 8])
     assert torch.equal(z.argmax(1).cpu(), expected)
-    kept = torch.zeros(6, dtype=torch.bool)
+    kept = torch.zeros(8, dtype=torch.bool)
     for offset in range(20):
         keep, yhat = L.jnpl_select(z, seed=1, offset=offset)
         assert torch.equal(yhat.cpu(), expected)
         kept |= keep.cpu()
-    assert kept.tolist() == [False] * 5 + [True]
-    history = L.update_history(torch.zeros(8, C, dtype=torch.bool, device=device), torch.arange(6, device=device), z)
-    assert torch.equal(history, R.update_history(torch.zeros_like(history), torch.arange(6, device=device), z))
+    assert kept.tolist() == [False] * 5 + [True, False, True]
+    history = L.update_history(torch.zeros(8, C, dtype=torch.bool, device=device), torch.arange(8, device=device), z)
+    assert torch.equal(history, R.update_history(torch.zeros_like(history), torch.arange(8, device=device), z))
     assert torch.equal(history.nonzero()[:, 1].cpu(), expected)
 
 

@@ -48,6 +48,15 @@ def test_normalize_degenerate_vectors():
     assert L.normalize_weights(torch.empty(0), "softmax").shape == (0,)
 
 
+def test_a_minus_inf_weight_is_zero_of_the_softmax_wherever_it_stands(device):
+    """exp(-inf) = 0, as torch's softmax gives it; a -inf before any finite value (or an x / t that
+    overflows to -inf) made every weight NaN."""
+    inf = float("inf")
+    for x, temperature in (([-inf, 0.0, 1.0], 10.0), ([0.0, -inf, 1.0], 10.0), ([-1e37, 0.0, 1.0], 0.01)):
+        x = torch.tensor(x, device=device)
+        torch.testing.assert_close(L.normalize_weights(x, "softmax", temperature), torch.softmax(x / temperature, 0))
+
+
 def test_normalize_mode_properties():
     x = torch.randn(1000, dtype=torch.float64)
     r = L.normalize_weights(x, "rectify_sum")

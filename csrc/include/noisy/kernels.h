@@ -52,7 +52,15 @@ NOISY_HD int64_t torch_argmax(const Matrix<const Scalar>& logits, int64_t row, i
     if (z != z) return static_cast<T>(INFINITY);
     return is_finite(z) ? z : (z > 0 ? max_finite<T>() : -max_finite<T>());
   };
-  return group.top_two_of(key, classes, false).arg;
+  const TopTwo<T> top = group.top_two_of(key, classes, false);
+  if (top.max1 != max_finite<T>() && top.max1 != -max_finite<T>()) return top.arg;
+  // The key gave +inf the largest finite value's place, -inf the lowest's: where the maximum is
+  // there, the first +inf (else the first largest finite) or the first lowest finite value (else
+  // the first -inf) is torch's. The branch is uniform: the maximum is the same in every lane.
+  const T wanted = top.max1 > T(0) ? static_cast<T>(INFINITY) : -max_finite<T>();
+  const auto is_wanted = [&](int64_t j) { return load_as<T>(logits.at(row, j)) == wanted ? T(1) : T(0); };
+  const TopTwo<T> found = group.top_two_of(is_wanted, classes, false);
+  return found.max1 > T(0) ? found.arg : top.arg;
 }
 
 // PL+ selection of one row by a Group of threads (see softmax_row).

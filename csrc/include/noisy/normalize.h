@@ -53,6 +53,7 @@ struct NormStats {
  private:
   // Online log-sum-exp: adds `weight` * exp(s) to the running sum.
   NOISY_HD void add_scaled(T s, double weight) {
+    if (s == neg_infinity<T>()) return;  // exp(-inf) adds 0 (and -inf - -inf would be NaN)
     if (s > scaled_max) {
       scaled_exp_sum = scaled_exp_sum * math_exp(scaled_max - s) + weight;
       scaled_max = s;
