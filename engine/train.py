@@ -244,11 +244,11 @@ def trainer_for(run, method, resume=False, overwrite=False, recorded=()):
         if needed and (dataset.true_train is not None or run.data.labels_as_given):
             why = ("it has train_true_labels.npy" if dataset.true_train is not None else
                    f"--noise {run.data.noise} trains on them as given")
-            what = ("--clean-size / --clean-fraction" if len(clean) else f"--method {method.name} needs a clean "
-                    f"subset and")
-            raise ValueError(f"{what}: the labels of --data-dir {run.data.data_dir} are its noisy ones ({why}), so a "
-                             f"held-out subset would not have trusted labels; name the samples whose labels you trust "
-                             f"with {TRUSTED_LABELS[dataset.name][1]}")
+            reason = (f"the labels of --data-dir {run.data.data_dir} are its noisy ones ({why}), so a held-out subset "
+                      f"would not have trusted labels; name the samples whose labels you trust with "
+                      f"{TRUSTED_LABELS[dataset.name][1]}")
+            raise ValueError(f"--clean-size / --clean-fraction: {reason}" if len(clean) else
+                             f"--method {method.name} needs a clean subset, but {reason}")
     if config.clean_fraction is not None or dataset.trusted_train is not None:  # recorded as the count it gave
         config = with_overrides(config, {"clean_size": len(clean)})
     method.config = config
