@@ -640,7 +640,8 @@ def load_file_list(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
         parts.extend(_image_files(listed[-1], labels, f"filelist {list_path}", stream))
     num_classes = int(max(parts[1].max(), parts[3].max())) + 1
     names_path, true_path = os.path.join(root, "classes.txt"), os.path.join(root, "train_true_labels.npy")
-    per_line = [path for path in (true_path, os.path.join(root, CLEAN_INDICES)) if os.path.exists(path)]
+    trusted_path = os.path.join(root, CLEAN_INDICES)
+    per_line = [path for path in (true_path, trusted_path) if os.path.exists(path)]
     gaps = np.flatnonzero(listed[0].lines != np.arange(1, len(listed[0]) + 1))
     if per_line and len(gaps):  # its values would name the entries after the blank line one line off
         raise ValueError(f"{listed[0].listing}:{gaps[0] + 1}: a blank line, but {per_line[0]} has a value per line "
@@ -658,7 +659,7 @@ def load_file_list(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
                 (true >= -1) & (true < num_classes)).all():
             raise ValueError(f"filelist {true_path}: expected {len(parts[1])} integer labels in [-1, {num_classes}) "
                              f"(-1: unknown), one per line of train.txt; got {true.dtype} {list(true.shape)}")
-    trusted_path, trusted = os.path.join(root, CLEAN_INDICES), None
+    trusted = None
     if os.path.exists(trusted_path):
         trusted = trusted_positions(np.load(trusted_path, allow_pickle=False), len(parts[1]),
                                    f"filelist {trusted_path} (lines of train.txt)")
