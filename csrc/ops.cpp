@@ -218,6 +218,13 @@ Tensor normalize_weights(const Tensor& x, c10::string_view mode, double temperat
   TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf, api,
                    "(): x must be a floating-point tensor, got ", t);
   TORCH_CHECK_VALUE(temperature > 0.0, api, "(): temperature must be > 0, got ", temperature);
+  // A NaN weight has no place in the min, max or sum that normalize the others: refused (one
+  // reduction, on CUDA a device sync; once per call like the label checks).
+  const Tensor nan = at::isnan(x);
+  if (nan.any().item<bool>()) {
+    const int64_t first = nan.to(at::kByte).argmax().item<int64_t>();
+    TORCH_CHECK_VALUE(false, api, "(): x must not hold NaN, got NaN at index ", first, " of ", x.numel());
+  }
   return run_normalize(x, parse_mode(std::string(mode)), temperature, [&](const auto& p) {
     on_device(x, [&] { cpu::normalize_weights(p); }, [&](void* stream) { return cuda::normalize_weights(p, stream); });
   });

@@ -23,8 +23,12 @@ def log1m_softmax(z):
     # log1p(-p) is accurate for every class but the arg-max (p <= 1/2 there); the arg-max
     # column is zeroed first so that its log1p(-1) = -inf cannot leak NaN into the gradient.
     log1m = torch.log1p(-torch.exp(z - lse).scatter(1, top, 0.0))
-    top_value = torch.logsumexp(z.scatter(1, top, float("-inf")), 1, keepdim=True) - lse
-    return log1m.scatter(1, top, top_value)
+    others = z.scatter(1, top, float("-inf"))
+    # 1 - p of the arg-max is the others' mass; where all of them are -inf it is 0 (log -inf),
+    # and the logsumexp runs on zeros there, whose gradient is 0, not the NaN of exp(-inf + inf).
+    some = (others != float("-inf")).any(1, keepdim=True)
+    top_value = torch.logsumexp(torch.where(some, others, 0.0), 1, keepdim=True) - lse
+    return log1m.scatter(1, top, torch.where(some, top_value, float("-inf")))
 
 
 def nl_loss(logits, comp_labels, weight=None, plus=False, reduction="mean", clamp_eps=None):
@@ -55,7 +59,8 @@ def _multi_negative(z, labels, exclude):
     negatives = torch.ones_like(z, dtype=torch.bool).scatter(1, labels.unsqueeze(1), False)
     if exclude is not None:
         negatives = negatives & ~exclude
-    return -(log1m_softmax(z) * negatives).sum(1)
+    # where, not a product: a class of p = 1 outside the negatives has log(1 - p) = -inf
+    return -torch.where(negatives, log1m_softmax(z), 0.0).sum(1)
 
 
 def ml_loss(logits, labels, exclude=None, weight=None, reduction="mean"):

@@ -366,6 +366,25 @@ def test_nan_logits_give_nan_rows_only(name, bad, device):
     torch.testing.assert_close(grad[rows].double(), ref_grad[rows], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_minus_inf_logits_are_classes_of_probability_zero(name, device):
+    """A -inf logit is a class of p = 0, in the fused op and the reference alike: a row whose only
+    finite logit is its label has loss 0 and gradient 0 for PM and ML too (the reference gave NaN
+    there: -inf * 0 for the label's own log(1 - p) and the logsumexp of an all -inf row)."""
+    labels = torch.randint(0, 6, (4,), generator=torch.Generator().manual_seed(5))  # make_case's draw
+    fused, reference = make_case(name, 4, 6, device, torch.Generator().manual_seed(5))
+    z = torch.randn(4, 6, generator=torch.Generator().manual_seed(6))
+    z[1, (labels[1] + 1) % 6] = float("-inf")
+    z[2] = float("-inf")
+    z[2, labels[2]] = 1.5
+    value, grad = value_and_grad(fused, z.to(device), reduction="none")
+    ref_value, ref_grad = value_and_grad(reference, z.double().to(device), reduction="none")
+    assert torch.isfinite(ref_value).all() and torch.isfinite(ref_grad).all()
+    assert value[2] == 0 and not grad[2].any()
+    torch.testing.assert_close(value.double(), ref_value, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-5, atol=1e-5)
+
+
 def test_cpu_results_do_not_depend_on_the_number_of_threads():
     """The CPU kernels split rows among threads (at::parallel_for, 3,276 rows of 10 classes a
     chunk), each with its own row buffer. The test workers run one thread each (conftest), so

@@ -57,6 +57,16 @@ def test_a_minus_inf_weight_is_zero_of_the_softmax_wherever_it_stands(device):
         torch.testing.assert_close(L.normalize_weights(x, "softmax", temperature), torch.softmax(x / temperature, 0))
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_a_nan_weight_is_refused_with_its_index(mode, dtype, device):
+    """NaN has no place in the min, max or sum that normalize the other weights (the modes gave
+    NaN everywhere, NaN in its place only, or 0 there): refused, naming where it stands."""
+    x = torch.tensor([0.5, -1.0, 2.0, float("nan"), float("nan")], device=device, dtype=dtype)
+    with pytest.raises(ValueError, match=r"normalize_weights\(\): x must not hold NaN, got NaN at index 3 of 5"):
+        L.normalize_weights(x, mode)
+
+
 def test_normalize_mode_properties():
     x = torch.randn(1000, dtype=torch.float64)
     r = L.normalize_weights(x, "rectify_sum")
