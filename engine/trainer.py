@@ -256,9 +256,10 @@ class Trainer:
         for number, (inputs, indices, *second_view) in enumerate(bar):
             # Not blocking: a blocking copy from pageable memory waits for the GPU every step.
             indices = indices.to(self.device, non_blocking=True)
+            share = self.train_loader.share(number)
             batch = Batch(self.to_device(inputs), indices, self.method.given_labels[indices],
                           self.to_device(second_view[0]) if second_view else None, *(next(clean) if clean else ()),
-                          first_row=self.train_loader.first_row(number))
+                          first_row=self.train_loader.first_row(number), share=share)
             step = Step(epoch, stage, epoch_in_stage, self.step, self.optimizer)
             with self.autocast():
                 try:
@@ -268,7 +269,6 @@ class Trainer:
                         raise
                     raise self.diverged(epoch, stage, epoch_in_stage, "the model's outputs are NaN or infinite") \
                         from error
-            share = self.train_loader.share(number)
             if share != 1 and self.method.loss_is_a_mean_over_the_rows:  # an uneven last batch: its samples
                 loss = loss * share  # weigh alike in DDP's average of the processes' gradients
             self.optimizer.zero_grad(set_to_none=True)

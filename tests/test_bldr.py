@@ -225,9 +225,10 @@ def test_bldr_state_holds_weights_sop_and_the_ema_but_not_the_trained_model():
 
 
 def test_bldr_self_distillation_on_two_processes_gives_the_one_process_gradient():
-    """What DDP's average of two processes' gradients makes of the halves of a batch: the one
-    process's gradient, for the mean terms and for the feature term, a sum over the rows (which
-    weighed half as much on two processes)."""
+    """What DDP's average of two processes' gradients makes of the parts of a batch, each loss
+    scaled by its share as the trainer scales it: the one process's gradient, for the mean terms
+    and for the feature term, a sum over the rows (which weighed half as much on two processes,
+    and was scaled by the share on an uneven last batch). Batches of 8 (4 + 4) and 7 (4 + 3)."""
     from engine.distributed import Processes
 
     method = make_bldr(warmup=0)
@@ -238,14 +239,18 @@ def test_bldr_self_distillation_on_two_processes_gives_the_one_process_gradient(
     out = {name: 10 * torch.randn(rows, size, generator=generator, requires_grad=True) for name, size in shapes.items()}
     labels, weight = torch.arange(rows) % C, torch.rand(rows, generator=generator)
 
-    def gradients(part, processes):
+    def gradients(part, processes, share=1.0):
         method.processes = processes
-        loss = method.distillation_loss({name: z[part] for name, z in out.items()}, labels[part], weight[part])
+        loss = share * method.distillation_loss({name: z[part] for name, z in out.items()}, labels[part],
+                                                weight[part], share)
         found = torch.autograd.grad(loss, list(out.values()), allow_unused=True)
         return [torch.zeros_like(z) if g is None else g for z, g in zip(out.values(), found)]
 
-    whole = gradients(slice(None), Processes())
-    halves = [gradients(slice(rank * 4, rank * 4 + 4), Processes(rank, 2)) for rank in range(2)]
-    for name, one, first, second in zip(out, whole, *halves):
-        torch.testing.assert_close((first + second) / 2, one, msg=name)
-    assert whole[list(out).index("stage0_features")].abs().max() > 0
+    for size in (8, 7):
+        whole = gradients(slice(size), Processes())
+        parts = [slice(0, 4), slice(4, size)]
+        halves = [gradients(part, Processes(rank, 2), (part.stop - part.start) * 2 / size)
+                  for rank, part in enumerate(parts)]
+        for name, one, first, second in zip(out, whole, *halves):
+            torch.testing.assert_close((first + second) / 2, one, msg=f"{name}, batch of {size}")
+        assert whole[list(out).index("stage0_features")].abs().max() > 0

@@ -109,6 +109,7 @@ class Batch:
     clean_images: torch.Tensor | None = None  # a batch of the clean subset (CleanSubset.BATCHES)
     clean_labels: torch.Tensor | None = None  # and its true labels
     first_row: int = 0        # where this process's part starts in the global batch (random streams)
+    share: float = 1.0        # this part's rows x processes / the global batch's: the trainer scales a mean loss by it
 
 
 @dataclass

@@ -263,15 +263,15 @@ class BLDR(Method):
                 loss = loss + (CONSISTENCY_WEIGHT * kl_to_softmax(target, out[head][size:])
                                + BALANCE_WEIGHT * class_balance(train[head]))
         if self.config.self_distillation:
-            loss = loss + self.distillation_loss(train, batch.labels, weight)
+            loss = loss + self.distillation_loss(train, batch.labels, weight, batch.share)
         return loss
 
-    def distillation_loss(self, out, labels, weight):
+    def distillation_loss(self, out, labels, weight, share=1.0):
         teacher = torch.softmax((out["main"] + out["negative"]).detach().float() / 2 / DISTILL_TEMPERATURE, 1)
         deepest = out["features"].detach().float()
         # The feature term is a sum over the rows (the released code's): over the global batch, as DDP
-        # averages the processes' gradients.
-        feature_weight = DISTILL_FEATURE_WEIGHT * self.processes.world
+        # averages the processes' gradients, and not scaled by the share the trainer scales the loss by.
+        feature_weight = DISTILL_FEATURE_WEIGHT * self.processes.world / share
         loss = 0.0
         for index in range(self.stage_head_count):
             logits, features = out[f"stage{index}"], out[f"stage{index}_features"]
