@@ -2,6 +2,7 @@
 list's line), which the command line prints as one line."""
 import json
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -291,6 +292,20 @@ def test_a_list_that_is_not_utf8_is_named_with_its_line(tmp_path, name):
     with pytest.raises(ValueError, match=rf"^{tmp_path / name}:2: not UTF-8 text \(byte 0xe9\); save the list as "
                                          r"UTF-8"):
         load_dataset("folder" if name == "clean_paths.txt" else "filelist", str(tmp_path))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("where", ["image", "class folder"])
+def test_a_file_name_that_is_not_utf8_is_refused_naming_it(tmp_path, where, stream):
+    """A Latin-1 "café" (as zip archives made on Windows unpack) used to decode and train, then
+    end the run with an encoding traceback at the first checkpoint or at label_issues.csv."""
+    image_folder(tmp_path)
+    old, new = (b"cat/0.bmp", b"cat/caf\xe9.bmp") if where == "image" else (b"cat", b"caf\xe9")
+    os.rename(os.fsencode(tmp_path) + b"/" + old, os.fsencode(tmp_path) + b"/" + new)
+    folder = tmp_path / "cat" if where == "image" else tmp_path
+    with pytest.raises(ValueError, match=rf"^{folder}: 1 file name\(s\) are not UTF-8, e.g. "
+                                         rf"{re.escape(repr(new.split(b'/')[-1]))}; rename them"):
+        load_dataset("folder", str(tmp_path), stream=stream)
 
 
 X = np.random.default_rng(0).integers(0, 256, (10, 8, 8), dtype=np.uint8)

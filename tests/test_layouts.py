@@ -390,6 +390,21 @@ def test_isic2019(tmp_path, capsys):
     assert data.num_classes == 3 and len(data.y_train) == 16
 
 
+def test_isic2019_test_fraction_of_the_docs_gives_l2bs_split_sizes(tmp_path):
+    """docs/datasets.md: on the published class counts (25,331 images), --test-fraction 0.1694
+    holds out L2B's 4,291 test images and leaves 20,400 + 640 (it said 0.17, which holds out 4,307)."""
+    from engine.data.layouts import convert_isic2019
+
+    counts = [4522, 12875, 3323, 867, 2624, 239, 253, 628]  # MEL, NV, BCC, AK, BKL, DF, VASC, SCC
+    rows = [ISIC_HEADER] + [f"ISIC_{i:07d}," + ",".join("1.0" if c == label else "0.0" for c in range(9))
+                            for i, label in enumerate(np.repeat(np.arange(8), counts))]
+    write(tmp_path / "ISIC_2019_Training_GroundTruth.csv", rows)
+    (tmp_path / "ISIC_2019_Training_Input").mkdir()  # the images are looked for when the lists are written
+    for fraction, test in ((0.1694, 4291), (0.17, 4307)):
+        conversion = convert_isic2019(str(tmp_path), test_fraction=fraction, seed=0)
+        assert (len(conversion.test), len(conversion.train)) == (test, 25331 - test)
+
+
 @pytest.mark.parametrize("row, what", [
     ("ISIC_0000003,1.0,1.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0", "two ones"),
     ("ISIC_0000003,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0", "none"),
@@ -492,6 +507,13 @@ def test_animal10n(tmp_path, capsys):
     assert load_dataset("filelist", str(dst)).y_test.tolist() == [0, 3]
     convert(capsys, "animal10n", src, src)  # in place: the folders are already there
     assert listed(src, "train") == listed(dst, "train") and not os.path.islink(src / "training")
+
+
+def test_a_file_name_that_is_not_utf8_is_named_not_a_traceback(tmp_path, capsys):
+    src = animal10n(tmp_path / "src")[0]
+    os.rename(os.fsencode(src / "training" / "0_00001.jpg"), os.fsencode(src / "training") + b"/0_caf\xe9.jpg")
+    assert refused(capsys, "animal10n", src, tmp_path / "dst") == (
+        f"b'{src}/training/0_caf\\xe9.jpg': the file name is not UTF-8; rename it (a list is UTF-8 text)")
 
 
 @pytest.mark.parametrize("name", ["cat_00001.jpg", "10_00001.jpg", "7.jpg"])

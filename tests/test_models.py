@@ -177,14 +177,17 @@ def resnet18_state(num_classes, in_channels=3, seed=0):
 
 
 @pytest.mark.parametrize("form,source_classes", [("torch", 1000), ("safetensors", 5), ("nested", 10),
-                                                 ("legacy", 5)])
+                                                 ("legacy", 5), ("SAFETENSORS", 10), ("headless", 10)])
 def test_pretrained_weights_load_but_a_classifier_of_another_size(tmp_path, form, source_classes):
+    """... or none: a file without a classifier ("headless") starts the network's new."""
     state = resnet18_state(source_classes)
-    path = tmp_path / ("weights.safetensors" if form == "safetensors" else "weights.pt")
-    if form == "safetensors":
+    path = tmp_path / (f"weights.{form}" if form.lower() == "safetensors" else "weights.pt")
+    if form.lower() == "safetensors":
         save_file(state, path)
     elif form == "nested":  # a training script's checkpoint of a DDP model
         torch.save({"state_dict": {f"module.{key}": value for key, value in state.items()}, "epoch": 3}, path)
+    elif form == "headless":
+        torch.save({key: value for key, value in state.items() if not key.startswith("fc.")}, path)
     else:  # legacy: the format of torch before 1.6 (a pickle, not a zip archive)
         torch.save(state, path, _use_new_zipfile_serialization=form != "legacy")
     torch.manual_seed(1)
@@ -192,7 +195,7 @@ def test_pretrained_weights_load_but_a_classifier_of_another_size(tmp_path, form
     initial = {key: value.clone() for key, value in network.state_dict().items()}
     load_pretrained(network, str(path))
     for key, value in network.state_dict().items():
-        new_classifier = key.startswith("fc.") and source_classes != 10
+        new_classifier = key.startswith("fc.") and (source_classes != 10 or form == "headless")
         assert torch.equal(value, initial[key] if new_classifier else state[key].to(value.dtype)), key
 
 
@@ -204,6 +207,10 @@ def bad_weights(kind, path):
         del state["layer3.0.bn1.weight"]
         torch.save(state, path)
         return r"missing: layer3\.0\.bn1\.weight$"
+    if kind == "half a classifier":  # it fits, so it is loaded, whole: its bias stayed random
+        del state["fc.bias"]
+        torch.save(state, path)
+        return r"missing: fc\.bias$"
     if kind == "unexpected":
         torch.save({**state, "layer5.0.conv1.weight": torch.zeros(1)}, path)
         return r"unexpected: layer5\.0\.conv1\.weight$"
@@ -224,7 +231,7 @@ def bad_weights(kind, path):
     return "not a safetensors or torch weights file"
 
 
-@pytest.mark.parametrize("kind", ["missing", "unexpected", "shape", "resnet50", "payload", "not a state dict",
+@pytest.mark.parametrize("kind", ["missing", "half a classifier", "unexpected", "shape", "resnet50", "payload", "not a state dict",
                                   "random", "random safetensors"])
 def test_pretrained_weights_that_do_not_fit_are_refused_naming_the_file(tmp_path, kind):
     path = tmp_path / ("weights.safetensors" if "safetensors" in kind else "weights.pt")

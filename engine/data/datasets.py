@@ -454,6 +454,24 @@ def _hidden(name):
     return name.startswith(".")
 
 
+def _require_utf8_names(names, folder):
+    """`names` (in `folder`), refused where one is not UTF-8 (os.listdir keeps its bytes as
+    surrogates): the lists and outputs that hold file names are UTF-8 text."""
+    bad = [name for name in names if not name.isascii() and not_utf8(name)]
+    if bad:
+        raise ValueError(f"{folder}: {len(bad)} file name(s) are not UTF-8, e.g. {os.fsencode(bad[0])!r}; rename "
+                         f"them (file names are written to lists and outputs as UTF-8 text)")
+    return names
+
+
+def not_utf8(name):
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def image_names(folder):
     """The names of the image files (IMAGE_SUFFIXES) in `folder`, sorted; hidden ones left out."""
     return sorted(name for name in os.listdir(folder) if name.lower().endswith(IMAGE_SUFFIXES) and not _hidden(name))
@@ -476,11 +494,12 @@ def class_images(folder):
             if not _hidden(name):
                 (found if name.lower().endswith(IMAGE_SUFFIXES) else others).append(
                     os.path.normpath(os.path.join(relative, name)))
-    return sorted(found), sorted(others)
+    return _require_utf8_names(sorted(found), folder), sorted(others)
 
 
 def _class_folders(folder):
-    return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not _hidden(entry.name))
+    return _require_utf8_names(sorted(entry.name for entry in os.scandir(folder)
+                                     if entry.is_dir() and not _hidden(entry.name)), folder)
 
 
 def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False, test_fraction=None):

@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engine.data.datasets import IMAGE_SUFFIXES, image_names
+from engine.data.datasets import IMAGE_SUFFIXES, image_names, not_utf8
 from engine.outputs import write_atomically
 
 PROG = "python -m engine.data.layouts"
@@ -468,6 +468,9 @@ def _list_text(entries):
     for entry in entries:
         if entry.path != entry.path.strip() or "\n" in entry.path:
             raise LayoutError(f"{entry.where}: {entry.path!r} cannot stand in a list (leading / trailing space)")
+        if not_utf8(entry.path):  # named by its bytes: the name cannot be printed as text
+            raise LayoutError(f"{os.fsencode(entry.where)!r}: the file name is not UTF-8; rename it (a list is UTF-8 "
+                              f"text)")
     return "".join(f"{entry.path} {entry.label}\n" for entry in entries)
 
 

@@ -24,7 +24,7 @@ def read_state_dict(path):
     "state_dict" / "model" as training scripts save it; DDP's "module." prefixes dropped."""
     what = f"pretrained weights {path}"
     try:
-        if path.endswith(".safetensors"):
+        if path.lower().endswith(".safetensors"):
             from safetensors.torch import load_file
 
             state = load_file(path, device="cpu")
@@ -48,13 +48,17 @@ def read_state_dict(path):
 def load_pretrained(network, path):
     """Copies the weights in `path` into `network`. Every key of the network must be in the
     file with its shape, and the file may hold no others, except: the classifier (`fc.*`) stays
-    as initialized when the file's differs in shape (ImageNet's 1000 classes) or is absent, and
-    BatchNorm's num_batches_tracked counters may be absent (older files). Else ValueError naming
-    the file and the first keys that differ."""
+    as initialized when the file's differs in shape (ImageNet's 1000 classes) or is absent (a
+    classifier is loaded whole or not at all: a part of one is missing keys), and BatchNorm's
+    num_batches_tracked counters may be absent (older files). Else ValueError naming the file
+    and the first keys that differ."""
     state, own = read_state_dict(path), network.state_dict()
-    if any(key in state and state[key].shape != own[key].shape for key in own if key.startswith(CLASSIFIER)):
+    new_classifier = not any(key.startswith(CLASSIFIER) for key in state) or any(
+        key in state and state[key].shape != own[key].shape for key in own if key.startswith(CLASSIFIER))
+    if new_classifier:
         state = {key: value for key, value in state.items() if not key.startswith(CLASSIFIER)}
-    optional = [key for key in own if key.startswith(CLASSIFIER) or key.endswith("num_batches_tracked")]
+    optional = [key for key in own if (new_classifier and key.startswith(CLASSIFIER))
+                or key.endswith("num_batches_tracked")]
     problems = {
         "missing": [key for key in own if key not in state and key not in optional],
         "unexpected": [key for key in state if key not in own],
