@@ -40,10 +40,17 @@ def read_checkpoint(path, device="cpu"):
         raise refuse(f"cannot be read ({read_error_reason(error)})") from None
     if not isinstance(wrapped, dict) or wrapped.get("format") != FORMAT:
         raise refuse("is not a checkpoint of this engine")
-    payload = wrapped["payload"].numpy().tobytes()
-    if hashlib.sha256(payload).hexdigest() != wrapped["sha256"]:
+    payload, digest = wrapped.get("payload"), wrapped.get("sha256")
+    if not (isinstance(payload, torch.Tensor) and payload.dtype == torch.uint8 and payload.dim() == 1
+            and isinstance(digest, str)):
+        raise refuse("is damaged (it lacks the state's bytes or their digest)")
+    payload = payload.numpy().tobytes()
+    if hashlib.sha256(payload).hexdigest() != digest:
         raise refuse("is damaged (its content does not match the digest written with it)")
-    state = torch.load(io.BytesIO(payload), map_location=device, weights_only=True)
+    try:
+        state = torch.load(io.BytesIO(payload), map_location=device, weights_only=True)
+    except TORCH_READ_ERRORS as error:  # a digest that matches a state that is no torch file: built by hand
+        raise refuse(f"holds a state that cannot be read ({read_error_reason(error)})") from None
     if not isinstance(state, dict) or any(key not in state for key in STATE_KEYS):
         raise refuse("is not a checkpoint of this engine")
     return state

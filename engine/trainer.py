@@ -192,8 +192,11 @@ class Trainer:
         x = self.data.check_inputs(x)
         if not len(x):  # no batch to predict
             return np.zeros((0, self.data.num_classes), dtype=np.float32)
-        loader = self.loader(EVAL_BATCH, x=x, shard=True)
-        return self.predict(loader, self.method.eval_model(self.model))["probs"].cpu().numpy()
+        model = self.method.eval_model(self.model)
+        if len(x) < self.processes.world:  # too few to give each process a part: every process predicts all
+            parts = self.evaluate(self.loader(EVAL_BATCH, x=x), model, self.method.predict)
+            return torch.cat([part["probs"] for part in parts]).cpu().numpy()
+        return self.predict(self.loader(EVAL_BATCH, x=x, shard=True), model)["probs"].cpu().numpy()
 
     def stage_at(self, epoch):
         start = 0

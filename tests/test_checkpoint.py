@@ -1,13 +1,15 @@
 """Checkpoints: a saved state reads back exactly; an empty, truncated, random, bit-flipped,
 foreign or incomplete file, or a folder in its place, is refused with a CheckpointError that
 names the file and says to delete it, never a traceback from inside torch."""
+import hashlib
+import io
 import os
 
 import numpy as np
 import pytest
 import torch
 
-from engine.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from engine.checkpoint import FORMAT, CheckpointError, read_checkpoint, save_checkpoint
 
 STATE = {"epoch": 3, "step": 120, "identity": {"seed": 0}, "model": {"w": torch.arange(1000.0)},
          "optimizer": {"state": {}}, "method": {}, "metrics": [{"epoch": 1, "test_acc": 0.5}]}
@@ -53,6 +55,42 @@ def test_torch_files_that_are_not_checkpoints_are_refused(tmp_path, content):
     torch.save(content, path)  # STATE itself: the raw state without the digest around it
     with pytest.raises(CheckpointError, match="is not a checkpoint of this engine"):
         read_checkpoint(str(path))
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def wrapper(payload):
+    """A checkpoint built by hand in this engine's format around `payload` (bytes) and its digest."""
+    return {"format": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
+            "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}
+
+
+def hand_built(tmp_path):
+    """Files in the wrapper format whose state is missing, of another kind, or no torch file:
+    they ended in a KeyError, AttributeError or torch's UnpicklingError with a traceback."""
+    buffer = io.BytesIO()
+    torch.save({"x": Payload(tmp_path / "ran")}, buffer)
+    yield "no state", {"format": FORMAT, "sha256": "0" * 64}, "lacks the state's bytes or their digest"
+    yield "no digest", {"format": FORMAT, "payload": torch.zeros(3, dtype=torch.uint8)}, "lacks the state's"
+    yield "a list for the state", {"format": FORMAT, "sha256": "0" * 64, "payload": [1, 2]}, "lacks the state's"
+    yield "float bytes", {**wrapper(b"x"), "payload": torch.zeros(1)}, "lacks the state's"
+    yield "not a torch file", wrapper(b"not a torch file"), "holds a state that cannot be read"
+    yield "code", wrapper(buffer.getvalue()), "holds a state that cannot be read"
+
+
+def test_a_hand_built_checkpoint_is_refused_not_a_traceback(tmp_path):
+    for name, content, problem in list(hand_built(tmp_path)):
+        path = tmp_path / "built.pt"
+        torch.save(content, path)
+        with pytest.raises(CheckpointError, match=f"{path} .*{problem}.*; delete it to start over"):
+            read_checkpoint(str(path))
+    assert not (tmp_path / "ran").exists(), "no code ran"
 
 
 def test_a_folder_in_place_of_the_file_is_refused(tmp_path):

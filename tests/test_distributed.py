@@ -139,7 +139,8 @@ result = engine.fit(x, given, method="bldr", true_labels=y, epochs=4, warmup_epo
                     out=sys.argv[1], device="cpu")
 with open(os.path.join(sys.argv[1], "rank" + os.environ["RANK"] + ".json"), "w") as f:
     json.dump({"summary": result.summary, "pred_probs": result.pred_probs.tolist(),
-               "issues": len(result.label_issues())}, f)
+               "issues": len(result.label_issues()),
+               "new": [result.predict_proba(x[:rows]).tolist() for rows in (3, 1)]}, f)
 """
 
 
@@ -152,6 +153,8 @@ def test_a_script_calling_the_python_api_trains_on_two_processes(tmp_path):
     first, second = (json.load(open(out / f"rank{rank}.json")) for rank in range(2))
     assert first == second
     assert first["issues"] == 600 and len(first["pred_probs"]) == 600
+    three, one = map(np.array, first["new"])  # 1 row for 2 processes: it had ended the job with an IndexError
+    assert three.shape == (3, 4) and np.allclose(one, three[:1], atol=1e-6) and np.allclose(three.sum(1), 1)
     assert len(pd.read_csv(out / "label_issues.csv")) == 600
 
 

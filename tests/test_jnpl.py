@@ -253,6 +253,38 @@ def test_pl_plus_selection_and_complementary_labels_are_drawn_apart():
         assert abs(lowest[part].float().mean().item() - 1 / (C - 1)) < 0.02
 
 
+@pytest.mark.parametrize("rows", [N, N - 1])
+def test_pl_plus_on_two_processes_is_the_mean_over_the_global_batchs_kept_rows(rows):
+    """What DDP's average of two processes' gradients makes of the parts of a batch (the trainer
+    scaling each loss by its share): the one process's gradient. PL+ was a mean over each
+    process's own kept rows, so pl_weight weighed differently on two processes."""
+    from engine.distributed import Processes
+
+    class TwoProcesses(Processes):  # the sum over both processes of what all_reduce is given
+        def all_reduce(self, tensor):
+            return tensor.new_tensor(float(whole_keep.sum()))
+
+    method = make_method(JNPL, complementary_labels=C - 1, class_balanced=False)
+    logits, labels = jnpl_logits()[:rows], method.given_labels[:rows]
+    step = step_at(method, first_epoch_of(method, JNPLStage.JNPL), step=17)
+
+    def gradient(part, processes, share=1.0):
+        method.processes = processes
+        leaf = logits.clone().requires_grad_()  # FixedLogits reads the part's rows of it
+        batch = Batch(index_images(torch.arange(rows)[part]), torch.arange(rows)[part], labels[part],
+                      first_row=part.start, share=share)
+        (grad,) = torch.autograd.grad(share * method.loss(FixedLogits(leaf), batch, step), leaf)
+        return grad
+
+    whole_keep = method.select(logits, Batch(None, torch.arange(rows), labels), step)[0]
+    assert 0 < whole_keep.sum() < rows
+    whole = gradient(slice(0, rows), Processes())
+    parts = [slice(0, N // 2), slice(N // 2, rows)]
+    halves = [gradient(part, TwoProcesses(rank, 2), (part.stop - part.start) * 2 / rows)
+              for rank, part in enumerate(parts)]
+    torch.testing.assert_close((halves[0] + halves[1]) / 2, whole)
+
+
 def test_jnpl_loss_without_a_kept_row_is_nl_plus_alone():
     method = make_method(JNPL, complementary_labels=C - 1, class_balanced=False)
     logits = torch.zeros(N, C)  # uniform rows: no class stands out, so no PL+ candidate

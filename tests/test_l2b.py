@@ -1,6 +1,8 @@
 """L2B's pieces: the virtual step equals torch.optim.SGD's step (also as read from a live
 optimizer by virtual_step), the meta-gradient equals a finite-difference check on a tiny
 model, the weights' normalization and ablation rules, and the method's loss and clean score."""
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -141,6 +143,10 @@ def test_l2b_loss_weights_the_batch_by_its_meta_gradients(weights):
 
     warmup = step_at(method, 0, optimizer=optimizer)
     torch.testing.assert_close(method.loss(model, batch, warmup), F.cross_entropy(model(batch.images), batch.labels))
+    # A process's part of an uneven last batch under DDP: the trainer leaves L2B's loss as it is, so the
+    # warm-up's mean is scaled by the part's share here (2 processes differed from 1 by 1.8e-4 in weights).
+    torch.testing.assert_close(method.loss(model, replace(batch, share=0.75), warmup),
+                               0.75 * F.cross_entropy(model(batch.images), batch.labels))
 
     step = step_at(method, 1, optimizer=optimizer)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}

@@ -26,9 +26,10 @@ Regularizers (each switchable), as in the released code:
   no schedule). sop_loss below gives the formula.
 - SOP+'s consistency (0.9): KL(training view || strong view) on both heads, the training
   view's prediction detached; and class balance (0.1): KL(uniform || batch-mean softmax) on both
-  heads' training view. On the negative head it is what keeps every class alive: NL's pull
-  towards a class vanishes with the class's probability, so without it the head can drop whole
-  classes in the first epoch and never recover them, and their clean samples all get weight 0.
+  heads' training view (under DDP the mean over each process's rows, as BatchNorm's are). On
+  the negative head it is what keeps every class alive: NL's pull towards a class vanishes with
+  the class's probability, so without it the head can drop whole classes in the first epoch and
+  never recover them, and their clean samples all get weight 0.
 - Self-distillation (Zhang et al. 2019) on the training view: a StageHead per intermediate
   stage, weighted CE to the given labels + 0.1 * T^2 KL(teacher / T || stage / T) with the
   teacher = the mean of both heads' logits (T = 3, T^2 as in Hinton et al.) + 1e-6 * the

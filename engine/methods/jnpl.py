@@ -180,8 +180,11 @@ class JNPL(Method):
         if step.stage.kind is Phase.PSEUDO:
             return self.pseudo_loss(logits, batch, step)
         keep, yhat = self.select(logits, batch, step)
-        # PL+'s mean over the kept rows as a masked sum: indexing by the mask would wait for the GPU.
-        pl_plus = pl_plus_loss(logits, yhat, weight=keep.float(), reduction="sum") / keep.sum().clamp_min(1)
+        # PL+'s mean over the global batch's kept rows as a masked sum (indexing by the mask would wait
+        # for the GPU): DDP averages the processes' gradients, and the trainer scales by the share.
+        kept = self.processes.all_reduce(keep.sum().float()).clamp_min(1)
+        pl_plus = (pl_plus_loss(logits, yhat, weight=keep.float(), reduction="sum")
+                   * (self.processes.world / batch.share) / kept)
         return self.negative_loss(logits, batch, step) + self.config.pl_weight * pl_plus
 
     def negative_loss(self, logits, batch, step, weight=None):

@@ -159,7 +159,8 @@ class L2B(Method):
     def loss(self, model, batch, step):
         logits = model(batch.images)
         if step.stage.kind is Phase.WARMUP:
-            return weighted_ce(logits, batch.labels)
+            # A mean over this process's rows: scaled by their share here (the trainer does not, for L2B).
+            return weighted_ce(logits, batch.labels) * batch.share
         pseudo = logits.detach().argmax(1)
         network = unwrap(model)  # the meta-gradient's functional calls bypass DDP
         grad_alpha, grad_beta = meta_gradients(network, batch.images, batch.labels, pseudo, batch.clean_images,
