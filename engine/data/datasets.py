@@ -465,6 +465,7 @@ def _require_utf8_names(names, folder):
 
 
 def not_utf8(name):
+    """Whether the file name `name` holds bytes that are not UTF-8 (kept by os as surrogates)."""
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
