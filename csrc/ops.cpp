@@ -147,17 +147,21 @@ std::tuple<Tensor, Tensor> pl_plus_forward(const Tensor& logits, const Tensor& t
 
 // ---------------------------------------------------------------- sampling
 
-std::tuple<Tensor, Tensor> jnpl_select(const Tensor& logits, int64_t seed, int64_t offset, int64_t first_row) {
+// seed, offset and first_row are SymInts in the schemas: torch.compile then traces a step's new
+// offset as a symbol instead of compiling the op again for every value. The kernels get numbers.
+std::tuple<Tensor, Tensor> jnpl_select(const Tensor& logits, c10::SymInt seed, c10::SymInt offset,
+                                       c10::SymInt first_row) {
   check_logits("jnpl_select", logits);
-  check_first_row("jnpl_select", first_row, logits.size(0));
-  return run_select(logits, seed, offset, first_row, [&](const auto& p) {
+  check_first_row("jnpl_select", first_row.expect_int(), logits.size(0));
+  return run_select(logits, seed.expect_int(), offset.expect_int(), first_row.expect_int(), [&](const auto& p) {
     on_device(logits, [&] { cpu::jnpl_select(p); }, [&](void* stream) { return cuda::jnpl_select(p, stream); });
   });
 }
 
 Tensor sample_complementary(const Tensor& labels, int64_t num_classes, int64_t k, const c10::optional<Tensor>& exclude,
-                            bool replacement, int64_t seed, int64_t offset, int64_t first_row) {
+                            bool replacement, c10::SymInt seed_arg, c10::SymInt offset_arg, c10::SymInt first_row_arg) {
   const char* api = "sample_complementary";
+  const int64_t seed = seed_arg.expect_int(), offset = offset_arg.expect_int(), first_row = first_row_arg.expect_int();
   TORCH_CHECK_VALUE(num_classes >= 2, api, "(): num_classes must be >= 2, got ", num_classes);
   TORCH_CHECK_VALUE(num_classes <= (int64_t{1} << 31), api, "(): num_classes must be <= 2^31, got ", num_classes);
   TORCH_CHECK_VALUE(k >= 1, api, "(): k must be >= 1, got ", k);
@@ -286,7 +290,8 @@ struct StoredGradientLoss : torch::autograd::Function<StoredGradientLoss> {
     TORCH_CHECK(grad.dim() == 2, "noisy::", op, " was called with compute_grad=False, so it cannot backpropagate");
     // Computed in the promoted dtype and rounded once on the store into the logits' dtype: for
     // bf16 no float32 [B, C] copy; fp16's stored gradient is float32 (noisy::GradStorage).
-    Tensor scaled = at::empty(grad.sizes(), grad.options().dtype(ctx->saved_data["dtype"].toScalarType()));
+    // sym_sizes: under torch.compile the batch may be a symbol (rows picked by a mask, dynamic shapes).
+    Tensor scaled = at::empty_symint(grad.sym_sizes(), grad.options().dtype(ctx->saved_data["dtype"].toScalarType()));
     at::mul_out(scaled, grad, grad_loss.unsqueeze(1));
     grads[0] = scaled;
     return grads;
@@ -341,9 +346,9 @@ TORCH_LIBRARY(noisy, m) {
   m.def("pm_forward(Tensor logits, Tensor labels, Tensor? exclude, bool positive, bool compute_grad) -> (Tensor, Tensor)");
   m.def("ce_forward(Tensor logits, Tensor labels, bool compute_grad) -> (Tensor, Tensor)");
   m.def("pl_plus_forward(Tensor logits, Tensor target, int n, bool compute_grad) -> (Tensor, Tensor)");
-  m.def("jnpl_select(Tensor logits, int seed, int offset, int first_row=0) -> (Tensor, Tensor)");
-  m.def("sample_complementary(Tensor labels, int num_classes, int k, Tensor? exclude, bool replacement, int seed, "
-        "int offset, int first_row=0) -> Tensor");
+  m.def("jnpl_select(Tensor logits, SymInt seed, SymInt offset, SymInt first_row=0) -> (Tensor, Tensor)");
+  m.def("sample_complementary(Tensor labels, int num_classes, int k, Tensor? exclude, bool replacement, SymInt seed, "
+        "SymInt offset, SymInt first_row=0) -> Tensor");
   m.def("normalize_weights(Tensor x, str mode, float temperature) -> Tensor");
   m.def("update_history(Tensor(a!) history, Tensor indices, Tensor logits) -> ()");
 }

@@ -347,6 +347,35 @@ def test_torch_compile_fullgraph_matches_eager(device):
     assert eager_history.any() and torch.equal(history, eager_history)
 
 
+def test_torch_compile_fullgraph_runs_the_readmes_loop_without_recompiling(device):
+    """The README's drop-in loop: PL+ on the rows a mask keeps (a batch of data-dependent size,
+    whose backward failed to trace: it allocated the gradient by concrete sizes) and a new
+    offset every step (each value compiled the ops again; fullgraph failed at the 8th)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    def step_loss(logits, labels, step):
+        comp = L.sample_complementary(labels, num_classes=10, k=1, seed=0, offset=step)
+        keep, yhat = L.jnpl_select(logits, seed=0, offset=step, first_row=step)
+        return L.nl_plus_loss(logits, comp) + 0.01 * L.pl_plus_loss(logits[keep], yhat[keep])
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(step_loss, backend=counter, fullgraph=True)
+    g = torch.Generator().manual_seed(3)
+    for step in range(10):
+        z = (torch.randn(16, 10, generator=g) * 3).to(device)
+        labels = torch.randint(0, 10, (16,), generator=g).to(device)
+        results = []
+        for fn in (compiled, step_loss):
+            leaf = z.clone().requires_grad_()
+            loss = fn(leaf, labels, step)
+            results.append((loss, *torch.autograd.grad(loss, leaf)))
+        assert 0 < L.jnpl_select(z, seed=0, offset=step, first_row=step)[0].sum() < 16
+        for out, eager in zip(*results):
+            torch.testing.assert_close(out, eager)
+    assert counter.frame_count <= 2, "the first step, then one graph with the step as a symbol"
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("name", LOSS_NAMES)
 def test_nan_logits_give_nan_rows_only(name, bad, device):
