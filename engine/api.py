@@ -27,7 +27,8 @@ class FitResult:
     `method` with its per-sample state, the resolved `config` (a RunConfig), the per-epoch
     `metrics` (a DataFrame), the `summary` and `pred_probs`, the class probabilities on the
     training samples [N, C] that the label issues are scored from: the trained network's (BLDR:
-    the network whose EMA copy `model` is, so predict_proba differs from them there)."""
+    the network whose EMA copy `model` is, so predict_proba differs from them there;
+    PU-distillation: its teachers' mean)."""
 
     model: torch.nn.Module
     method: object
@@ -116,7 +117,7 @@ def fit(x, labels=None, *, method="jnpl", x_test=None, y_test=None, true_labels=
                       run_config=run, sync_bn=sync_bn, log=print if verbose else lambda line: None)
     summary = trainer.run()
     return FitResult(method.eval_model(trainer.model), method, run, pd.DataFrame(trainer.metrics), summary,
-                     trainer.train_outputs["probs"].numpy(), trainer)
+                     trainer.issue_probs, trainer)
 
 
 def as_device(device):

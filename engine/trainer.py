@@ -97,7 +97,7 @@ class Trainer:
         self.optimizer = None
         self.step = 0
         self.metrics = []
-        self.train_outputs = None
+        self.train_outputs = self.issue_probs = None
         self.table = None
         self.data_fingerprint = None  # computed when a checkpoint first needs it
 
@@ -407,9 +407,10 @@ class Trainer:
         """The label-issues table and the summary, written to `out` when there is one."""
         # Scored on the device, beside the method's state (its labels, histories); kept on the CPU.
         score, flagged = (t.cpu().numpy() for t in self.method.clean_scores(self.train_outputs))
+        self.issue_probs = self.method.issue_probs(self.train_outputs).cpu().numpy()
         self.train_outputs = {key: value.cpu() for key, value in self.train_outputs.items()}
         data, train = self.data, self.train_indices
-        self.table = label_issues_table(data.given_labels, self.train_outputs["probs"].numpy(), score, flagged,
+        self.table = label_issues_table(data.given_labels, self.issue_probs, score, flagged,
                                         true=data.true_labels, clean_indices=data.clean_indices,
                                         class_names=data.class_names, paths=data.train_paths, rows=data.train_rows)
         precision, recall, f1 = self.detection(flagged)

@@ -365,6 +365,23 @@ def test_a_method_without_a_use_for_trusted_labels_trains_on_them(digits, method
     assert not result.label_issues()["is_label_issue"][trusted].any()
 
 
+@pytest.mark.parametrize("method", ["ce", "pudistill"])
+def test_the_label_issues_and_pred_probs_tell_one_story(digits, method):
+    """predicted_label, label_quality, is_label_issue and pred_probs from the same probabilities:
+    PU-distillation's issues came from its teachers, its predicted_label and pred_probs from the
+    student (on 8.5% of these rows the flag contradicted the table's own labels)."""
+    x, noisy, true, _, _ = digits
+    trusted = np.flatnonzero(noisy == true)[:200]
+    result = engine.fit(x, noisy, method=method, clean_indices=trusted, epochs=4)
+    table = result.label_issues()
+    rows = ~table["clean_subset"].to_numpy()
+    given, probs = table["given_label"].to_numpy(), result.pred_probs
+    assert np.array_equal(table["predicted_label"], probs.argmax(1))
+    np.testing.assert_allclose(table["label_quality"], probs[np.arange(len(given)), given], atol=1e-6)
+    assert np.array_equal(table["is_label_issue"][rows], (probs.argmax(1) != given)[rows])
+    assert 0 < table["is_label_issue"][rows].mean() < 0.6
+
+
 def test_a_clean_subset_needs_only_the_classes_that_occur():
     """Labels 1 and 3 (none of 0 or 2): L2B takes clean samples of those two classes;
     PU-distillation, which grows every class index's clean set, asks for classes without gaps."""

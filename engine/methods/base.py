@@ -360,10 +360,15 @@ class Method(nn.Module):
 
     # ------------------------------------------------------------ label issues
 
+    def issue_probs(self, outputs):
+        """The class probabilities [N, C] on the training set that the label issues are scored
+        from (the table's predicted_label, FitResult.pred_probs): the trained network's."""
+        return outputs["probs"]
+
     def clean_scores(self, outputs):
         """(label_quality [N] in [0, 1], lower = more likely mislabeled; is_label_issue [N] bool).
-        CE, PMNAR, L2B: the evaluated model's confidence_scores."""
-        return self.confidence_scores(outputs["probs"])
+        CE, PMNAR, L2B, PU-distillation: confidence_scores of issue_probs."""
+        return self.confidence_scores(self.issue_probs(outputs))
 
     def confidence_scores(self, probs):
         """The confidence on the given label, flagged where the arg-max is another class. A

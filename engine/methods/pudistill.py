@@ -315,8 +315,8 @@ class PUDistill(Method):
             images, targets = mixup(images, targets)
         return soft_target_loss(model(images), targets, self.config.entropy)
 
-    def clean_scores(self, outputs):
-        return self.confidence_scores(self.teacher_probs)
+    def issue_probs(self, outputs):
+        return self.teacher_probs  # the teachers' mean: the student learns from it
 
     def summary(self, true_labels):
         """The augmented clean set drawn from the noisy set: size and, with true labels, precision
