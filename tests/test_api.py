@@ -243,6 +243,8 @@ def test_a_method_defined_outside_the_package_trains_through_the_api(digits, gce
     (lambda x, y: engine.fit(x, y, x_test=x[:0], y_test=y[:0]), "x_test: no samples"),
     (lambda x, y: engine.fit(x, np.where(np.arange(len(y)) == 3, 10**5, y)), "labels: labels must be < 100000"),
     (lambda x, y: engine.fit(x, y, x_test=x[:2], y_test=[0, 10**7]), "y_test: labels must be < 100000"),
+    (lambda x, y: engine.fit(x, y, x_test=x[:5], y_test=np.arange(6, 11)), "y_test: label 10 is no class of the training "
+     "labels (0..9); the test set may lack a class, not have another"),  # 1-based: it added an 11th class
     (lambda x, y: engine.fit(x, y, true_labels=y - 2), "true_labels: labels must be >= -1"),
     (lambda x, y: engine.fit(x, y - 1), "labels: labels must be >= 0"),
     (lambda x, y: engine.fit(x, np.full_like(y, 3)), "labels: every label is 3; a classifier needs samples of at least "
@@ -348,6 +350,10 @@ def test_clean_indices_as_a_boolean_mask_name_its_true_samples():
     result = engine.fit(x, np.arange(40) % 2, method="ce", epochs=1, clean_indices=torch.from_numpy(mask))
     assert result.summary["clean_subset_size"] == 10 and result.config.hyperparameters.clean_size == 10
     assert result.label_issues()["clean_subset"].tolist() == mask.tolist()
+    # The same mask as 0/1 integers (df.verified.astype(int)) was read as the indices {0, 1}: a subset of 2.
+    with pytest.raises(ValueError, match=r"^clean_indices: 40 integers of 0 and 1, one per sample, read as indices "
+                                         r"name samples 0 and 1 only; pass a mask as bool"):
+        engine.fit(x, np.arange(40) % 2, method="ce", epochs=1, clean_indices=mask.astype(int))
 
 
 @pytest.mark.parametrize("method", ["ce", "pmnar"])

@@ -219,6 +219,9 @@ def trusted_positions(indices, count, where):
     elif indices.ndim != 1 or (len(indices) and not np.issubdtype(indices.dtype, np.integer)):
         raise ValueError(f"{where}: expected a 1-D array of integer sample indices or a boolean mask [{count}], "
                          f"got shape {list(indices.shape)} of {indices.dtype}")
+    elif count > 2 and len(indices) == count and np.isin(indices, (0, 1)).all():  # as indices: samples 0 and 1
+        raise ValueError(f"{where}: {count} integers of 0 and 1, one per sample, read as indices name samples 0 and "
+                         f"1 only; pass a mask as bool (mask.astype(bool)) or the positions (np.flatnonzero(mask))")
     positions = np.unique(indices.astype(np.int64))
     if len(positions) and (positions[0] < 0 or positions[-1] >= count):
         raise ValueError(f"{where}: must lie in [0, {count}), found {positions[0]}..{positions[-1]}")

@@ -195,7 +195,13 @@ def from_arrays(x, labels, x_test=None, y_test=None, true_labels=None, clean_ind
             raise ValueError(f"x_test: samples of shape {list(x_test.shape[1:])} differ from x's "
                              f"{list(x.shape[1:])}")
         y_test = as_labels(y_test, len(x_test), "y_test")
-    num_classes = int(max(part.max() for part in (given, true, y_test) if part is not None and len(part))) + 1
+    num_classes = int(max(part.max() for part in (given, true) if part is not None and len(part))) + 1
+    if y_test is not None and y_test.max() >= num_classes:
+        if class_names is None:  # e.g. 1-based test labels: a class that nothing trains
+            raise ValueError(f"y_test: label {int(y_test.max())} is no class of the training labels "
+                             f"(0..{num_classes - 1}); the test set may lack a class, not have another "
+                             f"(class_names names every class)")
+        num_classes = int(y_test.max()) + 1
     if class_names is not None:
         # A dict would give its keys and a string its letters as the names.
         if isinstance(class_names, (str, bytes, Mapping)) or not isinstance(class_names, Iterable):
