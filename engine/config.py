@@ -297,13 +297,24 @@ def save_yaml(config, path):
     write_atomically(path, lambda f: f.write(text.encode()))
 
 
+# YAML 1.2 floats in exponent form without a dot (1e-2, 5E+3): PyYAML's YAML 1.1 reads them as
+# strings, so a hand-edited lr: 1e-2 was refused as not a number.
+EXPONENT_FLOAT = r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"
+
+
 def load_yaml(path):
     """The plain dict of a config.yaml (safe loader: no object tags); checked by the caller."""
+    import re
+
     import yaml
 
+    class Loader(yaml.SafeLoader):  # a subclass: adding a resolver copies the table, SafeLoader's stays
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(EXPONENT_FLOAT), list("-+0123456789."))
     try:
         with open(path) as f:
-            content = yaml.safe_load(f)
+            content = yaml.load(f, Loader=Loader)
     except OSError as error:
         raise ValueError(f"--config {path}: cannot read it ({error.strerror})") from None
     except yaml.YAMLError as error:  # one line: the problem and its line, not PyYAML's several

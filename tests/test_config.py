@@ -163,6 +163,16 @@ def test_command_line_flags_and_config_file(tmp_path):
     assert method.options == {"epochs": 4, "beta": 0.25}
 
 
+def test_a_hand_edited_config_takes_floats_written_with_an_exponent(tmp_path):
+    """lr: 1e-2 is a float in YAML 1.2; PyYAML's 1.1 rules read it as a string, refused as not a number."""
+    config = tmp_path / "config.yaml"
+    config.write_text("method: ce\nseed: 2\ndata:\n  dataset: digits\n  noise_rate: 2E-1\n"
+                      "hyperparameters:\n  lr: 1e-2\n  weight_decay: .5e-3\n  epochs: 3\n")
+    run, method, _ = parse_args(["--config", str(config)])
+    assert method.options == {"lr": 0.01, "weight_decay": 0.0005, "epochs": 3} and run.data.noise_rate == 0.2
+    assert yaml.safe_load("lr: 1e-2") == {"lr": "1e-2"} and yaml.safe_load("x: 1e") == {"x": "1e"}
+
+
 def test_a_flag_given_with_config_replaces_what_it_pairs_with(tmp_path):
     """Every run's config.yaml records its clean subset as clean_size and its warm-up: --clean-fraction
     replaces the one (they exclude each other), and --epochs too few for the other fits it again, as
