@@ -6,16 +6,17 @@ runs `python -m engine.train --dataset cifar10 --noise cifar10n --noise-variant 
 method, label set (`worst`: 40.2% wrong, `aggre`: 9.0%) and seed (`--seeds`), `--jobs` runs at a
 time with `--threads` threads each, and writes `table.md` (test accuracy, best test accuracy,
 the difference to CE's of the same labels and seed, detection precision / recall / F1 against
-the true CIFAR-10 labels, training minutes: the sum of the epochs' times in metrics.csv; with
-several seeds also their means) into `--out`, next to each run's own folder. A run whose folder
-already holds a summary.json of the same epochs and seed is not trained again, so an
+the true CIFAR-10 labels, wall-clock minutes of the run, a method's preparation such as
+PU-distillation's teachers included; with several seeds also their means) into `--out`, next to
+each run's own folder. A run whose folder already holds a summary.json of the same epochs, seed
+and options is not trained again, and one its checkpoint.pt left unfinished is resumed, so an
 interrupted benchmark continues where it stopped, and more seeds add to the same `--out` (a run
-of other epochs in a run's folder is an error). Options after `--` go to every run (e.g.
+of other epochs or options in a run's folder is an error). Each run's folder keeps in
+driver.json the options it was run with and its minutes. Options after `--` go to every run (e.g.
 `-- --model small_cnn --device cuda`; `-- --model small_cnn_dense --no-augment`: a model that
 memorizes the `worst` labels within 20 epochs, the README's "Where CE memorizes" table).
 """
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -56,62 +57,99 @@ def parse_args(argv):
 
 
 def command(args, method, variant, seed):
+    resume = ["--resume"] if run_state(args, method, variant, seed) == "unfinished" else []
     return [sys.executable, "-m", "engine.train", "--method", method, "--dataset", "cifar10", "--data-dir",
             args.data_dir, "--noise", "cifar10n", "--noise-variant", variant, "--epochs", str(args.epochs),
-            "--seed", str(seed), "--out", run_folder(args, method, variant, seed), *args.extra]
+            "--seed", str(seed), "--out", run_folder(args, method, variant, seed), *args.extra, *resume]
 
 
 def run_folder(args, method, variant, seed):
     return os.path.join(os.path.abspath(args.out), f"{variant}_{method}_seed{seed}")
 
 
-def finished(args, method, variant, seed):
-    """Whether the run's folder holds a finished run of these epochs and seed (another is an error)."""
+def driver_record(folder):
+    """The folder's driver.json: the options after `--` its run was started with and its minutes."""
+    path = os.path.join(folder, "driver.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_driver_record(folder, record):
+    write_atomically(os.path.join(folder, "driver.json"), lambda f: f.write(json.dumps(record, indent=2).encode()))
+
+
+def run_state(args, method, variant, seed):
+    """"finished" (a summary.json), "unfinished" (a checkpoint.pt without one: resumed) or "new".
+    A run of other epochs, seed or options in the folder is an error: its numbers would stand
+    under this benchmark's header."""
     folder = run_folder(args, method, variant, seed)
-    if not os.path.exists(os.path.join(folder, "summary.json")):
-        return False
+    state = ("finished" if os.path.exists(os.path.join(folder, "summary.json")) else
+             "unfinished" if os.path.exists(os.path.join(folder, "checkpoint.pt")) else "new")
+    if state == "new":
+        return state
     with open(os.path.join(folder, "config.yaml")) as f:
         config = yaml.safe_load(f)
     if (config["hyperparameters"]["epochs"], config["seed"]) != (args.epochs, seed):
         raise SystemExit(f"{folder} holds a run of {config['hyperparameters']['epochs']} epochs, seed "
                          f"{config['seed']}: use another --out for {args.epochs} epochs, seed {seed}")
-    return True
+    record = driver_record(folder)
+    if record is None or record["options"] != args.extra:
+        given = "no record of its options (driver.json)" if record is None else f"options {record['options']}"
+        raise SystemExit(f"{folder} holds a run with {given}: use another --out for options {args.extra}")
+    return state
 
 
 def run_all(args):
-    """Runs what has no summary yet, `--jobs` at a time."""
+    """Runs what has no summary yet, `--jobs` at a time; on a failure the other runs are stopped
+    (their checkpoints let the next call resume them)."""
     environment = dict(os.environ)
     if args.threads:
         environment["OMP_NUM_THREADS"] = environment["MKL_NUM_THREADS"] = str(args.threads)
-    waiting = [(m, v, s) for s in args.seeds for v in args.variants for m in args.methods if not finished(args, m, v, s)]
+    waiting = [(m, v, s) for s in args.seeds for v in args.variants for m in args.methods
+               if run_state(args, m, v, s) != "finished"]
     running = {}
-    while waiting or running:
-        while waiting and len(running) < args.jobs:
-            key = waiting.pop(0)
-            os.makedirs(run_folder(args, *key), exist_ok=True)
-            log = open(os.path.join(run_folder(args, *key), "stdout.log"), "w")
-            running[key] = (subprocess.Popen(command(args, *key), cwd=REPO, env=environment, stdout=log,
-                                             stderr=subprocess.STDOUT), log, time.time())
-            print(f"started {key[1]} {key[0]} seed {key[2]}", flush=True)
-        time.sleep(1)
-        for key, (process, log, began) in list(running.items()):
-            if process.poll() is None:
-                continue
+    try:
+        while waiting or running:
+            while waiting and len(running) < args.jobs:
+                key = waiting.pop(0)
+                folder = run_folder(args, *key)
+                os.makedirs(folder, exist_ok=True)
+                run = command(args, *key)
+                record = driver_record(folder) or {"options": args.extra, "seconds": 0.0}
+                write_driver_record(folder, record)
+                log = open(os.path.join(folder, "stdout.log"), "a")  # a resumed run's log goes on
+                running[key] = (subprocess.Popen(run, cwd=REPO, env=environment, stdout=log,
+                                                 stderr=subprocess.STDOUT), log, time.time(), record)
+                print(f"{'resumed' if '--resume' in run else 'started'} {key[1]} {key[0]} seed {key[2]}", flush=True)
+            time.sleep(1)
+            for key, (process, log, began, record) in list(running.items()):
+                if process.poll() is None:
+                    continue
+                log.close()
+                del running[key]
+                record["seconds"] += time.time() - began
+                write_driver_record(run_folder(args, *key), record)
+                if process.returncode != 0:
+                    raise SystemExit(f"{key[1]} {key[0]} seed {key[2]} failed (exit {process.returncode}): see "
+                                     f"{os.path.join(run_folder(args, *key), 'stdout.log')}")
+                print(f"finished {key[1]} {key[0]} seed {key[2]} in {(time.time() - began) / 60:.1f} min", flush=True)
+    finally:
+        for key, (process, log, began, record) in running.items():  # a failure or Ctrl-C: no run left behind
+            process.terminate()
+            process.wait()
             log.close()
-            del running[key]
-            if process.returncode != 0:
-                raise SystemExit(f"{key[1]} {key[0]} seed {key[2]} failed (exit {process.returncode}): see "
-                                 f"{os.path.join(run_folder(args, *key), 'stdout.log')}")
-            print(f"finished {key[1]} {key[0]} seed {key[2]} in {(time.time() - began) / 60:.1f} min", flush=True)
+            record["seconds"] += time.time() - began
+            write_driver_record(run_folder(args, *key), record)
 
 
 def result(args, method, variant, seed):
-    """A finished run's numbers: its summary.json and the training minutes."""
+    """A finished run's numbers: its summary.json and its minutes (driver.json)."""
     folder = run_folder(args, method, variant, seed)
     with open(os.path.join(folder, "summary.json")) as f:
         summary = json.load(f)
-    with open(os.path.join(folder, "metrics.csv"), newline="") as f:
-        summary["minutes"] = sum(float(row["seconds"]) for row in csv.DictReader(f)) / 60
+    summary["minutes"] = driver_record(folder)["seconds"] / 60
     return summary
 
 
@@ -132,7 +170,7 @@ def table(args):
     lines = [f"CIFAR-10 with CIFAR-10N labels, {args.epochs} epochs"
              + (f", options `{' '.join(args.extra)}`" if args.extra else "") + ":", "",
              "| labels | method | seed | model | test acc (final / best) | vs CE (points) | detection precision / "
-             "recall / F1 | train minutes |", "|---|---|---|---|---|---|---|---|"]
+             "recall / F1 | minutes |", "|---|---|---|---|---|---|---|---|"]
     for variant in args.variants:
         for method in args.methods:
             runs = [(results[method, variant, s], results.get(("ce", variant, s))) for s in args.seeds]
