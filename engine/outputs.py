@@ -5,6 +5,7 @@ import contextlib
 import fcntl
 import json
 import os
+import stat
 import tempfile
 
 import numpy as np
@@ -15,7 +16,7 @@ OUTPUT_FILES = ("config.yaml", "metrics.csv", "summary.json", "label_issues.csv"
 METRIC_FIELDS = ["epoch", "stage", "train_loss", "test_acc", "det_precision", "det_recall", "det_f1", "seconds"]
 
 
-LOCK_NAME = ".lock"
+LOCK_NAME = ".noisy-engine.lock"  # its own name: a .lock of another tool in the folder is left alone
 
 
 class FolderInUse(RuntimeError):
@@ -33,12 +34,48 @@ def refuse_unfinished_run(folder):
                           f"overwrite=True)")
 
 
+def written_by_engine(folder):
+    """Whether the outputs in `folder` are a run's of this engine: its checkpoint.pt is one, or its
+    config.yaml is a run's (written at the start, before the first checkpoint)."""
+    import yaml
+
+    from engine.checkpoint import FORMAT
+
+    with contextlib.suppress(Exception):  # unreadable, or not ours: not this engine's
+        with open(os.path.join(folder, "config.yaml")) as f:
+            config = yaml.safe_load(f)
+        if isinstance(config, dict) and {"method", "seed", "hyperparameters"} <= config.keys():
+            return True
+    with contextlib.suppress(Exception):
+        import torch
+
+        wrapped = torch.load(os.path.join(folder, "checkpoint.pt"), map_location="cpu", weights_only=True, mmap=True)
+        return isinstance(wrapped, dict) and wrapped.get("format") == FORMAT
+    return False
+
+
+def refuse_foreign_outputs(folder):
+    """Raises FolderInUse where `folder` holds files of the outputs' names that no run of this
+    engine wrote (another tool's config.yaml or metrics.csv): a new run would delete them."""
+    present = [name for name in OUTPUT_FILES if os.path.lexists(os.path.join(folder, name))]
+    if present and not written_by_engine(folder):
+        raise FolderInUse(f"output folder {folder} holds {', '.join(present)}, which no run of this engine wrote: "
+                          f"choose another folder, or start the run there, deleting them (--overwrite, "
+                          f"overwrite=True)")
+
+
 @contextlib.contextmanager
 def folder_lock(folder):
-    """Holds `folder`/.lock for the block, or raises FolderInUse when another process holds it.
-    An flock: the system drops it when its process ends, killed or not, so no stale lock."""
-    fd = os.open(os.path.join(folder, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+    """Holds `folder`/LOCK_NAME for the block, or raises FolderInUse when another process holds
+    it. An flock: the system drops it when its process ends, killed or not, so no stale lock."""
+    try:  # not through a link: it would lock (and truncate) the file it points to
+        fd = os.open(os.path.join(folder, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as error:
+        raise FolderInUse(f"output folder {folder}: cannot open its lock file {LOCK_NAME} ({error.strerror}; a link "
+                          f"there is refused): remove it") from None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FolderInUse(f"output folder {folder}: {LOCK_NAME} is not a regular file: remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -118,7 +118,10 @@ def parse_args(argv=None):
         base = load_yaml(known.config) if known.config else {}
         spec = known.method or base.get("method") or RunConfig.method
         if not isinstance(spec, str):
-            raise ValueError(f"--config {known.config}: method must be a name or module:Class, got {spec!r}")
+            raise ValueError(f"--config {known.config}: method must be a name or module:Class, got {spec!r:.80}")
+        if not known.method and spec not in METHODS:  # module:Class imports code: only from the command line
+            raise ValueError(f"--config {known.config}: method {spec!r:.80} is no built-in method, and a config "
+                             f"file does not import code; to run your own, give it as --method {spec:.80}")
         chosen = method_class(spec)
     except ValueError as error:
         first.error(str(error))

@@ -21,8 +21,8 @@ from engine.labels import check_clean_subset, detection_metrics
 from engine.methods.base import Batch, CleanSubset, Diverged, Preparation, Step, epoch_seed
 from engine.models import build_model, load_pretrained
 from engine.models.base import recalibrate_batchnorm
-from engine.outputs import (folder_lock, label_issues_table, plot_separation, refuse_unfinished_run, remove_outputs,
-                            write_json, write_label_issues, write_metrics)
+from engine.outputs import (folder_lock, label_issues_table, plot_separation, refuse_foreign_outputs,
+                            refuse_unfinished_run, remove_outputs, write_json, write_label_issues, write_metrics)
 
 EVAL_BATCH = 512
 
@@ -311,6 +311,7 @@ class Trainer:
             self.processes.barrier()  # every process has read it before rank 0 writes the next
         elif self.out is not None:
             if not self.overwrite:  # on every process, so that each stops with the error
+                refuse_foreign_outputs(self.out)
                 refuse_unfinished_run(self.out)
                 self.processes.barrier()  # every process has looked before rank 0 writes a new checkpoint
             if self.processes.main:  # run() holds the folder's lock

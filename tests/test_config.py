@@ -163,6 +163,20 @@ def test_command_line_flags_and_config_file(tmp_path):
     assert method.options == {"epochs": 4, "beta": 0.25}
 
 
+def test_a_config_file_does_not_import_the_module_its_method_names(tmp_path, monkeypatch, capsys):
+    """A handed-over folder's config.yaml with method: its_module:X ran its_module (the README's one
+    exception to "no file runs code" is the --method flag)."""
+    (tmp_path / "helpers.py").write_text("open('ran', 'w').close()\n")
+    (tmp_path / "config.yaml").write_text("method: helpers:Anything\ndata:\n  dataset: digits\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SystemExit) as stopped:
+        parse_args(["--config", "config.yaml"])
+    assert stopped.value.code == 2 and not (tmp_path / "ran").exists(), "no code ran"
+    assert ("method 'helpers:Anything' is no built-in method, and a config file does not import code; to run your "
+            "own, give it as --method helpers:Anything") in capsys.readouterr().err
+
+
 def test_a_hand_edited_config_takes_floats_written_with_an_exponent(tmp_path):
     """lr: 1e-2 is a float in YAML 1.2; PyYAML's 1.1 rules read it as a string, refused as not a number."""
     config = tmp_path / "config.yaml"

@@ -1,15 +1,19 @@
 """Outputs are written atomically: a write that fails or is killed (kill -9, in a loop) leaves
 the previous complete file or the new complete one, never a cut-off file; the files get the
-usual permissions; the next run on the folder removes what a killed write left."""
+usual permissions; the next run on the folder removes what a killed write left, and nothing
+that no run of the engine wrote."""
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+import yaml
 
-from engine.outputs import FILE_MODE, folder_lock, write_atomically
+import engine
+from engine.outputs import FILE_MODE, LOCK_NAME, FolderInUse, folder_lock, write_atomically
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = 200_000  # a label_issues.csv of CIFAR size takes a while to write: kills land mid-write
@@ -58,4 +62,35 @@ def test_kill_9_during_writes_leaves_a_complete_file(tmp_path):
         assert content == version(number), f"kill {kill}: a cut-off file"
     assert any(name.endswith(".engine.tmp") for name in os.listdir(tmp_path)), "no kill landed mid-write"
     with folder_lock(str(tmp_path)):  # a new run on the folder
-        assert sorted(os.listdir(tmp_path)) == [".lock", "label_issues.csv"]
+        assert sorted(os.listdir(tmp_path)) == [".noisy-engine.lock", "label_issues.csv"]
+
+
+def test_the_lock_follows_no_link_and_leaves_another_tools_lock_alone(tmp_path):
+    """A .lock linked to a user's file had it truncated to the run's pid."""
+    victim = tmp_path / "notes.txt"
+    victim.write_text("mine")
+    (tmp_path / ".lock").write_text("another tool's")
+    out = tmp_path / "run"
+    out.mkdir()
+    os.symlink(victim, out / LOCK_NAME)
+    with pytest.raises(FolderInUse, match=rf"cannot open its lock file {LOCK_NAME} \(.*a link there is refused\)"):
+        with folder_lock(str(out)):
+            pass
+    with folder_lock(str(tmp_path)):
+        pass
+    assert victim.read_text() == "mine" and (tmp_path / ".lock").read_text() == "another tool's"
+
+
+def test_a_new_run_deletes_only_outputs_a_run_of_the_engine_wrote(tmp_path):
+    """Another project's config.yaml and metrics.csv in --out were deleted by a new run."""
+    x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
+    labels = np.arange(40) % 2
+    (tmp_path / "config.yaml").write_text("# my project\nname: survey\n")
+    (tmp_path / "metrics.csv").write_text("week,score\n1,3\n")
+    with pytest.raises(FolderInUse, match=r"holds config.yaml, metrics.csv, which no run of this engine wrote: "
+                                          r"choose another folder, or .*\(--overwrite, overwrite=True\)"):
+        engine.fit(x, labels, method="ce", epochs=1, out=tmp_path)
+    assert (tmp_path / "config.yaml").read_text() == "# my project\nname: survey\n"
+    engine.fit(x, labels, method="ce", epochs=1, out=tmp_path, overwrite=True)
+    engine.fit(x, labels, method="ce", epochs=1, out=tmp_path, seed=1)  # the engine's own: replaced
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["seed"] == 1
