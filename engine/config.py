@@ -56,7 +56,7 @@ class Validated:
         for field in dataclasses.fields(self):
             value = _coerced(getattr(self, field.name), hints[field.name])
             if not _matches(value, hints[field.name]):
-                self.fail(field.name, f"must be {_describe(hints[field.name])}, got {value!r}")
+                self.fail(field.name, f"must be {_describe(hints[field.name])}, got {value!r:.80}")
             if isinstance(value, float) and not math.isfinite(value):
                 self.fail(field.name, f"must be finite, got {value}")
             object.__setattr__(self, field.name, value)
@@ -70,7 +70,7 @@ class Validated:
 
     def require(self, field, condition, text):
         if not condition:
-            self.fail(field, f"{text}, got {getattr(self, field)!r}")
+            self.fail(field, f"{text}, got {getattr(self, field)!r:.80}")
 
     def to_dict(self):
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -309,7 +309,11 @@ def load_yaml(path):
     import yaml
 
     class Loader(yaml.SafeLoader):  # a subclass: adding a resolver copies the table, SafeLoader's stays
-        pass
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):  # a config needs none; nested ones expand to gigabytes
+                raise yaml.composer.ComposerError(None, None, "an alias (*name): a config takes none",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
 
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(EXPONENT_FLOAT), list("-+0123456789."))
     try:

@@ -177,6 +177,18 @@ def test_a_config_file_does_not_import_the_module_its_method_names(tmp_path, mon
             "own, give it as --method helpers:Anything") in capsys.readouterr().err
 
 
+def test_a_config_with_aliases_is_refused_before_they_expand(tmp_path, capsys):
+    """Nested aliases of a few hundred bytes expanded to gigabytes (and into the error message)."""
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"] + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]"
+                                                             for i in range(1, 9)]
+    (tmp_path / "config.yaml").write_text("\n".join(levels) + "\nmethod: *a8\n")
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(tmp_path / "config.yaml")])
+    err = capsys.readouterr().err
+    assert f"--config {tmp_path / 'config.yaml'}:2: not valid YAML (an alias (*name): a config takes none)" in err
+    assert len(err) < 1000
+
+
 def test_a_hand_edited_config_takes_floats_written_with_an_exponent(tmp_path):
     """lr: 1e-2 is a float in YAML 1.2; PyYAML's 1.1 rules read it as a string, refused as not a number."""
     config = tmp_path / "config.yaml"

@@ -308,6 +308,21 @@ def test_a_file_name_that_is_not_utf8_is_refused_naming_it(tmp_path, where, stre
         load_dataset("folder", str(tmp_path), stream=stream)
 
 
+@pytest.mark.parametrize("where", ["image", "train.txt"])
+def test_a_pipe_in_place_of_a_file_is_refused_not_waited_on(tmp_path, where):
+    """A named pipe (a tar archive can carry one) blocked the run forever at its first read."""
+    if where == "image":
+        image_folder(tmp_path)
+        os.mkfifo(tmp_path / "dog" / "zz.bmp")
+    else:
+        small_file_list(tmp_path)
+        os.remove(tmp_path / "train.txt")
+        os.mkfifo(tmp_path / "train.txt")
+    pipe = tmp_path / ("dog/zz.bmp" if where == "image" else "train.txt")
+    with pytest.raises(ValueError, match=rf"^{pipe}: not a regular file \(a pipe, device or socket\)"):
+        load_dataset("folder" if where == "image" else "filelist", str(tmp_path))
+
+
 X = np.random.default_rng(0).integers(0, 256, (10, 8, 8), dtype=np.uint8)
 Y = np.arange(10) % 3
 
@@ -404,6 +419,14 @@ def test_a_folder_too_small_to_hold_out_a_test_set_is_refused(tmp_path):
     os.rename(tmp_path / "more" / "ant", tmp_path / "ant")  # a fifth image
     os.rmdir(tmp_path / "more")
     assert len(load_dataset("folder", str(tmp_path)).y_test) == 1
+
+
+def test_an_npz_member_of_another_name_is_not_read(tmp_path):
+    """Every member was read, one that decompresses to gigabytes included; here one of objects,
+    which the loader refuses (it would need pickle), stands in for it."""
+    x, y = X[..., None].repeat(3, -1), Y
+    np.savez(tmp_path / "data.npz", x=x, y=y, notes=np.array([{"a": 1}], dtype=object))
+    assert np.array_equal(load_dataset("npz", str(tmp_path / "data.npz"), test_fraction=0.0).x_train, x)
 
 
 def test_an_npz_names_its_trusted_labels_and_keeps_them_in_training(tmp_path):

@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import importlib.resources
 import os
+import stat
 import warnings
 import zipfile
 from dataclasses import dataclass, field, replace
@@ -298,9 +299,9 @@ def load_cifar10_jpeg(path):
     """The JPEG re-encoding of CIFAR-10 in original order, decoded once (DALI, CPU)."""
     from engine.data.pipeline import decode_images
 
-    archive = _npz_arrays(path)
-    missing = [name for split in ("train", "test") for name in (f"{split}_jpeg", f"{split}_offsets", f"y_{split}")
-               if name not in archive]
+    wanted = [name for split in ("train", "test") for name in (f"{split}_jpeg", f"{split}_offsets", f"y_{split}")]
+    archive, _ = _npz_arrays(path, wanted)
+    missing = [name for name in wanted if name not in archive]
     if missing:
         raise ValueError(f"cifar10 {path}: not the CIFAR-10 JPEG archive ({CIFAR10_JPEG_ARCHIVE}), which has "
                          f"train_jpeg, train_offsets, y_train and their test_ arrays; missing {', '.join(missing)}")
@@ -342,14 +343,20 @@ def load_fashion_mnist(data_dir):
 MAX_CLASSES = 100_000
 
 
-def _npz_arrays(path):
-    """All arrays of the archive, read now so that a broken member fails here, naming the file."""
+NPZ_ARRAYS = ("x", "y", "x_test", "y_test", "clean_indices")
+
+
+def _npz_arrays(path, wanted=NPZ_ARRAYS):
+    """(the archive's arrays named in `wanted`, read now so that a broken member fails here, naming
+    the file; the names of all its members: the others are not read, one may decompress to gigabytes)."""
     try:
         archive = np.load(path)
         if not isinstance(archive, np.lib.npyio.NpzFile):
             raise ValueError("a single .npy array, not named arrays")
         with archive:
-            return {name: archive[name] for name in archive.files}
+            return {name: archive[name] for name in archive.files if name in wanted}, archive.files
+    except MemoryError:
+        raise ValueError(f"npz {path}: an array does not fit in memory") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise ValueError(f"npz {path}: not a readable .npz archive ({error})") from None
 
@@ -372,12 +379,12 @@ def load_npz(data_dir, test_fraction=None):
     share test_fraction held out (_hold_out); clean_indices, if there, the positions in x of the
     samples whose labels are trusted (the clean subset)."""
     path = _require_dir(data_dir, "npz")
-    arrays = _npz_arrays(path)
+    arrays, members = _npz_arrays(path)
     names = ["x", "y"] + (["x_test", "y_test"] if "x_test" in arrays or "y_test" in arrays else [])
     missing = [name for name in names if name not in arrays]
     if missing:
         raise ValueError(f"npz {path}: needs arrays x and y (and x_test with y_test), missing {', '.join(missing)}; "
-                         f"it has {', '.join(arrays) or 'none'}")
+                         f"it has {', '.join(members) or 'none'}")
     parts, features, rows = [], arrays["x"].ndim == 2, None
     for x_name, y_name in zip(names[::2], names[1::2]):
         if features:
@@ -498,7 +505,9 @@ def class_images(folder):
             if not _hidden(name):
                 (found if name.lower().endswith(IMAGE_SUFFIXES) else others).append(
                     os.path.normpath(os.path.join(relative, name)))
-    return _require_utf8_names(sorted(found), folder), sorted(others)
+    found = _require_regular([os.path.join(folder, name) for name in _require_utf8_names(sorted(found), folder)],
+                             "an image")
+    return [os.path.relpath(path, folder) for path in found], sorted(others)
 
 
 def _class_folders(folder):
@@ -570,9 +579,19 @@ def _refuse_trusted_file(root, dataset, other):
 LIST_ENCODING = "utf-8-sig"  # UTF-8; a byte-order mark (as Windows editors write one) is not part of line 1
 
 
+def _require_regular(paths, what):
+    """`paths`, refused naming the first that is no regular file: opening a pipe waits for a
+    writer forever, and a device (/dev/zero) reads without end."""
+    for path in paths:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ValueError(f"{path}: not a regular file (a pipe, device or socket), given as {what}")
+    return paths
+
+
 def _list_lines(path):
     """The lines of the text list `path` (LIST_ENCODING), stripped of surrounding whitespace,
     line n at n - 1; a file that is not UTF-8 is refused naming it and its first bad line."""
+    _require_regular([path], "a list")
     with open(path, "rb") as f:
         data = f.read()
     try:
