@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.config import save_yaml, size_class
 from engine.distributed import Processes, from_environment, local_batch_statistics
 from engine.labels import check_clean_subset, detection_metrics
@@ -235,10 +235,18 @@ class Trainer:
 
     def load_checkpoint(self):
         state = load_checkpoint(self.checkpoint_path, self.identity(), self.device)
-        self.model.load_state_dict(state["model"])
-        self.optimizer = self.new_optimizer()
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.method.load_state_dict(state["method"])
+        try:  # the run's identity matches: a state that does not fit it was built or changed by hand
+            self.model.load_state_dict(state["model"])
+            self.optimizer = self.new_optimizer()
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.method.load_state_dict(state["method"])
+            if not (isinstance(state["step"], int) and isinstance(state["epoch"], int) and state["step"] >= 0
+                    and -1 <= state["epoch"] < self.config.epochs and isinstance(state["metrics"], list)):
+                raise ValueError(f"step {state['step']!r:.40}, epoch {state['epoch']!r:.40}")
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as error:
+            reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+            raise CheckpointError(f"--resume: {self.checkpoint_path} holds a state that does not fit this run "
+                                  f"({reason}); delete it to start over") from None
         self.step, self.metrics = state["step"], state["metrics"]
         return state["epoch"] + 1
 

@@ -97,3 +97,26 @@ def test_a_folder_in_place_of_the_file_is_refused(tmp_path):
     os.mkdir(tmp_path / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="cannot be read"):
         read_checkpoint(str(tmp_path / "checkpoint.pt"))
+
+
+@pytest.mark.parametrize("change", ["a weight's shape", "the step", "the optimizer"])
+def test_a_state_changed_by_hand_to_misfit_the_run_is_refused_on_resume(tmp_path, change):
+    """Its identity and digest fit (recomputed): the state's own misfit ended in a traceback."""
+    import engine
+
+    x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
+    labels = np.arange(40) % 2
+    engine.fit(x, labels, method="ce", epochs=2, out=tmp_path)
+    state = read_checkpoint(str(tmp_path / "checkpoint.pt"))
+    if change == "a weight's shape":
+        name = next(iter(state["model"]))
+        state["model"][name] = torch.zeros(7, 7)
+    elif change == "the step":
+        state["step"] = "x"
+    else:
+        state["optimizer"]["param_groups"] = []
+    save_checkpoint(str(tmp_path / "checkpoint.pt"), state)
+    os.remove(tmp_path / "summary.json")
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt holds a state that does not fit this run \(.+\); "
+                                              r"delete it to start over$"):
+        engine.fit(x, labels, method="ce", epochs=2, out=tmp_path, resume=True)
