@@ -509,6 +509,20 @@ def test_animal10n(tmp_path, capsys):
     assert listed(src, "train") == listed(dst, "train") and not os.path.islink(src / "training")
 
 
+@pytest.mark.parametrize("in_place", [False, True])
+def test_files_no_conversion_wrote_are_not_replaced(tmp_path, capsys, in_place):
+    """The publisher's README.txt and the user's classes.txt were overwritten (in SRC too, in place)."""
+    src = animal10n(tmp_path / "src")[0]
+    dst = src if in_place else tmp_path / "dst"
+    dst.mkdir(exist_ok=True)
+    (dst / "README.txt").write_text("ANIMAL-10N, by its authors\n")
+    (dst / "classes.txt").write_text("mine\n")
+    assert refused(capsys, "animal10n", src, dst) == (f"DST {dst} holds classes.txt, README.txt, which no conversion "
+                                                      f"wrote: choose another DST (a conversion writes these files)")
+    assert (dst / "README.txt").read_text() == "ANIMAL-10N, by its authors\n" and (dst / "classes.txt").read_text() \
+        == "mine\n"
+
+
 def test_a_file_name_that_is_not_utf8_is_named_not_a_traceback(tmp_path, capsys):
     src = animal10n(tmp_path / "src")[0]
     os.rename(os.fsencode(src / "training" / "0_00001.jpg"), os.fsencode(src / "training") + b"/0_caf\xe9.jpg")

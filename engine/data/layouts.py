@@ -477,16 +477,30 @@ def _list_text(entries):
 OUTPUTS = ("train.txt", "test.txt", "classes.txt", "clean_indices.npy", "train_true_labels.npy", "train_verified.npy")
 
 
+def _converted(dst):
+    """Whether an earlier conversion wrote dst's files (its README.txt says so)."""
+    try:
+        with open(os.path.join(dst, "README.txt"), encoding="utf-8") as f:
+            return PROG in f.readline()
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _refuse_foreign(dst):
+    """A LayoutError where dst (SRC itself, when converted in place) holds files of the names a
+    conversion writes that no conversion wrote, e.g. the publisher's README.txt: they would be replaced."""
+    present = [name for name in (*OUTPUTS, "README.txt") if os.path.lexists(os.path.join(dst, name))]
+    if present and not _converted(dst):
+        raise LayoutError(f"DST {dst} holds {', '.join(present)}, which no conversion wrote: choose another DST "
+                          f"(a conversion writes these files)")
+
+
 def _remove_stale(dst, written):
     """Removes the files an earlier conversion into dst wrote (its README.txt says so) that
     this one does not write (e.g. clean_indices.npy when --clean-train is no longer given)."""
-    readme = os.path.join(dst, "README.txt")
-    try:
-        with open(readme, encoding="utf-8") as f:
-            ours = PROG in f.readline()
-    except (OSError, UnicodeDecodeError):
+    if not _converted(dst):
         return []
-    stale = [name for name in OUTPUTS if ours and name not in written and os.path.isfile(os.path.join(dst, name))]
+    stale = [name for name in OUTPUTS if name not in written and os.path.isfile(os.path.join(dst, name))]
     for name in stale:
         os.remove(os.path.join(dst, name))
     return stale
@@ -496,6 +510,7 @@ def write_layout(conversion, dst, skip_missing=False, invocation=""):
     """Links the image folders into dst, checks the images, writes the lists and extras;
     returns [(file name, description)] of what was written."""
     os.makedirs(dst, exist_ok=True)
+    _refuse_foreign(dst)
     for name, target in conversion.links.items():
         _link(os.path.join(dst, name), target)
     _drop_missing(conversion, dst, skip_missing)
