@@ -3,6 +3,7 @@ formats can call any importable function while they load; these readers admit on
 formats hold: torch files (checkpoints, label files) through torch's weights-only unpickler
 with numpy arrays of plain numeric types admitted besides tensors, and CIFAR's python batches
 through an unpickler that admits numpy arrays besides dicts, lists, strings and numbers."""
+import codecs
 import pickle
 import struct
 
@@ -56,11 +57,31 @@ class _Refused(pickle.UnpicklingError):
     """A global outside PICKLE_ARRAY_GLOBALS."""
 
 
+def _latin1_encode(text, encoding="latin1", *errors):
+    """_codecs.encode as protocol-2 pickles call it for bytes (latin-1, the same length): another
+    codec could grow the data (hex doubles it: a kilobyte file took gigabytes)."""
+    if encoding not in ("latin1", "latin-1") or errors:
+        raise _Refused(f"_codecs.encode with the codec {encoding!r}")
+    return codecs.encode(text, "latin1")
+
+
+def _empty_reconstruct(subtype, shape, dtype):
+    """numpy's _reconstruct as array pickles call it, on an empty array that __setstate__ then
+    fills from the pickle's data; any other shape would allocate what the file does not hold."""
+    if tuple(shape) != (0,):
+        raise _Refused(f"numpy _reconstruct of shape {shape!r:.40}")
+    return _reconstruct(subtype, shape, dtype)
+
+
+CHECKED_GLOBALS = {("_codecs", "encode"): _latin1_encode, ("numpy.core.multiarray", "_reconstruct"): _empty_reconstruct,
+                   ("numpy._core.multiarray", "_reconstruct"): _empty_reconstruct}
+
+
 class _ArrayUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) not in PICKLE_ARRAY_GLOBALS:
             raise _Refused(f"{module}.{name}")
-        return super().find_class(module, name)
+        return CHECKED_GLOBALS.get((module, name)) or super().find_class(module, name)
 
 
 def unpickle_arrays(path):

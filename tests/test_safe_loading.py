@@ -1,9 +1,11 @@
 """No code runs from a file a user is given: a label file, a CIFAR batch or a checkpoint whose
 pickle would call a function (here: create a marker file) is refused with an error naming the
 file, and the marker never appears; plain files of the same formats still load."""
+import codecs
 import os
 import pathlib
 import pickle
+import re
 import subprocess
 import sys
 
@@ -75,6 +77,28 @@ def test_cifar_batches_of_every_pickle_protocol_load(tmp_path, protocol):
     loaded = unpickle_arrays(str(path))
     assert np.array_equal(loaded["data"], batch["data"]) and loaded["labels"] == batch["labels"]
     assert loaded[b"batch_label"] == batch[b"batch_label"] and loaded["filenames"] == batch["filenames"]
+
+
+class Reduced:
+    """Pickles as the call `function(*args)`: an admitted global called as no array pickle calls it."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
+@pytest.mark.parametrize("call, refused", [
+    (Reduced(codecs.encode, "00" * 8, "hex"), "_codecs.encode with the codec 'hex'"),  # each level doubles the data
+    (Reduced(np._core.multiarray._reconstruct, np.ndarray, (10**9,), b"b"), "numpy _reconstruct of shape (1000000000,)"),
+])
+def test_a_cifar_batch_that_would_allocate_what_it_does_not_hold_is_refused(tmp_path, call, refused):
+    """A kilobyte batch grew to gigabytes: the codec and the array shape are checked, not only the names."""
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({"data": call, "labels": [0]}, protocol=2))
+    with pytest.raises(ValueError, match=rf"data_batch_1: refused, .* this one calls {re.escape(refused)}"):
+        unpickle_arrays(str(path))
 
 
 def test_a_truncated_cifar_batch_names_the_file(tmp_path):
