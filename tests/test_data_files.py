@@ -3,6 +3,8 @@ list's line), which the command line prints as one line."""
 import json
 import os
 import re
+import struct
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -10,7 +12,7 @@ import pytest
 
 import engine
 from engine.data import pipeline
-from engine.data.datasets import MAX_CLASSES, LeftOut, load_dataset
+from engine.data.datasets import MAX_CLASSES, DataFileError, LeftOut, load_dataset
 from engine.train import main
 from test_data import write_bmp
 
@@ -306,6 +308,28 @@ def test_a_file_name_that_is_not_utf8_is_refused_naming_it(tmp_path, where, stre
     with pytest.raises(ValueError, match=rf"^{folder}: 1 file name\(s\) are not UTF-8, e.g. "
                                          rf"{re.escape(repr(new.split(b'/')[-1]))}; rename them"):
         load_dataset("folder", str(tmp_path), stream=stream)
+
+
+def png_header(width, height):
+    """A PNG of no pixel data that declares width x height (its IHDR chunk, then IEND)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_image_declaring_a_huge_size_is_refused_before_decoding(tmp_path, stream):
+    """A 400 KB PNG of 20000 x 20000 black pixels was decoded: 2.7 GB."""
+    image_folder(tmp_path)
+    (tmp_path / "dog" / "huge.png").write_bytes(png_header(20000, 20000))
+    message = rf"^{tmp_path / 'dog' / 'huge.png'}: Image size \(400000000 pixels\) exceeds limit of 178956970 pixels"
+    with pytest.raises(DataFileError, match=message):  # streamed: as its channel statistics' sample reads it
+        load_dataset("folder", str(tmp_path), stream=stream, test_fraction=0.0)
+    (tmp_path / "dog" / "huge.png").write_bytes(png_header(12000, 12000))  # 144M pixels: decoded (here: no data)
+    with pytest.raises(DataFileError, match=r"huge.png: not a decodable image"):
+        load_dataset("folder", str(tmp_path), stream=stream, test_fraction=0.0)
 
 
 @pytest.mark.parametrize("where", ["image", "train.txt"])

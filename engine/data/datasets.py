@@ -13,6 +13,7 @@ stream=False) once by DALI and held in memory; larger (or with stream=True) they
 import gzip
 import hashlib
 import importlib.resources
+import io
 import os
 import stat
 import warnings
@@ -30,6 +31,24 @@ MNIST_STATS = ((33.3,), (78.6,))
 FASHION_STATS = ((72.9,), (90.0,))
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 SPLIT_SEED = 12345  # fixed: the train/test split of the small data sets never depends on --seed
+
+
+def too_large(data):
+    """Why the image bytes `data` are refused before decoding, or None: a header that declares
+    more than twice PIL.Image.MAX_IMAGE_PIXELS (179M pixels by default; Pillow's decompression
+    bomb check, which reads the header only), so that a small file cannot decode to gigabytes.
+    A format Pillow does not know is left to the decoder."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # 89M-179M pixels: decoded
+        try:
+            with Image.open(io.BytesIO(data)):
+                return None
+        except Image.DecompressionBombError as error:
+            return str(error).split(", could be")[0]
+        except Exception:  # noqa: BLE001 - unknown or broken: DALI decodes it or names it
+            return None
 
 
 class DataFileError(ValueError):
@@ -80,11 +99,16 @@ class ImageFiles:
         return self.path(i) if self.listing is None else f"{self.listing}:{self.lines[i]}: {self.path(i)}"
 
     def read(self, i):
-        """The encoded bytes of file i (uint8), or a DataFileError naming it."""
+        """The encoded bytes of file i (uint8), or a DataFileError naming it (also one too_large)."""
         try:
-            return np.fromfile(self.path(i), dtype=np.uint8)
+            data = np.fromfile(self.path(i), dtype=np.uint8)
         except OSError as error:
             raise DataFileError(f"{self.name(i)}: cannot be read ({error.strerror or error})") from None
+        reason = too_large(data)
+        if reason is not None:
+            raise DataFileError(f"{self.name(i)}: {reason}; shrink it or leave it out (PIL.Image.MAX_IMAGE_PIXELS "
+                                f"raises the limit)")
+        return data
 
     def decoded(self):
         """The images decoded now, uint8 [N, size, size, 3], as a data set not streamed holds
