@@ -36,6 +36,17 @@ def read_error_reason(error):
     return (text.splitlines() or [type(error).__name__])[0].split(". ")[0]
 
 
+def load_npy(path, what):
+    """np.load of the .npy file `path` without pickle; a file that is pickled, empty, truncated,
+    missing, or declares an array too large for memory raises ValueError naming `what`."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except MemoryError:
+        raise ValueError(f"{what}: declares an array too large for memory") from None
+    except (ValueError, EOFError, OSError) as error:
+        raise ValueError(f"{what}: not a readable .npy file of plain numbers ({read_error_reason(error)})") from None
+
+
 def torch_load(source, what, map_location="cpu"):
     """torch.load of `source` (a path or file object) with weights_only=True, numpy arrays
     admitted; anything else in it raises ValueError naming `what`, before any of it runs, and so

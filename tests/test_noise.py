@@ -171,6 +171,17 @@ def test_an_unreadable_noise_file_is_refused_naming_it(tmp_path, name, damage):
         noise_from_file(path, 100, NUM_CLASSES)
 
 
+def test_a_noise_file_too_large_or_sparse_is_refused_naming_it(tmp_path):
+    """A header declaring 8 TB ended in a MemoryError traceback, a sparse tensor in a TypeError."""
+    with open(tmp_path / "huge.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<i8", "fortran_order": False, "shape": (10**12,)})
+    with pytest.raises(ValueError, match=rf"^noise file {tmp_path / 'huge.npy'}: declares an array too large"):
+        noise_from_file(tmp_path / "huge.npy", 10, NUM_CLASSES)
+    torch.save(torch.tensor([0, 1, 2]).to_sparse(), tmp_path / "sparse.pt")
+    with pytest.raises(ValueError, match=r"sparse.pt: a torch.sparse_coo tensor; save the labels as a dense one"):
+        noise_from_file(tmp_path / "sparse.pt", 3, NUM_CLASSES)
+
+
 def test_noise_from_file_rejects_ambiguous_dict_and_format(tmp_path):
     torch.save({"a": np.zeros(10), "b": np.zeros(10)}, tmp_path / "two.pt")
     with pytest.raises(ValueError, match="exactly one"):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from engine.safe_loading import unpickle_arrays
+from engine.safe_loading import load_npy, unpickle_arrays
 
 # Per-channel mean / std on the 0-255 scale, used by the pipelines' normalize step.
 CIFAR10_STATS = ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7))
@@ -720,14 +720,14 @@ def load_file_list(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
         num_classes = len(names)
     true = None
     if os.path.exists(true_path):
-        true = np.load(true_path, allow_pickle=False)
+        true = load_npy(true_path, f"filelist {true_path}")
         if true.shape != parts[1].shape or not np.issubdtype(true.dtype, np.integer) or not (
                 (true >= -1) & (true < num_classes)).all():
             raise ValueError(f"filelist {true_path}: expected {len(parts[1])} integer labels in [-1, {num_classes}) "
                              f"(-1: unknown), one per line of train.txt; got {true.dtype} {list(true.shape)}")
     trusted = None
     if os.path.exists(trusted_path):
-        trusted = trusted_positions(np.load(trusted_path, allow_pickle=False), len(parts[1]),
+        trusted = trusted_positions(load_npy(trusted_path, f"filelist {trusted_path}"), len(parts[1]),
                                    f"filelist {trusted_path} (lines of train.txt)")
     return ImageDataset("filelist", *parts, num_classes, *channel_stats(parts[0]), flip=True, class_names=names,
                         true_train=None if true is None else true.astype(np.int64), trusted_train=trusted,

@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from engine.data.datasets import require_classes
-from engine.safe_loading import read_error_reason, torch_load
+from engine.safe_loading import load_npy, torch_load
 
 NOISE_KINDS = ("none", "symmetric", "asymmetric", "file")
 
@@ -93,11 +93,7 @@ def superclass_ring_map(fine_to_coarse):
 def _load_label_array(path):
     suffix = os.path.splitext(path)[1].lower()
     if suffix == ".npy":
-        try:
-            return np.load(path, allow_pickle=False)
-        except (ValueError, EOFError, OSError) as error:  # a pickled, empty, truncated or missing file
-            raise ValueError(f"noise file {path}: not a readable .npy file of plain numbers "
-                             f"({read_error_reason(error)})") from None
+        return load_npy(path, f"noise file {path}")
     if suffix == ".pt":
         import torch  # only .pt files need torch
 
@@ -110,6 +106,8 @@ def _load_label_array(path):
                                  f"found {sorted(map(str, arrays)) or 'none'} among keys {sorted(map(str, content))}")
             content = next(iter(arrays.values()))
         if isinstance(content, torch.Tensor):
+            if content.layout != torch.strided:
+                raise ValueError(f"noise file {path}: a {content.layout} tensor; save the labels as a dense one")
             return content.numpy()
         return np.asarray(content)
     raise ValueError(f"noise file {path}: unsupported format {suffix!r} (use .npy or .pt)")
@@ -120,9 +118,9 @@ def noise_from_file(path, num_samples, num_classes):
     data set they are meant for."""
     path = os.fspath(path)
     array = _load_label_array(path)
+    if array.ndim == 1 and len(array) != num_samples:  # checked before a conversion copies it
+        raise ValueError(f"noise file {path}: has {len(array)} labels but the data set has {num_samples} samples")
     labels = _as_labels(array, num_classes, f"noise file {path}: labels")
-    if len(labels) != num_samples:
-        raise ValueError(f"noise file {path}: has {len(labels)} labels but the data set has {num_samples} samples")
     require_classes(labels, f"noise file {path}")
     return labels
 
