@@ -244,6 +244,18 @@ def test_idx_files(tmp_path):
     data = load_dataset("fashion_mnist", str(tmp_path))
     assert np.array_equal(data.x_train[..., 0], parts["train-images-idx3-ubyte.gz"])
     assert np.array_equal(data.y_test, parts["t10k-labels-idx1-ubyte.gz"])
+    # A file that is not gzip, and one cut short, are named (a BadGzipFile traceback, a reshape error before)
+    labels = tmp_path / "raw" / "t10k-labels-idx1-ubyte.gz"
+    labels.write_bytes(b"not gzip")
+    with pytest.raises(ValueError, match=rf"^{labels}: not a gzipped idx file \(Not a gzipped file"):
+        load_dataset("fashion_mnist", str(tmp_path))
+    write_idx(labels, parts["t10k-labels-idx1-ubyte.gz"])
+    images = tmp_path / "raw" / "t10k-images-idx3-ubyte.gz"
+    with gzip.open(images, "wb") as f:
+        f.write(bytes([0, 0, 8, 3]) + np.asarray([5, 28, 28], dtype=">u4").tobytes() + bytes(100))
+    with pytest.raises(ValueError, match=rf"^{images}: not a gzipped idx file \(100 values for the shape \[5, 28, "
+                                         r"28\] its header gives\)"):
+        load_dataset("fashion_mnist", str(tmp_path))
 
 
 @pytest.mark.skipif(not os.path.isdir(FASHION_MNIST), reason="apt-get install dataset-fashion-mnist")

@@ -79,6 +79,21 @@ def test_cifar_batches_of_every_pickle_protocol_load(tmp_path, protocol):
     assert loaded[b"batch_label"] == batch[b"batch_label"] and loaded["filenames"] == batch["filenames"]
 
 
+@pytest.mark.parametrize("batch, problem", [
+    ([1, 2], "not a CIFAR batch (a dict with data, labels)"),
+    ({"data": np.zeros((4, 3072), np.uint8)}, "not a CIFAR batch (a dict with data, labels)"),
+    ({"data": np.full((4, 3072), 300.7), "labels": [0, 1, 2, 3]}, "data must be integer pixels 0..255 of shape"),
+    ({"data": np.full((4, 3072), -1), "labels": [0, 1, 2, 3]}, "data must be integer pixels 0..255 of shape"),
+    ({"data": np.zeros((4, 100), np.uint8), "labels": [0, 1, 2, 3]}, "data must be integer pixels 0..255 of shape"),
+    ({"data": np.zeros((4, 3072), np.uint8), "labels": [[0, 1], [2, 3]]}, "labels must be 4 class indices"),
+])
+def test_a_cifar_batch_of_another_structure_is_refused_naming_it(tmp_path, batch, problem):
+    """They raised KeyError or TypeError, or float and negative pixels were wrapped into 0..255."""
+    write_cifar10_batches(tmp_path / "cifar-10-batches-py", batch)
+    with pytest.raises(ValueError, match=rf"cifar-10-batches-py/data_batch_1: {re.escape(problem)}"):
+        load_dataset("cifar10", str(tmp_path))
+
+
 class Reduced:
     """Pickles as the call `function(*args)`: an admitted global called as no array pickle calls it."""
 

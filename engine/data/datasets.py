@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from engine.safe_loading import load_npy, unpickle_arrays
+from engine.safe_loading import load_npy, read_error_reason, unpickle_arrays
 
 # Per-channel mean / std on the 0-255 scale, used by the pipelines' normalize step.
 CIFAR10_STATS = ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7))
@@ -284,8 +284,24 @@ def _require_dir(data_dir, dataset, folder=False):
     return data_dir
 
 
-def _cifar_images(batch):
-    return np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+def _cifar_batch(path, *label_keys):
+    """(images uint8 [N, 32, 32, 3], the label arrays [N] under `label_keys`) of the CIFAR python
+    batch `path`; one of another structure is refused naming the file (it raised KeyError or
+    TypeError, and float or negative pixels were wrapped into 0..255)."""
+    batch = unpickle_arrays(path)
+    keys = ("data", *label_keys)
+    if not isinstance(batch, dict) or any(key not in batch for key in keys):
+        raise ValueError(f"{path}: not a CIFAR batch (a dict with {', '.join(keys)})")
+    data, labels = np.asarray(batch["data"]), [np.asarray(batch[key]) for key in label_keys]
+    if (data.ndim != 2 or data.shape[1] != 3072 or data.dtype.kind not in "iu" or (data.size and not (
+            0 <= data.min() and data.max() <= 255))):
+        raise ValueError(f"{path}: data must be integer pixels 0..255 of shape [N, 3072], got {data.dtype} "
+                         f"{list(data.shape)}")
+    for key, values in zip(label_keys, labels):
+        if values.shape != (len(data),) or values.dtype.kind not in "iu" or (values.size and values.min() < 0):
+            raise ValueError(f"{path}: {key} must be {len(data)} class indices, got {values.dtype} "
+                             f"{list(values.shape)}")
+    return data.astype(np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), *labels
 
 
 CIFAR10_JPEG_ARCHIVE = "cifar10_jpeg_ordered.npz"  # found by name in --data-dir
@@ -297,26 +313,24 @@ def load_cifar10(data_dir):
     if data_dir.endswith(".npz") or os.path.isfile(archive):
         return load_cifar10_jpeg(data_dir if data_dir.endswith(".npz") else archive)
     root = _find_dir(data_dir, "data_batch_1")
-    batches = [unpickle_arrays(os.path.join(root, f"data_batch_{i}")) for i in range(1, 6)]
-    test = unpickle_arrays(os.path.join(root, "test_batch"))
-    return ImageDataset(
-        "cifar10",
-        np.concatenate([_cifar_images(b) for b in batches]),
-        np.concatenate([np.asarray(b["labels"]) for b in batches]),
-        _cifar_images(test), np.asarray(test["labels"]), 10, *CIFAR10_STATS, flip=True,
-        class_names=CIFAR10_CLASSES)
+    batches = [_cifar_batch(os.path.join(root, f"data_batch_{i}"), "labels") for i in range(1, 6)]
+    return ImageDataset("cifar10", *map(np.concatenate, zip(*batches)),
+                        *_cifar_batch(os.path.join(root, "test_batch"), "labels"), 10, *CIFAR10_STATS, flip=True,
+                        class_names=CIFAR10_CLASSES)
 
 
 def load_cifar100(data_dir):
     root = _find_dir(_require_dir(data_dir, "cifar100"), "train")
-    train, test = unpickle_arrays(os.path.join(root, "train")), unpickle_arrays(os.path.join(root, "test"))
-    fine, coarse = np.asarray(train["fine_labels"]), np.asarray(train["coarse_labels"])
+    images, fine, coarse = _cifar_batch(os.path.join(root, "train"), "fine_labels", "coarse_labels")
+    test_images, test_fine = _cifar_batch(os.path.join(root, "test"), "fine_labels")
+    if fine.max() >= 100 or coarse.max() >= 20:
+        raise ValueError(f"{os.path.join(root, 'train')}: labels beyond CIFAR-100's 100 fine / 20 coarse classes")
     fine_to_coarse = np.zeros(100, dtype=np.int64)
     fine_to_coarse[fine] = coarse
     meta = os.path.join(root, "meta")  # the class names, where the archive has them
     names = list(unpickle_arrays(meta)["fine_label_names"]) if os.path.exists(meta) else None
-    return ImageDataset("cifar100", _cifar_images(train), fine, _cifar_images(test), np.asarray(test["fine_labels"]),
-                        100, *CIFAR100_STATS, flip=True, fine_to_coarse=fine_to_coarse, class_names=names)
+    return ImageDataset("cifar100", images, fine, test_images, test_fine, 100, *CIFAR100_STATS, flip=True,
+                        fine_to_coarse=fine_to_coarse, class_names=names)
 
 
 def load_cifar10_jpeg(path):
@@ -339,11 +353,20 @@ def load_cifar10_jpeg(path):
 
 
 def _read_idx(path):
-    with gzip.open(path) as f:
-        data = f.read()
-    ndim = data[3]
-    dims = np.frombuffer(data, dtype=">u4", count=ndim, offset=4)
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    """The uint8 array of a gzipped idx file (MNIST's format); one that is not is refused naming it."""
+    try:
+        with gzip.open(path) as f:
+            data = f.read()
+        if len(data) < 4 or data[:3] != b"\0\0\x08":  # two zero bytes, then 0x08: unsigned bytes
+            raise ValueError("no idx header of unsigned bytes")
+        ndim = data[3]
+        dims = np.frombuffer(data, dtype=">u4", count=ndim, offset=4)
+        pixels = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+        if pixels.size != np.prod(dims, dtype=np.int64):
+            raise ValueError(f"{pixels.size} values for the shape {dims.tolist()} its header gives")
+        return pixels.reshape(dims)
+    except (OSError, EOFError, ValueError) as error:  # gzip.BadGzipFile is an OSError
+        raise ValueError(f"{path}: not a gzipped idx file ({read_error_reason(error)})") from None
 
 
 def _load_idx_dataset(data_dir, name, stats):
