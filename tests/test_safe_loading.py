@@ -106,7 +106,8 @@ class Reduced:
 
 @pytest.mark.parametrize("call, refused", [
     (Reduced(codecs.encode, "00" * 8, "hex"), "_codecs.encode with the codec 'hex'"),  # each level doubles the data
-    (Reduced(np._core.multiarray._reconstruct, np.ndarray, (10**9,), b"b"), "numpy _reconstruct of shape (1000000000,)"),
+    (Reduced(np._core.multiarray._reconstruct, np.ndarray, (10**9,), b"b"),
+     "numpy _reconstruct of shape (1000000000,)"),
 ])
 def test_a_cifar_batch_that_would_allocate_what_it_does_not_hold_is_refused(tmp_path, call, refused):
     """A kilobyte batch grew to gigabytes: the codec and the array shape are checked, not only the names."""
