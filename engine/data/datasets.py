@@ -630,7 +630,11 @@ def _require_regular(paths, what):
     """`paths`, refused naming the first that is no regular file: opening a pipe waits for a
     writer forever, and a device (/dev/zero) reads without end."""
     for path in paths:
-        if not stat.S_ISREG(os.stat(path).st_mode):
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:  # missing (a broken link) or unreadable: its reader names it
+            continue
+        if not stat.S_ISREG(mode):
             raise ValueError(f"{path}: not a regular file (a pipe, device or socket), given as {what}")
     return paths
 
