@@ -332,6 +332,32 @@ def test_cifar10_finds_the_jpeg_archive_in_the_data_folder(tmp_path, monkeypatch
         datasets.load_cifar10(str(tmp_path / "empty"))
 
 
+def test_a_cifar10_jpeg_archive_that_does_not_fit_together_is_refused_naming_it(tmp_path):
+    """Float offsets raised a TypeError, labels 10 and up or floats passed, and a bad image was
+    named "image #0" without the archive."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    blobs = []
+    for i, image in enumerate(images):
+        write_bmp(tmp_path / f"{i}.bmp", image)
+        blobs.append((tmp_path / f"{i}.bmp").read_bytes())
+    jpeg, offsets = np.frombuffer(b"".join(blobs), np.uint8), np.cumsum([0] + [len(b) for b in blobs])
+    good = dict(train_jpeg=jpeg, train_offsets=offsets, y_train=np.array([1, 2, 3]), test_jpeg=jpeg,
+                test_offsets=offsets, y_test=np.array([4, 5, 6]))
+    path = tmp_path / "cifar10_jpeg_ordered.npz"
+    np.savez(path, **good)
+    assert np.array_equal(load_dataset("cifar10", str(path)).x_test, images)
+    for change in ({"train_offsets": offsets.astype(float)}, {"y_test": np.array([4, 5, 10])},
+                   {"y_train": np.array([1.0, 2.0, 3.0])}, {"test_offsets": offsets[::-1]}):
+        np.savez(path, **(good | change))
+        with pytest.raises(ValueError, match=rf"^cifar10 {path}: (train|test)_jpeg .* do not fit together"):
+            load_dataset("cifar10", str(path))
+    np.savez(path, **(good | {"test_jpeg": np.concatenate([jpeg[:offsets[1]], np.zeros(len(jpeg) - offsets[1],
+                                                                                          np.uint8)])}))
+    with pytest.raises(ValueError, match=rf"^cifar10 {path}: test image #1: not a decodable image"):
+        load_dataset("cifar10", str(path))
+
+
 def write_bmp(path, rgb):
     """A 24-bit BMP (rows bottom-up, BGR, rows padded to 4 bytes): an encoded image written
     without any imaging library."""

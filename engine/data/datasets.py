@@ -345,9 +345,16 @@ def load_cifar10_jpeg(path):
                          f"train_jpeg, train_offsets, y_train and their test_ arrays; missing {', '.join(missing)}")
     splits = {}
     for split in ("train", "test"):
-        jpeg, offsets = archive[f"{split}_jpeg"], archive[f"{split}_offsets"]
+        jpeg, offsets, labels = archive[f"{split}_jpeg"], archive[f"{split}_offsets"], archive[f"y_{split}"]
+        if not (jpeg.dtype == np.uint8 and jpeg.ndim == 1 and offsets.dtype.kind in "iu" and offsets.ndim == 1
+                and len(offsets) >= 1 and (np.diff(offsets) >= 0).all() and offsets[0] >= 0
+                and offsets[-1] <= len(jpeg) and labels.dtype.kind in "iu" and labels.shape == (len(offsets) - 1,)
+                and (labels.size == 0 or 0 <= labels.min() <= labels.max() < 10)):
+            raise ValueError(f"cifar10 {path}: {split}_jpeg (uint8 bytes), {split}_offsets (ascending integer "
+                             f"offsets into them) and y_{split} (one label 0-9 per image) do not fit together")
         blobs = [jpeg[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
-        splits[split] = (decode_images(blobs), archive[f"y_{split}"])
+        splits[split] = (decode_images(blobs, names=[f"cifar10 {path}: {split} image #{i}"
+                                                     for i in range(len(blobs))]), labels)
     return ImageDataset("cifar10", *splits["train"], *splits["test"], 10, *CIFAR10_STATS, flip=True,
                         class_names=CIFAR10_CLASSES)
 
