@@ -101,6 +101,12 @@ def run_state(args, method, variant, seed):
     return state
 
 
+def add_seconds(args, key, began, record):
+    """Adds the time since `began` to the run's driver.json (its record)."""
+    record["seconds"] += time.time() - began
+    write_driver_record(run_folder(args, *key), record)
+
+
 def run_all(args):
     """Runs what has no summary yet, `--jobs` at a time; on a failure the other runs are stopped
     (their checkpoints let the next call resume them)."""
@@ -129,8 +135,7 @@ def run_all(args):
                     continue
                 log.close()
                 del running[key]
-                record["seconds"] += time.time() - began
-                write_driver_record(run_folder(args, *key), record)
+                add_seconds(args, key, began, record)
                 if process.returncode != 0:
                     raise SystemExit(f"{key[1]} {key[0]} seed {key[2]} failed (exit {process.returncode}): see "
                                      f"{os.path.join(run_folder(args, *key), 'stdout.log')}")
@@ -140,8 +145,7 @@ def run_all(args):
             process.terminate()
             process.wait()
             log.close()
-            record["seconds"] += time.time() - began
-            write_driver_record(run_folder(args, *key), record)
+            add_seconds(args, key, began, record)
 
 
 def result(args, method, variant, seed):

@@ -37,14 +37,11 @@ def refuse_unfinished_run(folder):
 def written_by_engine(folder):
     """Whether the outputs in `folder` are a run's of this engine: its checkpoint.pt is one, or its
     config.yaml is a run's (written at the start, before the first checkpoint)."""
-    import yaml
-
     from engine.checkpoint import FORMAT
+    from engine.config import load_yaml  # --config's reader: no aliases to expand
 
     with contextlib.suppress(Exception):  # unreadable, or not ours: not this engine's
-        with open(os.path.join(folder, "config.yaml")) as f:
-            config = yaml.safe_load(f)
-        if isinstance(config, dict) and {"method", "seed", "hyperparameters"} <= config.keys():
+        if {"method", "seed", "hyperparameters"} <= load_yaml(os.path.join(folder, "config.yaml")).keys():
             return True
     with contextlib.suppress(Exception):
         import torch

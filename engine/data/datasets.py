@@ -559,9 +559,9 @@ def class_images(folder):
             if not _hidden(name):
                 (found if name.lower().endswith(IMAGE_SUFFIXES) else others).append(
                     os.path.normpath(os.path.join(relative, name)))
-    found = _require_regular([os.path.join(folder, name) for name in _require_utf8_names(sorted(found), folder)],
-                             "an image")
-    return [os.path.relpath(path, folder) for path in found], sorted(others)
+    found = _require_utf8_names(sorted(found), folder)
+    _require_regular([os.path.join(folder, name) for name in found], "an image")
+    return found, sorted(others)
 
 
 def _class_folders(folder):
@@ -634,8 +634,8 @@ LIST_ENCODING = "utf-8-sig"  # UTF-8; a byte-order mark (as Windows editors writ
 
 
 def _require_regular(paths, what):
-    """`paths`, refused naming the first that is no regular file: opening a pipe waits for a
-    writer forever, and a device (/dev/zero) reads without end."""
+    """Refuses, naming it, the first of `paths` that is no regular file: opening a pipe waits for
+    a writer forever, and a device (/dev/zero) reads without end."""
     for path in paths:
         try:
             mode = os.stat(path).st_mode
@@ -643,7 +643,6 @@ def _require_regular(paths, what):
             continue
         if not stat.S_ISREG(mode):
             raise ValueError(f"{path}: not a regular file (a pipe, device or socket), given as {what}")
-    return paths
 
 
 def _list_lines(path):
