@@ -2,7 +2,7 @@
 0.01 PL+ in one stage, then pseudo-labeling.
 
 Stage "jnpl": k complementary labels per sample and step (distinct, uniform over the classes
-that are not the given label; k = 1 in the paper), L = NL+ + lambda * PL+ where PL+ is applied
+that are not the given label; k = 1 in the paper, 110 on CIFAR-100), L = NL+ + lambda * PL+ where PL+ is applied
 to the rows that jnpl_select keeps (the mean over those rows; 0 when none is kept).
 An optional CE "warmup" stage comes first (small-data preset).
 Stage "pseudo": the samples taken as clean at the start of the stage (confidence on the given
@@ -32,6 +32,12 @@ from engine.methods.base import (Method, Phase, Stage, class_mean_one, clean_sel
 # The complementary labels' Philox offsets: the step plus this, above every step number (< 2**32), so
 # that they are drawn apart from jnpl_select's, keyed by the step itself, in the same rows.
 COMPLEMENTARY_STREAM = 1 << 32
+
+
+def paper_complementary_labels(num_classes):
+    """The papers' complementary labels per sample and step: 1 on CIFAR-10, 110 (drawn with
+    replacement) on CIFAR-100 (JNPL, section 6.1, after NLNL; the NLNL code)."""
+    return 1 if num_classes <= 10 else 110
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,8 @@ class JNPLConfig(NegativeLearningConfig):
     def preset(cls, size, num_classes):
         if size == "paper":
             # The paper: SGD m 0.9, wd 1e-4, batch 128, lr 0.01 (x0.1 at 800 of 1000), pseudo lr 0.1.
-            return cls(epochs=1480, batch_size=128, lr=0.01, weight_decay=1e-4, model="preact_resnet34")
+            return cls(epochs=1480, batch_size=128, lr=0.01, weight_decay=1e-4, model="preact_resnet34",
+                       complementary_labels=paper_complementary_labels(num_classes))
         # Small data (mnist5k, digits; a few dozen epochs on a CPU): one complementary label
         # per step learns too slowly, so every other class is a complementary label (k = C - 1),
         # after 3 CE warm-up epochs (the early-learning phase, before CE memorizes noise);

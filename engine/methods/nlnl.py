@@ -21,7 +21,7 @@ import torch
 from engine.config import option
 from engine.losses import nl_loss, weighted_ce
 from engine.methods.base import Phase, Stage, confidence_on_labels, split_epochs
-from engine.methods.jnpl import JNPL, JNPLConfig, NegativeLearningConfig
+from engine.methods.jnpl import JNPL, JNPLConfig, NegativeLearningConfig, paper_complementary_labels
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,9 @@ class NLNLConfig(NegativeLearningConfig):
     @classmethod
     def preset(cls, size, num_classes):
         if size == "paper":
-            # The NLNL code: lr 0.02, wd 1e-4; one complementary label per sample on CIFAR-10,
-            # 110 (drawn with replacement) on CIFAR-100.
+            # The NLNL code: lr 0.02, wd 1e-4.
             return cls(epochs=1000, batch_size=128, lr=0.02, weight_decay=1e-4, model="preact_resnet34",
-                       complementary_labels=1 if num_classes <= 10 else 110)
+                       complementary_labels=paper_complementary_labels(num_classes))
         small = JNPLConfig.preset(size, num_classes).to_dict()  # the same short-budget choices (docs/methods.md)
         del small["pl_weight"], small["class_balanced"]  # JNPL's own options (NLNL has no NL+)
         # with JNPL's lr 0.1 (at 0.02 NLNL stayed below CE: mnist5k, 40% symmetric, 20 epochs,
