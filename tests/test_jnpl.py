@@ -83,6 +83,18 @@ def test_paper_preset_draws_110_complementary_labels_on_100_classes():
     assert hundred.config.complementary_labels == 110 and hundred.replacement, "110 of 99 classes: with replacement"
 
 
+def test_a_short_pseudo_stage_starts_at_its_own_lr():
+    """A milestone that rounds to the stage's first epoch (40% of 1 epoch) dropped the lr before
+    any epoch ran at it: JNPL's pseudo stage of 6 epochs without augmentation (3 warm-up, 2 JNPL,
+    1 pseudo) ran wholly at pseudo_lr / 10, NLNL's of 8 likewise."""
+    for cls, epochs in ((JNPL, 6), (NLNL, 8)):
+        pseudo = preset_method(cls, "small", 10, epochs=epochs, selective=True).stages()[-1]
+        assert (pseudo.kind, pseudo.epochs) == (Phase.PSEUDO, 1)
+        assert pseudo.lr_at(0) == pseudo.lr > 0
+    two = preset_method(JNPL, "small", 10, epochs=8, selective=True).stages()[-1]  # x0.1 at 40% and 60%: both at 1
+    assert (two.epochs, two.lr_at(0)) == (2, two.lr) and two.lr_at(1) == pytest.approx(two.lr / 100)
+
+
 def test_pseudo_labels_are_fixed_at_the_start_of_the_pseudo_stage():
     method = make_method(JNPL, selective=True, clean_class_share=0.0, relabel=True)  # the paper's rule alone
     labels = method.given_labels

@@ -67,7 +67,7 @@ class Stage:
     kind: enum.Enum
     epochs: int
     lr: float
-    milestones: tuple = ()      # fractions of the stage's epochs at which lr drops 10x
+    milestones: tuple = ()      # fractions of the stage's epochs at which lr drops 10x (never before its 2nd)
     reset_optimizer: bool = False
     cosine: bool = False
     min_lr: float = 0.0
@@ -85,7 +85,8 @@ class Stage:
     def lr_at(self, epoch_in_stage):
         if self.cosine:
             return self.min_lr + (self.lr - self.min_lr) * (1 + math.cos(math.pi * epoch_in_stage / self.epochs)) / 2
-        drops = sum(epoch_in_stage >= round(m * self.epochs) for m in self.milestones)
+        # A milestone that rounds to the first epoch (40% of a 1-epoch stage) would leave no epoch at lr.
+        drops = sum(epoch_in_stage >= max(1, round(m * self.epochs)) for m in self.milestones)
         return self.lr * 0.1**drops
 
 
