@@ -176,6 +176,15 @@ def test_l2b_clean_score_is_the_confidence_on_the_given_label():
     assert not method.state_dict(), "no per-sample state"
 
 
+def test_paper_preset_follows_the_paper_on_100_classes():
+    """The paper trains CIFAR-100 with batch 256 (512 on CIFAR-10), and the released code clips
+    its gradients at 0.8 there (0.25 on CIFAR-10); the preset gave every data set CIFAR-10's."""
+    ten, hundred = L2B().configure("paper", 10), L2B().configure("paper", 100)
+    assert (ten.batch_size, ten.grad_clip) == (512, 0.25)
+    assert (hundred.batch_size, hundred.grad_clip) == (256, 0.8)
+    assert L2B(batch_size=128).configure("paper", 100).batch_size == 128, "an option replaces the preset's value"
+
+
 def test_l2b_options():
     assert make_method(L2B).grad_clip is None, "no clipping on small data"
     assert make_method(L2B, grad_clip=0.25).grad_clip == 0.25
