@@ -187,6 +187,17 @@ def test_bldr_schedule_is_constant_in_the_warmup_then_cosine():
     assert all(main.lr_at(e) > main.lr_at(e + 1) > 2e-4 for e in range(9))
 
 
+def test_paper_preset_warms_up_40_of_340_epochs_above_10_classes():
+    """The paper: 320 epochs with 20 of warm-up on CIFAR-10N, 340 with 40 on CIFAR-100N; the
+    preset gave 100 classes CIFAR-10's, whose weights then start 20 epochs early."""
+    ten, hundred = BLDR().configure("paper", 10), BLDR().configure("paper", 100)
+    assert (ten.epochs, ten.warmup_epochs) == (320, 20) and (hundred.epochs, hundred.warmup_epochs) == (340, 40)
+    method = BLDR()
+    method.bind(method.configure("paper", 100), torch.arange(N) % 100, 100, seed=0, device="cpu")
+    warmup, main = method.stages()
+    assert (warmup.epochs, main.epochs) == (40, 300), "the cosine spans the same 300 epochs (T_max 300)"
+
+
 def test_step_schedule_drops_tenfold_at_milestones():
     stage = Stage(CEStage.CE, 10, 0.1, milestones=(0.5, 0.8))
     assert [round(stage.lr_at(e), 6) for e in (0, 4, 5, 7, 8, 9)] == [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]

@@ -129,8 +129,9 @@ class BLDRConfig(WarmupConfig):
     def preset(cls, size, num_classes):
         if size == "paper":
             # Section 3.1: PreAct ResNet-34, SGD lr 0.04 m 0.9 wd 5e-4, batch 256, 320 epochs of
-            # which 20 warm-up (CIFAR-100: warmup_epochs 40, epochs 340), cosine T_max 300.
-            return cls(epochs=320, batch_size=256, lr=0.04, weight_decay=5e-4, warmup_epochs=20,
+            # which 20 warm-up (CIFAR-100: 340 of which 40), cosine T_max 300.
+            warmup = 20 if num_classes <= 10 else 40
+            return cls(epochs=300 + warmup, batch_size=256, lr=0.04, weight_decay=5e-4, warmup_epochs=warmup,
                        model="preact_resnet34")
         # Small data (30 CPU epochs of a small CNN, measured on mnist5k at 40% noise): the
         # negative head needs a third of the budget as warm-up before its probabilities make
