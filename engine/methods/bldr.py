@@ -6,9 +6,10 @@ label (the released code's multi-negative form, ml_loss; --bldr-negatives sample
 complementary label per step as in the paper's eq. 2, via sample_complementary). The corrected
 label is the arg-max of the negative head (released code), of the sum of both heads' softmax
 (paper, --bldr-corrected-label sum) or of the negative head's softmax divided by its batch mean
-(negative_balanced), on the training view, per step, from the end of the warm-up on: excluded
-from the start, the negative head's own arg-max is a trivial solution (measured on mnist5k:
-after one epoch the head put all its mass on one class for every sample).
+(negative_balanced), on the training view, per step; the negative head's rules from the end of
+the warm-up on (the sum's from the start): excluded from the start, the negative head's own
+arg-max is a trivial solution (measured on mnist5k: after one epoch the head put all its mass on
+one class for every sample).
 
 Weights: the negative head's probability on the given label over the whole training set,
 normalized over all samples (global min-max by default, as the released code; --bldr-weight-norm
