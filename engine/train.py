@@ -200,7 +200,8 @@ def check_noise_options(data, flags, defaulted):
     for field in flags:
         kinds = NOISE_OPTIONS.get(field)
         if kinds and data.noise not in kinds:
-            why = f", the default on dataset {data.dataset}, whose labels are trained on as given" if defaulted else ""
+            why = (f", the default on dataset {data.dataset}" + (", whose labels are trained on as given"
+                                                                 if data.labels_as_given else "")) if defaulted else ""
             raise ValueError(f"{flag(field)} applies to --noise {' or '.join(kinds)}, not to --noise {data.noise}{why}")
 
 

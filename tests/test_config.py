@@ -300,3 +300,15 @@ def test_a_config_value_of_another_type_is_refused_naming_its_flag(tmp_path, cap
     path.write_text(f"method: ce\ndata: {{dataset: digits}}\nhyperparameters: {{epochs: {value}}}\n")
     assert main(["--config", str(path), "--device", "cpu", "--out", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err == f"python -m engine.train: error: --epochs must be an integer, got {value}\n"
+
+
+@pytest.mark.parametrize("flags, noise", [(["--noise-file", "labels.npy"], "symmetric"),
+                                          (["--noise-variant", "aggre"], "symmetric")])
+def test_a_noise_option_the_benchmarks_default_noise_ignores_names_that_default(flags, noise, capsys, tmp_path):
+    """A benchmark's default noise is synthetic: its labels are not trained on as given."""
+    try:
+        code = main(["--device", "cpu", "--dataset", "digits", "--out", str(tmp_path / "run"), *flags])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"not to --noise {noise}, the default on dataset digits")
