@@ -305,6 +305,7 @@ EXPONENT_FLOAT = r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+
 def load_yaml(path):
     """The plain dict of a config.yaml (safe loader: no object tags); checked by the caller."""
     import re
+    from collections.abc import Hashable
 
     import yaml
 
@@ -314,6 +315,19 @@ def load_yaml(path):
                 raise yaml.composer.ComposerError(None, None, "an alias (*name): a config takes none",
                                                   self.peek_event().start_mark)
             return super().compose_node(parent, index)
+
+        def construct_mapping(self, node, deep=False):  # a key given twice: PyYAML keeps the last, silently
+            self.flatten_mapping(node)
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if not isinstance(key, Hashable):  # the base constructor refuses it
+                    continue
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"{key!r:.80} is given twice",
+                                                            key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
 
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(EXPONENT_FLOAT), list("-+0123456789."))
     try:

@@ -282,6 +282,8 @@ def test_bad_flags_name_the_flag(args, message, capsys, tmp_path):
     ("method: 5\n", "method must be a name or module:Class"),
     ("method: jnpl\nseed: abc\n", "--seed must be an integer"),
     ("method: jnpl\nout: null\n", "--out must name a folder"),
+    ("method: jnpl\nhyperparameters:\n  lr: 0.1\n  lr: 0.2\n", "config.yaml:4: not valid YAML ('lr' is given twice)"),
+    ("method: jnpl\nseed: 1\nseed: 2\n", "config.yaml:3: not valid YAML ('seed' is given twice)"),
 ])
 def test_bad_config_files_get_clear_errors(tmp_path, content, message, capsys):
     path = tmp_path / "config.yaml"
