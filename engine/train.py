@@ -116,7 +116,7 @@ def parse_args(argv=None):
     known, _ = first.parse_known_args(argv)
     try:
         base = load_yaml(known.config) if known.config else {}
-        spec = known.method or base.get("method") or RunConfig.method
+        spec = known.method or base.get("method", RunConfig.method)
         if not isinstance(spec, str):
             raise ValueError(f"--config {known.config}: method must be a name or module:Class, got {spec!r:.80}")
         if not known.method and spec not in METHODS:  # module:Class imports code: only from the command line

@@ -280,6 +280,7 @@ def test_bad_flags_name_the_flag(args, message, capsys, tmp_path):
     ("!!python/object/apply:os.system ['echo hacked']\n", "not valid YAML"),
     ("method: jnpl\ndata: {bogus: 1}\n", "DataConfig has no option 'bogus'"),
     ("method: 5\n", "method must be a name or module:Class"),
+    ("method: null\n", "method must be a name or module:Class, got None"),
     ("method: jnpl\nseed: abc\n", "--seed must be an integer"),
     ("method: jnpl\nout: null\n", "--out must name a folder"),
     ("method: jnpl\nhyperparameters:\n  lr: 0.1\n  lr: 0.2\n", "config.yaml:4: not valid YAML ('lr' is given twice)"),
