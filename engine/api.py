@@ -80,10 +80,13 @@ def fit(x, labels=None, *, method="jnpl", x_test=None, y_test=None, true_labels=
     paper's). out: a folder for the outputs and checkpoints (none by default). resume: continue
     the run whose checkpoint is in out (killed or finished; the same arguments), as the command
     line's --resume: a checkpoint of other arguments or data is refused. overwrite: start a new run in out even
-    where one that did not finish left its checkpoint (refused otherwise). verbose: print a line per epoch. Returns a
+    where one that did not finish left its checkpoint (refused otherwise; not with resume). verbose: print a line
+    per epoch. Returns a
     FitResult. Under torchrun, every process calls fit with the same arguments and trains its
     share (README "Distributed training"); sync_bn: SyncBatchNorm there (CUDA).
     """
+    if resume and overwrite:  # the command line's --resume and --overwrite exclude each other too
+        raise ValueError("overwrite: excludes resume (continue the run in out, or start a new one deleting it)")
     device = as_device(device)
     if out is not None:
         out = as_folder(out)

@@ -303,6 +303,14 @@ def test_fit_resumes_the_run_in_out(tmp_path):
         engine.fit(x, y, method="ce", epochs=2, resume=True)
 
 
+def test_fit_refuses_resume_with_overwrite_as_the_command_line_does(tmp_path):
+    """--resume and --overwrite exclude each other; fit took both and ignored overwrite."""
+    x = np.random.default_rng(0).normal(size=(60, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match="^overwrite: excludes resume"):
+        engine.fit(x, np.arange(60) % 3, method="ce", epochs=1, out=tmp_path, resume=True, overwrite=True)
+    assert not os.listdir(tmp_path)
+
+
 def test_a_loss_that_fails_on_nan_outputs_stops_the_run_as_diverged():
     """A loss whose input checks fail on NaN outputs before any loss shows NaN (here
     torch.multinomial's): the run stops as diverged, naming the outputs, not with the error."""
