@@ -245,6 +245,11 @@ def test_a_flag_given_with_config_replaces_what_it_pairs_with(tmp_path):
      "--warmup-epochs must be >= 0 and leave at least one of the 8 epochs after it, got 8"),
     (["--method", "nlnl", "--dataset", "digits", "--no-augment", "--nlnl-selective", "--epochs", "3"],
      "--epochs must be at least 4 for method nlnl with these options, got 3"),
+    (["--method", "jnpl", "--jnpl-selective", "--epochs", "4", "--warmup-epochs", "3"],
+     "--warmup-epochs must leave at least 2 of the 4 epochs after it for method jnpl with these options (one per "
+     "stage after it), got 3"),
+    (["--method", "nlnl", "--nlnl-selective", "--epochs", "3", "--warmup-epochs", "0"],
+     "--epochs must be at least 4 for method nlnl with these options, got 3"),
     (["--method", "pmnar", "--pmnar-beta", "-1"], "--pmnar-beta must be >= 0, got -1.0"),
     (["--method", "l2b", "--clean-size", "0"], "method l2b needs a clean subset"),
     (["--method", "l2b", "--clean-size", "5000"], "--clean-size: size must be in [0, 1400], got 5000"),

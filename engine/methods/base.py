@@ -258,6 +258,7 @@ class Method(nn.Module):
         if "warmup_epochs" not in options and getattr(preset, "warmup_epochs", 0):
             options = {**options, "warmup_epochs": self.fitted_warmup(preset)}
         self.config = self.with_guards_resolved(with_overrides(preset, options))
+        self.check_epochs_after_warmup(self.config)
         return self.config
 
     def fitted_warmup(self, preset):
@@ -269,10 +270,22 @@ class Method(nn.Module):
         needed = self.epochs_after_warmup(config)
         if config.epochs - preset.warmup_epochs >= needed:
             return preset.warmup_epochs
-        if config.epochs < needed:
-            raise ConfigError(type(config), "epochs", f"must be at least {needed} for method {self.name} with these "
-                                                      f"options, got {config.epochs}")
+        self.check_epochs_after_warmup(config)
         return min(config.epochs * preset.warmup_epochs // preset.epochs, config.epochs - needed)
+
+    def check_epochs_after_warmup(self, config):
+        """Refuses a `config` that leaves the method fewer epochs after its warm-up than it needs
+        (epochs_after_warmup), naming the warm-up where it has one (the user's: a fitted one
+        leaves enough), else the epochs."""
+        needed, warmup = self.epochs_after_warmup(config), getattr(config, "warmup_epochs", 0)
+        if config.epochs - warmup >= needed:
+            return
+        if warmup:
+            raise ConfigError(type(config), "warmup_epochs", f"must leave at least {needed} of the {config.epochs} "
+                                                             f"epochs after it for method {self.name} with these "
+                                                             f"options (one per stage after it), got {warmup}")
+        raise ConfigError(type(config), "epochs", f"must be at least {needed} for method {self.name} with these "
+                                                  f"options, got {config.epochs}")
 
     def epochs_after_warmup(self, config):
         """The fewest epochs `config` must leave after its warm-up (one per stage that follows it)."""
