@@ -138,6 +138,11 @@ def parse_args(argv=None):
 
 def assemble(spec, chosen, given, base, config_path):
     unknown = set(base) - set(RUN_FIELDS) - set(SECTIONS)
+    if "data" in base and base["data"] is None:  # engine.fit's config.yaml: its data were arrays
+        if "data:dataset" not in given:
+            raise ValueError(f"--config {config_path}: data: null, an engine.fit run's config (its data were "
+                             f"arrays): give the data set to train on, --dataset (and --data-dir)")
+        base = {**base, "data": {}}
     for section in SECTIONS:
         if section in base and not isinstance(base[section], dict):
             raise ValueError(f"--config {config_path}: {section} must be a mapping")

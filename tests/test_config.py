@@ -320,3 +320,19 @@ def test_a_noise_option_the_benchmarks_default_noise_ignores_names_that_default(
         code = exit_.code
     assert code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith(f"not to --noise {noise}, the default on dataset digits")
+
+
+def test_engine_fits_config_yaml_runs_on_the_data_set_the_command_line_names(tmp_path, capsys):
+    """fit's config.yaml records data: null (arrays); --config took it as a broken file, 'data
+    must be a mapping', whatever --dataset said."""
+    import engine
+
+    x = np.random.default_rng(0).normal(size=(60, 3)).astype(np.float32)
+    engine.fit(x, np.arange(60) % 3, method="ce", epochs=1, lr=0.03, out=tmp_path / "fit")
+    config = str(tmp_path / "fit" / "config.yaml")
+    with pytest.raises(SystemExit):
+        parse_args(["--config", config, "--out", str(tmp_path / "run")])
+    assert "data: null, an engine.fit run's config (its data were arrays): give the data set to train on, " \
+           "--dataset (and --data-dir)" in capsys.readouterr().err
+    run, method, _ = parse_args(["--config", config, "--dataset", "digits", "--out", str(tmp_path / "run")])
+    assert run.data.dataset == "digits" and method.options["lr"] == 0.03 and method.options["model"] == "mlp"
