@@ -255,6 +255,8 @@ def test_a_flag_given_with_config_replaces_what_it_pairs_with(tmp_path):
     (["--method", "l2b", "--clean-size", "5000"], "--clean-size: size must be in [0, 1400], got 5000"),
     (["--method", "l2b", "--clean-fraction", "0.999"], "--clean-fraction: class 0 has 126 samples, fewer than the 139 "
                                                        "per class that a balanced subset of 1399 needs"),
+    (["--clean-fraction", "0.0001"], "--clean-fraction: fraction 0.0001 of the 1400 samples is no sample (one is "
+                                     "0.00071 of them)"),
     (["--method", "pudistill", "--pudistill-agree", "25"],
      "--pudistill-agree must be in [1, filters = 20], got 25"),
     (["--method", "pudistill", "--clean-size", "5"],

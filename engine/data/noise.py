@@ -155,6 +155,9 @@ def clean_subset(true_labels, size=None, fraction=None, seed=0, balanced=True):
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {fraction}")
         size = int(round(fraction * len(true_labels)))
+        if size == 0:  # asked for a subset: none at all would train as if not asked
+            raise ValueError(f"fraction {fraction:g} of the {len(true_labels)} samples is no sample (one is "
+                             f"{1 / len(true_labels):.2g} of them)")
     if not 0 <= size <= len(true_labels):
         raise ValueError(f"size must be in [0, {len(true_labels)}], got {size}")
     rng = np.random.default_rng(seed)
