@@ -70,7 +70,12 @@ def add_field(group, field, config_class, dest, method_name=None, note=""):
 
 
 def preset_hint(config_class, field):
-    small, paper = (getattr(config_class.preset(size, 10), field) for size in ("small", "paper"))
+    """The presets' values of `field`, for 10 and 100 classes where those differ (k = C - 1, ...)."""
+    def value(size):
+        ten, hundred = (getattr(config_class.preset(size, classes), field) for classes in (10, 100))
+        return str(ten) if ten == hundred else f"{ten} for 10 classes, {hundred} for 100"
+
+    small, paper = value("small"), value("paper")
     return f" (short budget or small data: {small}" + ("" if small == paper else f"; paper scale: {paper}") + ")"
 
 
