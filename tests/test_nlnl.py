@@ -1,6 +1,7 @@
 """NLNL on small hand-made inputs: its stages (warm-up, then NL : SelNL : SelPL : pseudo as
 2 : 1 : 1 : 1), presets, the confidence history (a ring buffer of `window` epochs, the mean over
 the filled entries), SelNL's and SelPL's selections from it, and its state in state_dict."""
+import pytest
 import torch
 
 from engine import reference as R
@@ -91,7 +92,8 @@ def test_selnl_trains_nl_only_on_samples_above_one_over_c():
 
     sel_nl = step_at(method, first_epoch_of(method, NLNLStage.SELNL))
     loss = method.loss(FixedLogits(logits), batch, sel_nl)
-    torch.testing.assert_close(loss, R.nl_loss(logits, others, weight=selected.float()).float())
+    # the mean over the selected rows (the NLNL code's), not over the batch
+    torch.testing.assert_close(loss, R.nl_loss(logits[selected], others[selected]).float())
     moved = logits.clone()
     moved[~selected] += torch.randn(int((~selected).sum()), C)
     torch.testing.assert_close(method.loss(FixedLogits(moved), batch, sel_nl), loss,
@@ -113,7 +115,7 @@ def test_selpl_trains_ce_only_on_samples_with_mean_confidence_at_least_one_half(
     batch = nlnl_batch(method)
     sel_pl = step_at(method, first_epoch_of(method, NLNLStage.SELPL))
     loss = method.loss(FixedLogits(logits), batch, sel_pl)
-    torch.testing.assert_close(loss, R.weighted_ce(logits, batch.labels, weight=selected.float()).float())
+    torch.testing.assert_close(loss, R.weighted_ce(logits[selected], batch.labels[selected]).float())
 
 
 def test_selpl_adds_each_classes_most_confident_share_from_the_mean_confidence():
@@ -125,7 +127,42 @@ def test_selpl_adds_each_classes_most_confident_share_from_the_mean_confidence()
     logits = torch.randn(N, C, generator=torch.Generator().manual_seed(5))
     batch = nlnl_batch(method)
     loss = method.loss(FixedLogits(logits), batch, step_at(method, first_epoch_of(method, NLNLStage.SELPL)))
-    torch.testing.assert_close(loss, R.weighted_ce(logits, batch.labels, weight=expected.float()).float())
+    torch.testing.assert_close(loss, R.weighted_ce(logits[expected], batch.labels[expected]).float())
+
+
+@pytest.mark.parametrize("kind", [NLNLStage.SELNL, NLNLStage.SELPL])
+@pytest.mark.parametrize("rows", [N, N - 1])
+def test_selective_losses_on_two_processes_are_the_mean_over_the_global_batchs_selection(kind, rows):
+    """What DDP's average of two processes' gradients makes of the parts of a batch (the trainer
+    scaling each loss by its share, an uneven last batch included): the one process's gradient."""
+    from engine.distributed import Processes
+
+    class TwoProcesses(Processes):  # the sum over both processes of what all_reduce is given
+        def all_reduce(self, tensor):
+            return tensor.new_tensor(float(selected[:rows].sum()))
+
+    method = make_method(NLNL, selective=True, complementary_labels=C - 1, clean_class_share=0.0)
+    confidence = torch.tensor([0.9, 0.1, 0.6, 0.3, 0.8, 0.05, 0.7, 0.15, 0.1, 0.55, 0.12, 0.4])
+    end_epochs(method, [confidence])
+    selected = confidence > 1 / C if kind is NLNLStage.SELNL else confidence >= 0.5  # SelNL's rule, SelPL's
+    shares = [selected[part].float().mean() for part in (slice(0, N // 2), slice(N // 2, rows))]
+    assert 0 < shares[1] < shares[0] < 1, "each process selects another share of its rows"
+    logits = torch.randn(N, C, generator=torch.Generator().manual_seed(7))[:rows]
+    step = step_at(method, first_epoch_of(method, kind))
+
+    def gradient(part, processes, share=1.0):
+        method.processes = processes
+        leaf = logits.clone().requires_grad_()  # FixedLogits reads the part's rows of it
+        indices = torch.arange(rows)[part]
+        batch = Batch(index_images(indices), indices, method.given_labels[indices], first_row=part.start, share=share)
+        (grad,) = torch.autograd.grad(share * method.loss(FixedLogits(leaf), batch, step), leaf)
+        return grad
+
+    whole = gradient(slice(0, rows), Processes())
+    parts = [slice(0, N // 2), slice(N // 2, rows)]
+    halves = [gradient(part, TwoProcesses(rank, 2), (part.stop - part.start) * 2 / rows)
+              for rank, part in enumerate(parts)]
+    torch.testing.assert_close((halves[0] + halves[1]) / 2, whole)
 
 
 def test_empty_selections_give_a_zero_loss():
@@ -163,7 +200,7 @@ def test_short_budget_pseudo_stage_continues_selpl_without_changing_labels():
 
     logits = torch.randn(N, C, generator=torch.Generator().manual_seed(6))
     batch = nlnl_batch(method)
-    expected = R.weighted_ce(logits, batch.labels, weight=selected.double())
+    expected = R.weighted_ce(logits[selected], batch.labels[selected])
     torch.testing.assert_close(method.loss(FixedLogits(logits), batch, pseudo), expected.float())
     later = [torch.linspace(0.4, 0.0, N)] * 2  # the selection follows the mean confidence, as in SelPL
     end_epochs(method, later)

@@ -7,7 +7,8 @@ the samples that mean takes as clean (>= 0.5, and each class's `clean_class_shar
 confident: `clean_selection`). Warm-up and pseudo stages: as JNPL's (engine/methods/jnpl.py),
 except that a pseudo stage without `relabel` continues SelPL (CE on its selection, updated
 every epoch) at the pseudo stage's learning rate.
-Empty selections give a zero loss, never NaN. Stage lengths: 40/20/20/20 % of the epochs
+SelNL's and SelPL's losses are means over the samples they select (the NLNL code's; under DDP
+the global batch's), and an empty selection gives a zero loss, never NaN. Stage lengths: 40/20/20/20 % of the epochs
 after the warm-up.
 Without `selective` (the short-budget preset on augmented batches): NL alone after the warm-up,
 as JNPL's stage alone (JNPL.negative_learning_only; flagged as CE's): a briefly trained model's
@@ -94,10 +95,11 @@ class NLNL(JNPL):
         logits = model(batch.images)
         if kind is NLNLStage.SELPL:
             return self.sel_pl_loss(logits, batch)
-        weight = None
-        if kind is NLNLStage.SELNL:
-            weight = (self.mean_confidence()[batch.indices] > 1.0 / self.num_classes).float()
-        return nl_loss(logits, self.complementary(batch, step), weight=weight)
+        complementary = self.complementary(batch, step)
+        if kind is NLNLStage.NL:
+            return nl_loss(logits, complementary)
+        keep = self.mean_confidence()[batch.indices] > 1.0 / self.num_classes  # SelNL
+        return self.mean_over_kept(nl_loss(logits, complementary, weight=keep.float(), reduction="sum"), keep, batch)
 
     def pseudo_loss(self, logits, batch, step):
         """Without relabeling: CE on the samples taken as clean only, as SelPL. NL on the others
@@ -109,7 +111,8 @@ class NLNL(JNPL):
         return self.sel_pl_loss(logits, batch)
 
     def sel_pl_loss(self, logits, batch):
-        return weighted_ce(logits, batch.labels, weight=self.selected[batch.indices].float())
+        keep = self.selected[batch.indices]
+        return self.mean_over_kept(weighted_ce(logits, batch.labels, weight=keep.float(), reduction="sum"), keep, batch)
 
     def start_stage(self, stage, outputs):
         if self.config.relabel:  # else the pseudo stage keeps SelPL's `selected` (end_epoch)
