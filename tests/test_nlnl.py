@@ -75,6 +75,18 @@ def test_confidence_history_is_a_ring_buffer_averaged_over_its_filled_entries():
     assert torch.equal(method.history[:, 0], confidences[3]), "epoch 4 overwrote epoch 1's slot"
 
 
+def class_weight(labels):
+    """The NLNL code's class weights of `labels`: max_n / n_c (the most frequent class weighs 1)."""
+    counts = torch.bincount(labels, minlength=C).float()
+    return counts.max() / counts
+
+
+def selpl_reference(logits, labels, selected):
+    """SelPL's CE: the mean over the selected rows weighted by the class weights (the NLNL code's)."""
+    weight = class_weight(labels)[labels][selected]
+    return (R.weighted_ce(logits[selected], labels[selected], weight=weight, reduction="sum") / weight.sum()).float()
+
+
 def nlnl_batch(method):
     indices = torch.arange(N)
     return Batch(index_images(indices), indices, method.given_labels)
@@ -92,15 +104,20 @@ def test_selnl_trains_nl_only_on_samples_above_one_over_c():
 
     sel_nl = step_at(method, first_epoch_of(method, NLNLStage.SELNL))
     loss = method.loss(FixedLogits(logits), batch, sel_nl)
-    # the mean over the selected rows (the NLNL code's), not over the batch
-    torch.testing.assert_close(loss, R.nl_loss(logits[selected], others[selected]).float())
+    # the mean over the selected rows (the NLNL code's), not over the batch, of NL times the class weights
+    weight = class_weight(batch.labels)[batch.labels]
+    assert torch.equal(weight.unique(), torch.tensor([1.0, 1.5])), "labels i mod 5 of 12: counts 3, 3, 2, 2, 2"
+    torch.testing.assert_close(loss, R.nl_loss(logits[selected], others[selected], weight=weight[selected]).float())
     moved = logits.clone()
     moved[~selected] += torch.randn(int((~selected).sum()), C)
     torch.testing.assert_close(method.loss(FixedLogits(moved), batch, sel_nl), loss,
                                msg="the unselected rows do not count")
 
     nl = step_at(method, first_epoch_of(method, NLNLStage.NL))
-    torch.testing.assert_close(method.loss(FixedLogits(logits), batch, nl), R.nl_loss(logits, others).float())
+    torch.testing.assert_close(method.loss(FixedLogits(logits), batch, nl),
+                               R.nl_loss(logits, others, weight=weight).float())
+    unweighted = make_method(NLNL, selective=True, complementary_labels=C - 1, class_weights=False)
+    torch.testing.assert_close(unweighted.loss(FixedLogits(logits), batch, nl), R.nl_loss(logits, others).float())
 
 
 def test_selpl_trains_ce_only_on_samples_with_mean_confidence_at_least_one_half():
@@ -115,7 +132,7 @@ def test_selpl_trains_ce_only_on_samples_with_mean_confidence_at_least_one_half(
     batch = nlnl_batch(method)
     sel_pl = step_at(method, first_epoch_of(method, NLNLStage.SELPL))
     loss = method.loss(FixedLogits(logits), batch, sel_pl)
-    torch.testing.assert_close(loss, R.weighted_ce(logits[selected], batch.labels[selected]).float())
+    torch.testing.assert_close(loss, selpl_reference(logits, batch.labels, selected))
 
 
 def test_selpl_adds_each_classes_most_confident_share_from_the_mean_confidence():
@@ -127,7 +144,7 @@ def test_selpl_adds_each_classes_most_confident_share_from_the_mean_confidence()
     logits = torch.randn(N, C, generator=torch.Generator().manual_seed(5))
     batch = nlnl_batch(method)
     loss = method.loss(FixedLogits(logits), batch, step_at(method, first_epoch_of(method, NLNLStage.SELPL)))
-    torch.testing.assert_close(loss, R.weighted_ce(logits[expected], batch.labels[expected]).float())
+    torch.testing.assert_close(loss, selpl_reference(logits, batch.labels, expected))
 
 
 @pytest.mark.parametrize("kind", [NLNLStage.SELNL, NLNLStage.SELPL])
@@ -139,12 +156,14 @@ def test_selective_losses_on_two_processes_are_the_mean_over_the_global_batchs_s
 
     class TwoProcesses(Processes):  # the sum over both processes of what all_reduce is given
         def all_reduce(self, tensor):
-            return tensor.new_tensor(float(selected[:rows].sum()))
+            return tensor.new_tensor(float(kept[:rows].sum()))
 
     method = make_method(NLNL, selective=True, complementary_labels=C - 1, clean_class_share=0.0)
     confidence = torch.tensor([0.9, 0.1, 0.6, 0.3, 0.8, 0.05, 0.7, 0.15, 0.1, 0.55, 0.12, 0.4])
     end_epochs(method, [confidence])
     selected = confidence > 1 / C if kind is NLNLStage.SELNL else confidence >= 0.5  # SelNL's rule, SelPL's
+    # what each part's rows weigh in the mean: SelPL's weighted by the class weights
+    kept = selected * (class_weight(method.given_labels)[method.given_labels] if kind is NLNLStage.SELPL else 1)
     shares = [selected[part].float().mean() for part in (slice(0, N // 2), slice(N // 2, rows))]
     assert 0 < shares[1] < shares[0] < 1, "each process selects another share of its rows"
     logits = torch.randn(N, C, generator=torch.Generator().manual_seed(7))[:rows]
@@ -200,8 +219,8 @@ def test_short_budget_pseudo_stage_continues_selpl_without_changing_labels():
 
     logits = torch.randn(N, C, generator=torch.Generator().manual_seed(6))
     batch = nlnl_batch(method)
-    expected = R.weighted_ce(logits[selected], batch.labels[selected])
-    torch.testing.assert_close(method.loss(FixedLogits(logits), batch, pseudo), expected.float())
+    torch.testing.assert_close(method.loss(FixedLogits(logits), batch, pseudo), selpl_reference(logits, batch.labels,
+                                                                                               selected))
     later = [torch.linspace(0.4, 0.0, N)] * 2  # the selection follows the mean confidence, as in SelPL
     end_epochs(method, later)
     assert torch.equal(method.selected, clean_selection(method.mean_confidence(), method.given_labels, C, 0.5))

@@ -7,8 +7,10 @@ the samples that mean takes as clean (>= 0.5, and each class's `clean_class_shar
 confident: `clean_selection`). Warm-up and pseudo stages: as JNPL's (engine/methods/jnpl.py),
 except that a pseudo stage without `relabel` continues SelPL (CE on its selection, updated
 every epoch) at the pseudo stage's learning rate.
-SelNL's and SelPL's losses are means over the samples they select (the NLNL code's; under DDP
-the global batch's), and an empty selection gives a zero loss, never NaN. Stage lengths: 40/20/20/20 % of the epochs
+As in the NLNL code, each sample's loss is weighted by max_n / n_c of its given class (the given
+labels' class counts; `class_weights`), SelNL's loss is its mean over the samples it selects and
+SelPL's CE its mean over the selection weighted by those weights (under DDP the global batch's);
+an empty selection gives a zero loss, never NaN. Stage lengths: 40/20/20/20 % of the epochs
 after the warm-up.
 Without `selective` (the short-budget preset on augmented batches): NL alone after the warm-up,
 as JNPL's stage alone (JNPL.negative_learning_only; flagged as CE's): a briefly trained model's
@@ -31,6 +33,8 @@ class NLNLConfig(NegativeLearningConfig):
     pseudo-labeling stages' learning rates."""
 
     window: int = option(10, "epochs of confidence history behind SelNL / SelPL's selections")
+    class_weights: bool = option(True, "weigh each sample's loss by max_n / n_c of its given class (the given "
+                                       "labels' class counts), as the NLNL code does; the paper has none")
 
     @classmethod
     def preset(cls, size, num_classes):
@@ -67,6 +71,10 @@ class NLNL(JNPL):
 
     def setup(self):
         self.setup_negative_learning()
+        # The NLNL code's class balance of the given labels: the most frequent class weighs 1.
+        counts = torch.bincount(self.given_labels, minlength=self.num_classes).clamp(min=1).float()
+        self.register_buffer("class_weight", counts.max() / counts if self.config.class_weights
+                             else torch.ones_like(counts), persistent=False)
         if not self.config.selective:  # NL alone selects nothing: no history to keep
             return
         # Confidence on the given label over the last `window` epochs (ring buffer).
@@ -95,11 +103,11 @@ class NLNL(JNPL):
         logits = model(batch.images)
         if kind is NLNLStage.SELPL:
             return self.sel_pl_loss(logits, batch)
-        complementary = self.complementary(batch, step)
+        complementary, weight = self.complementary(batch, step), self.class_weight[batch.labels]
         if kind is NLNLStage.NL:
-            return nl_loss(logits, complementary)
-        keep = self.mean_confidence()[batch.indices] > 1.0 / self.num_classes  # SelNL
-        return self.mean_over_kept(nl_loss(logits, complementary, weight=keep.float(), reduction="sum"), keep, batch)
+            return nl_loss(logits, complementary, weight=weight)
+        keep = (self.mean_confidence()[batch.indices] > 1.0 / self.num_classes).float()  # SelNL
+        return self.mean_over_kept(nl_loss(logits, complementary, weight=keep * weight, reduction="sum"), keep, batch)
 
     def pseudo_loss(self, logits, batch, step):
         """Without relabeling: CE on the samples taken as clean only, as SelPL. NL on the others
@@ -111,8 +119,9 @@ class NLNL(JNPL):
         return self.sel_pl_loss(logits, batch)
 
     def sel_pl_loss(self, logits, batch):
-        keep = self.selected[batch.indices]
-        return self.mean_over_kept(weighted_ce(logits, batch.labels, weight=keep.float(), reduction="sum"), keep, batch)
+        """CE's mean over the selection weighted by the class weights (the NLNL code's)."""
+        weight = self.selected[batch.indices] * self.class_weight[batch.labels]
+        return self.mean_over_kept(weighted_ce(logits, batch.labels, weight=weight, reduction="sum"), weight, batch)
 
     def start_stage(self, stage, outputs):
         if self.config.relabel:  # else the pseudo stage keeps SelPL's `selected` (end_epoch)
