@@ -151,7 +151,8 @@ def jnpl_select(logits, seed, offset, first_row=0):
     yhat = arg-max; a row is a candidate when every other class has p < 1/C, and a
     candidate is kept with probability p_yhat, drawn from Philox(seed, offset, first_row + row).
     first_row: a shard of a batch passes its first row's position in the global batch, so that
-    its rows draw what they draw in the whole batch.
+    its rows draw what they draw in the whole batch. sample_complementary reads the same streams:
+    give it another seed (or offset), or its labels and these draws are the same numbers.
     """
     api = "jnpl_select"
     return ops.jnpl_select(_arg(api, "logits", logits, "tensor").detach(), _arg(api, "seed", seed, "int", bits=True),
@@ -163,8 +164,9 @@ def sample_complementary(labels, num_classes, k=1, exclude=None, replacement=Tru
 
     exclude: optional bool [B, num_classes]. Without replacement the k labels are distinct
     (k <= allowed classes). Draws come from Philox(seed, offset, first_row + row): the same on
-    CPU and CUDA; use a new offset (e.g. the step number) for new draws. first_row: as in
-    jnpl_select (a shard of a batch passes its first row's position in the global batch).
+    CPU and CUDA; use a new offset (e.g. the step number) for new draws, and another seed than
+    jnpl_select's (the same streams). first_row: as in jnpl_select (a shard of a batch passes its
+    first row's position in the global batch).
     """
     api = "sample_complementary"
     return ops.sample_complementary(

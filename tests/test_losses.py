@@ -355,7 +355,7 @@ def test_torch_compile_fullgraph_runs_the_readmes_loop_without_recompiling(devic
 
     def step_loss(logits, labels, step):
         comp = L.sample_complementary(labels, num_classes=10, k=1, seed=0, offset=step)
-        keep, yhat = L.jnpl_select(logits, seed=0, offset=step, first_row=step)
+        keep, yhat = L.jnpl_select(logits, seed=1, offset=step, first_row=step)
         return L.nl_plus_loss(logits, comp) + 0.01 * L.pl_plus_loss(logits[keep], yhat[keep])
 
     torch._dynamo.reset()
@@ -370,10 +370,29 @@ def test_torch_compile_fullgraph_runs_the_readmes_loop_without_recompiling(devic
             leaf = z.clone().requires_grad_()
             loss = fn(leaf, labels, step)
             results.append((loss, *torch.autograd.grad(loss, leaf)))
-        assert 0 < L.jnpl_select(z, seed=0, offset=step, first_row=step)[0].sum() < 16
+        assert 0 < L.jnpl_select(z, seed=1, offset=step, first_row=step)[0].sum() < 16
         for out, eager in zip(*results):
             torch.testing.assert_close(out, eager)
     assert counter.frame_count <= 2, "the first step, then one graph with the step as a symbol"
+
+
+def test_the_readmes_drop_in_loop_draws_its_pl_plus_rows_apart_from_its_complementary_labels():
+    """The README's drop-in loop as printed, on a batch where every row is a PL+ candidate kept with
+    probability 1/2: which rows are kept must not depend on their complementary labels. With one
+    (seed, offset) for both calls, jnpl_select's uniform was sample_complementary's draw: a row was
+    kept exactly when its complementary label was one of the lower half of the classes."""
+    from test_api import readme_block
+
+    B, C = 4000, 10
+    z = torch.zeros(B, C)
+    z[:, 3] = torch.tensor(9.0).log()  # p = 1/2 on class 3, 1/18 < 1/C on each other class
+    z.requires_grad_(True)
+    namespace = {"C": C, "model": lambda x: x, "loader": [(z, torch.zeros(B, dtype=torch.long))],
+                 "optimizer": torch.optim.SGD([z], lr=0.0)}
+    exec(compile(readme_block("## Drop-in losses"), "README.md", "exec"), namespace)
+    keep, comp = namespace["keep"], namespace["comp"][:, 0]
+    low, high = keep[comp <= 4].float().mean(), keep[comp >= 6].float().mean()
+    assert 0.45 < keep.float().mean() < 0.55 and abs(low - high) < 0.1, (low, high)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
