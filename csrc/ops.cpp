@@ -288,10 +288,18 @@ struct StoredGradientLoss : torch::autograd::Function<StoredGradientLoss> {
     if (!grad_loss.defined()) return grads;  // only the (non-differentiable) gradient output was used
     const Tensor grad = ctx->get_saved_variables()[0];
     TORCH_CHECK(grad.dim() == 2, "noisy::", op, " was called with compute_grad=False, so it cannot backpropagate");
+    const auto dtype = ctx->saved_data["dtype"].toScalarType();
+    // A batch of incoming gradients (autograd.grad's is_grads_batched, jacobian(vectorize=True)) is
+    // a batched tensor (vmap's), which an out= product cannot take: a product, then the dtype.
+    static const c10::DispatchKeySet batched({c10::DispatchKey::Batched, c10::DispatchKey::FuncTorchBatched});
+    if (grad_loss.key_set().has_any(batched)) {
+      grads[0] = at::mul(grad, grad_loss.unsqueeze(1)).to(dtype);
+      return grads;
+    }
     // Computed in the promoted dtype and rounded once on the store into the logits' dtype: for
     // bf16 no float32 [B, C] copy; fp16's stored gradient is float32 (noisy::GradStorage).
     // sym_sizes: under torch.compile the batch may be a symbol (rows picked by a mask, dynamic shapes).
-    Tensor scaled = at::empty_symint(grad.sym_sizes(), grad.options().dtype(ctx->saved_data["dtype"].toScalarType()));
+    Tensor scaled = at::empty_symint(grad.sym_sizes(), grad.options().dtype(dtype));
     at::mul_out(scaled, grad, grad_loss.unsqueeze(1));
     grads[0] = scaled;
     return grads;

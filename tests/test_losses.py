@@ -230,6 +230,28 @@ def test_empty_batch_gives_zero_loss_and_zero_grad():
         assert grad.shape == (0, 10)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_a_batch_of_incoming_gradients_backpropagates(name, dtype, device):
+    """A first derivative taken for many incoming gradients at once (autograd.grad's
+    is_grads_batched, jacobian(vectorize=True): the backward under vmap): each row of the result
+    is the vector-Jacobian product of its incoming gradient. The backward's out= product raised
+    'Batching rule not implemented for aten::mul.out'."""
+    g = torch.Generator().manual_seed(14)
+    fused, reference = make_case(name, 5, 7, device, g)
+    z = torch.randn(5, 7, generator=g).to(device=device, dtype=dtype)
+    incoming = torch.randn(3, 5, generator=g).to(device)
+    results = []
+    for fn, logits in ((fused, z), (reference, z.double())):
+        leaf = logits.detach().requires_grad_(True)
+        loss = fn(leaf, reduction="none")
+        (grad,) = torch.autograd.grad(loss, leaf, incoming.to(loss.dtype), is_grads_batched=True)
+        results.append(grad)
+    assert results[0].shape == (3, 5, 7) and results[0].dtype == dtype
+    rtol, atol = tolerances(dtype)
+    torch.testing.assert_close(results[0].double(), results[1], rtol=rtol, atol=atol)
+
+
 def test_no_grad_forward_skips_the_gradient_buffer():
     z = torch.randn(8, 4, requires_grad=True)
     with torch.no_grad():
