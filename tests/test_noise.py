@@ -37,6 +37,13 @@ def test_symmetric_exact_rate_and_never_true_label(labels, rate):
     assert noisy.dtype == np.int64 and noisy.min() >= 0 and noisy.max() < NUM_CLASSES
 
 
+@pytest.mark.parametrize("count, rate, moved", [(7, 0.4, 3), (9, 0.3, 3), (6, 0.45, 3)])
+def test_symmetric_moves_the_rounded_count(count, rate, moved):
+    """round(rate * N), not the count rounded down: 7 labels at 40% move 3 (2.8), not 2."""
+    labels = read_only(np.arange(count) % NUM_CLASSES)
+    assert (symmetric_noise(labels, rate, NUM_CLASSES, seed=0) != labels).sum() == moved
+
+
 def test_symmetric_include_true_rate(labels):
     rate = 0.6
     resampled = round(rate * NUM_SAMPLES)
@@ -48,8 +55,10 @@ def test_symmetric_include_true_rate(labels):
     assert abs(realized - expected) < 3 * standard_error
 
 
-def test_symmetric_new_labels_uniform_over_other_classes(labels):
-    noisy = symmetric_noise(labels, 0.5, NUM_CLASSES, seed=2)
+@pytest.mark.parametrize("include_true", [False, True])
+def test_symmetric_new_labels_uniform_over_other_classes(labels, include_true):
+    """A moved label goes to each other class alike, also where the draw is over every class."""
+    noisy = symmetric_noise(labels, 0.5, NUM_CLASSES, seed=2, include_true=include_true)
     transition = np.array(noise_report(labels, noisy)["transition"], dtype=np.float64)
     off_diagonal = ~np.eye(NUM_CLASSES, dtype=bool)
     expected = (transition * off_diagonal).sum(axis=1, keepdims=True) / (NUM_CLASSES - 1)
@@ -213,6 +222,21 @@ def test_clean_subset_fraction_and_unbalanced():
     assert len(clean_subset(labels, size=500, seed=0, balanced=False)) == 500
 
 
+def test_clean_subset_fraction_is_rounded_to_the_nearest_count():
+    labels = read_only(np.arange(10) % 2)
+    assert len(clean_subset(labels, fraction=0.29, seed=0)) == 3  # 2.9 samples
+    assert len(clean_subset(labels, fraction=0.29, seed=0, balanced=False)) == 3
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_clean_subset_remainder_goes_to_classes_with_samples_to_spare(seed):
+    """Classes 0-2 have exactly the 2 per class that a balanced 12 of 5 classes needs: the 2 extra
+    samples go to classes 3 and 4, the only ones with samples to spare."""
+    labels = read_only(np.random.default_rng(seed).permutation(np.repeat(np.arange(5), [2, 2, 2, 5, 5])))
+    per_class = np.bincount(labels[clean_subset(labels, size=12, seed=seed)], minlength=5)
+    assert per_class.tolist() == [2, 2, 2, 3, 3]
+
+
 def test_clean_subset_seeded():
     labels = unbalanced_labels()
     assert np.array_equal(clean_subset(labels, size=300, seed=1), clean_subset(labels, size=300, seed=1))
@@ -234,6 +258,9 @@ def test_noise_report():
     assert report["noise_rate"] == pytest.approx(0.4)
     assert report["per_class_rate"] == pytest.approx([0.5, 0.0, 1.0])
     assert report["transition"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    # Class 1 occurs in neither: its rate is 0, not 1 - 0 / 1.
+    absent = noise_report([0, 0, 2, 2], [0, 2, 2, 2], num_classes=3)
+    assert absent["per_class_rate"] == pytest.approx([0.5, 0.0, 0.0]) and absent["noise_rate"] == 0.25
 
 
 def test_inputs_not_mutated(tmp_path):
@@ -269,3 +296,4 @@ def test_noisy_labels_for_corrupts_only_the_set_outside_the_clean_subset(clean_s
     noisy_set = np.setdiff1d(np.arange(len(given)), clean)
     assert np.array_equal(given[clean], data.y_train[clean])
     assert (given[noisy_set] != data.y_train[noisy_set]).sum() == round(0.4 * len(noisy_set))
+
