@@ -297,3 +297,32 @@ def test_noisy_labels_for_corrupts_only_the_set_outside_the_clean_subset(clean_s
     assert np.array_equal(given[clean], data.y_train[clean])
     assert (given[noisy_set] != data.y_train[noisy_set]).sum() == round(0.4 * len(noisy_set))
 
+
+def test_noise_from_a_file_leaves_the_clean_subset_its_true_labels(tmp_path):
+    """Per-sample labels from a file are taken as they are, except on the trusted clean subset."""
+    from engine.config import DataConfig
+    from engine.data.datasets import load_dataset
+    from engine.labels import noisy_labels_for
+
+    data = load_dataset("digits")
+    stored = (data.y_train + 1) % data.num_classes  # every label of the file wrong
+    np.save(tmp_path / "labels.npy", stored)
+    clean = clean_subset(data.y_train, size=50, seed=0)
+    config = DataConfig(dataset="digits", noise="file", noise_file=str(tmp_path / "labels.npy"))
+    given = noisy_labels_for(config, data, clean, seed=0)
+    assert np.array_equal(given[clean], data.y_train[clean])
+    outside = np.setdiff1d(np.arange(len(given)), clean)
+    assert np.array_equal(given[outside], stored[outside])
+
+
+def test_asymmetric_noise_follows_each_data_sets_map():
+    """CIFAR-10: Patrini's map; CIFAR-100: the ring within each super-class; others: i -> i + 1."""
+    from types import SimpleNamespace
+
+    from engine.labels import asymmetric_map
+
+    fine_to_coarse = np.array([1, 0, 1, 0, 1, 0])
+    assert asymmetric_map(SimpleNamespace(name="cifar10", fine_to_coarse=None, num_classes=10)) == CIFAR10_ASYMMETRIC
+    cifar100 = SimpleNamespace(name="cifar100", fine_to_coarse=fine_to_coarse, num_classes=6)
+    assert asymmetric_map(cifar100) == {1: 3, 3: 5, 5: 1, 0: 2, 2: 4, 4: 0}
+    assert asymmetric_map(SimpleNamespace(name="digits", fine_to_coarse=None, num_classes=4)) == pair_flip_map(4)
