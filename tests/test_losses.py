@@ -220,6 +220,21 @@ def test_pl_plus_weight_is_the_geometric_sum():
     torch.testing.assert_close(L.pl_plus_loss(z, t, reduction="none"), expected)
 
 
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_a_weight_is_detached(name):
+    """The module docstring's contract: a weight computed from the logits (JNPL's class-balanced p_y)
+    scales each row's gradient and gets none itself, nor passes any back to the logits."""
+    g = torch.Generator().manual_seed(8)
+    fused, _ = make_case(name, 16, 5, "cpu", g)
+    z = torch.randn(16, 5, generator=g, requires_grad=True)
+    weight = torch.softmax(2 * z, 1)[:, 0]
+    (grad,) = torch.autograd.grad(fused(z, weight=weight), z)
+    (expected,) = torch.autograd.grad(fused(z, weight=weight.detach()), z)
+    torch.testing.assert_close(grad, expected)
+    leaf = weight.detach().requires_grad_()
+    assert not fused(z.detach(), weight=leaf).requires_grad
+
+
 def test_empty_batch_gives_zero_loss_and_zero_grad():
     z = torch.randn(0, 10, requires_grad=True)
     labels = torch.zeros(0, dtype=torch.long)
