@@ -120,10 +120,14 @@ def test_bldr_loss_is_both_views_head_losses_plus_each_heads_consistency_and_cla
                    for view in views) / 2
     for head in ("main", "negative"):
         train, strong = torch.softmax(views[0][head], 1), torch.softmax(views[1][head], 1)
-        expected = expected + 0.9 * (train * (train.log() - strong.log())).sum(1).mean()
+        target = train.detach()  # the training view's prediction is the consistency term's target, not trained by it
+        expected = expected + 0.9 * (target * (target.log() - strong.log())).sum(1).mean()
         mean = train.mean(0)
         expected = expected + 0.1 * (torch.log((1 / C) / mean) / C).sum()
     torch.testing.assert_close(loss, expected.float())
+    heads = [model.main, model.negative]
+    for found, wanted in zip(torch.autograd.grad(loss, heads), torch.autograd.grad(expected, heads)):
+        torch.testing.assert_close(found, wanted.float())
 
 
 def test_sop_parameters_have_per_sample_shapes_and_learn_the_noise():
@@ -233,6 +237,22 @@ def test_bldr_state_holds_weights_sop_and_the_ema_but_not_the_trained_model():
     assert fresh.sop_u is sop_u, "loaded in place: an optimizer holds these very parameters"
     assert fresh.sop_weight.item() > 0
     assert fresh.sop_weight.item() == pytest.approx(50.0 * method.noise_rate.item()**2)
+
+
+def test_bldr_self_distillation_trains_the_stage_heads_only():
+    """The teacher (the two heads' mean) and the deepest features are targets: the distillation
+    terms send no gradient to the main and negative heads or to the deepest features."""
+    method = make_bldr(warmup=0)
+    method.stage_head_count = 2
+    generator = torch.Generator().manual_seed(1)
+    shapes = {"main": C, "negative": C, "features": 5, "stage0": C, "stage1": C, "stage0_features": 5,
+              "stage1_features": 5}
+    out = {name: 3 * torch.randn(N, size, generator=generator, requires_grad=True) for name, size in shapes.items()}
+    loss = method.distillation_loss(out, torch.arange(N) % C, torch.rand(N, generator=generator))
+    grads = dict(zip(out, torch.autograd.grad(loss, list(out.values()), allow_unused=True)))
+    for name in ("main", "negative", "features"):
+        assert grads[name] is None or not grads[name].any(), name
+    assert all(grads[name].abs().max() > 0 for name in ("stage0", "stage1", "stage0_features", "stage1_features"))
 
 
 def test_bldr_self_distillation_on_two_processes_gives_the_one_process_gradient():
