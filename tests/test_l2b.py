@@ -165,6 +165,42 @@ def test_l2b_loss_weights_the_batch_by_its_meta_gradients(weights):
 
 
 
+def test_l2b_loss_on_two_processes_weights_each_part_by_its_own_rows():
+    """Each process gathers the global batch's scores, normalizes them together and weights its
+    own rows by their part of the weights (at its first_row): the parts' losses then average to
+    the one process's loss. A model without BatchNorm, so a row's meta-gradient is its own."""
+    from engine.distributed import Processes
+
+    method = make_method(L2B, warmup=1, num_classes=3, weights="both")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    batch = l2b_batch(method, torch.Generator().manual_seed(2))
+    step = step_at(method, 1, optimizer=optimizer)
+    whole = method.loss(model, batch, step)
+    parts = [replace(batch, images=batch.images[rows], indices=batch.indices[rows], labels=batch.labels[rows],
+                     first_row=rows.start) for rows in (slice(0, 1), slice(1, 4))]
+    scores = []
+
+    class Recording(Processes):
+        def gather_rows(self, tensor):
+            scores.append(tensor)
+            return tensor
+
+    class TwoProcesses(Processes):  # every process gathers both parts' scores, in rank order
+        def gather_rows(self, tensor):
+            return torch.cat(scores)
+
+    method.processes = Recording()
+    for part in parts:  # each part's scores, as its process computes them
+        method.loss(model, replace(part, first_row=0), step)
+    losses = []
+    for rank, part in enumerate(parts):
+        method.processes = TwoProcesses(rank, 2)
+        losses.append(method.loss(model, part, step))
+    torch.testing.assert_close((losses[0] + losses[1]) / 2, whole)
+
+
 def test_l2b_clean_score_is_the_confidence_on_the_given_label():
     method = make_method(L2B, warmup=0, num_classes=3)
     probs = torch.softmax(torch.randn(N, 3, generator=torch.Generator().manual_seed(3)), 1)
