@@ -1,6 +1,7 @@
 """The Python API: engine.fit on images and on feature vectors, the label-issues table,
 find_label_issues with cleanlab's conventions, a method defined outside the package, and the
 README's examples run as written."""
+import enum
 import os
 import re
 import sys
@@ -12,6 +13,7 @@ import torch
 
 import engine
 from engine.api import label_quality_scores
+from engine.methods.base import Stage
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLUMNS = ["index", "given_label", "predicted_label", "label_quality", "is_label_issue"]
@@ -309,6 +311,51 @@ def test_fit_refuses_resume_with_overwrite_as_the_command_line_does(tmp_path):
     with pytest.raises(ValueError, match="^overwrite: excludes resume"):
         engine.fit(x, np.arange(60) % 3, method="ce", epochs=1, out=tmp_path, resume=True, overwrite=True)
     assert not os.listdir(tmp_path)
+
+
+class Part(enum.Enum):
+    FIRST = "first"
+    SECOND = "second"
+
+
+class Recorder(engine.Method):
+    """Two stages (2 epochs, then 1); its loss, the constant 2, records what the trainer gives it."""
+
+    name = "recorder"
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.seen = []
+
+    def stages(self):
+        return [Stage(Part.FIRST, 2, self.config.lr), Stage(Part.SECOND, 1, self.config.lr)]
+
+    def loss(self, model, batch, step):
+        self.seen.append((step.epoch, step.stage.name, step.epoch_in_stage, step.step, batch.indices.tolist()))
+        return model(batch.images).sum() * 0 + 2.0
+
+
+def test_the_loop_gives_each_epoch_its_stage_a_new_order_and_the_next_steps(tmp_path):
+    """Each epoch trains in its stage (the first epoch of a stage counts 0), on every sample once
+    in an order of its own; steps count on over the run and the checkpoint keeps the count (the
+    offset of the random streams on resume); train_loss is the mean of the batches' losses."""
+    from engine.checkpoint import read_checkpoint
+
+    x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
+    result = engine.fit(x, np.arange(40) % 2, method=Recorder(), epochs=3, batch_size=8, out=tmp_path)
+    method = result.method  # fit's own instance, with the options
+    assert result.metrics["stage"].tolist() == ["first", "first", "second"]
+    assert result.metrics["train_loss"].tolist() == [2.0, 2.0, 2.0]
+    assert [step for *_, step, _ in method.seen] == list(range(15))
+    orders = []
+    for epoch, where in enumerate([("first", 0), ("first", 1), ("second", 0)]):
+        steps = [seen for seen in method.seen if seen[0] == epoch]
+        assert len(steps) == 5 and all(seen[1:3] == where for seen in steps)
+        orders.append(sum((indices for *_, indices in steps), []))
+        assert sorted(orders[-1]) == list(range(40))
+    assert orders[0] != orders[1] != orders[2]
+    state = read_checkpoint(tmp_path / "checkpoint.pt")
+    assert (state["epoch"], state["step"]) == (2, 15)
 
 
 def test_a_loss_that_fails_on_nan_outputs_stops_the_run_as_diverged():
