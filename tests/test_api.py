@@ -65,6 +65,7 @@ def test_fit_on_feature_vectors_learns_and_finds_the_wrong_labels(digits):
     assert (table["is_label_issue"] & wrong).sum() / table["is_label_issue"].sum() == pytest.approx(
         result.summary["det_precision"])
     assert isinstance(result.metrics, pd.DataFrame) and len(result.metrics) == 12
+    assert result.summary["best_test_acc"] == result.metrics["test_acc"].max()
     probs = result.predict_proba(x_test)
     assert probs.shape == (len(x_test), 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
     assert (probs.argmax(1) == y_test).mean() == pytest.approx(result.summary["test_acc"])
@@ -433,7 +434,7 @@ def test_the_label_issues_and_pred_probs_tell_one_story(digits, method):
     student (on 8.5% of these rows the flag contradicted the table's own labels)."""
     x, noisy, true, _, _ = digits
     trusted = np.flatnonzero(noisy == true)[:200]
-    result = engine.fit(x, noisy, method=method, clean_indices=trusted, epochs=4)
+    result = engine.fit(x, noisy, method=method, clean_indices=trusted, true_labels=true, epochs=4)
     table = result.label_issues()
     rows = ~table["clean_subset"].to_numpy()
     given, probs = table["given_label"].to_numpy(), result.pred_probs
@@ -441,6 +442,13 @@ def test_the_label_issues_and_pred_probs_tell_one_story(digits, method):
     np.testing.assert_allclose(table["label_quality"], probs[np.arange(len(given)), given], atol=1e-6)
     assert np.array_equal(table["is_label_issue"][rows], (probs.argmax(1) != given)[rows])
     assert 0 < table["is_label_issue"][rows].mean() < 0.6
+    # The summary's rates are those of the scored rows, the clean subset left out.
+    summary, wrong = result.summary, (given != true)[rows]
+    assert summary["estimated_noise_rate"] == pytest.approx(table["is_label_issue"][rows].mean())
+    assert summary["true_noise_rate"] == pytest.approx(wrong.mean()) and summary["true_labels_known"] == rows.sum()
+    flags = table["is_label_issue"][rows].to_numpy()
+    assert summary["det_precision"] == pytest.approx(wrong[flags].mean())
+    assert summary["det_recall"] == pytest.approx(flags[wrong].mean())
 
 
 def test_a_clean_subset_needs_only_the_classes_that_occur():
