@@ -320,7 +320,8 @@ class Part(enum.Enum):
 
 
 class Recorder(engine.Method):
-    """Two stages (2 epochs, then 1); its loss, the constant 2, records what the trainer gives it."""
+    """Two stages (2 epochs, then 1); its loss, the constant 2, records what the trainer gives it
+    and a draw of torch's generator (model-side randomness such as mixup partners)."""
 
     name = "recorder"
 
@@ -332,14 +333,16 @@ class Recorder(engine.Method):
         return [Stage(Part.FIRST, 2, self.config.lr), Stage(Part.SECOND, 1, self.config.lr)]
 
     def loss(self, model, batch, step):
-        self.seen.append((step.epoch, step.stage.name, step.epoch_in_stage, step.step, batch.indices.tolist()))
+        draw = torch.randint(1 << 30, ()).item()
+        self.seen.append((step.epoch, step.stage.name, step.epoch_in_stage, draw, step.step, batch.indices.tolist()))
         return model(batch.images).sum() * 0 + 2.0
 
 
 def test_the_loop_gives_each_epoch_its_stage_a_new_order_and_the_next_steps(tmp_path):
     """Each epoch trains in its stage (the first epoch of a stage counts 0), on every sample once
     in an order of its own; steps count on over the run and the checkpoint keeps the count (the
-    offset of the random streams on resume); train_loss is the mean of the batches' losses."""
+    offset of the random streams on resume); torch is seeded anew each epoch; train_loss is the mean
+    of the batches' losses."""
     from engine.checkpoint import read_checkpoint
 
     x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
@@ -355,6 +358,8 @@ def test_the_loop_gives_each_epoch_its_stage_a_new_order_and_the_next_steps(tmp_
         orders.append(sum((indices for *_, indices in steps), []))
         assert sorted(orders[-1]) == list(range(40))
     assert orders[0] != orders[1] != orders[2]
+    first_draws = [draw for *_, draw, step, _ in method.seen if step % 5 == 0]
+    assert len(set(first_draws)) == 3, "each epoch's own seed"
     state = read_checkpoint(tmp_path / "checkpoint.pt")
     assert (state["epoch"], state["step"]) == (2, 15)
 
