@@ -50,7 +50,7 @@ def test_vmap_ensemble_equals_separately_trained_models():
 
 def test_bootstrap_sets_follow_algorithm_1():
     rng = np.random.default_rng(0)
-    clean_by_class = [np.arange(0, 10), np.arange(10, 18), np.arange(18, 30)]
+    clean_by_class = [np.arange(0, 11), np.arange(11, 18), np.arange(18, 30)]  # class 0: m + |clean| odd
     noisy = np.arange(30, 200)
     accepted_by_class = [np.arange(30, 34), np.arange(34, 80), np.array([], dtype=np.int64)]
     filters = 3
@@ -78,9 +78,10 @@ def test_accept_needs_theta_votes_of_exactly_one_class():
     probabilities[4:7, 1] = 0.95                 # sample 1: 3 of class 1 -> class 1 at theta 3
     probabilities[8:10, 2] = 0.95                # sample 2: 2 votes -> none
     probabilities[0:4, 3] = probabilities[8:12, 3] = 0.99  # sample 3: two classes -> none
-    probabilities[4:8, 4] = 0.85                 # sample 4: below alpha -> none
+    probabilities[4:8, 4] = 0.875                # sample 4: below alpha -> none
     assert accept(probabilities, filters, alpha=0.9, agree=3).tolist() == [0, 1, -1, -1, -1]
     assert accept(probabilities, filters, alpha=0.8, agree=3).tolist() == [0, 1, -1, -1, 1]
+    assert accept(probabilities, filters, alpha=0.875, agree=3).tolist() == [0, 1, -1, -1, 1], "sigmoid >= alpha"
 
 
 def make_method(targets="soft", lam=0.5, eta=0.9):
@@ -94,14 +95,14 @@ def make_method(targets="soft", lam=0.5, eta=0.9):
 
 @pytest.mark.parametrize("kind", ["soft", "hard_bootstrap", "hard"])
 def test_student_targets(kind):
-    method = make_method(kind)
+    method = make_method(kind, lam=0.3)  # lambda_ != 1 - lambda_: the teacher's share is lambda_
     method.accepted_class = torch.tensor([-1, 2, -1, -1])      # sample 1 joined class 2
     method.clean_mask = torch.tensor([False, False, False, True])
     method.teacher_probs = torch.tensor([[0.05, 0.95, 0.0], [0.1, 0.2, 0.7], [0.0, 0.05, 0.95], [0.0, 0.95, 0.05]])
     targets = method.student_targets()
     corrected = F.one_hot(torch.tensor([0, 2, 2, 0]), 3).float()
-    confident_teacher = {"soft": 0.5 * method.teacher_probs[[0, 2]] + 0.5 * corrected[[0, 2]],
-                         "hard_bootstrap": 0.5 * F.one_hot(torch.tensor([1, 2]), 3).float() + 0.5 * corrected[[0, 2]],
+    confident_teacher = {"soft": 0.3 * method.teacher_probs[[0, 2]] + 0.7 * corrected[[0, 2]],
+                         "hard_bootstrap": 0.3 * F.one_hot(torch.tensor([1, 2]), 3).float() + 0.7 * corrected[[0, 2]],
                          "hard": F.one_hot(torch.tensor([1, 2]), 3).float()}[kind]
     torch.testing.assert_close(targets[[0, 2]], confident_teacher)
     torch.testing.assert_close(targets[1], corrected[1])  # teacher below eta: the corrected label
