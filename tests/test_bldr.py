@@ -45,6 +45,16 @@ def test_bldr_weights_are_the_min_max_normalized_negative_head_probability(detec
     torch.testing.assert_close(by_max.weights, q / q.max())
 
 
+def test_bldr_flags_a_score_below_h_not_at_it():
+    method = make_bldr(threshold=0.5, detection="negative")
+    negative = torch.full((N, C), 0.0)
+    confidence = torch.tensor([0.25, 0.5, 0.75]).repeat(N // 3)  # min-max normalized: 0, 0.5 and 1 exactly
+    negative[torch.arange(N), method.given_labels] = confidence
+    negative[torch.arange(N), (method.given_labels + 1) % C] = 1 - confidence
+    score, flagged = method.clean_scores({"probs": negative, "negative_probs": negative})
+    assert score[:3].tolist() == [0.0, 0.5, 1.0] and torch.equal(flagged, confidence == 0.25)
+
+
 @pytest.mark.parametrize("rule", ["negative", "sum", "negative_balanced"])
 def test_bldr_never_samples_the_given_or_the_corrected_label(rule):
     method = make_bldr(negatives="sampled", corrected_label=rule)
