@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from engine.data.datasets import load_dataset
-from engine.data.loaders import ImageArrayLoader
+from engine.data.loaders import ImageArrayLoader, TensorLoader
 from engine.data.training_data import TrainingData
 from engine.train import main
 from engine.data.pipeline import (RAND_AUGMENT_OPS, DaliLoader, decode_images, rand_augment_choices, rand_augment_suite,
@@ -68,6 +68,20 @@ def test_pipeline_batches_cover_each_sample_once_per_epoch(mnist5k):
     assert not torch.equal(orders[0], orders[1]), "a new permutation every epoch"
     loader.set_epoch(0)
     assert torch.equal(torch.cat([i for _, i in loader]), orders[0]), "same (seed, epoch), same batches"
+
+
+def test_feature_batches_are_standardized_and_their_own_second_view():
+    """Feature vectors get no augmentation: the second view a method asks for is the batch itself."""
+    features = np.random.default_rng(0).normal(size=(10, 3)) * [1, 10, 100] + 5
+    mean, std = features.mean(0), features.std(0)
+    loader = TensorLoader(features, 4, mean, std, shuffle=True, seed=3, indices=np.arange(1, 10), second_view="weak",
+                          augment=True)
+    batches = list(loader)
+    assert [len(indices) for _, indices, _ in batches] == [4, 4, 1]
+    assert sorted(torch.cat([indices for _, indices, _ in batches]).tolist()) == list(range(1, 10))
+    for inputs, indices, second in batches:
+        np.testing.assert_allclose(inputs.numpy(), (features[indices.numpy()] - mean) / std, rtol=1e-5, atol=1e-5)
+        assert torch.equal(second, inputs)
 
 
 def test_pipeline_normalizes_and_keeps_indices_aligned(mnist5k):
