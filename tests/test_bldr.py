@@ -162,6 +162,24 @@ def test_sop_parameters_have_per_sample_shapes_and_learn_the_noise():
     assert u[0] ** 2 < before_u[0] ** 2 and v[0, 1:].pow(2).max() < 0.01, "the clean sample's shrink toward 0"
 
 
+def test_bldr_loss_adds_sop_times_its_weight():
+    """The SOP term enters the loss times sop_weight (sop_scale r^2, set by end_epoch), on the
+    batch's rows of u and v."""
+    method = make_bldr(warmup=0, consistency=False, self_distillation=False)
+    generator = torch.Generator().manual_seed(5)
+    model = TwoHeadLogits(torch.randn(N, C, generator=generator), torch.randn(N, C, generator=generator))
+    method.sop_u.data = 0.3 * torch.randn(N, 1, generator=generator)
+    method.sop_v.data = 0.3 * torch.randn(N, C, generator=generator)
+    indices = torch.tensor([1, 2, 7, 11])
+    batch = Batch(indices.float()[:, None, None, None].expand(-1, 1, 2, 2), indices, method.given_labels[indices])
+    step = step_at(method, 0)
+    without = method.loss(model, batch, step)
+    method.sop_weight.fill_(2.5)
+    term = sop_loss(model.main[indices], batch.labels, method.sop_u[indices], method.sop_v[indices])
+    assert term > 0.01
+    torch.testing.assert_close(method.loss(model, batch, step) - without, 2.5 * term)
+
+
 def test_sop_loss_matches_its_formula():
     z, y = torch.randn(6, C), torch.randint(0, C, (6,))
     u, v = torch.rand(6, 1), torch.rand(6, C)
