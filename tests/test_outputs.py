@@ -70,6 +70,7 @@ def test_the_lock_follows_no_link_and_leaves_another_tools_lock_alone(tmp_path):
     victim = tmp_path / "notes.txt"
     victim.write_text("mine")
     (tmp_path / ".lock").write_text("another tool's")
+    (tmp_path / "draft.engine.tmp").write_text("not hidden: no leftover of a write")
     out = tmp_path / "run"
     out.mkdir()
     os.symlink(victim, out / LOCK_NAME)
@@ -79,6 +80,7 @@ def test_the_lock_follows_no_link_and_leaves_another_tools_lock_alone(tmp_path):
     with folder_lock(str(tmp_path)):
         pass
     assert victim.read_text() == "mine" and (tmp_path / ".lock").read_text() == "another tool's"
+    assert (tmp_path / "draft.engine.tmp").exists()
 
 
 def test_a_new_run_deletes_only_outputs_a_run_of_the_engine_wrote(tmp_path):
