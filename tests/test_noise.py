@@ -326,3 +326,17 @@ def test_asymmetric_noise_follows_each_data_sets_map():
     cifar100 = SimpleNamespace(name="cifar100", fine_to_coarse=fine_to_coarse, num_classes=6)
     assert asymmetric_map(cifar100) == {1: 3, 3: 5, 5: 1, 0: 2, 2: 4, 4: 0}
     assert asymmetric_map(SimpleNamespace(name="digits", fine_to_coarse=None, num_classes=4)) == pair_flip_map(4)
+
+
+def test_each_cifar_n_variant_reads_its_own_label_set():
+    """The human label sets' noise rates against the archive's clean labels, as Wei et al. (ICLR
+    2022) give them: CIFAR-10N aggre 9.03%, random1-3 17.23%, 18.12%, 17.64%, worst 40.21%;
+    CIFAR-100N 40.20% (its fine labels)."""
+    from engine.data.cifar_n import _read_member, load_cifar_n_labels
+
+    published = {"aggre": 0.0903, "random1": 0.1723, "random2": 0.1812, "random3": 0.1764, "worst": 0.4021}
+    clean = np.asarray(_read_member("CIFAR-10_human.pt")["clean_label"], dtype=np.int64)
+    for variant, rate in published.items():
+        assert abs(np.mean(load_cifar_n_labels("cifar10n", variant, clean) != clean) - rate) < 0.0005, variant
+    clean = np.asarray(_read_member("CIFAR-100_human.pt")["clean_label"], dtype=np.int64)
+    assert abs(np.mean(load_cifar_n_labels("cifar100n", "worst", clean) != clean) - 0.4020) < 0.0005
