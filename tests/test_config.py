@@ -8,7 +8,8 @@ import pytest
 import torch
 import yaml
 
-from engine.config import SHARED_FIELDS, SHORT_BUDGET, ConfigError, DataConfig, MethodConfig, RunConfig, with_overrides
+from engine.config import (SHARED_FIELDS, SHORT_BUDGET, ConfigError, DataConfig, MethodConfig, RunConfig, size_class,
+                           with_overrides)
 from engine.methods import METHODS
 from engine.train import build_parser, flag, main, parse_args
 
@@ -53,6 +54,11 @@ def test_presets_differ_by_size_and_class_count():
     assert METHODS["nlnl"].Config.preset("paper", 100).complementary_labels == 110
     assert METHODS["pmnar"].Config.preset("small", 100).beta == 0.1
     assert METHODS["l2b"].Config.preset("paper", 10).clean_size == 1000
+
+
+def test_the_small_presets_are_for_training_sets_below_20000_samples():
+    """The rule of the README and the presets: the paper's settings from 20,000 training samples up."""
+    assert size_class(19_999) == "small" and size_class(20_000) == "paper"
 
 
 @pytest.mark.parametrize("name", list(METHODS))
