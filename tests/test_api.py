@@ -184,6 +184,8 @@ def test_fit_on_images_with_class_names_and_outputs(tmp_path, capsys):
     table = result.label_issues()
     assert list(table.columns) == COLUMNS + ["true_label", "given_class", "predicted_class", "clean_subset"]
     assert table["given_class"][5] == f"digit {noisy[5]}" and not table["is_label_issue"][:3].any()
+    assert table["predicted_class"].tolist() == [names[c] for c in table["predicted_label"]]
+    assert (table["predicted_label"] != table["given_label"]).any(), "the two columns must be told apart"
     hyperparameters = result.config.hyperparameters
     assert (hyperparameters.lr, hyperparameters.model, hyperparameters.clean_size) == (0.1, "small_cnn", 3)
     for name in ("config.yaml", "metrics.csv", "summary.json", "label_issues.csv", "separation.png", "checkpoint.pt"):
