@@ -1,7 +1,6 @@
 """NLNL on small hand-made inputs: its stages (warm-up, then NL : SelNL : SelPL : pseudo as
 2 : 1 : 1 : 1), presets, the confidence history (a ring buffer of `window` epochs, the mean over
 the filled entries), SelNL's and SelPL's selections from it, and its state in state_dict."""
-import pytest
 import torch
 
 from engine import reference as R
@@ -82,9 +81,8 @@ def class_weight(labels):
 
 
 def selpl_reference(logits, labels, selected):
-    """SelPL's CE: the mean over the selected rows weighted by the class weights (the NLNL code's)."""
-    weight = class_weight(labels)[labels][selected]
-    return (R.weighted_ce(logits[selected], labels[selected], weight=weight, reduction="sum") / weight.sum()).float()
+    """SelPL's CE: on the selected rows, times the class weights, divided by the whole batch."""
+    return R.weighted_ce(logits, labels, weight=selected * class_weight(labels)[labels]).float()
 
 
 def nlnl_batch(method):
@@ -105,10 +103,10 @@ def test_selnl_trains_nl_only_on_samples_above_one_over_c():
 
     sel_nl = step_at(method, first_epoch_of(method, NLNLStage.SELNL))
     loss = method.loss(FixedLogits(logits), batch, sel_nl)
-    # the mean over the selected rows (the NLNL code's), not over the batch, of NL times the class weights
+    # NL times the class weights on the selected rows, divided by the whole batch
     weight = class_weight(batch.labels)[batch.labels]
     assert torch.equal(weight.unique(), torch.tensor([1.0, 1.5])), "labels i mod 5 of 12: counts 3, 3, 2, 2, 2"
-    torch.testing.assert_close(loss, R.nl_loss(logits[selected], others[selected], weight=weight[selected]).float())
+    torch.testing.assert_close(loss, R.nl_loss(logits, others, weight=selected * weight).float())
     moved = logits.clone()
     moved[~selected] += torch.randn(int((~selected).sum()), C)
     torch.testing.assert_close(method.loss(FixedLogits(moved), batch, sel_nl), loss,
@@ -146,43 +144,6 @@ def test_selpl_adds_each_classes_most_confident_share_from_the_mean_confidence()
     batch = nlnl_batch(method)
     loss = method.loss(FixedLogits(logits), batch, step_at(method, first_epoch_of(method, NLNLStage.SELPL)))
     torch.testing.assert_close(loss, selpl_reference(logits, batch.labels, expected))
-
-
-@pytest.mark.parametrize("kind", [NLNLStage.SELNL, NLNLStage.SELPL])
-@pytest.mark.parametrize("rows", [N, N - 1])
-def test_selective_losses_on_two_processes_are_the_mean_over_the_global_batchs_selection(kind, rows):
-    """What DDP's average of two processes' gradients makes of the parts of a batch (the trainer
-    scaling each loss by its share, an uneven last batch included): the one process's gradient."""
-    from engine.distributed import Processes
-
-    class TwoProcesses(Processes):  # the sum over both processes of what all_reduce is given
-        def all_reduce(self, tensor):
-            return tensor.new_tensor(float(kept[:rows].sum()))
-
-    method = make_method(NLNL, selective=True, complementary_labels=C - 1, clean_class_share=0.0)
-    confidence = torch.tensor([0.9, 0.1, 0.6, 0.3, 0.8, 0.05, 0.7, 0.15, 0.1, 0.55, 0.12, 0.4])
-    end_epochs(method, [confidence])
-    selected = confidence > 1 / C if kind is NLNLStage.SELNL else confidence >= 0.5  # SelNL's rule, SelPL's
-    # what each part's rows weigh in the mean: SelPL's weighted by the class weights
-    kept = selected * (class_weight(method.given_labels)[method.given_labels] if kind is NLNLStage.SELPL else 1)
-    shares = [selected[part].float().mean() for part in (slice(0, N // 2), slice(N // 2, rows))]
-    assert 0 < shares[1] < shares[0] < 1, "each process selects another share of its rows"
-    logits = torch.randn(N, C, generator=torch.Generator().manual_seed(7))[:rows]
-    step = step_at(method, first_epoch_of(method, kind))
-
-    def gradient(part, processes, share=1.0):
-        method.processes = processes
-        leaf = logits.clone().requires_grad_()  # FixedLogits reads the part's rows of it
-        indices = torch.arange(rows)[part]
-        batch = Batch(index_images(indices), indices, method.given_labels[indices], first_row=part.start, share=share)
-        (grad,) = torch.autograd.grad(share * method.loss(FixedLogits(leaf), batch, step), leaf)
-        return grad
-
-    whole = gradient(slice(0, rows), Processes())
-    parts = [slice(0, N // 2), slice(N // 2, rows)]
-    halves = [gradient(part, TwoProcesses(rank, 2), (part.stop - part.start) * 2 / rows)
-              for rank, part in enumerate(parts)]
-    torch.testing.assert_close((halves[0] + halves[1]) / 2, whole)
 
 
 def test_empty_selections_give_a_zero_loss():

@@ -187,17 +187,12 @@ class JNPL(Method):
         if step.stage.kind is Phase.PSEUDO:
             return self.pseudo_loss(logits, batch, step)
         keep, yhat = self.select(logits, batch, step)
-        keep = keep.float()
-        pl_plus = self.mean_over_kept(pl_plus_loss(logits, yhat, weight=keep, reduction="sum"), keep, batch)
-        return self.negative_loss(logits, batch, step) + self.config.pl_weight * pl_plus
-
-    def mean_over_kept(self, total, keep, batch):
-        """`total`, a loss summed over the batch's rows weighted by `keep` (0 / 1, or weights of at
-        least 1 on the kept rows), as its mean over the global batch's kept rows weighted alike (0
-        where none is kept), with a masked sum: indexing by the mask would wait for the GPU. DDP
-        averages the processes' gradients, and the trainer scales by the share."""
+        # PL+'s mean over the global batch's kept rows as a masked sum (indexing by the mask would wait
+        # for the GPU): DDP averages the processes' gradients, and the trainer scales by the share.
         kept = self.processes.all_reduce(keep.sum().float()).clamp_min(1)
-        return total * (self.processes.world / batch.share) / kept
+        pl_plus = (pl_plus_loss(logits, yhat, weight=keep.float(), reduction="sum")
+                   * (self.processes.world / batch.share) / kept)
+        return self.negative_loss(logits, batch, step) + self.config.pl_weight * pl_plus
 
     def negative_loss(self, logits, batch, step, weight=None):
         """NL+ over the step's complementary labels. class_balanced (k = C - 1, where NL+'s gradient
