@@ -9,10 +9,10 @@ except that a pseudo stage without `relabel` continues SelPL (CE on its selectio
 every epoch) at the pseudo stage's learning rate.
 As in the NLNL code, each sample's loss is weighted by max_n / n_c of its given class (the given
 labels' class counts; `class_weights`). SelNL's and SelPL's losses are divided by the whole batch,
-where the NLNL code divides by the samples selected: at a short budget's lr that step up made
-test accuracy fall 4.3 points when SelNL began (docs/methods.md). An empty selection gives a
-zero loss, never NaN. Stage lengths: 40/20/20/20 % of the epochs
-after the warm-up.
+where the NLNL code divides by the samples selected: that division's larger steps at a short
+budget's lr made test accuracy fall 4.3 points when SelNL began (docs/methods.md). An empty
+selection gives a zero loss, never NaN. Stage lengths: 40/20/20/20 % of the epochs after the
+warm-up.
 Without `selective` (the short-budget preset on augmented batches): NL alone after the warm-up,
 as JNPL's stage alone (JNPL.negative_learning_only; flagged as CE's): a briefly trained model's
 selection costs accuracy where a short run with augmentation does not memorize (docs/methods.md).
