@@ -91,3 +91,9 @@ def probs_with_confidence(labels, confidence, num_classes):
     probs = ((1 - confidence) / (num_classes - 1))[:, None].repeat(1, num_classes)
     probs[torch.arange(len(labels)), labels] = confidence
     return probs
+
+
+def class_weight(labels):
+    """The NLNL code's class weights of `labels`: max_n / n_c (the most frequent class weighs 1)."""
+    counts = torch.bincount(labels, minlength=C).float()
+    return counts.max() / counts

@@ -11,8 +11,8 @@ from engine import reference as R
 from engine.methods.base import Batch, Phase, clean_selection, confidence_on_labels
 from engine.methods.jnpl import COMPLEMENTARY_STREAM, JNPL, JNPLConfig, JNPLStage
 from engine.methods.nlnl import NLNL, NLNLConfig, NLNLStage
-from method_testing import (N, C, FixedLogits, assert_same_state, first_epoch_of, index_images, make_method,
-                            preset_method, probs_with_confidence, step_at)
+from method_testing import (N, C, FixedLogits, assert_same_state, class_weight, first_epoch_of, index_images,
+                            make_method, preset_method, probs_with_confidence, step_at)
 
 
 def all_other_classes(labels, num_classes):
@@ -74,6 +74,9 @@ def test_paper_preset_has_no_warmup_and_one_complementary_label():
     assert (jnpl.kind, jnpl.epochs, pseudo.kind, pseudo.epochs) == (JNPLStage.JNPL, 1000, Phase.PSEUDO, 480)
     assert not jnpl.reset_optimizer
     assert preset_method(JNPL, "small", 100).config.complementary_labels == 100 - 1
+    # NLNL's code weighs by the given labels' class counts, JNPL's paper does not (it has no code)
+    assert not method.config.class_weights and preset_method(JNPL, "small", 10).config.class_weights
+    assert all(preset_method(NLNL, size, 10).config.class_weights for size in ("paper", "small"))
 
 
 def test_paper_preset_draws_110_complementary_labels_on_100_classes():
@@ -194,12 +197,13 @@ def test_short_budget_pseudo_stage_changes_no_label_and_keeps_nl_plus_on_the_uns
     logits = torch.randn(N, C, generator=torch.Generator().manual_seed(4))
     batch = Batch(index_images(rows), rows, labels)
     loss = method.loss(FixedLogits(logits), batch, pseudo)
-    weight = selected.double()
+    weight, by_class = selected.double(), class_weight(labels)[labels].double()  # and the class weights
     if class_balanced:  # NL+ as CE times p_y scaled per class (over the whole batch), on the unselected
-        negative = R.weighted_ce(logits, labels, weight=(1 - weight) * class_balanced_confidence(logits, labels))
+        negative = R.weighted_ce(logits, labels,
+                                 weight=(1 - weight) * by_class * class_balanced_confidence(logits, labels))
     else:
-        negative = R.nl_loss(logits, all_other_classes(labels, C), plus=True, weight=1 - weight)
-    torch.testing.assert_close(loss, (R.weighted_ce(logits, labels, weight=weight) + negative).float())
+        negative = R.nl_loss(logits, all_other_classes(labels, C), plus=True, weight=(1 - weight) * by_class)
+    torch.testing.assert_close(loss, (R.weighted_ce(logits, labels, weight=weight * by_class) + negative).float())
 
 
 def jnpl_logits():
@@ -218,7 +222,7 @@ def jnpl_logits():
 @pytest.mark.parametrize("pl_weight", [None, 0.5])
 def test_jnpl_loss_is_nl_plus_and_weighted_pl_plus_on_the_selected_rows(pl_weight):
     options = {} if pl_weight is None else {"pl_weight": pl_weight}
-    method = make_method(JNPL, complementary_labels=C - 1, class_balanced=False, **options)
+    method = make_method(JNPL, complementary_labels=C - 1, class_balanced=False, class_weights=False, **options)
     weight = 0.01 if pl_weight is None else pl_weight
     assert method.config.pl_weight == weight
     logits = jnpl_logits()
@@ -311,8 +315,13 @@ def test_jnpl_loss_without_a_kept_row_is_nl_plus_alone():
     step = step_at(method, first_epoch_of(method, JNPLStage.JNPL), step=3)
     assert not L.jnpl_select(logits, seed=0, offset=3)[0].any()
     loss = method.loss(FixedLogits(logits), batch, step)
-    torch.testing.assert_close(loss, L.nl_plus_loss(logits, all_other_classes(batch.labels, C)))
+    by_class = class_weight(batch.labels)[batch.labels]  # NL+ on the given labels: times the class weights
+    assert torch.equal(by_class.unique(), torch.tensor([1.0, 1.5])), "labels i mod 5 of 12: counts 3, 3, 2, 2, 2"
+    torch.testing.assert_close(loss, L.nl_plus_loss(logits, all_other_classes(batch.labels, C), weight=by_class))
     assert torch.isfinite(loss)
+    unweighted = make_method(JNPL, complementary_labels=C - 1, class_balanced=False, class_weights=False)
+    torch.testing.assert_close(unweighted.loss(FixedLogits(logits), batch, step),
+                               L.nl_plus_loss(logits, all_other_classes(batch.labels, C)))
 
 
 def test_class_balanced_jnpl_stage_has_nl_plus_gradient_over_the_class_mean_confidence():
@@ -328,7 +337,7 @@ def test_class_balanced_jnpl_stage_has_nl_plus_gradient_over_the_class_mean_conf
 
     keep, yhat = L.jnpl_select(logits, seed=0, offset=17)
     labels = batch.labels
-    balanced = class_balanced_confidence(logits, labels)
+    balanced = class_balanced_confidence(logits, labels) * class_weight(labels)[labels]  # PL+ (arg-maxes): unweighted
     expected = R.weighted_ce(logits, labels, weight=balanced) + 0.01 * R.pl_plus_loss(logits[keep], yhat[keep])
     torch.testing.assert_close(loss, expected.float())
     # The same gradient as NL+ over every other class, each row divided by its class's mean p_y.

@@ -6,8 +6,8 @@ import torch
 from engine import reference as R
 from engine.methods.base import Batch, Phase, clean_selection
 from engine.methods.nlnl import NLNL, NLNLStage
-from method_testing import (N, C, FixedLogits, assert_same_state, first_epoch_of, index_images, make_method,
-                            preset_method, probs_with_confidence, step_at)
+from method_testing import (N, C, FixedLogits, assert_same_state, class_weight, first_epoch_of, index_images,
+                            make_method, preset_method, probs_with_confidence, step_at)
 
 KINDS = [Phase.WARMUP, NLNLStage.NL, NLNLStage.SELNL, NLNLStage.SELPL, Phase.PSEUDO]
 
@@ -72,12 +72,6 @@ def test_confidence_history_is_a_ring_buffer_averaged_over_its_filled_entries():
         assert int(method.epochs_seen) == seen
         torch.testing.assert_close(method.mean_confidence(), confidences[max(0, seen - 3):seen].mean(0))
     assert torch.equal(method.history[:, 0], confidences[3]), "epoch 4 overwrote epoch 1's slot"
-
-
-def class_weight(labels):
-    """The NLNL code's class weights of `labels`: max_n / n_c (the most frequent class weighs 1)."""
-    counts = torch.bincount(labels, minlength=C).float()
-    return counts.max() / counts
 
 
 def selpl_reference(logits, labels, selected):

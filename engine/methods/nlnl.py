@@ -34,15 +34,13 @@ class NLNLConfig(NegativeLearningConfig):
     pseudo-labeling stages' learning rates."""
 
     window: int = option(10, "epochs of confidence history behind SelNL / SelPL's selections")
-    class_weights: bool = option(True, "weigh each sample's loss by max_n / n_c of its given class (the given "
-                                       "labels' class counts), as the NLNL code does; the paper has none")
 
     @classmethod
     def preset(cls, size, num_classes):
         if size == "paper":
-            # The NLNL code: lr 0.02, wd 1e-4.
+            # The NLNL code: lr 0.02, wd 1e-4, class weights.
             return cls(epochs=1000, batch_size=128, lr=0.02, weight_decay=1e-4, model="preact_resnet34",
-                       complementary_labels=paper_complementary_labels(num_classes))
+                       complementary_labels=paper_complementary_labels(num_classes), class_weights=True)
         small = JNPLConfig.preset(size, num_classes).to_dict()  # the same short-budget choices (docs/methods.md)
         del small["pl_weight"], small["class_balanced"]  # JNPL's own options (NLNL has no NL+)
         # with JNPL's lr 0.1 (at 0.02 NLNL stayed below CE: mnist5k, 40% symmetric, 20 epochs,
@@ -72,10 +70,6 @@ class NLNL(JNPL):
 
     def setup(self):
         self.setup_negative_learning()
-        # The NLNL code's class balance of the given labels: the most frequent class weighs 1.
-        counts = torch.bincount(self.given_labels, minlength=self.num_classes).clamp(min=1).float()
-        self.register_buffer("class_weight", counts.max() / counts if self.config.class_weights
-                             else torch.ones_like(counts), persistent=False)
         if not self.config.selective:  # NL alone selects nothing: no history to keep
             return
         # Confidence on the given label over the last `window` epochs (ring buffer).
