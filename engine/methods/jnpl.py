@@ -212,7 +212,8 @@ class JNPL(Method):
         """NL+ over the step's complementary labels. class_balanced (k = C - 1, where NL+'s gradient
         is CE's times the detached p_y): CE weighted by p_y / the mean p_y of the sample's given class
         in the batch, NL+'s gradient rescaled per class with loss values on CE's scale (NL+ divided
-        by a tiny class mean would not be). Under DDP the mean is over the process's rows."""
+        by a tiny class mean would not be). Under DDP the mean is over the process's rows. Both forms
+        times the class weights (`class_weights`) and `weight`."""
         weight = self.class_weight[batch.labels] * (1 if weight is None else weight)
         if not self.config.class_balanced:
             return nl_plus_loss(logits, self.complementary(batch, step), weight=weight)
