@@ -12,7 +12,7 @@ Without `relabel` (the short-budget preset) no label changes: CE on the samples 
 NL+ on the others (NLNL: engine/methods/nlnl.py).
 `class_balanced` (short-budget preset, k = C - 1): NL+'s implicit weight p_y is scaled to mean 1
 within each given class of the batch (computed as that weighted CE: `negative_loss`).
-`class_weights` (short-budget preset; NLNL's default, as its authors' code): the losses on the
+`class_weights` (short-budget preset; both of NLNL's presets, as its authors' code): the losses on the
 given labels (NL+, the pseudo stage's CE without `relabel`) are multiplied by max_n / n_c of the
 sample's given class, n_c the training samples given class c; PL+ (on arg-maxes) and the
 warm-up's CE are not.
