@@ -156,8 +156,8 @@ def accept(probabilities, filters, alpha, agree):
 
 @dataclass(frozen=True)
 class PUDistillConfig(MethodConfig):
-    """PU-distillation options (needs a clean subset: clean_size / clean_fraction, 10% by default, 5% on small
-    data)."""
+    """PU-distillation options (needs a clean subset: clean_size / clean_fraction, 10% by default, the paper's
+    share)."""
 
     rounds: int = option(10, "clean-set augmentation rounds K")
     filters: int = option(20, "binary classifiers per class N")
@@ -192,7 +192,12 @@ class PUDistillConfig(MethodConfig):
         # against memorizing, is a memorization guard (Method.configure): without augmentation
         # it won 2.0-2.6 points on mnist5k, on CIFAR-10N with crops (small CNN, 20 epochs, still
         # underfitting) it cost 1.8 (`worst`) and 2.9 (`aggre`) and put the run below CE.
-        return cls(epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4, clean_fraction=0.05, rounds=3,
+        # The clean share is the paper's 10% at any budget: it is what the data set gives, not what
+        # the schedule affords, and the paper's Fig. 1 shows smaller shares failing at high noise.
+        # At 5% the CIFAR-10N `worst` student stayed level with CE (-1.3 to +0.1 points), its
+        # accepted samples 65% right; at 10% 80-83%, and 1.1-2.7 points above CE, within 0.5 of a
+        # CE given the same clean labels (docs/real_noise.md).
+        return cls(epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4, clean_fraction=0.1, rounds=3,
                    teachers=3, teacher_epochs=10, cosine=True, mixup=None)
 
     def validate(self):
