@@ -123,12 +123,12 @@ def test_a_diverged_run_stops_with_a_clear_error_and_keeps_its_last_finite_check
 
 
 def test_a_diverged_sub_training_stops_the_run_naming_it(tmp_path):
-    """PU-distillation's trunk trains on the small clean subset (one batch per epoch): its first
-    step at lr 1e30 breaks the weights, and its second epoch's loss is NaN."""
+    """PU-distillation's trunk trains on the small clean subset (10%, two batches per epoch): its
+    first step at lr 1e30 breaks the weights, and its second batch's loss is NaN."""
     result = train("--method", "pudistill", *PUDISTILL_QUICK, "--dataset", "digits", "--epochs", "3", "--lr", "1e30",
                    "--out", str(tmp_path / "run"), check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-    assert re.fullmatch(r"python -m engine.train: error: pudistill's preparation, trunk epoch 2: the training loss "
+    assert re.fullmatch(r"python -m engine.train: error: pudistill's preparation, trunk epoch 1: the training loss "
                         r"is nan: the run diverged and stopped; try a lower learning rate \(lr, now \S+\)",
                         result.stderr.strip()), result.stderr
 
