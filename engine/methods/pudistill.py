@@ -47,6 +47,7 @@ FILTER_HIDDEN = 64
 FILTER_BATCH = 128
 FILTER_LR = 1e-2
 TEACHER_PARTS = 500  # sub-training seeds: trunk rounds count from 0, teachers from 500
+CLEAN_FRACTION = 0.1  # the paper's pi, at every budget (PUDistillConfig.preset)
 
 
 class BinaryFilter(nn.Module):
@@ -185,7 +186,7 @@ class PUDistillConfig(MethodConfig):
             # released code). Trunk epochs per round: ours (the paper trains each binary
             # classifier 30 epochs).
             return cls(epochs=100, batch_size=128, lr=0.05, weight_decay=1e-4, model="preact_resnet18",
-                       clean_fraction=0.1)
+                       clean_fraction=CLEAN_FRACTION)
         # Small data: 3 rounds of 10 trunk epochs and 3 teachers of 10 epochs keep a CPU run at
         # a few minutes; lr 0.1 with a cosine instead of the paper's steps, which on 15 epochs
         # left a teacher at 88.6% on mnist5k's noisy set (cosine: 93.9%). Mixup, a regularizer
@@ -197,7 +198,7 @@ class PUDistillConfig(MethodConfig):
         # At 5% the CIFAR-10N `worst` student stayed level with CE (-1.3 to +0.1 points), its
         # accepted samples 65% right; at 10% 80-83%, and 1.1-2.7 points above CE, within 0.5 of a
         # CE given the same clean labels (docs/real_noise.md).
-        return cls(epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4, clean_fraction=0.1, rounds=3,
+        return cls(epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4, clean_fraction=CLEAN_FRACTION, rounds=3,
                    teachers=3, teacher_epochs=10, cosine=True, mixup=None)
 
     def validate(self):
