@@ -27,8 +27,7 @@ class FitResult:
     `method` with its per-sample state, the resolved `config` (a RunConfig), the per-epoch
     `metrics` (a DataFrame), the `summary` and `pred_probs`, the class probabilities on the
     training samples [N, C] that the label issues are scored from: the trained network's (BLDR:
-    the network whose EMA copy `model` is, so predict_proba differs from them there;
-    PU-distillation: its teachers' mean)."""
+    the network whose EMA copy `model` is, so predict_proba differs from them there)."""
 
     model: torch.nn.Module
     method: object

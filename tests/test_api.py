@@ -437,8 +437,8 @@ def test_a_method_without_a_use_for_trusted_labels_trains_on_them(digits, method
 @pytest.mark.parametrize("method", ["ce", "pudistill"])
 def test_the_label_issues_and_pred_probs_tell_one_story(digits, method):
     """predicted_label, label_quality, is_label_issue and pred_probs from the same probabilities:
-    PU-distillation's issues came from its teachers, its predicted_label and pred_probs from the
-    student (on 8.5% of these rows the flag contradicted the table's own labels)."""
+    PU-distillation's issues once came from its teachers, its predicted_label and pred_probs from
+    the student (on 8.5% of these rows the flag contradicted the table's own labels)."""
     x, noisy, true, _, _ = digits
     trusted = np.flatnonzero(noisy == true)[:200]
     result = engine.fit(x, noisy, method=method, clean_indices=trusted, true_labels=true, epochs=4)

@@ -153,11 +153,22 @@ def test_what_prepare_computes_is_state_and_round_trips():
     for name, value in state.items():
         assert torch.equal(getattr(fresh, name), value), name
     torch.testing.assert_close(fresh.student_targets(), method.targets)
-    score, flagged = fresh.clean_scores(None)  # the teachers' confidence on the given label
-    torch.testing.assert_close(score, torch.tensor([0.05, 0.2, 0.95, 0.0]))
-    assert flagged.tolist() == [True, True, False, True]
-    fresh.teacher_probs[1] = torch.tensor([0.35, 0.4, 0.25])  # unsure, but the given label is their arg-max
-    assert fresh.clean_scores(None)[1].tolist() == [True, False, False, True]
+
+
+@pytest.mark.parametrize("detection", ["teachers", "student"])
+def test_label_issues_come_from_the_teachers_or_the_student(detection):
+    """detection="teachers": the teachers' confidence on the given label, flagged where their
+    arg-max is another class; "student": the same from the trainer's outputs (the student's)."""
+    method = PUDistill(epochs=3, batch_size=8, detection=detection)
+    method.bind(method.configure("small", 3), torch.tensor([0, 1, 2, 0]), 3, seed=0, device="cpu")
+    method.teacher_probs = torch.tensor([[0.05, 0.95, 0.0], [0.1, 0.2, 0.7], [0.0, 0.05, 0.95], [0.35, 0.4, 0.25]])
+    student = {"probs": torch.tensor([[0.7, 0.2, 0.1], [0.2, 0.6, 0.2], [0.1, 0.5, 0.4], [0.35, 0.4, 0.25]])}
+    score, flagged = method.clean_scores(student)
+    expected = {"teachers": ([0.05, 0.2, 0.95, 0.35], [True, True, False, True]),
+                "student": ([0.7, 0.6, 0.4, 0.35], [False, False, True, True])}[detection]
+    torch.testing.assert_close(score, torch.tensor(expected[0]))
+    assert flagged.tolist() == expected[1]
+    assert method.issue_probs(student) is (method.teacher_probs if detection == "teachers" else student["probs"])
 
 
 def test_a_sub_trained_network_gets_the_batchnorm_statistics_of_the_training_set():
