@@ -27,7 +27,8 @@ class FitResult:
     `method` with its per-sample state, the resolved `config` (a RunConfig), the per-epoch
     `metrics` (a DataFrame), the `summary` and `pred_probs`, the class probabilities on the
     training samples [N, C] that the label issues are scored from: the trained network's (BLDR:
-    the network whose EMA copy `model` is, so predict_proba differs from them there)."""
+    the network whose EMA copy `model` is, so predict_proba differs from them there;
+    PU-distillation where its label issues are its teachers': their mean)."""
 
     model: torch.nn.Module
     method: object
