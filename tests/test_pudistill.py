@@ -162,10 +162,11 @@ def test_label_issues_come_from_the_teachers_or_the_student(detection):
     method = PUDistill(epochs=3, batch_size=8, detection=detection)
     method.bind(method.configure("small", 3), torch.tensor([0, 1, 2, 0]), 3, seed=0, device="cpu")
     method.teacher_probs = torch.tensor([[0.05, 0.95, 0.0], [0.1, 0.2, 0.7], [0.0, 0.05, 0.95], [0.35, 0.4, 0.25]])
-    student = {"probs": torch.tensor([[0.7, 0.2, 0.1], [0.2, 0.6, 0.2], [0.1, 0.5, 0.4], [0.35, 0.4, 0.25]])}
+    # Sample 1: the student is unsure (0.4), but the given label is its arg-max: not flagged.
+    student = {"probs": torch.tensor([[0.7, 0.2, 0.1], [0.3, 0.4, 0.3], [0.1, 0.5, 0.4], [0.35, 0.4, 0.25]])}
     score, flagged = method.clean_scores(student)
     expected = {"teachers": ([0.05, 0.2, 0.95, 0.35], [True, True, False, True]),
-                "student": ([0.7, 0.6, 0.4, 0.35], [False, False, True, True])}[detection]
+                "student": ([0.7, 0.4, 0.4, 0.35], [False, False, True, True])}[detection]
     torch.testing.assert_close(score, torch.tensor(expected[0]))
     assert flagged.tolist() == expected[1]
     assert method.issue_probs(student) is (method.teacher_probs if detection == "teachers" else student["probs"])

@@ -331,7 +331,9 @@ class PUDistill(Method):
         return soft_target_loss(model(images), targets, self.config.entropy)
 
     def issue_probs(self, outputs):
-        return self.teacher_probs if self.config.detection == "teachers" else outputs["probs"]
+        if self.config.detection == "teachers":
+            return self.teacher_probs
+        return super().issue_probs(outputs)  # the student's
 
     def summary(self, true_labels):
         """The augmented clean set drawn from the noisy set: size and, with true labels, precision
