@@ -16,7 +16,7 @@ from engine.config import RunConfig, size_class
 from engine.data.datasets import ImageDataset
 from engine.data.training_data import from_arrays, from_loaded
 from engine.methods import as_method, with_model_for
-from engine.train import check_device, check_writable
+from engine.train import check_device, check_writable, default_device
 
 RANKINGS = ("label_quality", "self_confidence", "normalized_margin")
 
@@ -126,7 +126,7 @@ def fit(x, labels=None, *, method="jnpl", x_test=None, y_test=None, true_labels=
 def as_device(device):
     """fit's device (None: cuda when available) as a torch.device, or a clear error."""
     try:
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = torch.device(device or default_device())
     except (RuntimeError, TypeError):
         raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N' (or a torch.device), got {device!r}") from None
     check_device(device.type, "device")

@@ -21,7 +21,6 @@ from engine.models import MODELS
 
 SMALL_DATA = 20_000  # training sets below this size get the methods' "small" presets,
 SHORT_BUDGET = 50    # and so does a budget of at most this many epochs (the papers train for hundreds)
-SIZE_CLASSES = ("paper", "small")
 NOISE_KINDS = ("none", "symmetric", "asymmetric", "file", "cifar10n", "cifar100n")
 CIFAR10N_VARIANTS = ("aggre", "random1", "random2", "random3", "worst")
 # The noise kinds each noise option acts on: a flag given for another kind is refused.
@@ -273,7 +272,7 @@ class RunConfig(Validated):
     method: str = option("jnpl", "training method: ce, nlnl, jnpl, pmnar, bldr, l2b, pudistill, or module:Class "
                                  "(a Method subclass of your own)")
     seed: int = option(0, "seeds noise, initialization, shuffling and augmentation")
-    device: typing.Literal["cpu", "cuda"] = option("cpu", "where to train (default: cuda when available)")
+    device: typing.Literal["cpu", "cuda"] | None = option(None, "where to train (default: cuda when available)")
     out: str | None = option("runs/latest", "output folder")
     sync_bn: bool = option(False, "under torchrun on CUDA: BatchNorm statistics over the global batch "
                                   "(SyncBatchNorm) instead of each process's part")

@@ -157,7 +157,7 @@ def assemble(spec, chosen, given, base, config_path):
         raise ValueError(f"--method {spec} differs from the method of --config {config_path} ({base.get('method')})")
     run = {name: given.get(name, base.get(name)) for name in RUN_FIELDS if name in given or name in base}
     run["method"] = spec
-    run.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
+    run["device"] = run.get("device") or default_device()
     data = dict(base.get("data") or {})
     check_fields(DataConfig, data)
     recorded = dict(base.get("hyperparameters") or {})  # the values --config's run used
@@ -172,8 +172,9 @@ def assemble(spec, chosen, given, base, config_path):
             if section != chosen.name:
                 raise ValueError(f"{flag(field, section)} is an option of --method {section}, not of {spec}")
             flags[field] = value
-    # One of clean_size / clean_fraction given replaces the other; fewer epochs than the recorded
-    # warm-up fit it again, as for a new run.
+    # One of clean_size / clean_fraction given replaces the other; --epochs no more than the
+    # recorded warm-up fits it again, as for a new run (more keep it: the method refuses one that
+    # leaves too few epochs after it, naming --warmup-epochs).
     for asked, replaced in (("clean_size", "clean_fraction"), ("clean_fraction", "clean_size")):
         if asked in flags and replaced not in flags:
             recorded.pop(replaced, None)
@@ -196,6 +197,11 @@ def assemble(spec, chosen, given, base, config_path):
     check_writable(out)
     return config, chosen(**hyper), {"resume": given.get("resume", False), "overwrite": given.get("overwrite", False),
                                      "recorded": sorted(set(recorded) - set(flags))}
+
+
+def default_device():
+    """Where a run trains when no device is named: CUDA when torch sees a GPU, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def check_device(device_type, argument):

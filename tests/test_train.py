@@ -214,8 +214,9 @@ def test_a_new_run_in_a_finished_runs_folder_leaves_none_of_its_files(tmp_path):
         ["--method", "bldr", "--bldr-negatives", "sampled", "--bldr-corrected-label", "sum", "--bldr-weight-norm",
          "max", "--bldr-threshold", "0.5"],
         ["--method", "l2b", "--l2b-weights", "alpha", "--clean-size", "100"],  # L2RW
-        ["--method", "l2b", "--l2b-weights", "sum_to_one", "--l2b-normalize", "softmax", "--l2b-grad-clip", "0"],
-        ["--method", "l2b", "--l2b-weights", "beta", "--l2b-normalize", "sigmoid", "--l2b-temperature", "5"],
+        ["--method", "l2b", "--l2b-weights", "sum_to_one", "--l2b-normalize", "softmax", "--l2b-temperature", "5",
+         "--l2b-grad-clip", "0"],
+        ["--method", "l2b", "--l2b-weights", "beta", "--l2b-normalize", "sigmoid"],
     ],
 )
 def test_ablation_switches_run(tmp_path, options):

@@ -10,7 +10,7 @@ import numpy as np
 from engine.data.datasets import require_classes
 from engine.safe_loading import load_npy, torch_load
 
-NOISE_KINDS = ("none", "symmetric", "asymmetric", "file")
+SYNTHETIC_NOISE = ("none", "symmetric", "asymmetric")  # drawn here; a file's or CIFAR-N's labels are read
 
 # Patrini et al.'s CIFAR-10 map: truck->automobile, bird->airplane, deer->horse, cat<->dog.
 CIFAR10_ASYMMETRIC = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
@@ -125,9 +125,8 @@ def noise_from_file(path, num_samples, num_classes):
     return labels
 
 
-def make_noisy_labels(true_labels, kind, rate, num_classes, seed, asym_mapping=None, include_true=False,
-                      noise_file=None):
-    """The noisy training labels for noise `kind` (one of NOISE_KINDS); a new array."""
+def make_noisy_labels(true_labels, kind, rate, num_classes, seed, asym_mapping=None, include_true=False):
+    """The noisy training labels for synthetic noise `kind` (one of SYNTHETIC_NOISE); a new array."""
     _check_rate(rate)
     true_labels = _as_labels(true_labels, num_classes, "true labels")
     if kind == "none":
@@ -137,11 +136,7 @@ def make_noisy_labels(true_labels, kind, rate, num_classes, seed, asym_mapping=N
     if kind == "asymmetric":
         mapping = pair_flip_map(num_classes) if asym_mapping is None else asym_mapping
         return asymmetric_noise(true_labels, rate, num_classes, seed, mapping)
-    if kind == "file":
-        if noise_file is None:
-            raise ValueError("noise kind 'file' needs noise_file")
-        return noise_from_file(noise_file, len(true_labels), num_classes)
-    raise ValueError(f"unknown noise kind {kind!r}; valid kinds: {', '.join(NOISE_KINDS)}")
+    raise ValueError(f"unknown synthetic noise kind {kind!r}; valid kinds: {', '.join(SYNTHETIC_NOISE)}")
 
 
 def clean_subset(true_labels, size=None, fraction=None, seed=0, balanced=True):

@@ -225,8 +225,11 @@ class JNPL(Method):
         if self.config.relabel:
             return weighted_ce(logits, self.pseudo_labels[batch.indices])
         clean = self.selected[batch.indices].float()
-        return (weighted_ce(logits, batch.labels, weight=clean * self.class_weight[batch.labels])
-                + self.negative_loss(logits, batch, step, 1 - clean))
+        return self.sel_pl_loss(logits, batch) + self.negative_loss(logits, batch, step, 1 - clean)
+
+    def sel_pl_loss(self, logits, batch):
+        """CE on the given labels of the samples taken as clean (the selection), class-weighted."""
+        return weighted_ce(logits, batch.labels, weight=self.selected[batch.indices] * self.class_weight[batch.labels])
 
     def clean_scores(self, outputs):
         """The confidence on the given label, flagged where the pseudo-label stage would not

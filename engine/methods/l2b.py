@@ -8,8 +8,9 @@ SGD step on sum_i eps_a,i CE(x_i, y_i) + eps_b,i CE(x_i, pseudo_i), emulating th
 CE after that step; its gradient with respect to (eps_a, eps_b) at 0 (torch.func: grad of a
 functional_call, second order through the virtual step); weights = normalize_weights(-gradient)
 over alpha and beta together ("rectify_sum": max(., 0) / sum, so they sum to 1 per batch;
-"sigmoid" / "softmax" with a temperature as options); then the real step on
-sum_i alpha_i CE(y_i) + beta_i CE(pseudo_i). Gradient norms are clipped.
+"sigmoid" / "softmax" (with a temperature) as options); then the real step on
+sum_i alpha_i CE(y_i) + beta_i CE(pseudo_i), its gradient norm clipped (grad_clip; off in the
+short-budget preset).
 Ablation (the paper's Table 7): weights "alpha" (beta = 0: L2RW), beta (alpha = 0), or
 sum_to_one (alpha_i + beta_i = 1 per sample, then the batch mean), the short-budget preset's
 choice on augmented batches (a memorization guard, Method.configure).
@@ -108,7 +109,7 @@ class L2BConfig(WarmupConfig):
                 "sum_to_one")
     normalize: typing.Literal["rectify_sum", "sigmoid", "softmax"] = option(
         "rectify_sum", "normalize_weights mode for the negated meta-gradients")
-    temperature: float = option(10.0, "for sigmoid / softmax")
+    temperature: float = option(10.0, "softmax's temperature (sigmoid takes none)")
     grad_clip: float = option(0.25, "max gradient norm (the released code's: 0.25 up to 10 classes, 0.8 above; 0: off)")
 
     @classmethod

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.config import option
-from engine.losses import nl_loss, weighted_ce
+from engine.losses import nl_loss
 from engine.methods.base import Phase, Stage, confidence_on_labels, split_epochs
 from engine.methods.jnpl import JNPL, JNPLConfig, NegativeLearningConfig, paper_complementary_labels
 
@@ -112,9 +112,6 @@ class NLNL(JNPL):
         if self.config.relabel:
             return super().pseudo_loss(logits, batch, step)
         return self.sel_pl_loss(logits, batch)
-
-    def sel_pl_loss(self, logits, batch):
-        return weighted_ce(logits, batch.labels, weight=self.selected[batch.indices] * self.class_weight[batch.labels])
 
     def start_stage(self, stage, outputs):
         if self.config.relabel:  # else the pseudo stage keeps SelPL's `selected` (end_epoch)

@@ -106,7 +106,7 @@ class PMNAR(Method):
         total = 0.0
         if self.consistency:
             with torch.no_grad():
-                target = torch.stack([torch.softmax(z.float(), 1) for z in logits]).mean(0)
+                target = network_probs(logits).mean(1)
             augmented = model(batch.second_view)
         for k, z in enumerate(logits):
             total = total + pm_loss(z, batch.labels, exclude, weight=self.weights[k, batch.indices])
@@ -116,20 +116,25 @@ class PMNAR(Method):
 
     @torch.no_grad()
     def predict(self, model, images):
-        probs = torch.stack([torch.softmax(z.float(), 1) for z in model(images)], 1)  # [B, networks, C]
+        probs = network_probs(model(images))
         return {"probs": probs.mean(1), "network_probs": probs}
 
     def end_epoch(self, step, outputs):
         if step.epoch + 1 < self.config.warmup_epochs:
             return
-        network_probs = outputs["network_probs"]
+        probs = outputs["network_probs"]
         if self.config.history:
             everyone = torch.arange(len(self.given_labels), device=self.device)
-            update_history(self.history, everyone, network_probs[:, 0])
+            update_history(self.history, everyone, probs[:, 0])
         if self.config.reweighting:
-            confidence = torch.stack([confidence_on_labels(network_probs[:, k], self.given_labels)
+            confidence = torch.stack([confidence_on_labels(probs[:, k], self.given_labels)
                                       for k in range(self.num_networks)])
             peer = confidence.flip(0)  # network 0 is weighted by network 1 and vice versa (itself when alone)
             weights = torch.stack([normalize_weights(c, "sub_min") for c in peer])
             self.weights = class_mean_one(weights, self.given_labels, self.num_classes) \
                 if self.config.class_balanced else weights
+
+
+def network_probs(logits):
+    """Each network's softmax, [B, networks, C]: their mean is PMNAR's prediction and its consistency target."""
+    return torch.stack([torch.softmax(z.float(), 1) for z in logits], 1)
