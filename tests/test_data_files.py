@@ -83,7 +83,8 @@ def test_a_missing_file_in_a_file_list_is_named_with_its_line(tmp_path):
         load_dataset("filelist", str(tmp_path))
 
 
-@pytest.mark.parametrize("listed", ["../outside/cat/0.bmp", "img/../../outside/cat/0.bmp", "ABSOLUTE"])
+@pytest.mark.parametrize("listed", ["../outside/cat/0.bmp", "img/../../outside/cat/0.bmp", "ABSOLUTE",
+                                    "link/../outside/cat/0.bmp"])
 def test_file_list_paths_must_stay_inside_the_data_dir(tmp_path, listed):
     image_folder(tmp_path / "outside")
     data_dir = tmp_path / "data"
@@ -97,6 +98,17 @@ def test_file_list_paths_must_stay_inside_the_data_dir(tmp_path, listed):
         load_dataset("filelist", str(data_dir))
     write_list(data_dir / "train.txt", ["link/cat/1.bmp 0", "link/dog/1.bmp 1"])
     assert load_dataset("filelist", str(data_dir)).y_train.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("label", ["1_0", "+1", "\u0661", "1.0", "--1", "0x1"])
+def test_file_list_labels_are_plain_digits(tmp_path, label):
+    """int() would read '1_0' as 10, '+1' and an Arabic-Indic one as 1."""
+    image_folder(tmp_path / "img")
+    write_list(tmp_path / "train.txt", ["img/cat/0.bmp 0", f"img/dog/0.bmp {label}"])
+    write_list(tmp_path / "test.txt", ["img/dog/1.bmp 1"])
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/train.txt:2: expected 'path label', got "
+                                         rf"'img/dog/0.bmp {re.escape(label)}'$"):
+        load_dataset("filelist", str(tmp_path))
 
 
 @pytest.mark.parametrize("label", [-1, MAX_CLASSES, 10**9])
@@ -190,6 +202,18 @@ def test_a_test_class_that_train_lacks_is_refused(tmp_path):
         load_dataset("folder", str(tmp_path))
 
 
+def test_a_file_list_test_label_that_train_lacks_is_refused_unless_classes_txt_names_it(tmp_path):
+    image_folder(tmp_path / "img")
+    write_list(tmp_path / "train.txt", ["img/cat/0.bmp 0", "img/dog/0.bmp 1"])
+    write_list(tmp_path / "test.txt", ["img/cat/1.bmp 0", "img/dog/1.bmp 2"])  # 1-based by mistake
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/test.txt:2: {tmp_path}/img/dog/1.bmp: label 2 is no class of "
+                                         r"train.txt's labels \(0..1\); the test set may lack a class, not have "
+                                         r"another \(classes.txt names every class\)$"):
+        load_dataset("filelist", str(tmp_path))
+    write_list(tmp_path / "classes.txt", ["cat", "dog", "bird"])
+    assert load_dataset("filelist", str(tmp_path)).num_classes == 3
+
+
 @pytest.mark.parametrize("missing", ["test", "train"])
 def test_a_folder_with_only_one_of_train_and_test_names_the_other(tmp_path, missing):
     image_folder(tmp_path / ({"test": "train", "train": "test"}[missing]))
@@ -230,6 +254,23 @@ def test_a_class_folders_sub_folders_are_part_of_the_class(tmp_path):
     (trusted,) = data.trusted_train
     assert paths[trusted] == "cat/2019/1.bmp"
     assert np.array_equal(data.x_train[trusted], nested[str(root / "cat" / "2019" / "1.bmp")])
+
+
+def test_a_link_to_a_folder_holding_the_class_folder_is_refused(tmp_path):
+    """cat/up -> .. would read every dog image a second time, as a cat."""
+    image_folder(tmp_path, count=3)
+    os.symlink("..", tmp_path / "cat" / "up")
+    with pytest.raises(ValueError, match=rf"^folder {tmp_path}/cat/up: links to {tmp_path}, a folder holding its "
+                                         rf"class folder {tmp_path}/cat; its images \(other classes' too\) would be "
+                                         r"read as this class: remove the link$"):
+        load_dataset("folder", str(tmp_path), test_fraction=0.0)
+
+
+def test_images_outside_the_class_folders_are_named_not_dropped_silently(tmp_path):
+    image_folder(tmp_path, count=3)
+    write_bmp(tmp_path / "stray.bmp", np.zeros((8, 8, 3), np.uint8))
+    with pytest.warns(LeftOut, match=rf"^folder {tmp_path}: 1 image outside the class folders left out: stray.bmp$"):
+        assert len(load_dataset("folder", str(tmp_path), test_fraction=0.0).y_train) == 6
 
 
 def test_files_of_no_image_kind_are_named_not_dropped_silently(tmp_path, capsys):
@@ -406,6 +447,9 @@ NPZ_CASES = {
     "too few to hold out a test set": (lambda p: np.savez(p, x=X[:4], y=Y[:4]),
                                        r"4 samples, too few to hold out a share 0.2 of them as the test set and "
                                        r"train on the rest; add samples or give x_test and y_test$"),
+    "a test class that y lacks": (lambda p: np.savez(p, x=X, y=Y, x_test=X[:2], y_test=np.array([0, 3])),
+                                  r"y_test has label 3, no class of y \(0..2\); the test set may lack a class, not "
+                                  r"have another$"),
     "an empty file": (lambda p: p.write_bytes(b""), r"not a readable .npz archive \(No data left in file\)$"),
     "a broken zip": (broken_zip, r"not a readable .npz archive \(File is not a zip file\)$"),
     "a corrupt member": (corrupt_member, r"not a readable .npz archive \("),
@@ -573,3 +617,16 @@ def test_the_command_line_prints_one_line_naming_the_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err == f"python -m engine.train: error: {tmp_path}/data/cat/2.bmp: not a decodable image " \
                   "(empty, truncated or corrupt)\n"
+
+
+def test_a_streamed_test_image_gone_before_training_is_named(tmp_path, capsys):
+    """Streamed test images are first touched by the run's fingerprint of its data (a broken link
+    here): one line naming the file, not an OSError's traceback."""
+    image_folder(tmp_path / "data" / "train")
+    image_folder(tmp_path / "data" / "test", count=1)
+    os.symlink(tmp_path / "gone.bmp", tmp_path / "data" / "test" / "cat" / "9.bmp")
+    assert main(["--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--stream", "--epochs", "1",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == f"python -m engine.train: error: {tmp_path}/data/test/cat/9.bmp: cannot be " \
+                                      "read (No such file or directory); training stopped: fix or remove the file " \
+                                      "and start the run again with --overwrite\n"

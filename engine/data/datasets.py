@@ -15,6 +15,7 @@ import hashlib
 import importlib.resources
 import io
 import os
+import re
 import stat
 import warnings
 import zipfile
@@ -125,7 +126,10 @@ class ImageFiles:
         stats = np.zeros((len(self), 2), dtype=np.int64)
         for i, path in enumerate(self.paths):
             digest.update(f"{path}\0".encode())
-            stat = os.stat(self.path(i))
+            try:
+                stat = os.stat(self.path(i))
+            except OSError as error:  # gone (or a broken link) since the listing
+                raise DataFileError(f"{self.name(i)}: cannot be read ({error.strerror or error})") from None
             stats[i] = stat.st_size, stat.st_mtime_ns
         digest.update(stats.tobytes())
         return digest.digest()
@@ -464,7 +468,10 @@ def load_npz(data_dir, test_fraction=None):
         kind, shape = ("feature vectors", "D") if features else ("images", "[H, W, C]")
         raise ValueError(f"npz {path}: x_test {kind} are {list(parts[2].shape[1:])}, x {kind} "
                          f"{list(parts[0].shape[1:])}; both must have the same {shape}")
-    num_classes = int(max(parts[1].max(), parts[3].max(initial=0))) + 1
+    if len(parts[3]) and parts[3].max() > parts[1].max():  # a class that nothing trains, e.g. 1-based test labels
+        raise ValueError(f"npz {path}: y_test has label {parts[3].max()}, no class of y (0..{parts[1].max()}); the test "
+                         f"set may lack a class, not have another")
+    num_classes = int(parts[1].max()) + 1
     stats = feature_stats(parts[0]) if features else channel_stats(parts[0])
     return ImageDataset("npz", *parts, num_classes, *stats, flip=False, trusted_train=trusted, train_rows=rows)
 
@@ -547,8 +554,11 @@ def class_images(folder):
     are part of the class, as in torchvision's ImageFolder) as sorted paths relative to it,
     image files (IMAGE_SUFFIXES) and the others. Hidden entries are left out, and a linked folder
     is read once (a link to a folder above it would loop)."""
-    found, others, seen = [], [], set()
+    found, others, seen, own = [], [], set(), os.path.realpath(folder)
     for top, folders, names in os.walk(folder, followlinks=True):
+        if top != folder and own.startswith(os.path.join(os.path.realpath(top), "")):
+            raise ValueError(f"folder {top}: links to {os.path.realpath(top)}, a folder holding its class folder "
+                             f"{folder}; its images (other classes' too) would be read as this class: remove the link")
         if os.path.realpath(top) in seen:
             folders.clear()
             continue
@@ -592,8 +602,9 @@ def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False, test_f
         if unknown:  # its images would be left out of the test set
             raise ValueError(f"folder {os.path.join(split_dirs[1], unknown[0])}: a class that {split_dirs[0]} does "
                              f"not have; rename it to one of train/'s classes or remove it")
-    parts, split_paths, left_out = [], [], []
+    parts, split_paths, left_out, stray = [], [], [], []
     for split, split_dir in zip(splits, split_dirs):
+        stray += [os.path.join(split, name) for name in image_names(split_dir)]  # in no class folder
         paths, labels = [], []
         for label, cls in enumerate(classes):
             folder = os.path.join(split_dir, cls)
@@ -613,6 +624,9 @@ def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False, test_f
         warnings.warn(f"folder {root}: {len(left_out)} file{'s' * (len(left_out) > 1)} in class folders left out, not "
                       f"of an image kind read ({' '.join(IMAGE_SUFFIXES)}): {', '.join(left_out[:3])}"
                       f"{', ...' if len(left_out) > 3 else ''}", LeftOut, stacklevel=2)
+    if stray:  # a class is a folder: an image beside the class folders has none
+        warnings.warn(f"folder {root}: {len(stray)} image{'s' * (len(stray) > 1)} outside the class folders left out: "
+                      f"{', '.join(stray[:3])}{', ...' if len(stray) > 3 else ''}", LeftOut, stacklevel=2)
     train_paths, trusted, rows = split_paths[0], _read_clean_paths(root, split_paths[0]), None
     if not has_splits:  # the paths are split with their images: decoded ones no longer carry them
         (x, y, train_paths, x_test, y_test, _), trusted, rows = _hold_out(
@@ -687,12 +701,14 @@ def _read_file_list(path):
         if not line:
             continue
         where = f"{path}:{number}"
-        try:
-            file, label = line.rsplit(maxsplit=1)
-            label = int(label)
-        except ValueError:
-            raise ValueError(f"{where}: expected 'path label', got {line!r}") from None
-        if os.path.isabs(file) or os.path.normpath(file).split(os.sep)[0] == os.pardir:
+        fields = line.rsplit(maxsplit=1)
+        label = class_index(fields[-1].removeprefix("-")) if len(fields) == 2 else None
+        if label is None:
+            raise ValueError(f"{where}: expected 'path label', got {line!r}")
+        file, label = fields[0], -label if fields[1].startswith("-") else label
+        # '..' anywhere, not only where it leaves the folder as written: after a linked folder
+        # ('link/../x') the system resolves it from the link's target.
+        if os.path.isabs(file) or os.pardir in re.split(r"[\\/]", file):
             raise ValueError(f"{where}: {file} is outside --data-dir {folder}; list paths must be relative "
                              f"and inside it (to use files elsewhere, link their folder into it)")
         if not 0 <= label < MAX_CLASSES:
@@ -704,6 +720,12 @@ def _read_file_list(path):
         labels.append(label)
         numbers.append(number)
     return paths, labels, numbers
+
+
+def class_index(text):
+    """The class index a list writes as `text`: plain ASCII digits only (int() would also take
+    '1_0', '+1' and other scripts' digits); None otherwise."""
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def _read_class_names(path):
@@ -751,6 +773,11 @@ def load_file_list(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
         if len(names) < num_classes:
             raise ValueError(f"filelist {names_path}: {len(names)} class names for labels up to {num_classes - 1}")
         num_classes = len(names)
+    elif parts[3].max() > parts[1].max():  # a class that nothing trains, e.g. 1-based test labels
+        first = int(np.argmax(parts[3] > parts[1].max()))
+        raise ValueError(f"{listed[1].name(first)}: label {parts[3][first]} is no class of train.txt's labels "
+                         f"(0..{parts[1].max()}); the test set may lack a class, not have another (classes.txt "
+                         f"names every class)")
     true = None
     if os.path.exists(true_path):
         true = load_npy(true_path, f"filelist {true_path}")

@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engine.data.datasets import IMAGE_SUFFIXES, image_names, not_utf8
+from engine.data.datasets import IMAGE_SUFFIXES, class_index, image_names, not_utf8
 from engine.outputs import write_atomically
 
 PROG = "python -m engine.data.layouts"
@@ -111,9 +111,9 @@ def _key_label_lines(path, what):
     pairs = []
     for where, text in _lines(path, what):
         parts = text.rsplit(maxsplit=1)
-        if len(parts) != 2 or not parts[1].isdigit():
+        if len(parts) != 2 or class_index(parts[1]) is None:
             raise LayoutError(f"{where}: expected 'path label' with a class index 0, 1, ..., got {text!r}")
-        pairs.append((where, _checked_path(parts[0], where), int(parts[1])))
+        pairs.append((where, _checked_path(parts[0], where), class_index(parts[1])))
     return pairs
 
 
@@ -387,7 +387,7 @@ def _food101_test(folder, label_of, classes_from):
     return test
 
 
-ANIMAL10N_NAME = re.compile(r"(\d+)_[^/]+")
+ANIMAL10N_NAME = re.compile(r"([0-9]+)_[^/]+")
 
 
 def convert_animal10n(src):
