@@ -100,24 +100,19 @@ def test_file_list_paths_must_stay_inside_the_data_dir(tmp_path, listed):
     assert load_dataset("filelist", str(data_dir)).y_train.tolist() == [0, 1]
 
 
-@pytest.mark.parametrize("label", ["1_0", "+1", "\u0661", "1.0", "--1", "0x1"])
-def test_file_list_labels_are_plain_digits(tmp_path, label):
-    """int() would read '1_0' as 10, '+1' and an Arabic-Indic one as 1."""
+OUT_OF_RANGE = r"label {label} is not a class index in \[0, %d\)$" % MAX_CLASSES
+NOT_DIGITS = r"expected 'path label', got 'img/dog/0.bmp {escaped}'$"
+
+
+# int() would read '1_0' as 10, '+1' and an Arabic-Indic digit as 1: a label is plain digits.
+@pytest.mark.parametrize("label, problem", [(label, OUT_OF_RANGE) for label in (-1, MAX_CLASSES, 10**9)]
+                         + [(label, NOT_DIGITS) for label in ("1_0", "+1", "\u0661", "1.0", "--1", "0x1")])
+def test_file_list_labels_must_be_class_indices(tmp_path, label, problem):
     image_folder(tmp_path / "img")
     write_list(tmp_path / "train.txt", ["img/cat/0.bmp 0", f"img/dog/0.bmp {label}"])
     write_list(tmp_path / "test.txt", ["img/dog/1.bmp 1"])
-    with pytest.raises(ValueError, match=rf"^{tmp_path}/train.txt:2: expected 'path label', got "
-                                         rf"'img/dog/0.bmp {re.escape(label)}'$"):
-        load_dataset("filelist", str(tmp_path))
-
-
-@pytest.mark.parametrize("label", [-1, MAX_CLASSES, 10**9])
-def test_file_list_labels_must_be_class_indices(tmp_path, label):
-    image_folder(tmp_path / "img")
-    write_list(tmp_path / "train.txt", ["img/cat/0.bmp 0", f"img/dog/0.bmp {label}"])
-    write_list(tmp_path / "test.txt", ["img/dog/1.bmp 1"])
-    with pytest.raises(ValueError, match=rf"^{tmp_path}/train.txt:2: label {label} is not a class index in "
-                                         rf"\[0, {MAX_CLASSES}\)$"):
+    problem = problem.format(label=label, escaped=re.escape(str(label)))
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/train.txt:2: {problem}"):
         load_dataset("filelist", str(tmp_path))
 
 
