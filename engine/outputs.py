@@ -101,7 +101,8 @@ def write_atomically(path, write):
     """write(binary file) fills a temporary file next to `path`, which then replaces `path`: a
     killed run leaves either the previous complete file or the new complete one (and perhaps
     a hidden temporary file, which the next run on the folder removes: remove_leftovers)."""
-    folder = os.path.dirname(os.path.abspath(path))
+    # The folder as the system resolves it: abspath would drop 'link/..' as text, not follow it.
+    folder = os.path.realpath(os.path.dirname(path) or os.curdir)
     handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=TMP_SUFFIX, dir=folder)
     try:
         with os.fdopen(handle, "wb") as f:

@@ -191,6 +191,10 @@ def assemble(spec, chosen, given, base, config_path):
     out = run.setdefault("out", RunConfig.out)
     if not isinstance(out, str) or not out:
         raise ValueError(f"--out must name a folder, got {out!r}")
+    if (config_path and "out" not in given and not {"resume", "overwrite"} & set(given)
+            and os.path.exists(os.path.join(out, "summary.json"))):  # a variant would silently replace its origin
+        raise ValueError(f"--out: --config {config_path} records the folder of its finished run, {out}; give --out "
+                         f"for this run (--overwrite replaces that run's outputs)")
     config = RunConfig(**run, data=DataConfig(**data))
     check_noise_options(config.data, [dest.partition(":")[2] for dest in given if dest.startswith("data:")],
                         defaulted="noise" not in data)
@@ -340,7 +344,7 @@ def main(argv=None):
     print(", ".join(line))
     # Without known true labels there is no separation.png to list.
     written = [name for name in OUTPUT_FILES if os.path.exists(os.path.join(run.out, name))]
-    print(f"outputs in {os.path.abspath(run.out)}: {' '.join(written)}")
+    print(f"outputs in {os.path.realpath(run.out)}: {' '.join(written)}")
     return 0
 
 

@@ -14,6 +14,7 @@ import yaml
 
 import engine
 from engine.outputs import FILE_MODE, LOCK_NAME, FolderInUse, folder_lock, write_atomically
+from engine.train import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = 200_000  # a label_issues.csv of CIFAR size takes a while to write: kills land mid-write
@@ -63,6 +64,17 @@ def test_kill_9_during_writes_leaves_a_complete_file(tmp_path):
     assert any(name.endswith(".engine.tmp") for name in os.listdir(tmp_path)), "no kill landed mid-write"
     with folder_lock(str(tmp_path)):  # a new run on the folder
         assert sorted(os.listdir(tmp_path)) == [".noisy-engine.lock", "label_issues.csv"]
+
+
+def test_an_out_through_a_link_and_dot_dot_writes_where_the_system_resolves_it(tmp_path):
+    """--out d/link/../x is x beside the link's target; abspath would make it d/x, where the
+    lock is not and the temporary files could not be renamed from."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "elsewhere" / "target").mkdir(parents=True)
+    os.symlink(tmp_path / "elsewhere" / "target", tmp_path / "d" / "link")
+    out = tmp_path / "d" / "link" / ".." / "x"
+    assert main(["--dataset", "digits", "--method", "ce", "--epochs", "1", "--out", str(out)]) == 0
+    assert (tmp_path / "elsewhere" / "x" / "summary.json").exists() and not (tmp_path / "d" / "x").exists()
 
 
 def test_the_lock_follows_no_link_and_leaves_another_tools_lock_alone(tmp_path):

@@ -291,6 +291,12 @@ def test_config_yaml_reruns_the_run_exactly_and_flags_override_it(tmp_path):
     expected = {**recorded, "out": changed,
                 "hyperparameters": {**recorded["hyperparameters"], "epochs": 2, "temperature": 5.0}}
     assert config_of(changed) == expected and len(read_metrics(changed)) == 2
+    # Without --out a variant would replace the run it came from.
+    result = train("--config", os.path.join(first, "config.yaml"), "--seed", "3", check=False)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+        f"python -m engine.train: error: --out: --config {first}/config.yaml records the folder of its finished run, "
+        f"{first}; give --out for this run (--overwrite replaces that run's outputs)")
+    assert summary(first) == summary(again)
 
 
 def test_a_method_defined_in_a_user_file_trains_through_the_cli(tmp_path):
