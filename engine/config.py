@@ -334,6 +334,9 @@ def load_yaml(path):
             content = yaml.load(f, Loader=Loader)
     except OSError as error:
         raise ValueError(f"--config {path}: cannot read it ({error.strerror})") from None
+    except UnicodeDecodeError as error:  # PyYAML decodes UTF-8 (or UTF-16 with a byte-order mark)
+        raise ValueError(f"--config {path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                         f"{error.start})") from None
     except yaml.YAMLError as error:  # one line: the problem and its line, not PyYAML's several
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else path

@@ -185,7 +185,7 @@ def assemble(spec, chosen, given, base, config_path):
     known = {f.name for f in dataclasses.fields(chosen.Config)}
     for field in hyper:
         if field not in known:
-            where = flag(field) if field in SHARED_FIELDS else f"{field!r}"
+            where = flag(field) if field in flags else f"--config {config_path}: hyperparameters: {field!r}"
             raise ValueError(f"{where}: method {chosen.name} has no such option")
     check_device(run["device"], "--device")
     out = run.setdefault("out", RunConfig.out)

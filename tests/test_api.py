@@ -111,6 +111,10 @@ def test_fit_on_a_loaded_folder_of_jpegs(tmp_path, stream):
     assert mask.dtype == bool and mask.shape == (48,)
     files = ImageFiles(str(tmp_path / "photos"), ["red/3.jpg", "blue/5.jpg"], 32)  # decoded where the data were
     assert result.predict(files).tolist() == [data.class_names.index("red"), data.class_names.index("blue")]
+    assert result.predict_proba(ImageFiles(str(tmp_path / "photos"), [], 32)).shape == (0, 3)
+    with pytest.raises(ValueError, match=r"^ImageFiles paths: expected a list of paths relative to .*photos, got one "
+                                         r"path 'red/3.jpg'; give \['red/3.jpg'\]$"):
+        ImageFiles(str(tmp_path / "photos"), "red/3.jpg", 32)
     if stream:
         with pytest.raises(ValueError, match=r"^x: the model trained on image files at 32 px: give image files"):
             result.predict(np.zeros((2, 32, 32, 3), np.uint8))
@@ -264,6 +268,9 @@ def test_a_method_defined_outside_the_package_trains_through_the_api(digits, gce
     (lambda x, y: engine.fit(x, y, method="l2b", clean_fraction=0.1), "takes the clean subset as clean_indices"),
     (lambda x, y: engine.fit(x, y, method="nosuch"), "unknown method 'nosuch'"),
     (lambda x, y: engine.fit(np.where(np.arange(64) == 3, np.nan, x), y), "NaN or infinite"),
+    (lambda x, y: engine.fit(x[:, :0], y), "x: samples of shape [0] hold no values"),
+    (lambda x, y: engine.fit(np.zeros((len(y), 0, 0), np.uint8), y), "x: samples of shape [0, 0, 1] hold no values"),
+    (lambda x, y: engine.fit(np.zeros((len(y), 8, 8, 2), np.uint8), y), "x: images [N, H, W, C] need C in (1, 3)"),
     (lambda x, y: engine.fit(x, y, model="small_cnn"), "does not fit feature vectors"),
     (lambda x, y: engine.fit(x, y, class_names=dict(enumerate("abcdefghij"))), "class_names: expected a list of "
      "names in label order, got dict (a dict {label: name}: pass [d[i] for i in range(num_classes)])"),

@@ -237,7 +237,8 @@ def test_a_flag_given_with_config_replaces_what_it_pairs_with(tmp_path):
     (["--out", "/proc/no/run"], "--out /proc/no/run cannot be written (No such file or directory)"),
     (["--bldr-threshold", "0.2"], "--bldr-threshold is an option of --method bldr, not of jnpl"),
     (["--method", "ce", "--warmup-epochs", "2"], "--warmup-epochs: method ce has no such option"),
-    (["--method", "nosuch_module:Thing"], "cannot import nosuch_module"),
+    (["--method", "nosuch_module:Thing"], "cannot import 'nosuch_module'"),
+    (["--method", ":"], "method :: cannot import '' (Empty module name)"),
     (["--method", "coteaching"], "unknown method 'coteaching'"),
     (["--noise-rate", "1.0"], "--noise-rate must be in [0, 1), got 1.0"),
     (["--noise-rate", "-0.1"], "--noise-rate must be in [0, 1)"),
@@ -289,7 +290,9 @@ def test_bad_flags_name_the_flag(args, message, capsys, tmp_path):
     ("- a list", "expected a mapping"),
     ("method: jnpl\nbogus: 1\n", "unknown entry 'bogus'"),
     ("method: [unclosed\n", "config.yaml:2: not valid YAML (expected ',' or ']', but got '<stream end>')"),
-    ("method: jnpl\nhyperparameters: {beta: 1}\n", "method jnpl has no such option"),
+    ("method: jnpl\nhyperparameters: {beta: 1}\n", "config.yaml: hyperparameters: 'beta': method jnpl has no such "
+                                                   "option"),
+    (b"method: jnpl\n\xff\n", "config.yaml: not UTF-8 text (byte 0xff at offset 13)"),
     ("!!python/object/apply:os.system ['echo hacked']\n", "not valid YAML"),
     ("method: jnpl\ndata: {bogus: 1}\n", "DataConfig has no option 'bogus'"),
     ("method: 5\n", "method must be a name or module:Class"),
@@ -302,7 +305,7 @@ def test_bad_flags_name_the_flag(args, message, capsys, tmp_path):
 def test_bad_config_files_get_clear_errors(tmp_path, content, message, capsys):
     path = tmp_path / "config.yaml"
     if content is not None:  # None: no such file
-        path.write_text(content)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(SystemExit) as caught:  # argparse's error: usage and one line, exit status 2
         parse_args(["--config", str(path), "--device", "cpu"])
     err = capsys.readouterr().err

@@ -81,6 +81,10 @@ def test_a_missing_file_in_a_file_list_is_named_with_its_line(tmp_path):
     write_list(tmp_path / "test.txt", ["img/dog/0.bmp 1"])
     with pytest.raises(FileNotFoundError, match=rf"^{tmp_path}/train.txt:2: {tmp_path}/img/cat/9.bmp is missing$"):
         load_dataset("filelist", str(tmp_path))
+    write_list(tmp_path / "train.txt", ["img/cat/0.bmp 0", "img/cat 0"])
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/train.txt:2: {tmp_path}/img/cat is not a regular file \(a "
+                                         r"folder, pipe, device or socket\)$"):
+        load_dataset("filelist", str(tmp_path))
 
 
 @pytest.mark.parametrize("listed", ["../outside/cat/0.bmp", "img/../../outside/cat/0.bmp", "ABSOLUTE",
@@ -442,6 +446,11 @@ NPZ_CASES = {
     "too few to hold out a test set": (lambda p: np.savez(p, x=X[:4], y=Y[:4]),
                                        r"4 samples, too few to hold out a share 0.2 of them as the test set and "
                                        r"train on the rest; add samples or give x_test and y_test$"),
+    "0 x 0 images": (lambda p: np.savez(p, x=np.zeros((10, 0, 0), np.uint8), y=Y),
+                     r"x: samples of shape \[0, 0, 1\] hold no values$"),
+    "0 features": (lambda p: np.savez(p, x=np.zeros((10, 0)), y=Y), r"x: samples of shape \[0\] hold no values$"),
+    "2 channels": (lambda p: np.savez(p, x=np.zeros((10, 8, 8, 2), np.uint8), y=Y),
+                   r"x: images \[N, H, W, C\] need C in \(1, 3\) \(channels last\), got shape \[10, 8, 8, 2\]$"),
     "a test class that y lacks": (lambda p: np.savez(p, x=X, y=Y, x_test=X[:2], y_test=np.array([0, 3])),
                                   r"y_test has label 3, no class of y \(0..2\); the test set may lack a class, not "
                                   r"have another$"),

@@ -250,6 +250,8 @@ def test_dst_folders_are_never_replaced(tmp_path, capsys):
     (dst / "images").mkdir(parents=True)
     assert refused(capsys, "clothing1m", src, dst) == \
            f"{dst}/images exists and is not a link to {src}/images: move it away or choose another DST"
+    (tmp_path / "a file").write_text("mine")
+    assert refused(capsys, "clothing1m", src, tmp_path / "a file") == f"DST {tmp_path}/a file is a file, not a folder"
     os.rmdir(dst / "images")
     os.symlink(tmp_path, dst / "images")  # a link elsewhere (an older SRC) is replaced
     convert(capsys, "clothing1m", src, dst)

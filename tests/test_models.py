@@ -227,12 +227,20 @@ def bad_weights(kind, path):
     if kind == "not a state dict":
         torch.save([1, 2, 3], path)
         return "holds no state dict"
+    if kind == "NaN":
+        state["layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+        torch.save(state, path)
+        return r"layer2\.0\.conv1\.weight holds NaN or infinite values$"
+    if kind in ("sparse", "meta"):
+        weight = state["fc.weight"]
+        torch.save({**state, "fc.weight": weight.to_sparse() if kind == "sparse" else weight.to("meta")}, path)
+        return rf"fc\.weight is a {kind} tensor, not weights"
     path.write_bytes(random.Random(0).randbytes(4096))  # neither a zip archive nor a pickle: starts with 0xcd
     return "not a safetensors or torch weights file"
 
 
 @pytest.mark.parametrize("kind", ["missing", "half a classifier", "unexpected", "shape", "resnet50", "payload", "not a state dict",
-                                  "random", "random safetensors"])
+                                  "NaN", "sparse", "meta", "random", "random safetensors"])
 def test_pretrained_weights_that_do_not_fit_are_refused_naming_the_file(tmp_path, kind):
     path = tmp_path / ("weights.safetensors" if "safetensors" in kind else "weights.pt")
     expected = bad_weights(kind, path)

@@ -73,6 +73,9 @@ class ImageFiles:
     lines: np.ndarray | None = None  # int [N], the files' line numbers in `listing`
 
     def __post_init__(self):
+        if isinstance(self.paths, (str, bytes, os.PathLike)):  # its letters would be read as paths
+            raise ValueError(f"ImageFiles paths: expected a list of paths relative to {self.root}, got one path "
+                             f"{self.paths!r}; give [{self.paths!r}]")
         self.paths = np.asarray(self.paths, dtype=str)  # a list of paths indexes as an array
 
     def __len__(self):
@@ -116,6 +119,8 @@ class ImageFiles:
         them (a DataFileError names a file that does not decode)."""
         from engine.data.pipeline import decode_images
 
+        if not len(self):
+            return np.zeros(self.shape, dtype=np.uint8)
         return decode_images([self.read(i) for i in range(len(self))], size=self.size,
                              names=[self.name(i) for i in range(len(self))])
 
@@ -133,6 +138,20 @@ class ImageFiles:
             stats[i] = stat.st_size, stat.st_mtime_ns
         digest.update(stats.tobytes())
         return digest.digest()
+
+
+IMAGE_CHANNELS = (1, 3)  # gray or RGB, channels last
+
+
+def check_sample_shape(x, where):
+    """Refuses, naming `where`, arrays whose samples hold no values (0 x 0 images, 0 features:
+    a run would only diverge or learn a constant) and images of another channel count than
+    IMAGE_CHANNELS."""
+    if 0 in x.shape[1:]:
+        raise ValueError(f"{where}: samples of shape {list(x.shape[1:])} hold no values")
+    if x.ndim == 4 and x.shape[3] not in IMAGE_CHANNELS:
+        raise ValueError(f"{where}: images [N, H, W, C] need C in {IMAGE_CHANNELS} (channels last), got shape "
+                         f"{list(x.shape)}")
 
 
 @dataclass
@@ -170,9 +189,12 @@ class ImageDataset:
                              f"needs at least 2")
         for name in ("x_train", "x_test"):
             x = getattr(self, name)
-            if not isinstance(x, ImageFiles) and (x.dtype, x.ndim) not in ((np.uint8, 4), (np.float32, 2)):
+            if isinstance(x, ImageFiles):
+                continue
+            if (x.dtype, x.ndim) not in ((np.uint8, 4), (np.float32, 2)):
                 raise ValueError(f"{self.name}: {name} must be uint8 images [N, H, W, C] or float32 feature vectors "
                                  f"[N, D], got {x.dtype} {x.shape}")
+            check_sample_shape(x, f"{self.name}: {name}")
         if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
             raise ValueError(f"{self.name}: images and labels differ in length")
         self.y_train = self.y_train.astype(np.int64)
@@ -455,7 +477,9 @@ def load_npz(data_dir, test_fraction=None):
             shapes = "[N, D] (as x)" if features else "[N, H, W] or [N, H, W, C]"
             raise ValueError(f"npz {path}: {x_name} must be {shapes} and {y_name} [N] with the same N > 0, got "
                              f"{x_name} {list(x.shape)} and {y_name} {list(y.shape)}")
-        parts += [x[..., None] if x.ndim == 3 else x, y]
+        x = x[..., None] if x.ndim == 3 else x
+        check_sample_shape(x, f"npz {path}: {x_name}")
+        parts += [x, y]
     trusted = None
     if "clean_indices" in arrays:
         trusted = trusted_positions(arrays["clean_indices"], len(parts[1]), f"npz {path}: clean_indices (of x)")
@@ -714,6 +738,8 @@ def _read_file_list(path):
         if not 0 <= label < MAX_CLASSES:
             raise ValueError(f"{where}: label {label} is not a class index in [0, {MAX_CLASSES})")
         full = os.path.join(folder, file)
+        if os.path.exists(full) and not os.path.isfile(full):  # "missing" would send the user looking for it
+            raise ValueError(f"{where}: {full} is not a regular file (a folder, pipe, device or socket)")
         if not os.path.isfile(full):
             raise FileNotFoundError(f"{where}: {full} is missing")
         paths.append(file)

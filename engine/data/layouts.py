@@ -509,6 +509,8 @@ def _remove_stale(dst, written):
 def write_layout(conversion, dst, skip_missing=False, invocation=""):
     """Links the image folders into dst, checks the images, writes the lists and extras;
     returns [(file name, description)] of what was written."""
+    if os.path.exists(dst) and not os.path.isdir(dst):  # makedirs' own error reads "File exists"
+        raise LayoutError(f"DST {dst} is a file, not a folder")
     os.makedirs(dst, exist_ok=True)
     _refuse_foreign(dst)
     for name, target in conversion.links.items():

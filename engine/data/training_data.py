@@ -9,11 +9,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from engine.data.datasets import (MAX_CLASSES, TRUSTED_LABELS, ImageFiles, as_features, channel_stats, feature_stats,
-                                  require_classes, trusted_positions)
+from engine.data.datasets import (MAX_CLASSES, TRUSTED_LABELS, ImageFiles, as_features, channel_stats,
+                                  check_sample_shape, feature_stats, require_classes, trusted_positions)
 from engine.data.loaders import ImageArrayLoader, TensorLoader
 
-IMAGE_CHANNELS = (1, 3)
 
 
 @dataclass
@@ -112,6 +111,7 @@ def as_inputs(x, argument="x"):
     float32 feature vectors [N, D]; anything else is a clear error."""
     x = as_numpy(x)
     if x.ndim == 2:
+        check_sample_shape(x, argument)
         return as_features(x, argument)
     if x.ndim == 3 and x.dtype == np.uint8:
         x = x[..., None]
@@ -119,9 +119,7 @@ def as_inputs(x, argument="x"):
         if x.dtype != np.uint8:
             raise ValueError(f"{argument}: images [N, H, W, C] must be uint8 (0-255), got {x.dtype}; convert them, "
                              f"e.g. (x * 255).round().astype(np.uint8) for floats in [0, 1]")
-        if x.shape[3] not in IMAGE_CHANNELS:
-            raise ValueError(f"{argument}: images [N, H, W, C] need C in {IMAGE_CHANNELS} (channels last), got "
-                             f"shape {list(x.shape)}")
+        check_sample_shape(x, argument)
         return x
     raise ValueError(f"{argument}: expected uint8 images [N, H, W, C] or float feature vectors [N, D], got shape "
                      f"{list(x.shape)} of {x.dtype}")

@@ -1,4 +1,5 @@
 """Training methods, one module each, on the interface in engine/methods/base.py."""
+import dataclasses
 import importlib
 import inspect
 
@@ -24,11 +25,14 @@ def method_class(spec):
     module_name, _, class_name = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"method {spec}: cannot import {module_name} ({error})") from None
+    except (ImportError, ValueError) as error:  # ValueError: an empty module name (":Class")
+        raise ValueError(f"method {spec}: cannot import {module_name!r} ({error})") from None
     cls = getattr(module, class_name, None)
     if not (inspect.isclass(cls) and issubclass(cls, Method)):
         raise ValueError(f"method {spec}: {module_name} has no Method subclass named {class_name}")
+    if not dataclasses.is_dataclass(cls.Config):  # its fields are the method's options
+        raise ValueError(f"method {spec}: its Config must be a dataclass (a MethodConfig subclass decorated "
+                         f"@dataclass(frozen=True)), got {cls.Config!r}")
     return cls
 
 

@@ -42,6 +42,12 @@ def read_state_dict(path):
     if not isinstance(state, dict) or not all(isinstance(key, str) and isinstance(value, torch.Tensor)
                                               for key, value in state.items()):
         raise ValueError(f"{what}: holds no state dict (a mapping of parameter names to tensors)")
+    for key, value in state.items():
+        if value.layout != torch.strided or value.is_meta:  # load_state_dict's own error names no file
+            raise ValueError(f"{what}: {key} is a {'meta' if value.is_meta else 'sparse'} tensor, not weights "
+                             f"(save a dense state dict: .to_dense() / real values)")
+        if value.is_floating_point() and not torch.isfinite(value).all():  # the run would only diverge
+            raise ValueError(f"{what}: {key} holds NaN or infinite values")
     return {key.removeprefix("module."): value for key, value in state.items()}
 
 
