@@ -10,7 +10,7 @@ import yaml
 
 from engine.config import (SHARED_FIELDS, SHORT_BUDGET, ConfigError, DataConfig, MethodConfig, RunConfig, size_class,
                            with_overrides)
-from engine.methods import METHODS
+from engine.methods import METHODS, method_class
 from engine.train import build_parser, flag, main, parse_args
 
 
@@ -181,6 +181,16 @@ def test_a_config_file_does_not_import_the_module_its_method_names(tmp_path, mon
     assert stopped.value.code == 2 and not (tmp_path / "ran").exists(), "no code ran"
     assert ("method 'helpers:Anything' is no built-in method, and a config file does not import code; to run your "
             "own, give it as --method helpers:Anything") in capsys.readouterr().err
+
+
+def test_a_user_method_whose_config_is_no_dataclass_is_refused_naming_it(tmp_path, monkeypatch):
+    """Its fields are the method's options: argparse met a plain class with a TypeError."""
+    (tmp_path / "mine.py").write_text("from engine import Method\n\n\nclass Plain(Method):\n"
+                                      "    class Config:\n        lr = 0.1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match=r"^method mine:Plain: its Config must be a dataclass \(a MethodConfig "
+                                         r"subclass decorated @dataclass\(frozen=True\)\), got <class "):
+        method_class("mine:Plain")
 
 
 def test_a_config_with_aliases_is_refused_before_they_expand(tmp_path, capsys):
