@@ -259,6 +259,9 @@ class DataConfig(Validated):
                                                                      f"split ({', '.join(HOLDS_OUT)})")
         if self.dataset not in BUILT_IN and self.data_dir is None:
             self.fail("data_dir", f"is needed by dataset {self.dataset}")
+        if self.dataset in BUILT_IN and self.data_dir is not None:  # read nowhere: a user meant other data
+            self.fail("data_dir", f"{self.data_dir}: dataset {self.dataset} is built in and reads no folder (for your "
+                                  f"own data: --dataset npz, folder or filelist)")
         if self.data_dir is not None and not os.path.exists(self.data_dir):
             self.fail("data_dir", f"{self.data_dir} does not exist")
         if self.noise == "file" and not self.noise_file:

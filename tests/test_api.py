@@ -275,6 +275,7 @@ def test_a_method_defined_outside_the_package_trains_through_the_api(digits, gce
     (lambda x, y: engine.fit(x, y, class_names=dict(enumerate("abcdefghij"))), "class_names: expected a list of "
      "names in label order, got dict (a dict {label: name}: pass [d[i] for i in range(num_classes)])"),
     (lambda x, y: engine.fit(x, y, class_names="abcdefghij"), "class_names: expected a list of names in label order"),
+    (lambda x, y: engine.fit(x, y, class_names=list("abcdefghia")), "class_names: classes 0 and 9 are both named 'a'"),
 ])
 def test_bad_api_input_gets_a_clear_error(digits, call, message):
     x, noisy, _, _, _ = digits

@@ -254,6 +254,8 @@ def test_a_flag_given_with_config_replaces_what_it_pairs_with(tmp_path):
     (["--noise-rate", "-0.1"], "--noise-rate must be in [0, 1)"),
     (["--dataset", "cifar10"], "--data-dir is needed by dataset cifar10"),
     (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "--data-dir /nonexistent/cifar does not exist"),
+    (["--dataset", "digits", "--data-dir", "/tmp"], "--data-dir /tmp: dataset digits is built in and reads no folder "
+                                                     "(for your own data: --dataset npz, folder or filelist)"),
     (["--noise", "file"], "--noise-file is needed by noise 'file'"),
     (["--epochs", "0"], "--epochs must be >= 1"),
     (["--warmup-epochs", "-1"], "--warmup-epochs must be >= 0"),

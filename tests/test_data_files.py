@@ -209,6 +209,9 @@ def test_a_file_list_test_label_that_train_lacks_is_refused_unless_classes_txt_n
                                          r"train.txt's labels \(0..1\); the test set may lack a class, not have "
                                          r"another \(classes.txt names every class\)$"):
         load_dataset("filelist", str(tmp_path))
+    write_list(tmp_path / "classes.txt", ["cat", "dog", "cat"])
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/classes.txt: classes 0 and 2 are both named 'cat'$"):
+        load_dataset("filelist", str(tmp_path))
     write_list(tmp_path / "classes.txt", ["cat", "dog", "bird"])
     assert load_dataset("filelist", str(tmp_path)).num_classes == 3
 

@@ -764,6 +764,17 @@ def _read_class_names(path):
     if "" in names:
         line = names.index("") + 1
         raise ValueError(f"{path}:{line}: an empty class name (line {line} names class {line - 1})")
+    return require_distinct_names(names, path)
+
+
+def require_distinct_names(names, where):
+    """`names` of the classes in label order, refused where two classes share one (the label-issues
+    table's given_class / predicted_class could not tell them apart)."""
+    first = {}
+    for label, name in enumerate(names):
+        if name in first:
+            raise ValueError(f"{where}: classes {first[name]} and {label} are both named {name!r}")
+        first[name] = label
     return names
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from engine.data.datasets import (MAX_CLASSES, TRUSTED_LABELS, ImageFiles, as_features, channel_stats,
-                                  check_sample_shape, feature_stats, require_classes, trusted_positions)
+                                  check_sample_shape, feature_stats, require_classes, require_distinct_names,
+                                  trusted_positions)
 from engine.data.loaders import ImageArrayLoader, TensorLoader
 
 
@@ -206,7 +207,7 @@ def from_arrays(x, labels, x_test=None, y_test=None, true_labels=None, clean_ind
             hint = " (a dict {label: name}: pass [d[i] for i in range(num_classes)])"
             raise ValueError(f"class_names: expected a list of names in label order, got {type(class_names).__name__}"
                              f"{hint if isinstance(class_names, Mapping) else ''}")
-        class_names = [str(name) for name in class_names]
+        class_names = require_distinct_names([str(name) for name in class_names], "class_names")
         if not num_classes <= len(class_names) <= MAX_CLASSES:
             raise ValueError(f"class_names: {len(class_names)} names for labels up to {num_classes - 1} (at most "
                              f"{MAX_CLASSES} classes)")
