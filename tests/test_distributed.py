@@ -105,6 +105,7 @@ def test_every_method_trains_on_two_processes_in_step_with_one(tmp_path, method)
     # The per-sample state each process computed from the gathered outputs, and the weights.
     assert len(first["epochs"]) == epochs
     assert first["epochs"] == second["epochs"]
+    assert len(first["steps"]) == len(second["steps"]) > 0
     for (row0, part0), (row1, part1) in zip(first["steps"], second["steps"]):
         assert row0 == 0 and row1 == len(part0) and len(part0) == len(part1)
     # Outputs once, from rank 0, over every sample.
