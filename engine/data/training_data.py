@@ -15,7 +15,6 @@ from engine.data.datasets import (MAX_CLASSES, TRUSTED_LABELS, ImageFiles, as_fe
 from engine.data.loaders import ImageArrayLoader, TensorLoader
 
 
-
 @dataclass
 class TrainingData:
     name: str
