@@ -155,22 +155,27 @@ def label_quality_scores(labels, pred_probs, method):
 
 def find_label_issues(x, labels=None, *, method="pmnar", return_indices_ranked_by=None, **fit_options):
     """Which labels are probably wrong, with cleanlab.filter.find_label_issues' conventions: a
-    boolean mask over the training samples (True = label issue) by default; with
-    return_indices_ranked_by the flagged samples' indices (the label-issues table's: their
-    positions in the data as given), most likely wrong first, ranked by "label_quality" (the method's own
-    score) or by cleanlab's "self_confidence" / "normalized_margin" of the trained model's
-    probabilities. x, labels and fit_options go to engine.fit (a loaded data set brings its labels)."""
+    boolean mask over the samples of the data as given (True = label issue; a test share held out
+    of a loaded data set is in it, never flagged) by default; with return_indices_ranked_by the
+    flagged samples' positions in the same data (the label-issues table's index, so
+    sorted(indices) == flatnonzero(mask)), most likely wrong first, ranked by "label_quality" (the
+    method's own score) or by cleanlab's "self_confidence" / "normalized_margin" of the trained
+    model's probabilities. x, labels and fit_options go to engine.fit (a loaded data set brings
+    its labels)."""
     if return_indices_ranked_by not in (None, *RANKINGS):
         raise ValueError(f"return_indices_ranked_by must be None or one of {', '.join(RANKINGS)}, got "
                          f"{return_indices_ranked_by!r}")
     result = fit(x, labels, method=method, **fit_options)
     table = result.label_issues()
-    mask = table["is_label_issue"].to_numpy()
+    rows, data = table["index"].to_numpy(), result._trainer.data
+    held_out = 0 if data.train_rows is None or data.y_test is None else len(data.y_test)
+    mask = np.zeros(len(rows) + held_out, dtype=bool)
+    mask[rows] = table["is_label_issue"].to_numpy()
     if return_indices_ranked_by is None:
         return mask
     if return_indices_ranked_by == "label_quality":
         scores = table["label_quality"].to_numpy()
     else:
         scores = label_quality_scores(table["given_label"].to_numpy(), result.pred_probs, return_indices_ranked_by)
-    flagged = np.flatnonzero(mask)
-    return table["index"].to_numpy()[flagged[np.argsort(scores[flagged], kind="stable")]]
+    flagged = np.flatnonzero(table["is_label_issue"].to_numpy())
+    return rows[flagged[np.argsort(scores[flagged], kind="stable")]]

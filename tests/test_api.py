@@ -107,8 +107,15 @@ def test_fit_on_a_loaded_folder_of_jpegs(tmp_path, stream):
     assert sorted(table["path"]) == sorted(data.train_paths) and len(table) == 48
     assert sorted(table["path"][table["clean_subset"]]) == ["blue/0.jpg", "green/0.jpg", "red/0.jpg"]
     assert (table["given_class"] == table["path"].str.split("/").str[0]).all()
-    mask = engine.find_label_issues(data, method="ce", epochs=1, batch_size=8)
-    assert mask.dtype == bool and mask.shape == (48,)
+    # cleanlab's conventions over the 60 images as given: the 12 held out as the test share are in
+    # the mask, never flagged, and the ranked indices are its True positions (10 labels moved).
+    noisy = data.y_train.copy()
+    noisy[1:40:4] = (noisy[1:40:4] + 1) % 3
+    mask = engine.find_label_issues(data, noisy, method="ce", epochs=3, batch_size=8)
+    ranked = engine.find_label_issues(data, noisy, method="ce", epochs=3, batch_size=8,
+                                      return_indices_ranked_by="label_quality")
+    assert mask.dtype == bool and mask.shape == (60,) and not mask[np.setdiff1d(np.arange(60), data.train_rows)].any()
+    assert mask.sum() >= 5 and sorted(ranked) == np.flatnonzero(mask).tolist()
     files = ImageFiles(str(tmp_path / "photos"), ["red/3.jpg", "blue/5.jpg"], 32)  # decoded where the data were
     assert result.predict(files).tolist() == [data.class_names.index("red"), data.class_names.index("blue")]
     assert result.predict_proba(ImageFiles(str(tmp_path / "photos"), [], 32)).shape == (0, 3)
