@@ -276,6 +276,8 @@ def test_a_method_defined_outside_the_package_trains_through_the_api(digits, gce
     (lambda x, y: engine.fit(x, y, method="nosuch"), "unknown method 'nosuch'"),
     (lambda x, y: engine.fit(np.where(np.arange(64) == 3, np.nan, x), y), "NaN or infinite"),
     (lambda x, y: engine.fit(x[:, :0], y), "x: samples of shape [0] hold no values"),
+    (lambda x, y: engine.fit(torch.empty(x.shape, device="meta"), y), "x: a meta tensor; give a dense one with values"),
+    (lambda x, y: engine.fit(torch.from_numpy(x).to_sparse(), y), "x: a sparse tensor; give a dense one with values"),
     (lambda x, y: engine.fit(np.zeros((len(y), 0, 0), np.uint8), y), "x: samples of shape [0, 0, 1] hold no values"),
     (lambda x, y: engine.fit(np.zeros((len(y), 8, 8, 2), np.uint8), y), "x: images [N, H, W, C] need C in (1, 3)"),
     (lambda x, y: engine.fit(x, y, model="small_cnn"), "does not fit feature vectors"),

@@ -97,10 +97,13 @@ class TrainingData:
         return x
 
 
-def as_numpy(array):
+def as_numpy(array, argument):
     """A numpy or torch array (or a list) as a numpy array; torch's bfloat16, which numpy lacks,
-    becomes float32 (exactly)."""
+    becomes float32 (exactly). A meta or sparse tensor is refused naming `argument`."""
     if isinstance(array, torch.Tensor):
+        if array.is_meta or array.layout != torch.strided:  # no values to copy, or not as an array
+            raise ValueError(f"{argument}: a {'meta' if array.is_meta else 'sparse'} tensor; give a dense one with "
+                             f"values")
         array = array.detach().cpu()
         array = (array.float() if array.dtype == torch.bfloat16 else array).numpy()
     return np.asarray(array)
@@ -109,7 +112,7 @@ def as_numpy(array):
 def as_inputs(x, argument="x"):
     """numpy / torch inputs as uint8 images [N, H, W, C] (a [N, H, W] array gets one channel) or
     float32 feature vectors [N, D]; anything else is a clear error."""
-    x = as_numpy(x)
+    x = as_numpy(x, argument)
     if x.ndim == 2:
         check_sample_shape(x, argument)
         return as_features(x, argument)
@@ -128,7 +131,7 @@ def as_inputs(x, argument="x"):
 def as_labels(labels, count, argument, lowest=0):
     """Integer class labels [count] in [lowest, MAX_CLASSES) as int64, or a clear error
     (true_labels: lowest -1, unknown)."""
-    labels = as_numpy(labels)
+    labels = as_numpy(labels, argument)
     if labels.ndim != 1 or len(labels) != count:
         raise ValueError(f"{argument}: expected {count} labels (one per sample, 1-D), got shape {list(labels.shape)}")
     if count and not np.issubdtype(labels.dtype, np.integer):
@@ -170,7 +173,7 @@ def from_loaded(dataset, labels=None, true_labels=None, clean_indices=None):
             where = TRUSTED_LABELS[dataset.name][0]
             raise ValueError(f"clean_indices: the data set has its own clean subset ({where}, {len(clean)} samples), "
                              f"which the run uses")
-        clean = trusted_positions(as_numpy(clean_indices), count, "clean_indices")
+        clean = trusted_positions(as_numpy(clean_indices, "clean_indices"), count, "clean_indices")
     return from_dataset(dataset, given, true, np.zeros(0, dtype=np.int64) if clean is None else clean)
 
 
@@ -214,7 +217,7 @@ def from_arrays(x, labels, x_test=None, y_test=None, true_labels=None, clean_ind
     require_classes(given, "labels")
     clean = np.zeros(0, dtype=np.int64)
     if clean_indices is not None:
-        clean = trusted_positions(as_numpy(clean_indices), len(x), "clean_indices")
+        clean = trusted_positions(as_numpy(clean_indices, "clean_indices"), len(x), "clean_indices")
     mean, std = feature_stats(x) if x.ndim == 2 else channel_stats(x)
     return TrainingData(name, x, given, num_classes, mean, std, true_labels=true, clean_indices=clean, x_test=x_test,
                         y_test=y_test, flip=False, class_names=class_names)
