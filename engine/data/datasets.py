@@ -493,8 +493,8 @@ def load_npz(data_dir, test_fraction=None):
         raise ValueError(f"npz {path}: x_test {kind} are {list(parts[2].shape[1:])}, x {kind} "
                          f"{list(parts[0].shape[1:])}; both must have the same {shape}")
     if len(parts[3]) and parts[3].max() > parts[1].max():  # a class that nothing trains, e.g. 1-based test labels
-        raise ValueError(f"npz {path}: y_test has label {parts[3].max()}, no class of y (0..{parts[1].max()}); the test "
-                         f"set may lack a class, not have another")
+        raise ValueError(f"npz {path}: y_test has label {parts[3].max()}, no class of y (0..{parts[1].max()}); the "
+                         f"test set may lack a class, not have another")
     num_classes = int(parts[1].max()) + 1
     stats = feature_stats(parts[0]) if features else channel_stats(parts[0])
     return ImageDataset("npz", *parts, num_classes, *stats, flip=False, trusted_train=trusted, train_rows=rows)
