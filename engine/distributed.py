@@ -57,6 +57,15 @@ class Processes:
         if self.distributed:
             dist.barrier()
 
+    def gather_objects(self, value):
+        """Every process's `value` (small, picklable: only this job's processes exchange them), in
+        rank order."""
+        if not self.distributed:
+            return [value]
+        values = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
+
     def all_reduce(self, tensor):
         """In place: the sum over the processes (returned)."""
         if self.distributed:

@@ -85,7 +85,7 @@ def build_parser(methods):
                                          "its values)")
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true", default=argparse.SUPPRESS,
-                       help="continue from --out/checkpoint.pt if it exists")
+                       help="continue from --out/checkpoint.pt if it exists (else a new run, with a note)")
     start.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS,
                        help="start a new run in --out even where a run that did not finish left its checkpoint "
                             "(deleting it; without this flag that is refused)")
@@ -332,6 +332,13 @@ def main(argv=None):
     except DataFileError as error:  # a streamed image is read when a batch needs it (only a sample is checked
         # up front); a fixed or removed file changes the data's fingerprint, which --resume would refuse
         return failed(f"{error}; training stopped: fix or remove the file and start the run again with --overwrite", 2)
+    except RuntimeError as error:
+        if not trainer.processes.distributed:
+            raise
+        # gloo / NCCL report a peer that stopped (its own error printed above) as a failed collective
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        return failed(f"stopped where the processes exchange data, most likely because another process stopped (see "
+                      f"its error): {reason}", 1)
     if not trainer.processes.main:  # rank 0 reports for the job
         return 0
     line = []

@@ -8,7 +8,7 @@ every process of the job (engine/distributed.py says what is kept in step and ho
 import math
 import os
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from engine.labels import check_clean_subset, detection_metrics
 from engine.methods.base import Batch, CleanSubset, Diverged, Preparation, Step, epoch_seed
 from engine.models import build_model, load_pretrained
 from engine.models.base import recalibrate_batchnorm
-from engine.outputs import (folder_lock, label_issues_table, plot_separation, refuse_foreign_outputs,
+from engine.outputs import (FolderInUse, folder_lock, label_issues_table, plot_separation, refuse_foreign_outputs,
                             refuse_unfinished_run, remove_outputs, write_json, write_label_issues, write_metrics)
 
 EVAL_BATCH = 512
@@ -228,7 +228,7 @@ class Trainer:
         if self.checkpoint_path is None or not self.processes.main:
             return
         save_checkpoint(self.checkpoint_path, {
-            "epoch": epoch, "step": self.step, "identity": self.identity(),
+            "epoch": epoch, "step": self.step, "identity": self.identity(), "processes": self.processes.world,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "method": self.method.state_dict(), "metrics": self.metrics,
         })
@@ -248,6 +248,11 @@ class Trainer:
             raise CheckpointError(f"--resume: {self.checkpoint_path} holds a state that does not fit this run "
                                   f"({reason}); delete it to start over") from None
         self.step, self.metrics = state["step"], state["metrics"]
+        written_by = state.get("processes", self.processes.world)  # absent from checkpoints before 2026-12-07
+        if written_by != self.processes.world:  # allowed (README), but no longer one run's computation
+            self.log(f"note: {self.checkpoint_path} was written by {written_by} process(es), this run has "
+                     f"{self.processes.world}: it continues, and ends near, not exactly at, an uninterrupted run's "
+                     f"result on either")
         return state["epoch"] + 1
 
     # ------------------------------------------------------------------ loop
@@ -303,16 +308,32 @@ class Trainer:
 
     def run(self):
         """Trains (or continues a resumed run) to the last epoch; returns the summary. The
-        output folder is locked for the run: a second run on it is refused (FolderInUse)."""
-        if self.out is None or not self.processes.main:  # rank 0 alone writes
-            return self.train_all_epochs()
-        os.makedirs(self.out, exist_ok=True)
-        with folder_lock(self.out):
+        output folder is locked for the run: a second run on it is refused (FolderInUse). Under
+        torchrun every process learns rank 0's refusal, and the run is refused where the
+        processes were given other data or options (engine.fit's arguments are each script's)."""
+        with ExitStack() as held:
+            refusal = None
+            if self.out is not None and self.processes.main:  # rank 0 alone writes
+                os.makedirs(self.out, exist_ok=True)
+                try:
+                    held.enter_context(folder_lock(self.out))
+                except FolderInUse as error:
+                    refusal = error
+            agreed = self.processes.gather_objects((None if refusal is None else str(refusal), self.identity()))
+            if refusal is not None or agreed[0][0] is not None:
+                raise refusal or FolderInUse(agreed[0][0])
+            other = next((rank for rank, (_, identity) in enumerate(agreed) if identity != agreed[0][1]), None)
+            if other is not None:
+                raise ValueError(f"process {other} of {self.processes.world} has other data or options than process "
+                                 f"0 (their fingerprint or configuration differ); every process must be given the "
+                                 f"same (e.g. noise added with a seeded generator)")
             return self.train_all_epochs()
 
     def train_all_epochs(self):
         start_epoch = 0
         resumed = self.resume and self.checkpoint_path and os.path.exists(self.checkpoint_path)
+        if self.resume and not resumed:  # e.g. a mistyped --out
+            self.log(f"note: no checkpoint to resume in {self.out}: a new run")
         if resumed:
             start_epoch = self.load_checkpoint()  # refuses another run's checkpoint before anything is written
             self.log(f"resumed from {self.checkpoint_path} after epoch {start_epoch}")

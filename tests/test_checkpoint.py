@@ -120,3 +120,19 @@ def test_a_state_changed_by_hand_to_misfit_the_run_is_refused_on_resume(tmp_path
     with pytest.raises(CheckpointError, match=r"checkpoint.pt holds a state that does not fit this run \(.+\); "
                                               r"delete it to start over$"):
         engine.fit(x, labels, method="ce", epochs=2, out=tmp_path, resume=True)
+
+
+def test_a_resume_says_when_it_starts_anew_or_continues_another_number_of_processes(tmp_path, capsys):
+    import engine
+
+    x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
+    labels = np.arange(40) % 2
+    engine.fit(x, labels, method="ce", epochs=2, out=tmp_path / "a", resume=True, verbose=True)
+    assert f"note: no checkpoint to resume in {tmp_path / 'a'}: a new run" in capsys.readouterr().out
+    state = read_checkpoint(str(tmp_path / "a" / "checkpoint.pt"))
+    assert state["processes"] == 1
+    save_checkpoint(str(tmp_path / "a" / "checkpoint.pt"), {**state, "epoch": 0, "processes": 2})
+    os.remove(tmp_path / "a" / "summary.json")
+    engine.fit(x, labels, method="ce", epochs=2, out=tmp_path / "a", resume=True, verbose=True)
+    assert (f"note: {tmp_path / 'a' / 'checkpoint.pt'} was written by 2 process(es), this run has 1: it continues, "
+            f"and ends near, not exactly at, an uninterrupted run's result on either") in capsys.readouterr().out

@@ -260,3 +260,69 @@ def test_batchnorm_recalibration_under_sync_bn_runs_no_collective(tmp_path):
         torch.testing.assert_close(ours.running_mean, reference.running_mean, rtol=0, atol=0)
         torch.testing.assert_close(ours.running_var, reference.running_var, rtol=0, atol=0)
         assert ours.running_var.sub(1).abs().max() > 0.01, "the statistics changed from their initial values"
+
+
+def test_a_folder_another_run_holds_is_refused_by_every_process_with_its_reason(tmp_path):
+    """Rank 0 takes the folder's lock; the others learn its refusal (rank 1 had looked on its
+    own and taken the other run's checkpoint for an unfinished run of its own)."""
+    from engine.outputs import folder_lock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"the other run's")
+    with folder_lock(str(out)):
+        result = torchrun_train(*COMMON, "--method", "ce", "--epochs", "1", "--out", str(out), check=False)
+    assert result.returncode != 0
+    for rank in range(2):
+        assert (f"python -m engine.train: error (rank {rank} of 2): output folder {out} is in use by another run "
+                f"(pid {os.getpid()})") in result.stderr
+    assert (out / "checkpoint.pt").read_bytes() == b"the other run's"
+
+
+MISMATCH_SCRIPT = """
+import os, sys
+import numpy as np
+import engine
+from sklearn.datasets import load_digits
+
+x, y = load_digits(return_X_y=True)
+if os.environ["RANK"] == "1":
+    y = (y + 1) % 10  # e.g. noise drawn with an unseeded generator: other labels on each process
+try:
+    engine.fit(x, y, method="ce", epochs=1)
+except ValueError as error:
+    with open(os.path.join(sys.argv[1], "rank" + os.environ["RANK"]), "w") as f:
+        f.write(str(error))
+"""
+
+
+def test_processes_given_other_data_by_their_scripts_are_refused(tmp_path):
+    script = tmp_path / "fit.py"
+    script.write_text(MISMATCH_SCRIPT)
+    result = subprocess.run([*TORCHRUN, str(script), str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in range(2):  # each refused, none trained on its own labels
+        assert (tmp_path / f"rank{rank}").read_text() == (
+            "process 1 of 2 has other data or options than process 0 (their fingerprint or configuration differ); "
+            "every process must be given the same (e.g. noise added with a seeded generator)")
+
+
+def test_a_process_stopped_by_a_bad_streamed_image_stops_the_other_with_one_line(tmp_path):
+    """A test image read by one process only: that one names the file, the other, left waiting
+    in a collective, says so in one line instead of gloo's traceback."""
+    from test_data_files import image_folder, spoil
+
+    data = tmp_path / "data"
+    image_folder(data / "train", count=8)
+    image_folder(data / "test", count=2)
+    spoil(data / "test" / "dog" / "1.bmp", "garbage")
+    result = torchrun_train("--dataset", "folder", "--data-dir", str(data), "--stream", "--batch-size", "4",
+                            "--epochs", "1", "--device", "cpu", "--method", "ce", "--out", str(tmp_path / "run"),
+                            check=False)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("python -m engine.train: error")]
+    assert len(lines) == 2, result.stderr[-3000:]
+    assert sum(f"{data}/test/dog/1.bmp: not a decodable image" in line for line in lines) == 1
+    assert sum("stopped where the processes exchange data, most likely because another process stopped (see its "
+               "error)" in line for line in lines) == 1
