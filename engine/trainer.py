@@ -319,7 +319,8 @@ class Trainer:
                     held.enter_context(folder_lock(self.out))
                 except FolderInUse as error:
                     refusal = error
-            agreed = self.processes.gather_objects((None if refusal is None else str(refusal), self.identity()))
+            identity = self.identity() if self.processes.distributed else None  # one process agrees with itself
+            agreed = self.processes.gather_objects((None if refusal is None else str(refusal), identity))
             if refusal is not None or agreed[0][0] is not None:
                 raise refusal or FolderInUse(agreed[0][0])
             other = next((rank for rank, (_, identity) in enumerate(agreed) if identity != agreed[0][1]), None)
