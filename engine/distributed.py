@@ -25,6 +25,10 @@ import torch
 import torch.distributed as dist
 
 
+class ProcessesDiffer(ValueError):
+    """The processes of one job were given other data or options."""
+
+
 @dataclass(frozen=True)
 class Processes:
     """This process's place in the job: rank in [0, world), and local_rank on its node."""

@@ -22,6 +22,7 @@ from engine.config import (NOISE_OPTIONS, SHARED_FIELDS, SHORT_BUDGET, SMALL_DAT
                            WarmupConfig, check_fields, load_yaml, size_class, with_overrides)
 from engine.checkpoint import CheckpointError
 from engine.data.datasets import DataFileError, LeftOut
+from engine.distributed import ProcessesDiffer
 from engine.methods import METHODS, method_class, with_model_for
 from engine.methods.base import CleanSubset, Diverged
 from engine.outputs import OUTPUT_FILES, FolderInUse
@@ -324,8 +325,8 @@ def main(argv=None):
         return failed(error, 2)
     try:
         summary = trainer.run()
-    except (CheckpointError, FolderInUse) as error:  # nothing written: --resume of an unreadable or
-        # another run's checkpoint, or an --out that a live run writes to
+    except (CheckpointError, FolderInUse, ProcessesDiffer) as error:  # nothing written: --resume of an unreadable
+        # or another run's checkpoint, an --out that a live run writes to, processes given other data
         return failed(error, 2)
     except Diverged as error:  # a NaN epoch loss is all-reduced, so every process stops at the same epoch
         return failed(error, 1)

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.config import save_yaml, size_class
-from engine.distributed import Processes, from_environment, local_batch_statistics
+from engine.distributed import Processes, ProcessesDiffer, from_environment, local_batch_statistics
 from engine.labels import check_clean_subset, detection_metrics
 from engine.methods.base import Batch, CleanSubset, Diverged, Preparation, Step, epoch_seed
 from engine.models import build_model, load_pretrained
@@ -325,9 +325,9 @@ class Trainer:
                 raise refusal or FolderInUse(agreed[0][0])
             other = next((rank for rank, (_, identity) in enumerate(agreed) if identity != agreed[0][1]), None)
             if other is not None:
-                raise ValueError(f"process {other} of {self.processes.world} has other data or options than process "
-                                 f"0 (their fingerprint or configuration differ); every process must be given the "
-                                 f"same (e.g. noise added with a seeded generator)")
+                raise ProcessesDiffer(f"process {other} of {self.processes.world} has other data or options than "
+                                      f"process 0 (their fingerprint or configuration differ); every process must be "
+                                      f"given the same (e.g. noise added with a seeded generator)")
             return self.train_all_epochs()
 
     def train_all_epochs(self):
