@@ -281,7 +281,7 @@ def test_a_folder_another_run_holds_is_refused_by_every_process_with_its_reason(
 
 MISMATCH_SCRIPT = """
 import os, sys
-import numpy as np
+import torch
 import engine
 from sklearn.datasets import load_digits
 
@@ -293,6 +293,7 @@ try:
 except ValueError as error:
     with open(os.path.join(sys.argv[1], "rank" + os.environ["RANK"]), "w") as f:
         f.write(str(error))
+torch.distributed.destroy_process_group()  # an exit with gloo's threads still up could abort
 """
 
 
