@@ -80,8 +80,18 @@ def preset_hint(config_class, field):
     return f" (short budget or small data: {small}" + ("" if small == paper else f"; paper scale: {paper}") + ")"
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's, but under torchrun an error is one line per process naming its rank (failed()),
+    not every process's copy of the whole usage text."""
+
+    def error(self, message):
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            sys.exit(failed(message, 2))
+        super().error(message)
+
+
 def build_parser(methods):
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="config.yaml of an earlier run: repeat it (flags given with it override "
                                          "its values)")
     start = parser.add_mutually_exclusive_group()
@@ -116,7 +126,7 @@ def parse_args(argv=None):
     """(RunConfig without hyperparameters, the Method with its options, trainer_for's resume and
     overwrite) from the command line and an optional --config file; argparse errors exit with
     status 2."""
-    first = argparse.ArgumentParser(prog=PROG, add_help=False)
+    first = ArgumentParser(prog=PROG, add_help=False)
     first.add_argument("--config")
     first.add_argument("--method")
     known, _ = first.parse_known_args(argv)

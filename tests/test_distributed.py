@@ -202,6 +202,13 @@ def test_a_global_batch_that_does_not_divide_among_the_processes_is_refused(tmp_
                 f"divisible by the 2 processes") in result.stderr
 
 
+def test_a_bad_flag_is_one_line_per_process_not_the_usage_text(tmp_path):
+    result = torchrun_train(*COMMON, "--method", "ce", "--lr", "-1", "--out", str(tmp_path / "run"), check=False)
+    assert result.returncode != 0 and "usage:" not in result.stderr
+    for rank in range(2):
+        assert f"python -m engine.train: error (rank {rank} of 2): --lr must be > 0" in result.stderr
+
+
 def test_sync_bn_on_the_cpu_is_refused(tmp_path):
     command = [sys.executable, "-m", "engine.train", *COMMON, "--method", "ce", "--sync-bn", "--out",
                str(tmp_path / "run")]
