@@ -47,6 +47,16 @@ def load_npy(path, what):
         raise ValueError(f"{what}: not a readable .npy file of plain numbers ({read_error_reason(error)})") from None
 
 
+def not_dense(tensor):
+    """"meta" or "sparse" for a tensor that holds no values to read as an array (a file's or a
+    user's: torch's own errors on them name neither), else None."""
+    import torch
+
+    if tensor.is_meta:
+        return "meta"
+    return None if tensor.layout == torch.strided else "sparse"
+
+
 def torch_load(source, what, map_location="cpu"):
     """torch.load of `source` (a path or file object) with weights_only=True, numpy arrays
     admitted; anything else in it raises ValueError naming `what`, before any of it runs, and so

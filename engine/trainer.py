@@ -323,7 +323,7 @@ class Trainer:
             agreed = self.processes.gather_objects((None if refusal is None else str(refusal), identity))
             if refusal is not None or agreed[0][0] is not None:
                 raise refusal or FolderInUse(agreed[0][0])
-            other = next((rank for rank, (_, identity) in enumerate(agreed) if identity != agreed[0][1]), None)
+            other = next((rank for rank, (_, theirs) in enumerate(agreed) if theirs != agreed[0][1]), None)
             if other is not None:
                 raise ProcessesDiffer(f"process {other} of {self.processes.world} has other data or options than "
                                       f"process 0 (their fingerprint or configuration differ); every process must be "

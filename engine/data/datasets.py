@@ -189,12 +189,9 @@ class ImageDataset:
                              f"needs at least 2")
         for name in ("x_train", "x_test"):
             x = getattr(self, name)
-            if isinstance(x, ImageFiles):
-                continue
-            if (x.dtype, x.ndim) not in ((np.uint8, 4), (np.float32, 2)):
+            if not isinstance(x, ImageFiles) and (x.dtype, x.ndim) not in ((np.uint8, 4), (np.float32, 2)):
                 raise ValueError(f"{self.name}: {name} must be uint8 images [N, H, W, C] or float32 feature vectors "
                                  f"[N, D], got {x.dtype} {x.shape}")
-            check_sample_shape(x, f"{self.name}: {name}")
         if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
             raise ValueError(f"{self.name}: images and labels differ in length")
         self.y_train = self.y_train.astype(np.int64)
@@ -580,13 +577,14 @@ def class_images(folder):
     is read once (a link to a folder above it would loop)."""
     found, others, seen, own = [], [], set(), os.path.realpath(folder)
     for top, folders, names in os.walk(folder, followlinks=True):
-        if top != folder and own.startswith(os.path.join(os.path.realpath(top), "")):
-            raise ValueError(f"folder {top}: links to {os.path.realpath(top)}, a folder holding its class folder "
-                             f"{folder}; its images (other classes' too) would be read as this class: remove the link")
-        if os.path.realpath(top) in seen:
+        real = os.path.realpath(top)
+        if top != folder and own.startswith(os.path.join(real, "")):
+            raise ValueError(f"folder {top}: links to {real}, a folder holding its class folder {folder}; its images "
+                             f"(other classes' too) would be read as this class: remove the link")
+        if real in seen:
             folders.clear()
             continue
-        seen.add(os.path.realpath(top))
+        seen.add(real)
         folders[:] = [name for name in folders if not _hidden(name)]
         relative = os.path.relpath(top, folder)
         for name in names:

@@ -13,6 +13,7 @@ from engine.data.datasets import (MAX_CLASSES, TRUSTED_LABELS, ImageFiles, as_fe
                                   check_sample_shape, feature_stats, require_classes, require_distinct_names,
                                   trusted_positions)
 from engine.data.loaders import ImageArrayLoader, TensorLoader
+from engine.safe_loading import not_dense
 
 
 @dataclass
@@ -101,9 +102,8 @@ def as_numpy(array, argument):
     """A numpy or torch array (or a list) as a numpy array; torch's bfloat16, which numpy lacks,
     becomes float32 (exactly). A meta or sparse tensor is refused naming `argument`."""
     if isinstance(array, torch.Tensor):
-        if array.is_meta or array.layout != torch.strided:  # no values to copy, or not as an array
-            raise ValueError(f"{argument}: a {'meta' if array.is_meta else 'sparse'} tensor; give a dense one with "
-                             f"values")
+        if not_dense(array):
+            raise ValueError(f"{argument}: a {not_dense(array)} tensor; give a dense one with values")
         array = array.detach().cpu()
         array = (array.float() if array.dtype == torch.bfloat16 else array).numpy()
     return np.asarray(array)

@@ -5,7 +5,7 @@ import zipfile
 
 import torch
 
-from engine.safe_loading import torch_load
+from engine.safe_loading import not_dense, torch_load
 
 CLASSIFIER = "fc."  # the layer that starts new when the file's has another number of classes
 SHOWN = 3           # keys named per kind of mismatch
@@ -43,9 +43,9 @@ def read_state_dict(path):
                                               for key, value in state.items()):
         raise ValueError(f"{what}: holds no state dict (a mapping of parameter names to tensors)")
     for key, value in state.items():
-        if value.layout != torch.strided or value.is_meta:  # load_state_dict's own error names no file
-            raise ValueError(f"{what}: {key} is a {'meta' if value.is_meta else 'sparse'} tensor, not weights "
-                             f"(save a dense state dict: .to_dense() / real values)")
+        if not_dense(value):
+            raise ValueError(f"{what}: {key} is a {not_dense(value)} tensor, not weights (save a dense state dict: "
+                             f".to_dense() / real values)")
         if value.is_floating_point() and not torch.isfinite(value).all():  # the run would only diverge
             raise ValueError(f"{what}: {key} holds NaN or infinite values")
     return {key.removeprefix("module."): value for key, value in state.items()}
