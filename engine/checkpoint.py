@@ -14,6 +14,7 @@ from engine.safe_loading import TORCH_READ_ERRORS, read_error_reason
 
 FORMAT = "noisy-label-engine checkpoint 1"
 STATE_KEYS = ("epoch", "step", "identity", "model", "optimizer", "method", "metrics")
+RESUMING = "resuming (--resume, engine.fit's resume=True)"  # the errors name the command line's and the API's
 
 
 class CheckpointError(ValueError):
@@ -32,7 +33,7 @@ def save_checkpoint(path, state):
 def read_checkpoint(path, device="cpu"):
     """The state saved at `path`, or CheckpointError saying what is wrong and what to do."""
     def refuse(problem):
-        return CheckpointError(f"--resume: {path} {problem}; delete it to start over")
+        return CheckpointError(f"{RESUMING}: {path} {problem}; delete it to start over")
 
     try:
         wrapped = torch.load(path, map_location="cpu", weights_only=True)
@@ -63,7 +64,7 @@ def load_checkpoint(path, identity, device):
         stored = state["identity"] if isinstance(state["identity"], dict) else {}
         differs = sorted(key for key in {*stored, *identity} if stored.get(key) != identity.get(key))
         what = {"data_fingerprint": "the training data, labels or test split"}
-        raise CheckpointError(f"--resume: {path} belongs to a different run (what differs: "
+        raise CheckpointError(f"{RESUMING}: {path} belongs to a different run (what differs: "
                               f"{'; '.join(what.get(key, key) for key in differs)}); resume with that run's "
-                              f"options or choose another --out")
+                              f"options or choose another output folder (--out, engine.fit's out)")
     return state

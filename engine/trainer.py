@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from engine.checkpoint import RESUMING, CheckpointError, load_checkpoint, save_checkpoint
 from engine.config import save_yaml, size_class
 from engine.distributed import Processes, ProcessesDiffer, from_environment, local_batch_statistics
 from engine.labels import check_clean_subset, detection_metrics
@@ -245,7 +245,7 @@ class Trainer:
                 raise ValueError(f"step {state['step']!r:.40}, epoch {state['epoch']!r:.40}")
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as error:
             reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-            raise CheckpointError(f"--resume: {self.checkpoint_path} holds a state that does not fit this run "
+            raise CheckpointError(f"{RESUMING}: {self.checkpoint_path} holds a state that does not fit this run "
                                   f"({reason}); delete it to start over") from None
         self.step, self.metrics = state["step"], state["metrics"]
         written_by = state.get("processes", self.processes.world)  # absent from checkpoints before 2026-12-07

@@ -262,6 +262,9 @@ def test_a_method_defined_outside_the_package_trains_through_the_api(digits, gce
     (lambda x, y: engine.fit(x, y, x_test=x[:5], y_test=np.arange(6, 11)), "y_test: label 10 is no class of the training "
      "labels (0..9); the test set may lack a class, not have another"),  # 1-based: it added an 11th class
     (lambda x, y: engine.fit(x, y, true_labels=y - 2), "true_labels: labels must be >= -1"),
+    (lambda x, y: engine.fit(x, y, true_labels=y + 1), "true_labels: label 10 is no class of the given labels or "
+     "y_test (0..9)"),  # it added an 11th class, sized by the truth
+    (lambda x, y: engine.fit(x, y, true_labels=y + 1, class_names=list("abcdefghij")), "true_labels: label 10 is no"),
     (lambda x, y: engine.fit(x, y - 1), "labels: labels must be >= 0"),
     (lambda x, y: engine.fit(x, np.full_like(y, 3)), "labels: every label is 3; a classifier needs samples of at least "
                                                       "2 classes"),

@@ -87,6 +87,16 @@ def test_a_missing_file_in_a_file_list_is_named_with_its_line(tmp_path):
         load_dataset("filelist", str(tmp_path))
 
 
+def test_an_image_listed_twice_in_a_file_list_is_refused_naming_both_lines(tmp_path):
+    image_folder(tmp_path / "img")
+    write_list(tmp_path / "test.txt", ["img/dog/0.bmp 1"])
+    for again in ("img/cat/0.bmp 1", "./img//cat/0.bmp 0"):  # two annotators' labels; the same file spelled anew
+        write_list(tmp_path / "train.txt", ["img/cat/0.bmp 0", "img/dog/1.bmp 1", again])
+        with pytest.raises(ValueError, match=rf"^{tmp_path}/train.txt:3: {re.escape(again.split()[0])} is listed "
+                                             r"again \(first on line 1\); give each image one line with one label"):
+            load_dataset("filelist", str(tmp_path))
+
+
 @pytest.mark.parametrize("listed", ["../outside/cat/0.bmp", "img/../../outside/cat/0.bmp", "ABSOLUTE",
                                     "link/../outside/cat/0.bmp"])
 def test_file_list_paths_must_stay_inside_the_data_dir(tmp_path, listed):

@@ -245,6 +245,21 @@ def test_missing_images_can_be_left_out(tmp_path, capsys):
     assert "1 missing train images left out (--skip-missing)" in out
 
 
+def test_an_image_listed_again_keeps_its_first_line(tmp_path, capsys):
+    src, dst = clothing1m(tmp_path / "src"), tmp_path / "dst"
+    write(src / "noisy_train_key_list.txt", [key(i) for i in (0, 1, 6, 2, 6, 3, 4, 5, 7, 1)])
+    out = convert(capsys, "clothing1m", src, dst, "--clean-train")
+    # key 6's first line takes its clean label and stays the trusted one; its second line is left out
+    expected = [(src / key(i), NOISY[i]) for i in (0, 1)] + [(src / key(6), CLEAN[6])] + \
+               [(src / key(i), NOISY[i]) for i in (2, 3, 4, 5)] + [(src / key(i), CLEAN[i]) for i in (7, 8)]
+    assert_lists(dst, "train", expected)
+    assert np.load(dst / "clean_indices.npy").tolist() == [2, 7, 8]
+    assert np.load(dst / "train_true_labels.npy").tolist() == [1, -1, 3, -1, -1, -1, -1, 3, 0]
+    assert "2 train lines naming an image listed before left out (its first line's label kept; 1 of them gave " \
+           f"another label), e.g. {key(6)}" in out
+    assert len(load_dataset("filelist", str(dst)).y_train) == 9
+
+
 def test_dst_folders_are_never_replaced(tmp_path, capsys):
     src, dst = clothing1m(tmp_path / "src"), tmp_path / "dst"
     (dst / "images").mkdir(parents=True)

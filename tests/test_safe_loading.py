@@ -130,5 +130,5 @@ def test_a_checkpoint_that_would_run_code_is_refused_on_resume(tmp_path):
     torch.save({"identity": {}, "model": Payload(marker)}, out / "checkpoint.pt")
     result = subprocess.run([sys.executable, "-m", "engine.train", "--method", "ce", "--dataset", "digits",
                              "--epochs", "1", "--out", str(out), "--resume"], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 2 and f"--resume: {out / 'checkpoint.pt'} cannot be read" in result.stderr
+    assert result.returncode == 2 and f"resuming (--resume, engine.fit's resume=True): {out / 'checkpoint.pt'} cannot be read" in result.stderr
     assert not marker.exists()

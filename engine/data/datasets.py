@@ -718,7 +718,7 @@ def _read_file_list(path):
     """The paths (relative to the list's folder), labels and line numbers of its lines. Paths
     must stay inside the list's folder (--data-dir): a data set is then one folder that can be
     moved or shared; link other folders into it to use their files."""
-    folder, paths, labels, numbers = os.path.dirname(path), [], [], []
+    folder, paths, labels, numbers, seen = os.path.dirname(path), [], [], [], {}
     for number, line in enumerate(_list_lines(path), 1):
         if not line:
             continue
@@ -740,6 +740,12 @@ def _read_file_list(path):
             raise ValueError(f"{where}: {full} is not a regular file (a folder, pipe, device or socket)")
         if not os.path.isfile(full):
             raise FileNotFoundError(f"{where}: {full} is missing")
+        # One image, one sample: two lines of it (two annotators' labels, say) would train it twice
+        # and give it two rows of label issues.
+        first = seen.setdefault(os.path.normpath(file), number)
+        if first != number:
+            raise ValueError(f"{where}: {file} is listed again (first on line {first}); give each image one line "
+                             f"with one label (combine several annotators' labels first, e.g. by majority vote)")
         paths.append(file)
         labels.append(label)
         numbers.append(number)

@@ -23,7 +23,8 @@ README.txt that says what each file holds. NAME is one of:
 
 Every list is written atomically; bad input (a missing file, a malformed line, a key without
 label) stops the conversion with one line naming the file and line. Each list entry's image is
-checked to exist (`--skip-missing` leaves missing ones out instead).
+checked to exist (`--skip-missing` leaves missing ones out instead); an image a list names again
+keeps its first line (a note counts the others).
 """
 import argparse
 import csv
@@ -442,13 +443,32 @@ def _drop_missing(conversion, dst, skip_missing):
                               f"({len(missing)} of the {len(entries)} {split} images are; --skip-missing leaves "
                               f"them out)")
         dropped.append(f"{len(missing)} missing {split} images left out (--skip-missing), e.g. {missing[0].where}")
-        setattr(conversion, split, [entry for entry, here in zip(entries, present) if here])
-        if split == "train":
-            keep = lambda values: [v for v, here in zip(values, present) if here]  # noqa: E731
-            conversion.per_sample = {name: (keep(values), dtype, text)
-                                     for name, (values, dtype, text) in conversion.per_sample.items()}
-            conversion.clean = keep(conversion.clean) if conversion.clean is not None else None
+        _keep(conversion, split, present)
     conversion.notes += dropped
+
+
+def _drop_repeats(conversion):
+    """Leaves out an image's later lines in a list (a sample per image: the engine refuses a list
+    naming one twice), keeping its first line's label; the notes count them."""
+    for split in ("train", "test"):
+        entries, first = getattr(conversion, split) or [], {}
+        kept = [first.setdefault(entry.path, entry) is entry for entry in entries]
+        repeats = [entry for entry, keep in zip(entries, kept) if not keep]
+        if repeats:
+            other = sum(entry.label != first[entry.path].label for entry in repeats)
+            conversion.notes.append(f"{len(repeats)} {split} lines naming an image listed before left out (its first "
+                                    f"line's label kept; {other} of them gave another label), e.g. {repeats[0].path}")
+            _keep(conversion, split, kept)
+
+
+def _keep(conversion, split, kept):
+    """Keeps the entries of `split` where `kept` is True, and of train their per-sample values."""
+    keep = lambda values: [value for value, chosen in zip(values, kept) if chosen]  # noqa: E731
+    setattr(conversion, split, keep(getattr(conversion, split)))
+    if split == "train":
+        conversion.per_sample = {name: (keep(values), dtype, text)
+                                 for name, (values, dtype, text) in conversion.per_sample.items()}
+        conversion.clean = keep(conversion.clean) if conversion.clean is not None else None
 
 
 def _check_labels(conversion):
@@ -516,6 +536,7 @@ def write_layout(conversion, dst, skip_missing=False, invocation=""):
     for name, target in conversion.links.items():
         _link(os.path.join(dst, name), target)
     _drop_missing(conversion, dst, skip_missing)
+    _drop_repeats(conversion)
     _check_labels(conversion)
     written = []
 

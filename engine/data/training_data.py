@@ -196,7 +196,7 @@ def from_arrays(x, labels, x_test=None, y_test=None, true_labels=None, clean_ind
             raise ValueError(f"x_test: samples of shape {list(x_test.shape[1:])} differ from x's "
                              f"{list(x.shape[1:])}")
         y_test = as_labels(y_test, len(x_test), "y_test")
-    num_classes = int(max(part.max() for part in (given, true) if part is not None and len(part))) + 1
+    num_classes = int(given.max()) + 1
     if y_test is not None and y_test.max() >= num_classes:
         if class_names is None:  # e.g. 1-based test labels: a class that nothing trains
             raise ValueError(f"y_test: label {int(y_test.max())} is no class of the training labels "
@@ -214,6 +214,9 @@ def from_arrays(x, labels, x_test=None, y_test=None, true_labels=None, clean_ind
             raise ValueError(f"class_names: {len(class_names)} names for labels up to {num_classes - 1} (at most "
                              f"{MAX_CLASSES} classes)")
         num_classes = len(class_names)
+    if true is not None and true.max() >= num_classes:  # the true labels never size the model
+        raise ValueError(f"true_labels: label {int(true.max())} is no class of the given labels or y_test "
+                         f"(0..{num_classes - 1}); class_names names every class")
     require_classes(given, "labels")
     clean = np.zeros(0, dtype=np.int64)
     if clean_indices is not None:
