@@ -15,7 +15,7 @@ from engine import reference as R
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SIZES = ["128x10", "1024x100", "4096x100", "65536x1000"]
-LOSSES = ["nl", "nl_plus", "pm", "ce", "pl_plus"]
+LOSSES = ["nl", "nl_plus", "nl_plus_k110", "pm", "ce", "pl_plus"]
 IMPLS = ["fused", "eager", "compiled"]
 
 
@@ -23,6 +23,7 @@ def loss_functions(module):
     return {
         "nl": lambda z, b: module.nl_loss(z, b["comp"]),
         "nl_plus": lambda z, b: module.nl_loss(z, b["comp"], plus=True),
+        "nl_plus_k110": lambda z, b: module.nl_loss(z, b["comp110"], plus=True),  # JNPL on CIFAR-100
         "pm": lambda z, b: module.pm_loss(z, b["labels"], b["exclude"]),
         "ce": lambda z, b: module.weighted_ce(z, b["labels"], b["weight"]),
         "pl_plus": lambda z, b: module.pl_plus_loss(z, b["labels"]),
@@ -53,6 +54,7 @@ def logits_and_batch(B, C, dtype):
     batch = {
         "labels": labels.to(DEVICE),
         "comp": L.sample_complementary(labels, C, seed=1).to(DEVICE),
+        "comp110": L.sample_complementary(labels, C, k=110, seed=2).to(DEVICE),  # with replacement: repeats
         "exclude": (torch.rand(B, C, generator=g) < 0.1).to(DEVICE),
         "weight": torch.rand(B, generator=g).to(DEVICE),
     }

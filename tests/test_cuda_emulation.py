@@ -96,6 +96,22 @@ def test_losses_and_gradients_match_cpu(emulated, C, dtype, layout):
                                    msg=name)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("C,k", [(100, 110), (37, 300)])
+def test_classes_listed_many_times_match_cpu(emulated, C, k, dtype):
+    """Each lane counts its columns' listings in their stored gradients (loss_row.h,
+    rewrite_listed); bf16 with k = 300 counts per listing instead."""
+    g = torch.Generator().manual_seed(k)
+    z = logits_with_edge_rows(C, g).to(dtype)
+    comp = L.sample_complementary(torch.randint(0, C, (len(z),), generator=g), C, k=k, seed=k)
+    rtol, atol = tolerances(dtype)
+    for plus in (False, True):
+        cpu = ops.nl_forward(z, comp, plus, 0.0, True)
+        lanes = emulated.row_loss(z, None, comp, None, POSITIVE["none"], 0, NEGATIVES["listed"], plus, 0.0)
+        for cpu_part, lane_part in zip(cpu, lanes):
+            torch.testing.assert_close(lane_part.double(), cpu_part.double(), rtol=rtol, atol=atol, equal_nan=True)
+
+
 @pytest.mark.parametrize("C", [2, 10, 100])
 def test_jnpl_select_and_history_match_cpu(emulated, C):
     g = torch.Generator().manual_seed(C)

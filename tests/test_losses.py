@@ -48,6 +48,28 @@ def assert_matches(fused, reference, z, dtype, **kwargs):
     torch.testing.assert_close(grad.double(), ref_grad, rtol=rtol, atol=atol)
 
 
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("plus", [False, True])
+@pytest.mark.parametrize("C,k", [(100, 110), (10, 40), (10, 300), (1000, 999)])
+def test_complementary_labels_listed_many_times(C, k, plus, dtype, device):
+    """k drawn with replacement (JNPL's 110 on CIFAR-100): a class listed up to dozens of times per
+    row; with 16-bit gradients k = 300 takes the per-listing count (loss_row.h, rewrite_listed)."""
+    g = torch.Generator().manual_seed(C * k)
+    labels = torch.randint(0, C, (64,), generator=g)
+    comp = L.sample_complementary(labels, C, k=k, seed=k).to(device)
+    counts = torch.zeros(64, C).scatter_add_(1, comp.cpu(), torch.ones(comp.shape))
+    assert counts.max() >= (2 if C > k else k // C)  # repeats, and the arg-max listed in some rows
+    z = (2 * torch.randn(64, C, generator=g)).to(device, dtype)
+    assert (counts.gather(1, z.float().argmax(1, keepdim=True).cpu()) > 0).any()
+    value, grad = value_and_grad(lambda x: L.nl_loss(x, comp, plus=plus, reduction="none"), z)
+    ref_value, ref_grad = value_and_grad(lambda x: R.nl_loss(x, comp, plus=plus, reduction="none"), z.double())
+    rtol, atol = tolerances(dtype)
+    # Each term of a row's hundreds is rounded at the scale of the row's largest (a gradient up to ~40)
+    scale = ref_grad.abs().amax(1, keepdim=True).clamp(min=1)
+    torch.testing.assert_close(value.double(), ref_value, rtol=rtol, atol=atol * k)
+    torch.testing.assert_close(grad.double() / scale, ref_grad / scale, rtol=rtol, atol=atol)
+
+
 @pytest.mark.parametrize("name", LOSS_NAMES)
 @pytest.mark.parametrize("B,C", [(1, 2), (257, 2), (4096, 2), (33, 10), (4096, 10), (128, 100), (16, 1000), (4096, 1000)])
 def test_matches_reference_fp32(name, B, C, device):

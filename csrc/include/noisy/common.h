@@ -133,6 +133,12 @@ template <> struct Store<f16_t> { template <class A> NOISY_HD static f16_t from(
 template <class Scalar> struct GradStorage { using type = Scalar; };
 template <> struct GradStorage<f16_t> { using type = float; };
 
+// The unsigned integer type of a size in bytes.
+template <int Bytes> struct UnsignedOfSize;
+template <> struct UnsignedOfSize<2> { using type = uint16_t; };
+template <> struct UnsignedOfSize<4> { using type = uint32_t; };
+template <> struct UnsignedOfSize<8> { using type = uint64_t; };
+
 // A strided 2-D view.
 template <class Scalar>
 struct Matrix {
