@@ -116,9 +116,12 @@ def fit(x, labels=None, *, method="jnpl", x_test=None, y_test=None, true_labels=
                     hyperparameters=config)
     from engine.trainer import Trainer
 
-    trainer = Trainer(method, data, seed=seed, device=device, out=out, resume=resume, overwrite=overwrite,
-                      run_config=run, sync_bn=sync_bn, log=print if verbose else lambda line: None)
-    summary = trainer.run()
+    # The run seeds torch's global generators from `seed`; the caller's draws go on afterwards as
+    # if fit had not run (a script drawing a new subsample per fit gets a new one).
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if device.type == "cuda" else ()):
+        trainer = Trainer(method, data, seed=seed, device=device, out=out, resume=resume, overwrite=overwrite,
+                          run_config=run, sync_bn=sync_bn, log=print if verbose else lambda line: None)
+        summary = trainer.run()
     return FitResult(method.eval_model(trainer.model), method, run, pd.DataFrame(trainer.metrics), summary,
                      trainer.issue_probs, trainer)
 

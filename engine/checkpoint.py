@@ -21,6 +21,11 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed from: unreadable, damaged, or another run's."""
 
 
+class RunNote(UserWarning):
+    """What resuming did that its caller may not expect (no checkpoint: a new run): engine.fit
+    shows it as a warning, the command line as a note."""
+
+
 def save_checkpoint(path, state):
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -63,7 +68,7 @@ def load_checkpoint(path, identity, device):
     if state["identity"] != identity:
         stored = state["identity"] if isinstance(state["identity"], dict) else {}
         differs = sorted(key for key in {*stored, *identity} if stored.get(key) != identity.get(key))
-        what = {"data_fingerprint": "the training data, labels or test split"}
+        what = {"data_fingerprint": "the training data, labels, test split, classes or true labels"}
         raise CheckpointError(f"{RESUMING}: {path} belongs to a different run (what differs: "
                               f"{'; '.join(what.get(key, key) for key in differs)}); resume with that run's "
                               f"options or choose another output folder (--out, engine.fit's out)")

@@ -175,7 +175,9 @@ def write_metrics(rows, path):
 
 
 def write_label_issues(table, path):
-    write_csv(table, path, float_format="%.6f")
+    # Significant digits, not decimals: the most likely mislabeled samples score 1e-10 and below,
+    # and their ranking must survive the file (9 digits keep every float32 score).
+    write_csv(table, path, float_format="%.9g")
 
 
 def write_json(content, path):

@@ -20,7 +20,7 @@ import torch
 
 from engine.config import (NOISE_OPTIONS, SHARED_FIELDS, SHORT_BUDGET, SMALL_DATA, ConfigError, DataConfig, RunConfig,
                            WarmupConfig, check_fields, load_yaml, size_class, with_overrides)
-from engine.checkpoint import CheckpointError
+from engine.checkpoint import CheckpointError, RunNote
 from engine.data.datasets import DataFileError, LeftOut
 from engine.distributed import ProcessesDiffer
 from engine.methods import METHODS, method_class, with_model_for
@@ -313,10 +313,10 @@ def failed(message, exit_code):
     return exit_code
 
 
-def note_left_out(show):
-    """warnings.showwarning with a data set's LeftOut as a one-line note on stderr."""
+def show_notes(show):
+    """warnings.showwarning with a data set's LeftOut and a run's RunNote as one-line notes on stderr."""
     def showwarning(message, category, *where):
-        if issubclass(category, LeftOut):
+        if issubclass(category, (LeftOut, RunNote)):
             print(f"python -m engine.train: note: {message}", file=sys.stderr)
         else:
             show(message, category, *where)
@@ -325,10 +325,15 @@ def note_left_out(show):
 
 def main(argv=None):
     run, method, start = parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = show_notes(warnings.showwarning)
+        return run_main(run, method, start)
+
+
+def run_main(run, method, start):
+    """main's run once its arguments are parsed: the exit code."""
     try:
-        with warnings.catch_warnings():
-            warnings.showwarning = note_left_out(warnings.showwarning)
-            trainer = trainer_for(run, method, **start)
+        trainer = trainer_for(run, method, **start)
     except ConfigError as error:  # a bad value found once the data are known: name its flag
         return failed(f"{config_flag(error, method)} {error.text}", 2)
     except (ValueError, FileNotFoundError) as error:  # a bad configuration: say what, no traceback

@@ -8,13 +8,14 @@ every process of the job (engine/distributed.py says what is kept in step and ho
 import math
 import os
 import time
+import warnings
 from contextlib import ExitStack, nullcontext
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from engine.checkpoint import RESUMING, CheckpointError, load_checkpoint, save_checkpoint
+from engine.checkpoint import RESUMING, CheckpointError, RunNote, load_checkpoint, save_checkpoint
 from engine.config import save_yaml, size_class
 from engine.distributed import Processes, ProcessesDiffer, from_environment, local_batch_statistics
 from engine.labels import check_clean_subset, detection_metrics
@@ -250,10 +251,14 @@ class Trainer:
         self.step, self.metrics = state["step"], state["metrics"]
         written_by = state.get("processes", self.processes.world)  # absent from checkpoints before 2026-12-07
         if written_by != self.processes.world:  # allowed (README), but no longer one run's computation
-            self.log(f"note: {self.checkpoint_path} was written by {written_by} process(es), this run has "
-                     f"{self.processes.world}: it continues, and ends near, not exactly at, an uninterrupted run's "
-                     f"result on either")
+            self.note(f"{self.checkpoint_path} was written by {written_by} process(es), this run has "
+                      f"{self.processes.world}: it continues, and ends near, not exactly at, an uninterrupted run's "
+                      f"result on either")
         return state["epoch"] + 1
+
+    def note(self, text):
+        if self.processes.main:
+            warnings.warn(text, RunNote, stacklevel=2)
 
     # ------------------------------------------------------------------ loop
 
@@ -334,7 +339,7 @@ class Trainer:
         start_epoch = 0
         resumed = self.resume and self.checkpoint_path and os.path.exists(self.checkpoint_path)
         if self.resume and not resumed:  # e.g. a mistyped --out
-            self.log(f"note: no checkpoint to resume in {self.out}: a new run")
+            self.note(f"no checkpoint to resume in {self.out}: a new run")
         if resumed:
             start_epoch = self.load_checkpoint()  # refuses another run's checkpoint before anything is written
             self.log(f"resumed from {self.checkpoint_path} after epoch {start_epoch}")

@@ -208,6 +208,35 @@ def test_fit_on_images_with_class_names_and_outputs(tmp_path, capsys):
         result.predict_proba(np.zeros((2, 32, 32, 3), dtype=np.uint8))
 
 
+def test_clean_indices_of_a_loaded_data_set_name_samples_as_the_label_issues_index_does(tmp_path):
+    from engine.data.datasets import load_dataset
+
+    x = np.random.default_rng(0).normal(size=(100, 4)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(100) % 2)
+    data = load_dataset("npz", str(tmp_path / "d.npz"))  # holds out 20 samples as the test share
+    trusted = data.train_rows[[3, 10, 50, 70]]
+    assert (trusted != [3, 10, 50, 70]).any(), "positions in the data as given, not in the training part"
+    mask = np.isin(np.arange(100), trusted)
+    for given in (trusted, mask):
+        table = engine.fit(data, method="ce", epochs=1, clean_indices=given).label_issues()
+        assert table["index"][table["clean_subset"]].tolist() == sorted(trusted.tolist())
+    held_out = np.setdiff1d(np.arange(100), data.train_rows)[0]
+    with pytest.raises(ValueError, match=f"^clean_indices: sample {held_out} is in the test share held out of the data "
+                                         r"\(20 samples\); trust training samples only"):
+        engine.fit(data, method="ce", epochs=1, clean_indices=[held_out])
+    with pytest.raises(ValueError, match="^clean_indices: all 80 training samples are in the clean subset"):
+        engine.fit(data, method="ce", epochs=1, clean_indices=data.train_rows)
+
+
+def test_fit_leaves_the_callers_random_generator_alone(digits):
+    x, noisy, _, _, _ = digits
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    engine.fit(x, noisy, method="ce", epochs=1)  # seeds torch's generator from its own seed inside
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_find_label_issues_follows_cleanlab(digits):
     x, noisy, true, _, _ = digits
     options = dict(method="ce", epochs=6, seed=2)
@@ -325,6 +354,11 @@ def test_fit_resumes_the_run_in_out(tmp_path):
     np.testing.assert_array_equal(resumed.pred_probs, first.pred_probs)
     with pytest.raises(CheckpointError, match="belongs to a different run"):
         engine.fit(x, y, method="ce", epochs=2, out=tmp_path, resume=True, seed=1)
+    # The classes and the true labels (scored each epoch) are the run's too
+    differs = r"belongs to a different run \(what differs: the training data, labels, test split, classes or true"
+    for other in (dict(class_names=["a", "b", "c", "d"]), dict(true_labels=(y + 1) % 3)):
+        with pytest.raises(CheckpointError, match=differs):
+            engine.fit(x, y, method="ce", epochs=2, out=tmp_path, resume=True, **other)
     with pytest.raises(ValueError, match="resume: needs out"):
         engine.fit(x, y, method="ce", epochs=2, resume=True)
 

@@ -4,12 +4,14 @@ names the file and says to delete it, never a traceback from inside torch."""
 import hashlib
 import io
 import os
+import re
 
 import numpy as np
 import pytest
 import torch
 
-from engine.checkpoint import FORMAT, CheckpointError, read_checkpoint, save_checkpoint
+from engine.checkpoint import FORMAT, CheckpointError, RunNote, read_checkpoint, save_checkpoint
+from engine.train import main
 
 STATE = {"epoch": 3, "step": 120, "identity": {"seed": 0}, "model": {"w": torch.arange(1000.0)},
          "optimizer": {"state": {}}, "method": {}, "metrics": [{"epoch": 1, "test_acc": 0.5}]}
@@ -127,12 +129,17 @@ def test_a_resume_says_when_it_starts_anew_or_continues_another_number_of_proces
 
     x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
     labels = np.arange(40) % 2
-    engine.fit(x, labels, method="ce", epochs=2, out=tmp_path / "a", resume=True, verbose=True)
-    assert f"note: no checkpoint to resume in {tmp_path / 'a'}: a new run" in capsys.readouterr().out
+    with pytest.warns(RunNote, match=f"^no checkpoint to resume in {tmp_path / 'a'}: a new run$"):
+        engine.fit(x, labels, method="ce", epochs=2, out=tmp_path / "a", resume=True)  # shown without verbose
     state = read_checkpoint(str(tmp_path / "a" / "checkpoint.pt"))
     assert state["processes"] == 1
     save_checkpoint(str(tmp_path / "a" / "checkpoint.pt"), {**state, "epoch": 0, "processes": 2})
     os.remove(tmp_path / "a" / "summary.json")
-    engine.fit(x, labels, method="ce", epochs=2, out=tmp_path / "a", resume=True, verbose=True)
-    assert (f"note: {tmp_path / 'a' / 'checkpoint.pt'} was written by 2 process(es), this run has 1: it continues, "
-            f"and ends near, not exactly at, an uninterrupted run's result on either") in capsys.readouterr().out
+    with pytest.warns(RunNote, match=re.escape(
+            f"{tmp_path / 'a' / 'checkpoint.pt'} was written by 2 process(es), this run has 1: it continues, and ends "
+            f"near, not exactly at, an uninterrupted run's result on either")):
+        engine.fit(x, labels, method="ce", epochs=2, out=tmp_path / "a", resume=True)
+    assert main(["--method", "ce", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "b"),
+                 "--resume"]) == 0
+    assert f"python -m engine.train: note: no checkpoint to resume in {tmp_path / 'b'}: a new run\n" in \
+        capsys.readouterr().err

@@ -9,11 +9,13 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
 import engine
-from engine.outputs import FILE_MODE, LOCK_NAME, FolderInUse, folder_lock, write_atomically
+from engine.outputs import FILE_MODE, LOCK_NAME, FolderInUse, folder_lock, label_issues_table, write_atomically, \
+    write_label_issues
 from engine.train import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,6 +24,16 @@ ROWS = 200_000  # a label_issues.csv of CIFAR size takes a while to write: kills
 
 def version(number):
     return b"".join(b"%d,%d\n" % (number, row) for row in range(ROWS)) + b"end\n"
+
+
+def test_label_issues_csv_keeps_every_score_and_so_the_ranking(tmp_path):
+    """The most likely mislabeled samples score far below 1e-6 (6 decimals wrote them all as 0)."""
+    quality = np.array([5e-23, 3e-12, 4e-10, 0.123456789, 1 - 2e-7, 1.0], dtype=np.float32)
+    probs = np.full((6, 2), 0.5, dtype=np.float32)
+    table = label_issues_table(np.zeros(6, dtype=np.int64), probs, quality, quality < 0.5)
+    write_label_issues(table, tmp_path / "label_issues.csv")
+    written = pd.read_csv(tmp_path / "label_issues.csv")
+    assert np.array_equal(written["label_quality"].to_numpy().astype(np.float32), quality)
 
 
 def test_a_failing_write_keeps_the_old_file_and_leaves_nothing(tmp_path):

@@ -97,7 +97,8 @@ def test_resume_refuses_a_different_run_and_a_corrupt_checkpoint(tmp_path):
     result = train("--method", "ce", "--dataset", "digits", "--epochs", "1", "--seed", "5", "--out", out, "--resume",
                    check=False)
     # another seed draws other noisy labels
-    differs = "belongs to a different run (what differs: the training data, labels or test split; seed);"
+    differs = ("belongs to a different run (what differs: the training data, labels, test split, classes or true "
+               "labels; seed);")
     assert result.returncode == 2 and differs in result.stderr
     assert "Traceback" not in result.stderr
     assert before == {name: open(os.path.join(out, name), "rb").read() for name in OUTPUTS}, "nothing rewritten"
@@ -142,8 +143,8 @@ def test_resume_refuses_a_checkpoint_of_other_data(tmp_path):
     common = ["--method", "ce", "--dataset", "npz", "--epochs", "1", "--out", out]
     train(*common, "--data-dir", str(tmp_path / "a.npz"))
     result = train(*common, "--data-dir", str(tmp_path / "b.npz"), "--resume", check=False)
-    assert result.returncode == 2 and "belongs to a different run (what differs: the training data, labels or test " \
-                                      "split);" in result.stderr
+    assert result.returncode == 2 and "belongs to a different run (what differs: the training data, labels, test " \
+                                      "split, classes or true labels);" in result.stderr
     assert "resumed" in train(*common, "--data-dir", str(tmp_path / "a.npz"), "--resume").stdout
 
 

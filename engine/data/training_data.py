@@ -45,11 +45,12 @@ class TrainingData:
         return np.setdiff1d(np.arange(len(self.given_labels)), self.clean_indices)
 
     def fingerprint(self):
-        """sha256 (hex) of everything a run's state depends on: the training inputs, given
-        labels, clean subset and test split (of image files: their paths, sizes and mtimes).
-        --resume refuses a checkpoint of other data."""
-        digest = hashlib.sha256()
-        for array in (self.x_train, self.given_labels, self.clean_indices, self.x_test, self.y_test):
+        """sha256 (hex) of everything a run's state and outputs depend on: the training inputs,
+        given labels, clean subset, test split (of image files: their paths, sizes and mtimes),
+        classes and their names, and the true labels (scored each epoch). --resume refuses a
+        checkpoint of other data."""
+        digest = hashlib.sha256(repr((self.num_classes, self.class_names)).encode())
+        for array in (self.x_train, self.given_labels, self.clean_indices, self.x_test, self.y_test, self.true_labels):
             if isinstance(array, ImageFiles):
                 array = np.frombuffer(array.fingerprint(), dtype=np.uint8)
             if array is not None:
@@ -173,8 +174,30 @@ def from_loaded(dataset, labels=None, true_labels=None, clean_indices=None):
             where = TRUSTED_LABELS[dataset.name][0]
             raise ValueError(f"clean_indices: the data set has its own clean subset ({where}, {len(clean)} samples), "
                              f"which the run uses")
-        clean = trusted_positions(as_numpy(clean_indices, "clean_indices"), count, "clean_indices")
+        clean = trusted_training_samples(dataset, as_numpy(clean_indices, "clean_indices"))
     return from_dataset(dataset, given, true, np.zeros(0, dtype=np.int64) if clean is None else clean)
+
+
+def trusted_training_samples(dataset, indices):
+    """The training positions of a loaded data set's trusted samples, named as the label-issues
+    table's index and find_label_issues name them: by position in the data as given, where a test
+    share was held out of it (dataset.train_rows), as the npz's own clean_indices does."""
+    count = len(dataset.y_train)
+    if dataset.train_rows is None:
+        return trusted_positions(indices, count, "clean_indices")
+    given_count = count + len(dataset.y_test)
+    rows = trusted_positions(indices, given_count, "clean_indices (positions in the data as given)")
+    position = np.full(given_count, -1, dtype=np.int64)
+    position[dataset.train_rows] = np.arange(count)
+    held_out = rows[position[rows] < 0]
+    if len(held_out):
+        raise ValueError(f"clean_indices: sample {held_out[0]} is in the test share held out of the data "
+                         f"({len(dataset.y_test)} samples); trust training samples only (load_dataset's "
+                         f"test_fraction=0 holds none out)")
+    if len(rows) == count:
+        raise ValueError(f"clean_indices: all {count} training samples are in the clean subset; leave out those whose "
+                         f"labels the method should train on and score")
+    return np.sort(position[rows])
 
 
 def from_arrays(x, labels, x_test=None, y_test=None, true_labels=None, clean_indices=None, class_names=None,
