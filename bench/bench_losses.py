@@ -25,7 +25,7 @@ def loss_functions(module):
         "nl_plus": lambda z, b: module.nl_loss(z, b["comp"], plus=True),
         "nl_plus_k110": lambda z, b: module.nl_loss(z, b["comp110"], plus=True),  # JNPL on CIFAR-100
         "pm": lambda z, b: module.pm_loss(z, b["labels"], b["exclude"]),
-        "ce": lambda z, b: module.weighted_ce(z, b["labels"], b["weight"]),
+        "ce": lambda z, b: module.weighted_ce(z, b["labels"], weight=b["weight"]),
         "pl_plus": lambda z, b: module.pl_plus_loss(z, b["labels"]),
     }
 
@@ -53,8 +53,8 @@ def logits_and_batch(B, C, dtype):
     labels = torch.randint(0, C, (B,), generator=g)
     batch = {
         "labels": labels.to(DEVICE),
-        "comp": L.sample_complementary(labels, C, seed=1).to(DEVICE),
-        "comp110": L.sample_complementary(labels, C, k=110, seed=2).to(DEVICE),  # with replacement: repeats
+        "comp": L.sample_complementary(labels, C, seed=1, offset=0).to(DEVICE),
+        "comp110": L.sample_complementary(labels, C, k=110, seed=2, offset=0).to(DEVICE),  # with replacement: repeats
         "exclude": (torch.rand(B, C, generator=g) < 0.1).to(DEVICE),
         "weight": torch.rand(B, generator=g).to(DEVICE),
     }

@@ -1,6 +1,7 @@
 // Op schemas (TORCH_LIBRARY), input validation, and dispatch to the CPU / CUDA kernels.
 // The same entry points serve both devices; only the kernel call differs.
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -242,6 +243,12 @@ void update_history(const Tensor& history, const Tensor& indices, const Tensor& 
                     "(): history must have shape [num_samples, ", logits.size(1), "], got ", history.sizes());
   check_same_device(api, logits, "logits", history, "history");
   check_class_indices(api, indices, "indices", 1, logits.size(0), history.size(0), logits, "logits");
+  // As torch's in-place ops: rows that share memory (an expanded tensor) are refused, an inference
+  // tensor outside inference mode is refused, and autograd sees the change (a graph that saved
+  // history refuses to backpropagate through the old values).
+  TORCH_CHECK_VALUE(at::has_internal_overlap(history) != at::MemOverlap::Yes, api,
+                    "(): history has rows that share memory (e.g. an expanded tensor); give one with its own rows");
+  history.unsafeGetTensorImpl()->bump_version();
   run_history(history, indices, logits, [&](const auto& p) {
     on_device(logits, [&] { cpu::update_history(p); }, [&](void* stream) { return cuda::update_history(p, stream); });
   });

@@ -85,7 +85,7 @@ def _reduce(api, per_sample, weight, reduction):
     return total if reduction == "sum" else total / max(per_sample.shape[0], 1)
 
 
-def nl_loss(logits, comp_labels, weight=None, plus=False, reduction="mean", clamp_eps=None):
+def nl_loss(logits, comp_labels, *, weight=None, plus=False, reduction="mean", clamp_eps=None):
     """Negative learning: sum over the k complementary labels of -a_k log(1 - p_k).
 
     comp_labels: int64 [B, k] (or [B] for k = 1). a_k = 1 (NL) or the detached 1 - p_k
@@ -101,12 +101,12 @@ def nl_loss(logits, comp_labels, weight=None, plus=False, reduction="mean", clam
     return _reduce(api, per_sample, weight, reduction)
 
 
-def nl_plus_loss(logits, comp_labels, weight=None, reduction="mean", clamp_eps=None):
+def nl_plus_loss(logits, comp_labels, *, weight=None, reduction="mean", clamp_eps=None):
     """NL+ (JNPL, arXiv:2104.06574, eq. 5): nl_loss with plus=True."""
     return nl_loss(logits, comp_labels, weight=weight, plus=True, reduction=reduction, clamp_eps=clamp_eps)
 
 
-def pl_plus_loss(logits, target, n=3, weight=None, reduction="mean"):
+def pl_plus_loss(logits, target, *, n=3, weight=None, reduction="mean"):
     """PL+ (JNPL, arXiv:2104.06574, eq. 7): -prod_{i=0..n} (1 + p_t^(2^i)) log p_t, the product detached.
 
     Pass only the selected rows (see jnpl_select); the mean is over the rows passed.
@@ -117,7 +117,7 @@ def pl_plus_loss(logits, target, n=3, weight=None, reduction="mean"):
     return _reduce(api, per_sample, weight, reduction)
 
 
-def pm_loss(logits, labels, exclude=None, weight=None, reduction="mean"):
+def pm_loss(logits, labels, exclude=None, *, weight=None, reduction="mean"):
     """PM (PMNAR, eq. 7): -log p_y - sum over k != y, not exclude[i, k] of log(1 - p_k).
 
     exclude: optional bool [B, C], e.g. PMNAR's "ever predicted" history rows.
@@ -125,7 +125,7 @@ def pm_loss(logits, labels, exclude=None, weight=None, reduction="mean"):
     return _multi_negative("pm_loss", logits, labels, exclude, True, weight, reduction)
 
 
-def ml_loss(logits, labels, exclude=None, weight=None, reduction="mean"):
+def ml_loss(logits, labels, exclude=None, *, weight=None, reduction="mean"):
     """Multi-negative learning (PMNAR, eq. 6), PM without its -log p_y term:
     -sum over k != y, not exclude[i, k] of log(1 - p_k). BLDR's negative head uses it with
     the corrected label excluded."""
@@ -138,8 +138,9 @@ def _multi_negative(api, logits, labels, exclude, positive, weight, reduction):
     return _reduce(api, per_sample, weight, reduction)
 
 
-def weighted_ce(logits, labels, weight=None, reduction="mean"):
-    """Cross-entropy -log p_y with an optional per-sample weight."""
+def weighted_ce(logits, labels, *, weight=None, reduction="mean"):
+    """Cross-entropy -log p_y with an optional per-sample weight [B] (keyword-only: not
+    F.cross_entropy's per-class weight; for one, pass weight=class_weight[labels])."""
     api = "weighted_ce"
     per_sample = _per_sample(api, ops.ce_forward, logits, _arg(api, "labels", labels, "tensor"))
     return _reduce(api, per_sample, weight, reduction)
@@ -159,16 +160,20 @@ def jnpl_select(logits, seed, offset, first_row=0):
                            _arg(api, "offset", offset, "int", bits=True), _arg(api, "first_row", first_row, "int"))
 
 
-def sample_complementary(labels, num_classes, k=1, exclude=None, replacement=True, seed=0, offset=0, first_row=0):
+def sample_complementary(labels, num_classes, k=1, exclude=None, replacement=True, seed=0, offset=None, first_row=0):
     """k labels per row [B, k], uniform over the classes that are not the label and not excluded.
 
     exclude: optional bool [B, num_classes]. Without replacement the k labels are distinct
     (k <= allowed classes). Draws come from Philox(seed, offset, first_row + row): the same on
-    CPU and CUDA; use a new offset (e.g. the step number) for new draws, and another seed than
-    jnpl_select's (the same streams). first_row: as in jnpl_select (a shard of a batch passes its
-    first row's position in the global batch).
+    CPU and CUDA. offset None draws one from torch's default generator (new labels each call,
+    repeated by torch.manual_seed; under torch.compile a graph break); a loop that resumes exactly
+    passes its own, e.g. the step number, and another seed than jnpl_select's (the same streams).
+    first_row: as in jnpl_select (a shard of a batch passes its first row's position in the global
+    batch).
     """
     api = "sample_complementary"
+    if offset is None:  # a fixed default drew the same labels at every step of a loop that forgot it
+        offset = int(torch.randint(0, 1 << 62, ()))
     return ops.sample_complementary(
         _arg(api, "labels", labels, "tensor"), _arg(api, "num_classes", num_classes, "int"), _arg(api, "k", k, "int"),
         _arg(api, "exclude", exclude, "tensor", optional=True), _arg(api, "replacement", replacement, "bool"),
@@ -213,7 +218,7 @@ class _Loss(torch.nn.Module):
 
 
 class NLLoss(_Loss):
-    """nl_loss as a module: forward(logits, comp_labels, weight=None)."""
+    """nl_loss as a module: forward(logits, comp_labels, *, weight=None)."""
 
     plus = False
 
@@ -225,47 +230,48 @@ class NLLoss(_Loss):
     def extra_repr(self):
         return f"{super().extra_repr()}, clamp_eps={self.clamp_eps!r}"
 
-    def forward(self, logits, comp_labels, weight=None):
-        return nl_loss(logits, comp_labels, weight, self.plus, self.reduction, self.clamp_eps)
+    def forward(self, logits, comp_labels, *, weight=None):
+        return nl_loss(logits, comp_labels, weight=weight, plus=self.plus, reduction=self.reduction,
+                       clamp_eps=self.clamp_eps)
 
 
 class NLPlusLoss(NLLoss):
-    """NL+ as a module: forward(logits, comp_labels, weight=None)."""
+    """NL+ as a module: forward(logits, comp_labels, *, weight=None)."""
 
     plus = True
 
 
 class PLPlusLoss(_Loss):
-    """pl_plus_loss as a module: forward(logits, target, weight=None)."""
+    """pl_plus_loss as a module: forward(logits, target, *, weight=None)."""
 
     def __init__(self, n=3, reduction="mean"):
         super().__init__(reduction)
-        pl_plus_loss(_PROBE[0], _PROBE[1][:, 0], n)  # the op's own argument checks, at construction
+        pl_plus_loss(_PROBE[0], _PROBE[1][:, 0], n=n)  # the op's own argument checks, at construction
         self.n = n
 
     def extra_repr(self):
         return f"{super().extra_repr()}, n={self.n!r}"
 
-    def forward(self, logits, target, weight=None):
-        return pl_plus_loss(logits, target, self.n, weight, self.reduction)
+    def forward(self, logits, target, *, weight=None):
+        return pl_plus_loss(logits, target, n=self.n, weight=weight, reduction=self.reduction)
 
 
 class MLLoss(_Loss):
-    """ml_loss as a module: forward(logits, labels, exclude=None, weight=None)."""
+    """ml_loss as a module: forward(logits, labels, exclude=None, *, weight=None)."""
 
-    def forward(self, logits, labels, exclude=None, weight=None):
-        return ml_loss(logits, labels, exclude, weight, self.reduction)
+    def forward(self, logits, labels, exclude=None, *, weight=None):
+        return ml_loss(logits, labels, exclude, weight=weight, reduction=self.reduction)
 
 
 class PMLoss(_Loss):
-    """pm_loss as a module: forward(logits, labels, exclude=None, weight=None)."""
+    """pm_loss as a module: forward(logits, labels, exclude=None, *, weight=None)."""
 
-    def forward(self, logits, labels, exclude=None, weight=None):
-        return pm_loss(logits, labels, exclude, weight, self.reduction)
+    def forward(self, logits, labels, exclude=None, *, weight=None):
+        return pm_loss(logits, labels, exclude, weight=weight, reduction=self.reduction)
 
 
 class WeightedCELoss(_Loss):
-    """weighted_ce as a module: forward(logits, labels, weight=None)."""
+    """weighted_ce as a module: forward(logits, labels, *, weight=None)."""
 
-    def forward(self, logits, labels, weight=None):
-        return weighted_ce(logits, labels, weight, self.reduction)
+    def forward(self, logits, labels, *, weight=None):
+        return weighted_ce(logits, labels, weight=weight, reduction=self.reduction)

@@ -31,7 +31,7 @@ def log1m_softmax(z):
     return log1m.scatter(1, top, torch.where(some, top_value, float("-inf")))
 
 
-def nl_loss(logits, comp_labels, weight=None, plus=False, reduction="mean", clamp_eps=None):
+def nl_loss(logits, comp_labels, *, weight=None, plus=False, reduction="mean", clamp_eps=None):
     if comp_labels.dim() == 1:
         comp_labels = comp_labels.unsqueeze(1)
     log1m = log1m_softmax(_acc(logits)).gather(1, comp_labels)
@@ -42,11 +42,11 @@ def nl_loss(logits, comp_labels, weight=None, plus=False, reduction="mean", clam
     return _reduce(-(a * log1m).sum(1), weight, reduction)
 
 
-def nl_plus_loss(logits, comp_labels, weight=None, reduction="mean", clamp_eps=None):
+def nl_plus_loss(logits, comp_labels, *, weight=None, reduction="mean", clamp_eps=None):
     return nl_loss(logits, comp_labels, weight=weight, plus=True, reduction=reduction, clamp_eps=clamp_eps)
 
 
-def pl_plus_loss(logits, target, n=3, weight=None, reduction="mean"):
+def pl_plus_loss(logits, target, *, n=3, weight=None, reduction="mean"):
     log_p = torch.log_softmax(_acc(logits), 1).gather(1, target.unsqueeze(1)).squeeze(1)
     p = log_p.detach().exp()
     factor = torch.ones_like(p)
@@ -63,17 +63,17 @@ def _multi_negative(z, labels, exclude):
     return -torch.where(negatives, log1m_softmax(z), 0.0).sum(1)
 
 
-def ml_loss(logits, labels, exclude=None, weight=None, reduction="mean"):
+def ml_loss(logits, labels, exclude=None, *, weight=None, reduction="mean"):
     return _reduce(_multi_negative(_acc(logits), labels, exclude), weight, reduction)
 
 
-def pm_loss(logits, labels, exclude=None, weight=None, reduction="mean"):
+def pm_loss(logits, labels, exclude=None, *, weight=None, reduction="mean"):
     z = _acc(logits)
     ce = -torch.log_softmax(z, 1).gather(1, labels.unsqueeze(1)).squeeze(1)
     return _reduce(ce + _multi_negative(z, labels, exclude), weight, reduction)
 
 
-def weighted_ce(logits, labels, weight=None, reduction="mean"):
+def weighted_ce(logits, labels, *, weight=None, reduction="mean"):
     ce = torch.nn.functional.cross_entropy(_acc(logits), labels, reduction="none")
     return _reduce(ce, weight, reduction)
 

@@ -126,7 +126,8 @@ def test_bldr_loss_is_both_views_head_losses_plus_each_heads_consistency_and_cla
     negative = torch.softmax(views[0]["negative"], 1)
     corrected = (negative if rule == "negative" else negative / negative.mean(0)).argmax(1)
     exclude = nn.functional.one_hot(corrected, C).bool()
-    expected = sum(R.weighted_ce(view["main"], labels, weight) + R.ml_loss(view["negative"], labels, exclude, weight)
+    expected = sum(R.weighted_ce(view["main"], labels, weight=weight)
+                   + R.ml_loss(view["negative"], labels, exclude, weight=weight)
                    for view in views) / 2
     for head in ("main", "negative"):
         train, strong = torch.softmax(views[0][head], 1), torch.softmax(views[1][head], 1)

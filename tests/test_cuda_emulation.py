@@ -84,7 +84,7 @@ def test_losses_and_gradients_match_cpu(emulated, C, dtype, layout):
         assert z.stride() == (2, 2 * B)
     labels = torch.randint(0, C, (B,), generator=g)
     labels[4] = C - 1  # a possible class in the row with -inf logits
-    comp = L.sample_complementary(labels, C, k=3, seed=C)
+    comp = L.sample_complementary(labels, C, k=3, seed=C, offset=0)
     exclude = torch.rand(B, C, generator=g) < 0.3
     rtol, atol = tolerances(dtype)
     for name, ((cpu_loss, cpu_grad), (lane_loss, lane_grad)) in row_loss_pairs(emulated, z, labels, comp, exclude).items():
@@ -103,7 +103,7 @@ def test_classes_listed_many_times_match_cpu(emulated, C, k, dtype):
     rewrite_listed); bf16 with k = 300 counts per listing instead."""
     g = torch.Generator().manual_seed(k)
     z = logits_with_edge_rows(C, g).to(dtype)
-    comp = L.sample_complementary(torch.randint(0, C, (len(z),), generator=g), C, k=k, seed=k)
+    comp = L.sample_complementary(torch.randint(0, C, (len(z),), generator=g), C, k=k, seed=k, offset=0)
     rtol, atol = tolerances(dtype)
     for plus in (False, True):
         cpu = ops.nl_forward(z, comp, plus, 0.0, True)

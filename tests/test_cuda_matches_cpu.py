@@ -25,14 +25,14 @@ def test_losses_and_gradients_match(B, C, layout):
 
     y = torch.randint(0, C, (B,), generator=g)
     exclude = torch.rand(B, C, generator=g) < 0.2
-    comp = L.sample_complementary(y, C, k=3, seed=1)
+    comp = L.sample_complementary(y, C, k=3, seed=1, offset=0)
     w = torch.rand(B, generator=g)
     calls = [
-        lambda z, d: L.nl_loss(z, comp.to(d), w.to(d), reduction="none"),
+        lambda z, d: L.nl_loss(z, comp.to(d), weight=w.to(d), reduction="none"),
         lambda z, d: L.nl_plus_loss(z, comp.to(d), reduction="sum"),
         lambda z, d: L.pm_loss(z, y.to(d), exclude.to(d), reduction="none"),
         lambda z, d: L.ml_loss(z, y.to(d), exclude.to(d), reduction="none"),
-        lambda z, d: L.weighted_ce(z, y.to(d), w.to(d)),
+        lambda z, d: L.weighted_ce(z, y.to(d), weight=w.to(d)),
         lambda z, d: L.pl_plus_loss(z, y.to(d), reduction="none"),
     ]
     loss_tolerance = {torch.float64: 1e-10}

@@ -49,6 +49,8 @@ Z1 = torch.randn(4, 1)
          r"update_history\(\): indices must lie in \[0, 3\)"),
         (lambda: L.update_history(torch.zeros(9, 4, dtype=torch.bool), Y, Z), ValueError, r"update_history\(\): history must have shape"),
         (lambda: L.update_history(torch.zeros(9, 5), Y, Z), TypeError, r"update_history\(\): history must be bool"),
+        (lambda: L.update_history(torch.zeros(1, 5, dtype=torch.bool).expand(9, 5), Y, Z), ValueError,
+         r"update_history\(\): history has rows that share memory \(e.g. an expanded tensor\)"),
         (lambda: L.pl_plus_loss(Z, torch.tensor([0, 1, 2, 5])), ValueError, r"pl_plus_loss\(\): target must lie in \[0, 5\)"),
         (lambda: L.nl_plus_loss(Z, torch.tensor([[-1], [0], [0], [0]])), ValueError,
          r"nl_plus_loss\(\): comp_labels must lie in \[0, 5\), got values in \[-1, 0\]"),

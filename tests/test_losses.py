@@ -16,7 +16,7 @@ def make_case(name, B, C, device, generator):
     labels = torch.randint(0, C, (B,), generator=generator).to(device)
     if name.startswith("nl"):
         k = 3 if name == "nl_k3" else 1
-        comp = L.sample_complementary(labels, C, k=k, seed=int(torch.randint(0, 1 << 30, (1,), generator=generator)))
+        comp = L.sample_complementary(labels, C, k=k, seed=int(torch.randint(0, 1 << 30, (1,), generator=generator)), offset=0)
         plus = name == "nl_plus"
         return (lambda z, **kw: L.nl_loss(z, comp, plus=plus, **kw)), (lambda z, **kw: R.nl_loss(z, comp, plus=plus, **kw))
     if name.startswith(("pm", "ml")):
@@ -56,7 +56,7 @@ def test_complementary_labels_listed_many_times(C, k, plus, dtype, device):
     row; with 16-bit gradients k = 300 takes the per-listing count (loss_row.h, rewrite_listed)."""
     g = torch.Generator().manual_seed(C * k)
     labels = torch.randint(0, C, (64,), generator=g)
-    comp = L.sample_complementary(labels, C, k=k, seed=k).to(device)
+    comp = L.sample_complementary(labels, C, k=k, seed=k, offset=0).to(device)
     counts = torch.zeros(64, C).scatter_add_(1, comp.cpu(), torch.ones(comp.shape))
     assert counts.max() >= (2 if C > k else k // C)  # repeats, and the arg-max listed in some rows
     z = (2 * torch.randn(64, C, generator=g)).to(device, dtype)
@@ -226,7 +226,7 @@ def test_nl_plus_on_every_other_class_is_ce_scaled_by_the_labels_probability():
     B, C = 16, 7
     z = torch.randn(B, C, dtype=torch.float64, requires_grad=True)
     labels = torch.randint(0, C, (B,))
-    comp = L.sample_complementary(labels, C, k=C - 1, replacement=False, seed=3)
+    comp = L.sample_complementary(labels, C, k=C - 1, replacement=False, seed=3, offset=0)
     (grad,) = torch.autograd.grad(L.nl_plus_loss(z, comp, reduction="sum"), z)
     p_y = torch.softmax(z.detach(), 1).gather(1, labels[:, None])
     (ce_grad,) = torch.autograd.grad(L.weighted_ce(z, labels, reduction="none"), z, torch.ones(B, dtype=z.dtype))
@@ -299,15 +299,17 @@ def test_no_grad_forward_skips_the_gradient_buffer():
 def test_modules_match_functions():
     z = torch.randn(16, 6)
     y = torch.randint(0, 6, (16,))
-    comp = L.sample_complementary(y, 6, k=2, seed=3)
+    comp = L.sample_complementary(y, 6, k=2, seed=3, offset=0)
     w = torch.rand(16)
-    assert torch.equal(L.NLLoss()(z, comp, w), L.nl_loss(z, comp, w))
+    assert torch.equal(L.NLLoss()(z, comp, weight=w), L.nl_loss(z, comp, weight=w))
     assert torch.equal(L.NLPlusLoss(reduction="sum")(z, comp), L.nl_plus_loss(z, comp, reduction="sum"))
     assert torch.equal(L.PLPlusLoss(n=2)(z, y), L.pl_plus_loss(z, y, n=2))
     assert torch.equal(L.PMLoss(reduction="none")(z, y), L.pm_loss(z, y, reduction="none"))
     exclude = torch.rand(16, 6) < 0.3
-    assert torch.equal(L.MLLoss()(z, y, exclude, w), L.ml_loss(z, y, exclude, w))
-    assert torch.equal(L.WeightedCELoss()(z, y, w), L.weighted_ce(z, y, w))
+    assert torch.equal(L.MLLoss()(z, y, exclude, weight=w), L.ml_loss(z, y, exclude, weight=w))
+    assert torch.equal(L.WeightedCELoss()(z, y, weight=w), L.weighted_ce(z, y, weight=w))
+    with pytest.raises(TypeError):  # F.cross_entropy's third argument is a per-class weight: never taken for this one
+        L.weighted_ce(z, y, w)
 
 
 # NL+ and PL+ detach their weights by definition, so their analytic gradient is not the
@@ -366,6 +368,24 @@ def opcheck_cases(device):
         (ops.normalize_weights, (torch.rand(B, generator=g).to(device), "min_max", 10.0)),
         (ops.update_history, (history, indices, z.detach())),
     ]
+
+
+def test_update_history_is_an_in_place_change_autograd_and_inference_mode_see():
+    """As history[i, j] = True would be: a graph that saved the old history refuses to backpropagate
+    (it gave a silently wrong gradient), and an inference tensor is changed in inference mode only."""
+    x, history = torch.randn(2, 3, requires_grad=True), torch.zeros(2, 3, dtype=torch.bool)
+    kept = x.masked_fill(history, 0.0)  # saves history for its backward
+    L.update_history(history, torch.tensor([0]), torch.tensor([[0.0, 0.0, 1.0]]))
+    assert history._version == 1 and history[0].tolist() == [False, False, True]
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        kept.sum().backward()
+    with torch.inference_mode():
+        frozen = torch.zeros(2, 3, dtype=torch.bool)
+    with pytest.raises(RuntimeError, match="Inplace update to inference tensor outside InferenceMode"):
+        L.update_history(frozen, torch.tensor([1]), torch.tensor([[0.0, 1.0, 0.0]]))
+    with torch.inference_mode():
+        L.update_history(frozen, torch.tensor([1]), torch.tensor([[0.0, 1.0, 0.0]]))
+    assert frozen.tolist() == [[False, False, False], [False, True, False]]
 
 
 def test_opcheck_every_op(device):
@@ -505,7 +525,7 @@ def test_cpu_results_do_not_depend_on_the_number_of_threads():
             torch.set_num_threads(threads)
             loss = L.pm_loss(z, y, reduction="none")
             (grad,) = torch.autograd.grad(loss.sum(), z)
-            results.append((loss, grad, L.sample_complementary(y, 10, k=3, seed=1), *L.jnpl_select(z, 1, 2),
+            results.append((loss, grad, L.sample_complementary(y, 10, k=3, seed=1, offset=0), *L.jnpl_select(z, 1, 2),
                             L.normalize_weights(loss.detach(), "softmax")))
     finally:
         torch.set_num_threads(before)

@@ -55,7 +55,7 @@ def test_never_the_label_nor_excluded(device):
     exclude.scatter_(1, three, False)
     for replacement, k in [(True, 4), (False, 1), (False, 3)]:
         out = L.sample_complementary(labels.to(device), C, k=k, exclude=exclude.to(device), replacement=replacement,
-                                     seed=1).cpu()
+                                     seed=1, offset=0).cpu()
         assert not (out == labels[:, None]).any()
         assert not exclude.gather(1, out).any()
         if not replacement:
@@ -68,7 +68,7 @@ def test_uniform_chi_square(device):
     """Counts over 99 allowed classes pass a chi-square test (p > 0.001)."""
     B, C = 100_000, 100
     labels = torch.full((B,), 17)
-    out = L.sample_complementary(labels.to(device), C, k=1, seed=42).cpu().flatten()
+    out = L.sample_complementary(labels.to(device), C, k=1, seed=42, offset=0).cpu().flatten()
     counts = torch.bincount(out, minlength=C).double()
     assert counts[17] == 0
     observed = torch.cat([counts[:17], counts[18:]])
@@ -82,7 +82,7 @@ def test_uniform_with_exclusions_chi_square(device):
     labels = torch.zeros(B, dtype=torch.long)
     exclude = torch.zeros(B, C, dtype=torch.bool)
     exclude[:, [3, 7]] = True
-    out = L.sample_complementary(labels.to(device), C, k=2, exclude=exclude.to(device), seed=3).cpu().flatten()
+    out = L.sample_complementary(labels.to(device), C, k=2, exclude=exclude.to(device), seed=3, offset=0).cpu().flatten()
     counts = torch.bincount(out, minlength=C).double()
     assert counts[[0, 3, 7]].sum() == 0
     observed = counts[[1, 2, 4, 5, 6, 8, 9]]
@@ -94,7 +94,7 @@ def test_uniform_with_exclusions_chi_square(device):
 def test_without_replacement_is_a_uniform_random_ordered_subset(device):
     B, C, k = 30_000, 6, 3
     labels = torch.zeros(B, dtype=torch.long)
-    out = L.sample_complementary(labels.to(device), C, k=k, replacement=False, seed=5).cpu()
+    out = L.sample_complementary(labels.to(device), C, k=k, replacement=False, seed=5, offset=0).cpu()
     assert ((out >= 1) & (out < C)).all()
     assert (out.sort(1).values.diff(dim=1) > 0).all(), "labels of a row must be distinct"
     # every column is uniform over the 5 allowed classes (the order is random, not sorted)
@@ -102,7 +102,7 @@ def test_without_replacement_is_a_uniform_random_ordered_subset(device):
         counts = torch.bincount(out[:, column], minlength=C)[1:].double()
         chi2 = ((counts - B / 5) ** 2 / (B / 5)).sum().item()
         assert chi2 < 18.47  # 0.999 quantile, 4 degrees of freedom
-    assert L.sample_complementary(labels[:1], C, k=C - 1, replacement=False).sort().values.tolist() == [[1, 2, 3, 4, 5]]
+    assert L.sample_complementary(labels[:1], C, k=C - 1, replacement=False, offset=0).sort().values.tolist() == [[1, 2, 3, 4, 5]]
 
 
 def test_same_seed_and_offset_repeat_other_offsets_differ(device):
@@ -239,7 +239,7 @@ def test_two_classes_always_draw_the_other_label(device):
     for mask in (None, exclude):
         m = None if mask is None else mask.to(device)
         for replacement, k in [(True, 1), (True, 5), (False, 1)]:
-            out = L.sample_complementary(labels.to(device), 2, k=k, exclude=m, replacement=replacement, seed=8).cpu()
+            out = L.sample_complementary(labels.to(device), 2, k=k, exclude=m, replacement=replacement, seed=8, offset=0).cpu()
             assert torch.equal(out, (1 - labels)[:, None].expand(-1, k))
 
 
@@ -274,3 +274,13 @@ def test_shards_of_a_batch_select_what_the_whole_batch_selects(B, C, split, devi
     shards = L.jnpl_select(z[:split], 4, 9, first_row=0), L.jnpl_select(z[split:], 4, 9, first_row=split)
     for i in range(2):
         assert torch.equal(torch.cat([shard[i] for shard in shards]), whole[i])
+
+
+def test_without_an_offset_each_call_draws_anew_and_torch_manual_seed_repeats_them():
+    """A fixed default offset gave the same labels at every step of a loop that forgot to pass one."""
+    labels = torch.arange(64) % 10
+    torch.manual_seed(7)
+    first, second = (L.sample_complementary(labels, 10, k=3) for _ in range(2))
+    assert (first != second).float().mean() > 0.5
+    torch.manual_seed(7)
+    assert torch.equal(L.sample_complementary(labels, 10, k=3), first)

@@ -253,7 +253,7 @@ class BLDR(Method):
         loss = 0.0
         for view in range(len(views)):
             rows = slice(view * size, (view + 1) * size)
-            loss = loss + (weighted_ce(out["main"][rows], batch.labels, weight)
+            loss = loss + (weighted_ce(out["main"][rows], batch.labels, weight=weight)
                            + self.negative_loss(out["negative"][rows], batch.labels, corrected, step.step,
                                                 weight, batch.first_row)) / len(views)
         sop_weight = self.sop_weight.item()
@@ -278,7 +278,7 @@ class BLDR(Method):
         loss = 0.0
         for index in range(self.stage_head_count):
             logits, features = out[f"stage{index}"], out[f"stage{index}_features"]
-            loss = (loss + weighted_ce(logits, labels, weight)
+            loss = (loss + weighted_ce(logits, labels, weight=weight)
                     + DISTILL_KL_WEIGHT * DISTILL_TEMPERATURE**2 * kl_to_softmax(teacher, logits, DISTILL_TEMPERATURE)
                     + feature_weight * ((features.float() - deepest) ** 2).sum())
         return loss

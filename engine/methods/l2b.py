@@ -175,8 +175,8 @@ class L2B(Method):
                                       self.config.temperature)
         rows = slice(batch.first_row, batch.first_row + len(batch.labels))
         # DDP averages the processes' gradients; the weighted sum is over the global batch.
-        return self.processes.world * (weighted_ce(logits, batch.labels, alpha[rows], reduction="sum")
-                                       + weighted_ce(logits, pseudo, beta[rows], reduction="sum"))
+        return self.processes.world * (weighted_ce(logits, batch.labels, weight=alpha[rows], reduction="sum")
+                                       + weighted_ce(logits, pseudo, weight=beta[rows], reduction="sum"))
 
 
 def virtual_step(model, optimizer):
