@@ -19,6 +19,9 @@ from engine.methods import as_method, with_model_for
 from engine.train import check_device, check_writable, default_device
 
 RANKINGS = ("label_quality", "self_confidence", "normalized_margin")
+# cleanlab.filter.find_label_issues' arguments that have no counterpart here.
+CLEANLAB_ONLY = {"pred_probs", "filter_by", "frac_noise", "num_to_remove_per_class", "min_examples_per_class",
+                 "confident_joint", "n_jobs", "multi_label", "rank_by_kwargs", "low_memory"}
 
 
 @dataclass
@@ -165,6 +168,11 @@ def find_label_issues(x, labels=None, *, method="pmnar", return_indices_ranked_b
     method's own score) or by cleanlab's "self_confidence" / "normalized_margin" of the trained
     model's probabilities. x, labels and fit_options go to engine.fit (a loaded data set brings
     its labels)."""
+    cleanlab_only = sorted(CLEANLAB_ONLY & fit_options.keys())
+    if cleanlab_only:  # else the method's Config would say it has no such option
+        raise ValueError(f"find_label_issues: cleanlab's {cleanlab_only[0]} is not an option here: this function "
+                         f"trains the model whose probabilities it scores, flags by the method's own rule and "
+                         f"takes engine.fit's options")
     if return_indices_ranked_by not in (None, *RANKINGS):
         raise ValueError(f"return_indices_ranked_by must be None or one of {', '.join(RANKINGS)}, got "
                          f"{return_indices_ranked_by!r}")

@@ -112,7 +112,7 @@ class Trainer:
         in_channels, image_size = (shape[0], 1) if self.data.features else (shape[2], tuple(shape[:2]))
         network = build_model(self.model_name, self.data.num_classes, in_channels=in_channels, image_size=image_size)
         if self.config.pretrained:  # every network the method builds (peers, teachers) starts from it
-            load_pretrained(network, self.config.pretrained)
+            load_pretrained(network, self.config.pretrained, self.model_name)
         return network.to(self.device, memory_format=torch.channels_last)
 
     def loader(self, batch_size, x=None, shard=False, **options):

@@ -272,6 +272,13 @@ def test_a_method_defined_outside_the_package_trains_through_the_api(digits, gce
 
 @pytest.mark.parametrize("call,message", [
     (lambda x, y: engine.fit(x.astype(np.float32)[..., None, None].repeat(2, 2), y), "must be uint8"),
+    (lambda x, y: engine.fit(x.astype(np.float32)[..., None].repeat(2, 2), y), "x: images [N, H, W(, C)] must be uint8 "
+     "(0-255), got float32; convert them, e.g. (x * 255).round().astype(np.uint8) for floats in [0, 1], or pass "
+     "feature vectors x.reshape(len(x), -1)"),
+    (lambda x, y: engine.find_label_issues(x, y, filter_by="prune_by_noise_rate"), "find_label_issues: cleanlab's "
+     "filter_by is not an option here"),
+    (lambda x, y: engine.find_label_issues(x, y, pred_probs=np.ones((len(y), 10)) / 10), "find_label_issues: "
+     "cleanlab's pred_probs is not an option here"),
     (lambda x, y: engine.fit(x, y[:-1]), "labels: expected 1400 labels"),
     (lambda x, y: engine.fit(x, y.astype(float) + 0.5), "labels must be integers"),
     (lambda x, y: engine.fit(x, y, x_test=x[:5]), "x_test and y_test go together"),

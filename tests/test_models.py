@@ -193,7 +193,7 @@ def test_pretrained_weights_load_but_a_classifier_of_another_size(tmp_path, form
     torch.manual_seed(1)
     network = build_model("resnet18", 10)
     initial = {key: value.clone() for key, value in network.state_dict().items()}
-    load_pretrained(network, str(path))
+    load_pretrained(network, str(path), "resnet18")
     for key, value in network.state_dict().items():
         new_classifier = key.startswith("fc.") and (source_classes != 10 or form == "headless")
         assert torch.equal(value, initial[key] if new_classifier else state[key].to(value.dtype)), key
@@ -247,7 +247,7 @@ def test_pretrained_weights_that_do_not_fit_are_refused_naming_the_file(tmp_path
     network = build_model("resnet18", 10)
     initial = {key: value.clone() for key, value in network.state_dict().items()}
     with pytest.raises(ValueError, match=re.escape(str(path)) + ".*" + expected) as caught:
-        load_pretrained(network, str(path))
+        load_pretrained(network, str(path), "resnet18")
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "ran").exists(), "no code ran"
     assert all(torch.equal(value, initial[key]) for key, value in network.state_dict().items()), "nothing loaded"

@@ -269,7 +269,7 @@ def test_resnet18_starts_from_pretrained_weights(tmp_path):
     train(*common, "--pretrained", str(weights))
     assert config_of(out)["hyperparameters"]["pretrained"] == str(weights) and summary(out)["model"] == "resnet18"
     for path, error in [(missing, f"--pretrained {missing} does not exist"),
-                        (rgb, f"pretrained weights {rgb} do not fit the ResNet network; of another shape: "
+                        (rgb, f"pretrained weights {rgb} do not fit the resnet18 network; of another shape: "
                               "conv1.weight [64, 3, 7, 7] in the file, [64, 1, 7, 7] in the network")]:
         result = train(*common, "--pretrained", str(path), check=False)
         assert result.returncode == 2 and result.stderr.strip().splitlines() == [f"python -m engine.train: error: "

@@ -117,12 +117,13 @@ def as_inputs(x, argument="x"):
     if x.ndim == 2:
         check_sample_shape(x, argument)
         return as_features(x, argument)
-    if x.ndim == 3 and x.dtype == np.uint8:
+    if x.ndim in (3, 4) and x.dtype != np.uint8:  # e.g. scikit-learn's digits.images: floats 0-16
+        raise ValueError(f"{argument}: images [N, H, W(, C)] must be uint8 (0-255), got {x.dtype}; convert them, "
+                         f"e.g. (x * 255).round().astype(np.uint8) for floats in [0, 1], or pass feature vectors "
+                         f"x.reshape(len(x), -1)")
+    if x.ndim == 3:
         x = x[..., None]
     if x.ndim == 4:
-        if x.dtype != np.uint8:
-            raise ValueError(f"{argument}: images [N, H, W, C] must be uint8 (0-255), got {x.dtype}; convert them, "
-                             f"e.g. (x * 255).round().astype(np.uint8) for floats in [0, 1]")
         check_sample_shape(x, argument)
         return x
     raise ValueError(f"{argument}: expected uint8 images [N, H, W, C] or float feature vectors [N, D], got shape "

@@ -51,8 +51,8 @@ def read_state_dict(path):
     return {key.removeprefix("module."): value for key, value in state.items()}
 
 
-def load_pretrained(network, path):
-    """Copies the weights in `path` into `network`. Every key of the network must be in the
+def load_pretrained(network, path, name):
+    """Copies the weights in `path` into `network`, model `name` (as errors call it). Every key of the network must be in the
     file with its shape, and the file may hold no others, except: the classifier (`fc.*`) stays
     as initialized when the file's differs in shape (ImageNet's 1000 classes) or is absent (a
     classifier is loaded whole or not at all: a part of one is missing keys), and BatchNorm's
@@ -74,7 +74,7 @@ def load_pretrained(network, path):
     found = [f"{kind}: {', '.join(keys[:SHOWN])}{f' (+{len(keys) - SHOWN} more)' if len(keys) > SHOWN else ''}"
              for kind, keys in problems.items() if keys]
     if found:
-        raise ValueError(f"pretrained weights {path} do not fit the {type(network).__name__} network; "
+        raise ValueError(f"pretrained weights {path} do not fit the {name} network; "
                          + "; ".join(found))
     network.load_state_dict(state, strict=False)
     return network
