@@ -512,6 +512,25 @@ def test_minus_inf_logits_are_classes_of_probability_zero(name, device):
     torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("plus", [False, True])
+def test_a_negative_on_the_only_possible_class_has_a_finite_gradient(plus, device):
+    """Every other logit -inf: p = 1 on a negative class. -log(1 - p) is inf with gradient n_k p = n_k
+    on it; NL+'s -(1 - p) log(1 - p) has limit 0 and gradient 0 (0 / 0 and 0 * -inf gave NaN)."""
+    inf = float("inf")
+    z = torch.full((3, 4), -inf)
+    z[:, 2] = 5.0
+    comp = torch.tensor([[2, 0], [2, 2], [1, 3]])  # row 2 lists only impossible classes
+    value, grad = value_and_grad(lambda x: L.nl_loss(x, comp.to(device), plus=plus, reduction="none"), z.to(device))
+    expected = torch.zeros(3, 4)
+    expected[0, 2], expected[1, 2] = (0.0, 0.0) if plus else (1.0, 2.0)
+    assert value.tolist() == ([0.0, 0.0, 0.0] if plus else [inf, inf, 0.0])
+    assert torch.equal(grad.cpu(), expected)
+    labels = torch.tensor([0, 2, 1])  # ML: every class but the label is a negative
+    value, grad = value_and_grad(lambda x: L.ml_loss(x, labels.to(device), reduction="none"), z.to(device))
+    assert value.tolist() == [inf, 0.0, inf]
+    assert torch.equal(grad.cpu(), torch.tensor([[0.0, 0, 1, 0], [0, 0, 0, 0], [0, 0, 1, 0]]))
+
+
 def test_cpu_results_do_not_depend_on_the_number_of_threads():
     """The CPU kernels split rows among threads (at::parallel_for, 3,276 rows of 10 classes a
     chunk), each with its own row buffer. The test workers run one thread each (conftest), so

@@ -84,7 +84,8 @@ struct NegativeSums {
       loss -= count * a * math_log(clamp_eps);
       return;
     }
-    loss -= count * a * s.log1m_p_arg();
+    // NL+ at p_arg = 1 (every other logit -inf): a = 0 and log(1 - p) = -inf, a term of limit 0
+    if (a != T(0)) loss -= count * a * s.log1m_p_arg();
     arg_coef += count * a * s.p_arg;
   }
 
@@ -312,7 +313,7 @@ NOISY_HD void row_loss(const RowLossProblem<Scalar, Acc>& P, int64_t row, const 
   // store wins, no barrier needed).
   using Grad = typename GradStorage<Scalar>::type;
   Grad* grad = P.grad + row * C;
-  const Acc plain = s.ref_prob * (positive_coef - neg.odds_sum) - (neg.arg_coef != Acc(0) ? neg.arg_coef / s.rest_sum : Acc(0));
+  const Acc plain = s.ref_prob * (positive_coef - neg.odds_sum) - (neg.arg_coef != Acc(0) ? s.prob_without_arg(neg.arg_coef) : Acc(0));
   if (spec.negatives == NegativeSet::all_but_label) {
     with_plus(spec.plus, [&](auto plus) {
       with_kept_columns(P, row, [&](const auto& kept) {

@@ -87,8 +87,9 @@ struct SoftmaxRow {
     return j == arg ? rest * p_arg : T(1) - rel * ref_prob;
   }
 
-  // p_j / (1 - p_arg) for j != arg: the softmax over the row without the arg class.
-  NOISY_HD T prob_without_arg(T rel) const { return rel / rest_sum; }
+  // p_j / (1 - p_arg) for j != arg: the softmax over the row without the arg class; 0 where
+  // every other class has probability 0 (-inf logits; 0 / 0 would make the row's gradient NaN).
+  NOISY_HD T prob_without_arg(T rel) const { return rest_sum > T(0) ? rel / rest_sum : T(0); }
 
   // -log p_j; for the arg class log1p(rest), which keeps its accuracy as p_arg -> 1. The
   // difference max1 - z first: LSE(z) - z would round max1 + log1p_rest at the logits' magnitude
