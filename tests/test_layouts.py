@@ -445,6 +445,24 @@ def test_isic2019_options_and_header_are_checked(tmp_path, capsys):
            f"{src}/ISIC_2019_Training_GroundTruth.csv:1: expected the header 'image,MEL,NV,...', got 'id,MEL,NV'"
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path, capsys):
+    """Windows editors and Excel start UTF-8 text with a byte-order mark: it made the first key
+    of a Clothing1M list 'has no label' and ISIC's csv header unrecognized."""
+    src = clothing1m(tmp_path / "clothing1m")
+    for name in ("noisy_label_kv.txt", "noisy_train_key_list.txt", "category_names_eng.txt"):
+        (src / name).write_bytes(b"\xef\xbb\xbf" + (src / name).read_bytes())
+    convert(capsys, "clothing1m", src, tmp_path / "a")
+    assert_lists(tmp_path / "a", "train", [(src / key(i), NOISY[i]) for i in range(8)])
+    assert (tmp_path / "a" / "classes.txt").read_text().splitlines() == ["T-Shirt", "Shirt", "Knitwear", "Chiffon"]
+    src = isic2019(tmp_path / "isic")
+    ground_truth = src / "ISIC_2019_Training_GroundTruth.csv"
+    ground_truth.write_bytes(b"\xef\xbb\xbf" + ground_truth.read_bytes())
+    convert(capsys, "isic2019", src, tmp_path / "b")
+    assert sorted(listed(tmp_path / "b", "train") + listed(tmp_path / "b", "test")) == [
+        (f"ISIC_2019_Training_Input/ISIC_{i:07d}.jpg", label) for i, label in enumerate(ISIC_LABELS)]
+    assert (tmp_path / "b" / "classes.txt").read_text().splitlines() == ["MEL", "NV", "BCC"]
+
+
 # ------------------------------------------------------------------ Food-101N
 
 FOOD_CLASSES = ["apple_pie", "beet_salad", "churros"]

@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engine.data.datasets import IMAGE_SUFFIXES, class_index, image_names, not_utf8
+from engine.data.datasets import IMAGE_SUFFIXES, LIST_ENCODING, class_index, image_names, not_utf8
 from engine.outputs import write_atomically
 
 PROG = "python -m engine.data.layouts"
@@ -86,10 +86,11 @@ def _need_dir(path, what):
 
 
 def _lines(path, what):
-    """(where, stripped text) of each non-blank line of a text file."""
+    """(where, stripped text) of each non-blank line of a text file (UTF-8, a byte-order mark
+    allowed, as the engine reads its lists)."""
     _need_file(path, what)
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding=LIST_ENCODING) as f:
             return [(f"{path}:{number}", line.strip()) for number, line in enumerate(f, 1) if line.strip()]
     except UnicodeDecodeError as error:
         raise LayoutError(f"{path}: not a UTF-8 text file ({error.reason} at byte {error.start}) ({what})") from None
@@ -285,7 +286,7 @@ def convert_isic2019(src, test_fraction=0.2, seed=0):
         raise LayoutError(f"--test-fraction must be in (0, 1), got {test_fraction}")
     csv_path = _need_file(os.path.join(src, ISIC_CSV), "the one-hot diagnoses")
     try:
-        with open(csv_path, newline="", encoding="utf-8") as f:
+        with open(csv_path, newline="", encoding=LIST_ENCODING) as f:  # Excel writes UTF-8 csv with a byte-order mark
             rows = [row for row in csv.reader(f) if row]
     except (UnicodeDecodeError, csv.Error) as error:
         raise LayoutError(f"{csv_path}: not a readable csv file ({error})") from None
