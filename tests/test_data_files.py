@@ -584,6 +584,32 @@ def test_the_held_out_share_is_a_choice(tmp_path, name):
         load_dataset("digits", test_fraction=0.0)
 
 
+def test_the_held_out_test_set_is_drawn_per_class(tmp_path):
+    """A share drawn from all samples at once could hold a rare class out whole: of 16 a, 16 b and
+    one c, c went to the test set, so the model never trained on c and its label went unchecked.
+    Each class now gives about its share (seeded), keeps a training sample, and a class of one
+    sample stays in training."""
+    image_folder(tmp_path / "data", classes=("a", "b"), count=16)
+    image_folder(tmp_path / "data", classes=("c",), count=1)
+    data = load_dataset("folder", str(tmp_path / "data"))
+    assert (len(data.y_train), len(data.y_test)) == (27, 6)  # a share 0.2 of the 33, rounded down, as before
+    assert sorted(data.y_test.tolist()) == [0, 0, 0, 1, 1, 1] and "c/0.bmp" in data.train_paths
+    rng = np.random.default_rng(5)
+    sizes, y = [50, 30, 15, 4, 1], np.repeat(np.arange(5), [50, 30, 15, 4, 1])
+    np.savez(tmp_path / "data.npz", x=rng.integers(0, 256, (100, 8, 8), dtype=np.uint8), y=rng.permutation(y))
+    for fraction, test in ((None, [10, 6, 3, 1, 0]), (0.5, [25, 15, 8, 2, 0]), (0.9, [46, 27, 14, 3, 0])):
+        data = load_dataset("npz", str(tmp_path / "data.npz"), test_fraction=fraction)
+        assert np.bincount(data.y_test, minlength=5).tolist() == test
+        assert np.bincount(data.y_train, minlength=5).tolist() == [size - n for size, n in zip(sizes, test)]
+        again = load_dataset("npz", str(tmp_path / "data.npz"), test_fraction=fraction)
+        assert np.array_equal(again.train_rows, data.train_rows)  # the same split on each load
+    np.savez(tmp_path / "few.npz", x=np.zeros((11, 8, 8), np.uint8), y=[0, 0] + list(range(1, 10)))
+    with pytest.raises(ValueError, match=rf"^npz {tmp_path / 'few.npz'}: 11 samples \(1 may be held out: each class "
+                                         r"keeps a training sample\), too few to hold out a share 0.2 of them as the "
+                                         r"test set and train on the rest; add samples or give x_test and y_test$"):
+        load_dataset("npz", str(tmp_path / "few.npz"))
+
+
 def test_the_label_issues_index_is_the_row_of_x_when_a_test_share_is_held_out(tmp_path, capsys):
     """An npz without a test split: label_issues.csv's index names each sample's row in x (it
     used to be its place in a shuffled training part, naming another sample), and --noise file

@@ -217,39 +217,60 @@ TEST_FRACTION = 0.2  # a data set without a test split (HOLDS_OUT) holds out thi
 
 
 def _hold_out(arrays, where, hint, fraction, trusted=None):
-    """(_split of the per-sample `arrays` with the share `fraction` (None: TEST_FRACTION) held out
-    as the test set, rounded down, each part in the samples' own order; the positions of `trusted`
-    in the training parts; the positions in `arrays` of the training samples, the label-issues
-    table's index). Refused when that leaves no test sample (the run could not measure test
-    accuracy) or no training sample. fraction 0: every sample trains, the test parts are empty.
-    `trusted` (positions, or None): samples with trusted labels, never held out (the methods that
-    need a clean subset need all of them); None gives None."""
+    """(the per-sample `arrays` (x, y and any others, e.g. paths) split alike: their training
+    parts, then their test parts, each in the samples' own order, with the share `fraction` (None:
+    TEST_FRACTION) of the samples held out as the test set, rounded down and drawn per class of y
+    (_held_out_candidates); the positions of `trusted` in the training parts; the positions in
+    `arrays` of the training samples, the label-issues table's index). Refused when that leaves no
+    test sample (the run could not measure test accuracy) or more than may be held out. fraction
+    0: every sample trains, the test parts are empty. `trusted` (positions, or None): samples with
+    trusted labels, never held out (the methods that need a clean subset need all of them); None
+    gives None."""
     fraction = TEST_FRACTION if fraction is None else fraction
-    count = len(arrays[0])
+    labels, count = arrays[1], len(arrays[1])
     test_size = int(count * fraction + 1e-9)  # 0.29 * 100 is 28.999...
     keep = np.zeros(count, dtype=bool)
     if trusted is not None:
         keep[trusted] = True
-    candidates = count - int(keep.sum())
-    if fraction and not (0 < test_size < count and test_size <= candidates):
-        untrusted = f" ({candidates} without a trusted label)" if candidates < count else ""
-        raise ValueError(f"{where}: {count} samples{untrusted}, too few to hold out a share {fraction:g} of them as "
-                         f"the test set and train on the rest; {hint}")
-    parts, n = _split((*arrays, np.arange(count)), test_size, keep=keep, in_order=True), len(arrays)
-    rows = parts[n]  # the rows' parts: n and 2n + 1
-    return parts[:n] + parts[n + 1:-1], None if trusted is None else np.flatnonzero(keep[rows]), rows
+    candidates = _held_out_candidates(labels, keep)
+    if fraction and not 0 < test_size <= len(candidates):
+        notes = [f"{count - int(keep.sum())} without a trusted label"] if keep.any() else []
+        if test_size and len(candidates) < count - keep.sum():
+            notes.append(f"{len(candidates)} may be held out: each class keeps a training sample")
+        detail = f" ({'; '.join(notes)})" if notes else ""
+        raise ValueError(f"{where}: {count} samples{detail}, too few to hold out a share {fraction:g} of them as the "
+                         f"test set and train on the rest; {hint}")
+    test = np.sort(candidates[:test_size])
+    train = np.setdiff1d(np.arange(count), test)
+    parts = [array[train] for array in arrays] + [array[test] for array in arrays]
+    return parts, None if trusted is None else np.flatnonzero(keep[train]), train
 
 
-def _split(arrays, test_size, seed=SPLIT_SEED, keep=None, in_order=False):
-    """The per-sample `arrays` (x, y and any others, e.g. paths), split alike: their training
-    parts, then their test parts (x_train, y_train, x_test, y_test for (x, y)), in a shuffled
-    order or, `in_order`, in the samples' own. `keep` (bool [N]): samples that stay in the
-    training parts."""
+def _held_out_candidates(labels, keep, seed=SPLIT_SEED):
+    """The positions of the samples that may be held out as test samples, in the order to hold
+    them out: each class's share of any first n in proportion to its size (a stratified test set,
+    so that a rare class is not drawn into it whole), in a seeded order within each class and among
+    ties. Samples in `keep` (bool [N], trusted labels) stay in training, and so does one sample of
+    each class without one there: the model would never learn a class held out whole (a class of
+    one sample is never tested)."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    order = order[~keep[order]]
+    classes, sizes = labels[order], np.bincount(labels)
+    kept = np.bincount(labels[keep], minlength=len(sizes))
+    by_class = np.argsort(classes, kind="stable")
+    rank = np.empty(len(order), dtype=np.int64)  # each sample's place among its class's in `order`
+    rank[by_class] = np.arange(len(order)) - np.searchsorted(classes[by_class], classes[by_class])
+    may = rank < (sizes - np.maximum(kept, 1))[classes]
+    # The class's held-out share with this one, less half a sample: each class's count rounds to its share.
+    share = (rank[may] + 0.5) / sizes[classes[may]]
+    return order[may][np.argsort(share, kind="stable")]
+
+
+def _split(arrays, test_size, seed=SPLIT_SEED):
+    """The per-sample `arrays` (x, y and any others), split alike in a shuffled order: their
+    training parts, then their test parts (x_train, y_train, x_test, y_test for (x, y))."""
     order = np.random.default_rng(seed).permutation(len(arrays[0]))
-    test = (order if keep is None else order[~keep[order]])[:test_size]
-    train = order[~np.isin(order, test)]
-    if in_order:
-        train, test = np.sort(train), np.sort(test)
+    train, test = order[test_size:], order[:test_size]
     return [array[train] for array in arrays] + [array[test] for array in arrays]
 
 
