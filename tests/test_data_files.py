@@ -3,7 +3,9 @@ list's line), which the command line prints as one line."""
 import json
 import os
 import re
+import shutil
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -226,11 +228,70 @@ def test_a_file_list_test_label_that_train_lacks_is_refused_unless_classes_txt_n
     assert load_dataset("filelist", str(tmp_path)).num_classes == 3
 
 
-@pytest.mark.parametrize("missing", ["test", "train"])
-def test_a_folder_with_only_one_of_train_and_test_names_the_other(tmp_path, missing):
-    image_folder(tmp_path / ({"test": "train", "train": "test"}[missing]))
-    have = "train" if missing == "test" else "test"
-    with pytest.raises(ValueError, match=rf"^folder {tmp_path}: has {have}/ but no {missing}/; give both"):
+def test_train_and_test_folders_of_images_are_classes(tmp_path):
+    """train/ and test/ are a split when they hold class folders; holding images they are classes
+    like any other (CIFAR-100 has a class train): such a folder was refused for having train/
+    without test/, and with classes bus, test and train it found no images in train/."""
+    image_folder(tmp_path / "one", classes=("apple", "train"), count=5)
+    assert load_dataset("folder", str(tmp_path / "one")).class_names == ["apple", "train"]
+    image_folder(tmp_path / "three", classes=("bus", "test", "train"), count=5)
+    data = load_dataset("folder", str(tmp_path / "three"), test_fraction=0.0)
+    assert data.class_names == ["bus", "test", "train"] and data.y_train.tolist() == [0] * 5 + [1] * 5 + [2] * 5
+    assert data.train_paths[5] == "test/0.bmp" and data.train_rows.tolist() == list(range(15))
+
+
+@pytest.mark.parametrize("split, other", [("train", "missing"), ("test", "missing"), ("train", "a class"),
+                                          ("test", "a class"), ("train", "empty"), ("test", "both")])
+def test_a_tree_that_is_neither_split_nor_classes_is_refused_naming_what_was_found(tmp_path, split, other):
+    """A folder of class folders named train or test is a split, which needs the other beside it;
+    one of images and folders (a split with a stray image, or a class with sub-folders) is neither."""
+    twin = "test" if split == "train" else "train"
+    image_folder(tmp_path / split)
+    if other == "a class":
+        image_folder(tmp_path, classes=(twin,))
+    elif other == "empty":
+        (tmp_path / twin).mkdir()
+    elif other == "both":
+        image_folder(tmp_path / twin)
+        write_bmp(tmp_path / twin / "stray.bmp", np.zeros((8, 8, 3), np.uint8))
+    if other == "missing":
+        message = (f"folder {tmp_path}: has {split}/ holding class folders (a split) but no {twin}/; give both, a "
+                   f"sub-folder per class in each, or only class folders (a share of the images is then held out as "
+                   f"the test set; a class named {split} holds its images directly inside)")
+    elif other == "both":
+        message = (f"folder {tmp_path / twin}: holds images and folders directly inside, neither a split (class "
+                   f"folders only) nor clearly a class; move the images into their class folders, or rename the "
+                   f"folder if it is a class")
+    else:
+        holds = "images directly inside (a class)" if other == "a class" else "no class folders"
+        message = (f"folder {tmp_path}: {split}/ holds class folders (a split) but {twin}/ holds {holds}; give both "
+                   f"as splits, a sub-folder per class in each, or only class folders")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        load_dataset("folder", str(tmp_path))
+
+
+def test_entries_beside_train_and_test_are_named_not_dropped_silently(tmp_path):
+    """With train/ and test/, only they are read: a val/ split or a class folder beside them was
+    left out without a word."""
+    for split in ("train", "val", "test"):
+        image_folder(tmp_path / split, count=2)
+    image_folder(tmp_path, classes=("extra_class",), count=2)
+    write_bmp(tmp_path / "stray.bmp", np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "notes.txt").write_text("where the photos came from")
+    (tmp_path / "clean_paths.txt").write_text("train/dog/1.bmp\n")  # read: no note
+    (tmp_path / "__MACOSX").mkdir()  # hidden: no note
+    with pytest.warns(LeftOut) as notes:
+        data = load_dataset("folder", str(tmp_path))
+    assert [str(note.message) for note in notes] == [
+        f"folder {tmp_path}: 4 entries beside train/ and test/ left out (with them, only they are read): "
+        f"extra_class/, notes.txt, stray.bmp, ..."]
+    assert data.train_paths.tolist() == ["train/cat/0.bmp", "train/cat/1.bmp", "train/dog/0.bmp", "train/dog/1.bmp"]
+    assert data.y_test.tolist() == [0, 0, 1, 1] and data.trusted_train.tolist() == [3]
+    os.remove(tmp_path / "notes.txt")
+    os.remove(tmp_path / "stray.bmp")
+    shutil.rmtree(tmp_path / "extra_class")
+    with pytest.warns(LeftOut, match=rf"^folder {tmp_path}: 1 entry beside train/ and test/ left out \(with them, "
+                                     r"only they are read\): val/$"):
         load_dataset("folder", str(tmp_path))
 
 
@@ -242,7 +303,12 @@ def test_hidden_entries_are_not_data(tmp_path, split):
     top = tmp_path / "train" if split else tmp_path
     image_folder(top / ".ipynb_checkpoints", classes=("cat",))  # a class folder's worth of copies
     (top / "cat" / "._0.bmp").write_bytes(b"macOS metadata, not an image")
-    data = load_dataset("folder", str(tmp_path))
+    for macosx in (tmp_path, top, top / "cat"):  # unzipping a macOS archive leaves __MACOSX/<its path>/._<file>
+        (macosx / "__MACOSX" / "cat").mkdir(parents=True, exist_ok=True)
+        (macosx / "__MACOSX" / "cat" / "._0.bmp").write_bytes(b"macOS metadata, not an image")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LeftOut)  # no note either: __MACOSX was a class folder without images
+        data = load_dataset("folder", str(tmp_path))
     assert data.class_names == ["cat", "dog"] and len(data.y_train) + len(data.y_test) == 10 + 2 * split
 
 

@@ -563,8 +563,9 @@ def channel_stats(x):
 
 
 def _hidden(name):
-    """Entries whose name starts with "." are not data: .ipynb_checkpoints, macOS's ._x.png."""
-    return name.startswith(".")
+    """Entries that are not data: names starting with "." (.ipynb_checkpoints, macOS's ._x.png)
+    and __MACOSX (the resource forks that unzipping a macOS archive leaves)."""
+    return name.startswith(".") or name == "__MACOSX"
 
 
 def _require_utf8_names(names, folder):
@@ -622,32 +623,69 @@ def _class_folders(folder):
                                      if entry.is_dir() and not _hidden(entry.name)), folder)
 
 
+SPLITS = ("train", "test")  # a folder's split folders, where they hold class folders (_has_splits)
+
+
+def _has_splits(root):
+    """Whether root's train/ and test/ are its split, each a folder of class folders (holding
+    folders and no image directly inside), rather than classes of those names (a folder holding
+    its images, as CIFAR-100's class train). A tree that is neither (one split without the other,
+    a split beside a class, a folder holding both images and folders) is refused naming what was
+    found."""
+    present = [split for split in SPLITS if os.path.isdir(os.path.join(root, split))]
+    splits = []
+    for split in present:
+        folder = os.path.join(root, split)
+        if image_names(folder) and _class_folders(folder):  # a split with stray images, or a class with sub-folders
+            raise ValueError(f"folder {folder}: holds images and folders directly inside, neither a split (class "
+                             f"folders only) nor clearly a class; move the images into their class folders, or "
+                             f"rename the folder if it is a class")
+        if _class_folders(folder):
+            splits.append(split)
+    if not splits or splits == list(SPLITS):
+        return bool(splits)
+    split = splits[0]
+    other = "test" if split == "train" else "train"
+    if other in present:
+        holds = "images directly inside (a class)" if image_names(os.path.join(root, other)) else "no class folders"
+        raise ValueError(f"folder {root}: {split}/ holds class folders (a split) but {other}/ holds {holds}; give "
+                         f"both as splits, a sub-folder per class in each, or only class folders")
+    raise ValueError(f"folder {root}: has {split}/ holding class folders (a split) but no {other}/; give both, a "
+                     f"sub-folder per class in each, or only class folders (a share of the images is then held out "
+                     f"as the test set; a class named {split} holds its images directly inside)")
+
+
+def _some(names):
+    """The first names of a note's list, '...' for the rest."""
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+
 def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False, test_fraction=None):
     """root/<class>/<image> (classes sorted by name), or root/train/<class>/... and
-    root/test/<class>/... (test/ may lack a class, not have another); without them a share
-    test_fraction is held out (_hold_out). Hidden entries are left out. clean_paths.txt, if
-    there, lists the training images whose labels are trusted (the clean subset)."""
+    root/test/<class>/... (_has_splits; test/ may lack a class, not have another); without them a
+    share test_fraction is held out (_hold_out). Hidden entries are left out, and so, with a note,
+    is anything beside train/ and test/ (clean_paths.txt aside). clean_paths.txt, if there, lists
+    the training images whose labels are trusted (the clean subset)."""
     root = _require_dir(data_dir, "folder", folder=True)
     _refuse_trusted_file(root, "folder", CLEAN_INDICES)
-    found = [split for split in ("train", "test") if os.path.isdir(os.path.join(root, split))]
-    if len(found) == 1:  # else its class folders would be taken for the images of a class "train"
-        missing = "test" if found == ["train"] else "train"
-        raise ValueError(f"folder {root}: has {found[0]}/ but no {missing}/; give both (a sub-folder per class in "
-                         f"each) or only class folders (a share of the images is then held out as the test set)")
-    has_splits = bool(found)
+    has_splits = _has_splits(root)
     if has_splits and test_fraction is not None:
         raise ValueError(f"--test-fraction: folder {root} has its own test split (train/ and test/)")
-    splits = ["train", "test"] if has_splits else [""]
+    splits = list(SPLITS) if has_splits else [""]
     split_dirs = [os.path.join(root, split) if split else root for split in splits]
     classes = _class_folders(split_dirs[0])
+    beside, stray = [], []  # left out with a note: entries beside the splits, images beside the class folders
     if has_splits:
         unknown = sorted(set(_class_folders(split_dirs[1])) - set(classes))
         if unknown:  # its images would be left out of the test set
             raise ValueError(f"folder {os.path.join(split_dirs[1], unknown[0])}: a class that {split_dirs[0]} does "
                              f"not have; rename it to one of train/'s classes or remove it")
-    parts, split_paths, left_out, stray = [], [], [], []
+        beside = sorted(name + "/" * os.path.isdir(os.path.join(root, name)) for name in os.listdir(root)
+                        if name not in (*SPLITS, CLEAN_PATHS) and not _hidden(name))  # e.g. val/
+    else:
+        stray = image_names(root)
+    parts, split_paths, left_out = [], [], []
     for split, split_dir in zip(splits, split_dirs):
-        stray += [os.path.join(split, name) for name in image_names(split_dir)]  # in no class folder
         paths, labels = [], []
         for label, cls in enumerate(classes):
             folder = os.path.join(split_dir, cls)
@@ -665,11 +703,13 @@ def load_image_folder(data_dir, image_size=FILE_IMAGE_SIZE, stream=False, test_f
                                   stream))
     if left_out:  # e.g. .heic photos, which would otherwise vanish from their class without a word
         warnings.warn(f"folder {root}: {len(left_out)} file{'s' * (len(left_out) > 1)} in class folders left out, not "
-                      f"of an image kind read ({' '.join(IMAGE_SUFFIXES)}): {', '.join(left_out[:3])}"
-                      f"{', ...' if len(left_out) > 3 else ''}", LeftOut, stacklevel=2)
+                      f"of an image kind read ({' '.join(IMAGE_SUFFIXES)}): {_some(left_out)}", LeftOut, stacklevel=2)
     if stray:  # a class is a folder: an image beside the class folders has none
         warnings.warn(f"folder {root}: {len(stray)} image{'s' * (len(stray) > 1)} outside the class folders left out: "
-                      f"{', '.join(stray[:3])}{', ...' if len(stray) > 3 else ''}", LeftOut, stacklevel=2)
+                      f"{_some(stray)}", LeftOut, stacklevel=2)
+    if beside:  # a val/ split or a class folder beside train/ and test/ would otherwise vanish without a word
+        warnings.warn(f"folder {root}: {len(beside)} {'entries' if len(beside) > 1 else 'entry'} beside train/ and "
+                      f"test/ left out (with them, only they are read): {_some(beside)}", LeftOut, stacklevel=2)
     train_paths, trusted, rows = split_paths[0], _read_clean_paths(root, split_paths[0]), None
     if not has_splits:  # the paths are split with their images: decoded ones no longer carry them
         (x, y, train_paths, x_test, y_test, _), trusted, rows = _hold_out(
