@@ -52,12 +52,12 @@ def read_state_dict(path):
 
 
 def load_pretrained(network, path, name):
-    """Copies the weights in `path` into `network`, model `name` (as errors call it). Every key of the network must be in the
-    file with its shape, and the file may hold no others, except: the classifier (`fc.*`) stays
-    as initialized when the file's differs in shape (ImageNet's 1000 classes) or is absent (a
-    classifier is loaded whole or not at all: a part of one is missing keys), and BatchNorm's
-    num_batches_tracked counters may be absent (older files). Else ValueError naming the file
-    and the first keys that differ."""
+    """Copies the weights in `path` into `network`, model `name` (as errors call it). Every key of
+    the network must be in the file with its shape, and the file may hold no others, except: the
+    classifier (`fc.*`) stays as initialized when the file's differs in shape (ImageNet's 1000
+    classes) or is absent (a classifier is loaded whole or not at all: a part of one is missing
+    keys), and BatchNorm's num_batches_tracked counters may be absent (older files). Else
+    ValueError naming the file and the first keys that differ."""
     state, own = read_state_dict(path), network.state_dict()
     new_classifier = not any(key.startswith(CLASSIFIER) for key in state) or any(
         key in state and state[key].shape != own[key].shape for key in own if key.startswith(CLASSIFIER))

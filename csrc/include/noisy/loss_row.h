@@ -313,7 +313,9 @@ NOISY_HD void row_loss(const RowLossProblem<Scalar, Acc>& P, int64_t row, const 
   // store wins, no barrier needed).
   using Grad = typename GradStorage<Scalar>::type;
   Grad* grad = P.grad + row * C;
-  const Acc plain = s.ref_prob * (positive_coef - neg.odds_sum) - (neg.arg_coef != Acc(0) ? s.prob_without_arg(neg.arg_coef) : Acc(0));
+  // prob_without_arg(A) = A / rest_sum: times rel_j, A p_j / (1 - p_arg)
+  const Acc plain = s.ref_prob * (positive_coef - neg.odds_sum) -
+                    (neg.arg_coef != Acc(0) ? s.prob_without_arg(neg.arg_coef) : Acc(0));
   if (spec.negatives == NegativeSet::all_but_label) {
     with_plus(spec.plus, [&](auto plus) {
       with_kept_columns(P, row, [&](const auto& kept) {
