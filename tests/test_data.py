@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from engine.data.datasets import load_dataset
+from engine.data import datasets
+from engine.data.datasets import channel_stats, load_dataset
 from engine.data.loaders import ImageArrayLoader, TensorLoader
 from engine.data.training_data import TrainingData
 from engine.train import main
@@ -330,6 +331,19 @@ def test_cifar10_jpeg_archive_decodes_and_matches_cifar10n():
     assert abs(rates["aggre"] - 0.090) < 0.001 and abs(rates["worst"] - 0.402) < 0.001
     with pytest.raises(ValueError, match="original order"):
         load_cifar_n_labels("cifar10n", "aggre", y_train[::-1].copy())
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (9, 5, 7, 3), (300, 32, 32, 3), (3, 200, 300, 1)])
+def test_channel_stats_match_numpy_chunk_by_chunk(monkeypatch, shape):
+    x = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    x[0] = 255  # the largest squares
+    channels = [x[..., c].astype(np.float64) for c in range(shape[-1])]
+    for pixels in (datasets.STATS_PIXELS, 50):  # one chunk or more, and many (a chunk of one image where larger)
+        monkeypatch.setattr(datasets, "STATS_PIXELS", pixels)
+        mean, std = channel_stats(x)
+        np.testing.assert_allclose(mean, [c.mean() for c in channels], rtol=1e-12, atol=0)
+        np.testing.assert_allclose(std, [c.std() + 1e-6 for c in channels], rtol=1e-12, atol=0)
+    assert channel_stats(np.full((4, 3, 3, 3), 255, np.uint8)) == ((255.0,) * 3, (1e-6,) * 3)
 
 
 def test_cifar10_finds_the_jpeg_archive_in_the_data_folder(tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import importlib.resources
 import io
+import math
 import os
 import re
 import stat
@@ -525,6 +526,7 @@ CLEAN_PATHS = "clean_paths.txt"      # a folder's trusted labels: the training i
 CLEAN_INDICES = "clean_indices.npy"  # a filelist's: the lines of train.txt it lists
 STREAM_ABOVE = 64     # stream=None: larger images stay on disk (held in memory they would grow with N * size^2)
 STATS_SAMPLE = 500    # images on disk: the normalization statistics come from this many training images
+STATS_PIXELS = 2**16  # channel_stats sums this many pixels at a time (int64 temporaries of a few MiB)
 
 
 def _image_files(files, labels, name, stream):
@@ -554,12 +556,23 @@ def feature_stats(x):
 
 
 def channel_stats(x):
-    """Per-channel mean and std (0-255 scale) of uint8 images [N, H, W, C], or of ImageFiles."""
+    """Per-channel mean and std (0-255 scale) of uint8 images [N, H, W, C], or of ImageFiles.
+    The sums of the values and of their squares are taken in int64, STATS_PIXELS pixels at a time:
+    exact, in temporaries of a few MiB however large x is."""
     if isinstance(x, ImageFiles):  # a fixed sample, decoded small (the statistics barely depend on the size)
         sample = np.sort(np.random.default_rng(SPLIT_SEED).permutation(len(x))[:STATS_SAMPLE])
         x = replace(x[sample], size=min(x.size, STREAM_ABOVE)).decoded()
-    flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
-    return tuple(flat.mean(0)), tuple(flat.std(0) + 1e-6)
+    channels, count = x.shape[-1], x.size // x.shape[-1]
+    sums, squares = np.zeros(channels, np.int64), np.zeros(channels, np.int64)  # exact up to 10^14 pixels
+    step = max(1, STATS_PIXELS // (x.shape[1] * x.shape[2]))  # images per chunk
+    for start in range(0, len(x), step):
+        part = x[start:start + step].reshape(-1, channels).astype(np.int64)
+        sums += part.sum(0)
+        squares += (part * part).sum(0)
+    # Python integers from here on: count * square - total^2 is exact (no cancellation), each division rounds once
+    means = tuple(total / count for total in sums.tolist())
+    variances = ((count * square - total * total) / count**2 for total, square in zip(sums.tolist(), squares.tolist()))
+    return means, tuple(math.sqrt(variance) + 1e-6 for variance in variances)
 
 
 def _hidden(name):
