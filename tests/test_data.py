@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from engine.data import datasets
-from engine.data.datasets import channel_stats, load_dataset
+from engine.data.datasets import channel_stats, encoded_image, load_dataset
 from engine.data.loaders import ImageArrayLoader, TensorLoader
 from engine.data.training_data import TrainingData
 from engine.train import main
@@ -324,7 +324,8 @@ def test_cifar10_jpeg_archive_decodes_and_matches_cifar10n():
 
     archive = np.load(CIFAR10_JPEG)
     offsets = archive["train_offsets"]
-    images = decode_images([archive["train_jpeg"][offsets[i]:offsets[i + 1]] for i in range(16)])
+    jpeg = archive["train_jpeg"]
+    images = decode_images(16, lambda i: encoded_image(jpeg[offsets[i]:offsets[i + 1]], f"#{i}"))
     assert images.shape == (16, 32, 32, 3) and images.dtype == np.uint8 and images.std() > 20
     y_train = archive["y_train"]
     rates = {v: (load_cifar_n_labels("cifar10n", v, y_train) != y_train).mean() for v in ("aggre", "worst")}

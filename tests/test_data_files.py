@@ -14,7 +14,7 @@ import pytest
 
 import engine
 from engine.data import pipeline
-from engine.data.datasets import MAX_CLASSES, DataFileError, LeftOut, load_dataset
+from engine.data.datasets import MAX_CLASSES, DataFileError, ImageFiles, LeftOut, load_dataset
 from engine.train import main
 from test_data import write_bmp
 
@@ -68,13 +68,58 @@ def test_an_undecodable_image_in_a_file_list_is_named_with_its_line(tmp_path):
 def test_decoding_finds_the_bad_image_in_any_batch(tmp_path, monkeypatch):
     images = image_folder(tmp_path, classes=("a",), count=10)
     encoded = [np.fromfile(path, dtype=np.uint8) for path in images]
+    read = lambda i: (encoded[i], 8 * 8)  # noqa: E731
     monkeypatch.setattr(pipeline, "DECODE_BATCH", 4)  # the bad image in the second of three batches
-    assert np.array_equal(pipeline.decode_images(encoded), np.stack(list(images.values())))
+    assert np.array_equal(pipeline.decode_images(10, read), np.stack(list(images.values())))
     encoded[6] = encoded[6][:60]
     with pytest.raises(ValueError, match=r"^image #6: not a decodable image"):
-        pipeline.decode_images(encoded)
+        pipeline.decode_images(10, read)
     with pytest.raises(ValueError, match=r"^seven: not a decodable image"):
-        pipeline.decode_images(encoded, names=[str(i) for i in range(6)] + ["seven"] + [""] * 3)
+        pipeline.decode_images(10, read, name=lambda i: "seven" if i == 6 else str(i))
+
+
+def test_chunks_hold_at_most_the_pixel_budget_unless_one_image_exceeds_it(monkeypatch):
+    monkeypatch.setattr(pipeline, "DECODE_PIXELS", 100)
+    monkeypatch.setattr(pipeline, "DECODE_BATCH", 3)
+    pixels = [40, 60, 1, 150, 30, None, 10, 10, 10, 10]  # None: a header that does not tell the size
+    taken = []
+
+    def images():  # (encoded, pixels) pairs: here the encoded image is its position
+        for i, count in enumerate(pixels):
+            taken.append(i)
+            yield i, count
+
+    chunks = []
+    for chunk in pipeline.pixel_chunks(images()):
+        assert len(taken) <= chunk[-1] + 2, "taken as needed: the chunk's images and the one after it"
+        chunks.append(chunk)
+    assert chunks == [[0, 1], [2], [3], [4], [5], [6, 7, 8], [9]]
+
+
+def test_files_decode_in_chunks_of_bounded_pixels_read_as_needed(tmp_path, monkeypatch):
+    rng = np.random.default_rng(5)
+    shapes = [(8, 8), (16, 12), (4, 20), (30, 30), (8, 8), (12, 16), (2, 2)]
+    for i, shape in enumerate(shapes):
+        write_bmp(tmp_path / f"{i}.bmp", rng.integers(0, 256, (*shape, 3), dtype=np.uint8))
+    files = ImageFiles(str(tmp_path), [f"{i}.bmp" for i in range(len(shapes))], 8)
+    whole = files.decoded()  # one chunk
+    monkeypatch.setattr(pipeline, "DECODE_PIXELS", 400)
+    reads, chunks, decode = [], [], pipeline._decode_batch
+    monkeypatch.setattr(files, "read", lambda i: reads.append(i) or ImageFiles.read(files, i))
+
+    def decode_chunk(pipe, encoded):
+        chunks.append((len(encoded), len(reads)))
+        return decode(pipe, encoded)
+
+    monkeypatch.setattr(pipeline, "_decode_batch", decode_chunk)
+    assert np.array_equal(files.decoded(), whole)
+    assert [count for count, _ in chunks] == [3, 1, 3]  # 336 pixels, 900 alone, 260
+    decoded = 0
+    for count, read in chunks:
+        pixels = sum(height * width for height, width in shapes[decoded:decoded + count])
+        assert pixels <= 400 or count == 1
+        decoded += count
+        assert read <= decoded + 1, "a chunk's files are read when it is decoded, not before"
 
 
 def test_a_missing_file_in_a_file_list_is_named_with_its_line(tmp_path):

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from engine.config import ConfigError, DataConfig
-from engine.data import datasets
+from engine.data import datasets, pipeline, streaming
 from engine.data.datasets import DataFileError, ImageFiles, load_dataset
 from engine.data.pipeline import DaliLoader
 from engine.data.streaming import AREA, CROP_DRAWS, RATIO, StreamingLoader, crop_draws, crop_window
@@ -229,6 +229,23 @@ def test_batches_kept_by_the_caller_stay_whole(files, in_memory):
     kept = [(x, x.clone()) for x, _ in batches]
     list(batches)
     assert all(torch.equal(x, copy) for x, copy in kept)
+
+
+@pytest.mark.parametrize("augment, second_view", [(False, None), (True, None), (True, "strong")])
+def test_batches_decode_in_pieces_of_bounded_pixels_and_come_out_whole(files, monkeypatch, augment, second_view):
+    whole = list(loader(files, 16, augment=augment, second_view=second_view))
+    monkeypatch.setattr(pipeline, "DECODE_PIXELS", 20_000)  # two images of 96 x 96 or 96 x 72 at most
+    pieces = []
+
+    def pixel_chunks(images):
+        for chunk in pipeline.pixel_chunks(images):
+            pieces.append(len(chunk))
+            yield chunk
+
+    monkeypatch.setattr(streaming, "pixel_chunks", pixel_chunks)
+    again = list(loader(files, 16, augment=augment, second_view=second_view))
+    assert sum(pieces) == len(files) and max(pieces) == 2
+    assert all(torch.equal(x, y) for a, b in zip(whole, again, strict=True) for x, y in zip(a, b, strict=True))
 
 
 def test_an_undecodable_or_missing_file_is_named(tmp_path):

@@ -20,6 +20,7 @@ import re
 import stat
 import warnings
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -35,27 +36,39 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 SPLIT_SEED = 12345  # fixed: the train/test split of the small data sets never depends on --seed
 
 
-def too_large(data):
-    """Why the image bytes `data` are refused before decoding, or None: a header that declares
-    more than twice PIL.Image.MAX_IMAGE_PIXELS (179M pixels by default; Pillow's decompression
-    bomb check, which reads the header only), so that a small file cannot decode to gigabytes.
-    A format Pillow does not know is left to the decoder."""
-    from PIL import Image
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # 89M-179M pixels: decoded
-        try:
-            with Image.open(io.BytesIO(data)):
-                return None
-        except Image.DecompressionBombError as error:
-            return str(error).split(", could be")[0]
-        except Exception:  # noqa: BLE001 - unknown or broken: DALI decodes it or names it
-            return None
-
-
 class DataFileError(ValueError):
     """A data file that cannot be read or decoded; the message names it. Streamed images meet it
     during training, where the command line reports it as one line."""
+
+
+@contextmanager
+def pillow_image(data):
+    """Pillow's image of the image bytes `data`, its header read (not yet its pixels), without
+    Pillow's decompression bomb warning (89M-179M pixels: decoded; above, open raises)."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data)) as image:
+            yield image
+
+
+def encoded_image(data, name):
+    """(the image bytes `data`, the pixels (width x height) its header declares as Pillow reads it
+    (the header only), or None for a format Pillow does not know or a broken header: the decoder
+    decodes it or names it). More than twice PIL.Image.MAX_IMAGE_PIXELS (179M pixels by default;
+    Pillow's decompression bomb check) is refused before decoding, a DataFileError naming the
+    image `name`: a small file must not decode to gigabytes."""
+    from PIL import Image
+
+    try:
+        with pillow_image(data) as image:
+            return data, image.width * image.height
+    except Image.DecompressionBombError as error:
+        raise DataFileError(f"{name}: {str(error).split(', could be')[0]}; shrink it or leave it out "
+                            f"(PIL.Image.MAX_IMAGE_PIXELS raises the limit)") from None
+    except Exception:  # noqa: BLE001 - unknown or broken: DALI decodes it or names it
+        return data, None
 
 
 class LeftOut(UserWarning):
@@ -104,26 +117,21 @@ class ImageFiles:
         return self.path(i) if self.listing is None else f"{self.listing}:{self.lines[i]}: {self.path(i)}"
 
     def read(self, i):
-        """The encoded bytes of file i (uint8), or a DataFileError naming it (also one too_large)."""
+        """(the encoded bytes of file i (uint8), the pixels its header declares: encoded_image), or
+        a DataFileError naming it (also one whose header declares too many pixels)."""
         try:
             data = np.fromfile(self.path(i), dtype=np.uint8)
         except OSError as error:
             raise DataFileError(f"{self.name(i)}: cannot be read ({error.strerror or error})") from None
-        reason = too_large(data)
-        if reason is not None:
-            raise DataFileError(f"{self.name(i)}: {reason}; shrink it or leave it out (PIL.Image.MAX_IMAGE_PIXELS "
-                                f"raises the limit)")
-        return data
+        return encoded_image(data, self.name(i))
 
     def decoded(self):
         """The images decoded now, uint8 [N, size, size, 3], as a data set not streamed holds
-        them (a DataFileError names a file that does not decode)."""
+        them (a DataFileError names a file that does not decode). The files are read as the
+        decoding needs them, a chunk of bounded pixels at a time (pipeline.decode_images)."""
         from engine.data.pipeline import decode_images
 
-        if not len(self):
-            return np.zeros(self.shape, dtype=np.uint8)
-        return decode_images([self.read(i) for i in range(len(self))], size=self.size,
-                             names=[self.name(i) for i in range(len(self))])
+        return decode_images(len(self), self.read, size=self.size, name=self.name)
 
     def fingerprint(self):
         """sha256 (bytes) of the size, the paths (relative: the folder may move) and each file's
@@ -397,9 +405,9 @@ def load_cifar10_jpeg(path):
                 and (labels.size == 0 or 0 <= labels.min() <= labels.max() < 10)):
             raise ValueError(f"cifar10 {path}: {split}_jpeg (uint8 bytes), {split}_offsets (ascending integer "
                              f"offsets into them) and y_{split} (one label 0-9 per image) do not fit together")
-        blobs = [jpeg[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
-        splits[split] = (decode_images(blobs, names=[f"cifar10 {path}: {split} image #{i}"
-                                                     for i in range(len(blobs))]), labels)
+        name = lambda i: f"cifar10 {path}: {split} image #{i}"  # noqa: E731 - decoded before the next split
+        read = lambda i: encoded_image(jpeg[offsets[i]:offsets[i + 1]], name(i))  # noqa: E731
+        splits[split] = decode_images(len(labels), read, name=name), labels
     return ImageDataset("cifar10", *splits["train"], *splits["test"], 10, *CIFAR10_STATS, flip=True,
                         class_names=CIFAR10_CLASSES)
 

@@ -34,8 +34,11 @@ from engine.data.datasets import DataFileError
 from engine.data.loaders import BatchOrder
 from engine.distributed import Processes
 
-DECODE_BATCH = 1024
-PREFETCH = 2  # batches a pipeline prepares ahead of the one the caller trains on
+DECODE_BATCH = 1024  # the most images decoded at once (pixel_chunks)
+# and the most pixels of them at full size, as DALI decodes an image before it resizes or crops it:
+# 96 MiB as RGB (two 12 MP photos), however many images there are
+DECODE_PIXELS = 2**25
+PREFETCH = 2  # runs (batches, or a batch's pieces) a pipeline prepares ahead of the one the caller trains on
 SECOND_VIEWS = (None, "weak", "strong")
 RAND_AUGMENT_OPS, RAND_AUGMENT_MAGNITUDE, RAND_AUGMENT_BINS = 2, 9, 31  # DALI's RandAugment defaults: bins 0..30
 RAND_AUGMENT_DRAWS = 2 * RAND_AUGMENT_OPS  # uniforms per sample of a strong view: each op's choice and sign
@@ -128,10 +131,11 @@ def _augment_pipeline(source, view, second_view, suite, gpu, views):
 
 class PipelineLoader(BatchOrder):
     """Batches through a DALI pipeline (`definition`: a pipeline_def function taking `source`)
-    with one external source, whose callback gives the next batch's inputs, PREFETCH batches
-    ahead of the caller. A subclass gives _epoch_inputs(): for each batch of the epoch,
-    (indices, the external source's arrays). A strong second view's RandAugment choices come last
-    (_rand_augment_inputs)."""
+    with one external source, whose callback gives the next run's inputs, PREFETCH runs ahead of
+    the caller. A subclass gives _epoch_inputs(): for each run of the pipeline, (its sample
+    indices, the external source's arrays, whether it ends a batch): a batch runs whole or in
+    pieces (StreamingLoader: of bounded pixels), whose outputs the loader joins. A strong second
+    view's RandAugment choices come last (_rand_augment_inputs)."""
 
     def __init__(self, count, batch_size, shuffle, seed, indices, drop_last, processes, device, num_threads, augment,
                  second_view, channels):
@@ -158,6 +162,7 @@ class PipelineLoader(BatchOrder):
             self._pipe = build_quietly(self.definition, seed=self.seed % (2**31 - 1), **self._options)
         self._running = True
         self._feed.start(self._epoch_inputs())
+        pieces = []  # the outputs of the batch's runs so far
         while True:
             try:
                 outputs = self._pipe.run()
@@ -166,8 +171,11 @@ class PipelineLoader(BatchOrder):
             except RuntimeError as error:
                 raise self._explain() or error from None
             first, *second = (_to_torch(out, self.device) for out in outputs)
-            batch, _ = self._feed.in_flight.popleft()
-            yield first, torch.from_numpy(batch), *second
+            indices, _, ends_batch = self._feed.in_flight.popleft()
+            pieces.append((first, torch.from_numpy(indices), *second))
+            if ends_batch:
+                yield pieces[0] if len(pieces) == 1 else tuple(torch.cat(parts) for parts in zip(*pieces))
+                pieces = []
         self._pipe.reset()
         self._running = False
 
@@ -181,8 +189,8 @@ class PipelineLoader(BatchOrder):
 
 
 class _Feed:
-    """A pipeline's external source: the inputs of the epoch's next batch, remembering the batches
-    in flight (given to DALI, not yet out)."""
+    """A pipeline's external source: the inputs of the epoch's next run, remembering the runs in
+    flight (given to DALI, not yet out)."""
 
     def __init__(self):
         self.start(iter(()))
@@ -191,9 +199,9 @@ class _Feed:
         self.epoch_inputs, self.in_flight = epoch_inputs, deque()
 
     def __call__(self):
-        batch, inputs = next(self.epoch_inputs)  # StopIteration: the epoch's batches are all in
-        self.in_flight.append((batch, inputs))
-        return inputs
+        run = next(self.epoch_inputs)  # StopIteration: the epoch's batches are all in
+        self.in_flight.append(run)
+        return run[1]
 
 
 def mirrors(uniforms, flip):
@@ -243,7 +251,7 @@ class DaliLoader(PipelineLoader):
         for batch in batches:
             rows = slice(start, start + len(batch))
             start = rows.stop
-            yield batch, (self.batch_images(batch), *(part[rows] for part in per_sample))
+            yield batch, (self.batch_images(batch), *(part[rows] for part in per_sample)), True
 
     def batch_images(self, batch):
         """images[batch], zero-padded by self.pad on every side when the host pads."""
@@ -289,20 +297,41 @@ def _decode_pipeline(size, channels):
     return images
 
 
-def decode_images(encoded, size=None, channels=3, names=None):
-    """Decodes a list of encoded images (JPEG/PNG/... bytes as uint8 arrays) to uint8 NHWC,
-    resized to size x size when given (needed when the images differ in size). An image that
-    does not decode raises a DataFileError naming it by names[i] (else by its index)."""
+def pixel_chunks(images):
+    """Consecutive chunks (lists of the encoded images) of `images`, (encoded, pixels) pairs
+    taken from an iterable only as the chunks need them: each of at most DECODE_BATCH images and
+    DECODE_PIXELS pixels; an image larger than that goes alone, as does one whose header does not
+    tell its size (pixels None)."""
+    chunk, total = [], 0
+    for encoded, pixels in images:
+        pixels = DECODE_PIXELS if pixels is None else pixels
+        if chunk and (total + pixels > DECODE_PIXELS or len(chunk) == DECODE_BATCH):
+            yield chunk
+            chunk, total = [], 0
+        chunk.append(encoded)
+        total += pixels
+    if chunk:
+        yield chunk
+
+
+def decode_images(count, read, size=None, channels=3, name=lambda i: f"image #{i}"):
+    """`count` encoded images decoded to uint8 NHWC, resized to size x size when given (needed
+    when the images differ in size). read(i): image i's (bytes as uint8, pixels its header
+    declares or None), called as the chunks (pixel_chunks) need it, so that memory holds one
+    chunk's bytes and full-size pixels beside the result. An image that does not decode raises
+    a DataFileError naming it by name(i)."""
     pipe = _decode_pipe(size, channels, DECODE_BATCH)
-    parts = []
-    for start in range(0, len(encoded), DECODE_BATCH):
-        chunk = encoded[start:start + DECODE_BATCH]
+    images, start = np.zeros((0, size or 0, size or 0, channels), np.uint8), 0  # as no images come out
+    for chunk in pixel_chunks(map(read, range(count))):
         try:
-            parts.append(_decode_batch(pipe, chunk))
+            decoded = _decode_batch(pipe, chunk)
         except RuntimeError as error:
-            name = (lambda i: names[start + i]) if names is not None else (lambda i: f"image #{start + i}")
-            raise undecodable(chunk, name, size, channels) or error from None
-    return np.concatenate(parts)
+            raise undecodable(chunk, lambda i: name(start + i), size, channels) or error from None
+        if not start:  # the first chunk tells the images' shape
+            images = np.empty((count, *decoded.shape[1:]), np.uint8)
+        images[start:start + len(chunk)] = decoded
+        start += len(chunk)
+    return images
 
 
 def undecodable(encoded, name, size=None, channels=3):

@@ -1,7 +1,9 @@
 """Images streamed from their files (ImageFiles): only the paths stay in memory, so memory does
 not grow with the number of images. Per batch, a thread pool reads the files' bytes (ahead of
 DALI, so reading overlaps the training step) and DALI decodes them ("mixed", nvJPEG, on CUDA;
-the CPU elsewhere), crops, resizes, flips and normalizes them, PREFETCH batches ahead.
+the CPU elsewhere), crops, resizes, flips and normalizes them, PREFETCH runs ahead. A run takes
+at most DECODE_PIXELS full-size pixels (pixel_chunks): a batch of large photos runs in pieces,
+joined again, so that memory does not grow with their size times the batch size either.
 
 Training views are random-resized crops: a fraction in [0.08, 1] of the image's area with an
 aspect ratio (width / height in pixels) log-uniform in [3/4, 4/3], as torchvision's
@@ -22,8 +24,8 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali import math as dali_math
 
 from engine.data.datasets import ImageFiles
-from engine.data.pipeline import (RAND_AUGMENT_DRAWS, PipelineLoader, mirrors, rand_augmented, sample_uniforms,
-                                  undecodable)
+from engine.data.pipeline import (RAND_AUGMENT_DRAWS, PipelineLoader, mirrors, pixel_chunks, rand_augmented,
+                                  sample_uniforms, undecodable)
 from engine.distributed import Processes
 
 AREA = (0.08, 1.0)      # random-resized crop: the fraction of the image's area
@@ -114,19 +116,25 @@ class StreamingLoader(PipelineLoader):
     def _epoch_inputs(self):
         epoch, reading = self.epoch, deque()
         for batch in self.batches():
-            reading.append((batch, [_READER.submit(self.files.read, i) for i in batch]))
+            reading.append((batch, deque(_READER.submit(self.files.read, i) for i in batch)))
             if len(reading) > READ_AHEAD:
-                yield self._inputs(epoch, *reading.popleft())
+                yield from self._pieces(epoch, *reading.popleft())
         while reading:
-            yield self._inputs(epoch, *reading.popleft())
+            yield from self._pieces(epoch, *reading.popleft())
 
-    def _inputs(self, epoch, batch, reads):
-        crops = (part for view in sample_uniforms(self.seed, epoch, batch, self._views, CROP_DRAWS)
-                 for part in crop_draws(view, self.flip))
-        return batch, ([read.result() for read in reads], *crops, *self._rand_augment_inputs(epoch, batch))
+    def _pieces(self, epoch, batch, reads):
+        """The runs of `batch`: pieces of bounded pixels (pixel_chunks), as DALI decodes an image
+        whole before it crops or resizes it (only a JPEG's single crop is decoded alone)."""
+        per_sample = [*(part for view in sample_uniforms(self.seed, epoch, batch, self._views, CROP_DRAWS)
+                        for part in crop_draws(view, self.flip)), *self._rand_augment_inputs(epoch, batch)]
+        start = 0
+        for encoded in pixel_chunks(reads.popleft().result() for _ in range(len(reads))):
+            rows = slice(start, start + len(encoded))
+            start = rows.stop
+            yield batch[rows], (encoded, *(part[rows] for part in per_sample)), start == len(batch)
 
     def _explain(self):
-        for batch, (encoded, *_) in self._feed.in_flight:
+        for batch, (encoded, *_), _ in self._feed.in_flight:
             found = undecodable(encoded, lambda i, batch=batch: self.files.name(batch[i]), self.files.size)
             if found is not None:
                 return found
