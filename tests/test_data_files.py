@@ -1,5 +1,6 @@
 """Bad data files: each is refused with a ValueError / FileNotFoundError naming the file (and a
 list's line), which the command line prints as one line."""
+import io
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import zlib
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 import engine
 from engine.data import pipeline
@@ -120,6 +122,46 @@ def test_files_decode_in_chunks_of_bounded_pixels_read_as_needed(tmp_path, monke
         assert pixels <= 400 or count == 1
         decoded += count
         assert read <= decoded + 1, "a chunk's files are read when it is decoded, not before"
+
+
+def gif_image(rgb):
+    data = io.BytesIO()
+    Image.fromarray(rgb).save(data, format="GIF")
+    return data.getvalue()
+
+
+def png_without_end(rgb):
+    data = io.BytesIO()
+    Image.fromarray(rgb).save(data, format="PNG")
+    return data.getvalue()[:-12]  # its IEND chunk
+
+
+def tiff_without_bits_per_sample(rgb):
+    """A 1-bit TIFF whose directory leaves out BitsPerSample (tag 258; the TIFF default is 1)."""
+    data = io.BytesIO()
+    Image.fromarray(rgb[..., 0] > 127).save(data, format="TIFF")
+    data = data.getvalue()
+    start = struct.unpack("<I", data[4:8])[0]  # Pillow writes little-endian ("II"): the first directory
+    count = struct.unpack("<H", data[start:start + 2])[0]
+    entries = [data[start + 2 + 12 * i:start + 14 + 12 * i] for i in range(count)]
+    kept = b"".join(entry for entry in entries if struct.unpack("<H", entry[:2])[0] != 258)
+    end = start + 2 + 12 * count  # the offset of the next directory follows; 12 bytes left unused keep every offset
+    return data[:start] + struct.pack("<H", count - 1) + kept + data[end:end + 4] + bytes(12) + data[end + 4:]
+
+
+# Images that Pillow reads and DALI's decoder does not: (file name, bytes from RGB pixels)
+PILLOW_ONLY = {"GIF": ("gif.jpg", gif_image), "PNG": ("no-end.png", png_without_end),
+               "TIFF": ("one-bit.tif", tiff_without_bits_per_sample)}
+
+
+@pytest.mark.parametrize("kind", sorted(PILLOW_ONLY))
+def test_an_image_the_decoder_does_not_read_is_named_with_its_kind(tmp_path, kind):
+    image_folder(tmp_path)
+    name, write = PILLOW_ONLY[kind]
+    (tmp_path / "dog" / name).write_bytes(write(np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8)))
+    with pytest.raises(DataFileError, match=rf"^{tmp_path}/dog/{name}: a {kind} image the decoder does not read; "
+                                            r"re-save it as JPEG or PNG \(Pillow reads it\)$"):
+        load_dataset("folder", str(tmp_path))
 
 
 def test_a_missing_file_in_a_file_list_is_named_with_its_line(tmp_path):

@@ -71,6 +71,17 @@ def encoded_image(data, name):
         return data, None
 
 
+def pillow_format(data):
+    """The format (as Pillow names it: GIF, PNG, ...) of the image bytes `data` if Pillow decodes
+    the whole image, else None (a broken file)."""
+    try:
+        with pillow_image(data) as image:
+            image.load()
+            return image.format
+    except Exception:  # noqa: BLE001 - whatever stops Pillow: the file is broken
+        return None
+
+
 class LeftOut(UserWarning):
     """Files in a data set's folders that it does not read (the command line prints it as a note)."""
 

@@ -30,7 +30,7 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.auto_aug import rand_augment
 from nvidia.dali.auto_aug.core import select, signed_bin
 
-from engine.data.datasets import DataFileError
+from engine.data.datasets import DataFileError, pillow_format
 from engine.data.loaders import BatchOrder
 from engine.distributed import Processes
 
@@ -337,9 +337,17 @@ def decode_images(count, read, size=None, channels=3, name=lambda i: f"image #{i
 def undecodable(encoded, name, size=None, channels=3):
     """After DALI failed on the images `encoded`: a DataFileError naming (name(i)) the first that
     does not decode, or None. DALI names neither the file nor, always, the sample, and its
-    pipeline is unusable after a failure: decode them one at a time on a fresh one to find it."""
+    pipeline is unusable after a failure: decode them one at a time on a fresh one to find it.
+    Pillow tells an image of a kind or variant that DALI does not read (a GIF, a 1-bit TIFF
+    without BitsPerSample, a PNG without its end chunk) from one that is broken."""
     bad = _first_undecodable(encoded, size, channels)
-    return None if bad is None else DataFileError(f"{name(bad)}: not a decodable image (empty, truncated or corrupt)")
+    if bad is None:
+        return None
+    kind = pillow_format(encoded[bad])
+    if kind is None:
+        return DataFileError(f"{name(bad)}: not a decodable image (empty, truncated or corrupt)")
+    return DataFileError(f"{name(bad)}: a {kind} image the decoder does not read; re-save it as JPEG or PNG (Pillow "
+                         f"reads it)")
 
 
 def _decode_pipe(size, channels, batch_size):
