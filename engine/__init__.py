@@ -14,6 +14,7 @@ _EXPORTS = {
     "Method": "engine.methods.base", "Stage": "engine.methods.base", "Phase": "engine.methods.base",
     "CleanSubset": "engine.methods.base", "MethodConfig": "engine.config", "WarmupConfig": "engine.config",
     "option": "engine.config", "Trainer": "engine.trainer", "Diverged": "engine.methods.base",
+    "RunNote": "engine.checkpoint",
 }
 
 __all__ = sorted(_EXPORTS)

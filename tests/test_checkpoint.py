@@ -129,6 +129,7 @@ def test_a_resume_says_when_it_starts_anew_or_continues_another_number_of_proces
 
     x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
     labels = np.arange(40) % 2
+    assert engine.RunNote is RunNote
     with pytest.warns(RunNote, match=f"^no checkpoint to resume in {tmp_path / 'a'}: a new run$"):
         engine.fit(x, labels, method="ce", epochs=2, out=tmp_path / "a", resume=True)  # shown without verbose
     state = read_checkpoint(str(tmp_path / "a" / "checkpoint.pt"))
