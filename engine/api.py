@@ -120,8 +120,10 @@ def fit(x, labels=None, *, method="jnpl", x_test=None, y_test=None, true_labels=
     from engine.trainer import Trainer
 
     # The run seeds torch's global generators from `seed`; the caller's draws go on afterwards as
-    # if fit had not run (a script drawing a new subsample per fit gets a new one).
-    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if device.type == "cuda" else ()):
+    # if fit had not run (a script drawing a new subsample per fit gets a new one). Every GPU's
+    # too where CUDA is in use (manual_seed seeds them all); a CPU run leaves CUDA uninitialized.
+    in_use = device.type == "cuda" or torch.cuda.is_initialized()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if in_use else ()):
         trainer = Trainer(method, data, seed=seed, device=device, out=out, resume=resume, overwrite=overwrite,
                           run_config=run, sync_bn=sync_bn, log=print if verbose else lambda line: None)
         summary = trainer.run()

@@ -62,10 +62,11 @@ def read_checkpoint(path, device="cpu"):
     return state
 
 
-def load_checkpoint(path, identity, device):
-    """The checkpoint at `path`, refused when it belongs to another run than `identity`."""
+def load_checkpoint(path, identity, device, earlier=lambda: None):
+    """The checkpoint at `path`, refused when it belongs to another run than `identity` (or
+    earlier(): the run's identity as an earlier version of the engine wrote it)."""
     state = read_checkpoint(path, device)
-    if state["identity"] != identity:
+    if state["identity"] != identity and state["identity"] != earlier():
         stored = state["identity"] if isinstance(state["identity"], dict) else {}
         differs = sorted(key for key in {*stored, *identity} if stored.get(key) != identity.get(key))
         what = {"data_fingerprint": "the training data, labels, test split, classes or true labels"}

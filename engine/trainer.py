@@ -209,21 +209,25 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def identity(self):
+    def identity(self, before_classes=False):
         """What must match for --resume: the run config without where it runs and writes (its
-        files: their content is in the data's fingerprint)."""
-        if self.data_fingerprint is None:
-            self.data_fingerprint = self.data.fingerprint()
+        files: their content is in the data's fingerprint; before_classes: as TrainingData.fingerprint)."""
+        if before_classes:
+            fingerprint = self.data.fingerprint(before_classes=True)
+        else:
+            if self.data_fingerprint is None:
+                self.data_fingerprint = self.data.fingerprint()
+            fingerprint = self.data_fingerprint
         if self.run_config is None:
             return {"seed": self.seed, "method": self.method.name, "hyperparameters": self.config.to_dict(),
-                    "data_fingerprint": self.data_fingerprint}
+                    "data_fingerprint": fingerprint}
         identity = self.run_config.to_dict()
         for key in ("out", "device"):
             identity.pop(key)
         for key in ("data_dir", "noise_file"):
             if identity["data"] is not None:
                 identity["data"].pop(key)
-        return {**identity, "data_fingerprint": self.data_fingerprint}
+        return {**identity, "data_fingerprint": fingerprint}
 
     def save_checkpoint(self, epoch):
         if self.checkpoint_path is None or not self.processes.main:
@@ -235,7 +239,8 @@ class Trainer:
         })
 
     def load_checkpoint(self):
-        state = load_checkpoint(self.checkpoint_path, self.identity(), self.device)
+        state = load_checkpoint(self.checkpoint_path, self.identity(), self.device,
+                                earlier=lambda: self.identity(before_classes=True))
         try:  # the run's identity matches: a state that does not fit it was built or changed by hand
             self.model.load_state_dict(state["model"])
             self.optimizer = self.new_optimizer()

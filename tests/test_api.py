@@ -226,6 +226,12 @@ def test_clean_indices_of_a_loaded_data_set_name_samples_as_the_label_issues_ind
         engine.fit(data, method="ce", epochs=1, clean_indices=[held_out])
     with pytest.raises(ValueError, match="^clean_indices: all 80 training samples are in the clean subset"):
         engine.fit(data, method="ce", epochs=1, clean_indices=data.train_rows)
+    with pytest.raises(ValueError, match=r"^clean_indices: 80 values of 0 and 1, one per training sample: give a mask "
+                                         r"of one value per sample as given \(100, a test share held out of them\)"):
+        engine.fit(data, method="ce", epochs=1, clean_indices=(data.y_train == 1).astype(int))
+    with pytest.raises(ValueError, match=r"^clean_indices \(positions in the data as given\): a boolean mask needs one "
+                                         r"value per sample \(100\)"):
+        engine.fit(data, method="ce", epochs=1, clean_indices=data.y_train == 1)
 
 
 def test_fit_leaves_the_callers_random_generator_alone(digits):
@@ -350,7 +356,7 @@ def test_empty_inputs_predict_empty_arrays_and_out_may_be_a_path(tmp_path):
 def test_fit_resumes_the_run_in_out(tmp_path):
     """fit had no resume: a script under torchrun could only start a killed run over. A finished
     run resumes to the same results without training; other arguments are refused."""
-    from engine.checkpoint import CheckpointError
+    from engine.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 
     x = np.random.default_rng(0).normal(size=(60, 3)).astype(np.float32)
     y = np.arange(60) % 3
@@ -366,6 +372,16 @@ def test_fit_resumes_the_run_in_out(tmp_path):
     for other in (dict(class_names=["a", "b", "c", "d"]), dict(true_labels=(y + 1) % 3)):
         with pytest.raises(CheckpointError, match=differs):
             engine.fit(x, y, method="ce", epochs=2, out=tmp_path, resume=True, **other)
+    # A checkpoint of an engine before the fingerprint covered them (2026-12-08) resumes still
+    path = str(tmp_path / "checkpoint.pt")
+    state = read_checkpoint(path)
+    state["identity"]["data_fingerprint"] = resumed._trainer.data.fingerprint(before_classes=True)
+    assert state["identity"]["data_fingerprint"] != resumed._trainer.data.fingerprint()
+    save_checkpoint(path, state)
+    os.remove(tmp_path / "summary.json")
+    assert engine.fit(x, y, method="ce", epochs=2, out=tmp_path, resume=True).summary == first.summary
+    with pytest.raises(CheckpointError, match=differs):
+        engine.fit(x, (y + 1) % 3, method="ce", epochs=2, out=tmp_path, resume=True)
     with pytest.raises(ValueError, match="resume: needs out"):
         engine.fit(x, y, method="ce", epochs=2, resume=True)
 

@@ -339,7 +339,7 @@ def test_channel_stats_match_numpy_chunk_by_chunk(monkeypatch, shape):
     x = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
     x[0] = 255  # the largest squares
     channels = [x[..., c].astype(np.float64) for c in range(shape[-1])]
-    for pixels in (datasets.STATS_PIXELS, 50):  # one chunk or more, and many (a chunk of one image where larger)
+    for pixels in (datasets.STATS_PIXELS, 50):  # one chunk or more, and many (chunks cut through images)
         monkeypatch.setattr(datasets, "STATS_PIXELS", pixels)
         mean, std = channel_stats(x)
         np.testing.assert_allclose(mean, [c.mean() for c in channels], rtol=1e-12, atol=0)

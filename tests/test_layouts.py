@@ -503,6 +503,9 @@ def test_food101n(tmp_path, capsys):
     assert load_dataset("filelist", str(dst)).y_train.tolist() == [0, 0, 1, 2]
     out = convert(capsys, "food101n", src, dst)  # without --food101 again: no test.txt of before
     assert not (dst / "test.txt").exists() and f"removed test.txt of an earlier conversion into {dst}" in out
+    write(src / "meta" / "imagelist.tsv", ["class_name/key"] + [path for path, _ in FOOD_KEYS] + ["apple_pie/a2.jpg"])
+    out = convert(capsys, "food101n", src, dst)  # an image listed again keeps its first line and its verification
+    assert np.load(dst / "train_verified.npy").tolist() == [-1, 1, 0, 1] and "1 train lines naming an image" in out
 
 
 def test_food101n_bad_input_is_named(tmp_path, capsys):

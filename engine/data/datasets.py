@@ -581,11 +581,11 @@ def channel_stats(x):
     if isinstance(x, ImageFiles):  # a fixed sample, decoded small (the statistics barely depend on the size)
         sample = np.sort(np.random.default_rng(SPLIT_SEED).permutation(len(x))[:STATS_SAMPLE])
         x = replace(x[sample], size=min(x.size, STREAM_ABOVE)).decoded()
-    channels, count = x.shape[-1], x.size // x.shape[-1]
+    pixels = x.reshape(-1, x.shape[-1])  # a view of contiguous images (else a uint8 copy)
+    channels, count = pixels.shape[1], len(pixels)
     sums, squares = np.zeros(channels, np.int64), np.zeros(channels, np.int64)  # exact up to 10^14 pixels
-    step = max(1, STATS_PIXELS // (x.shape[1] * x.shape[2]))  # images per chunk
-    for start in range(0, len(x), step):
-        part = x[start:start + step].reshape(-1, channels).astype(np.int64)
+    for start in range(0, count, STATS_PIXELS):
+        part = pixels[start:start + STATS_PIXELS].astype(np.int64)
         sums += part.sum(0)
         squares += (part * part).sum(0)
     # Python integers from here on: count * square - total^2 is exact (no cancellation), each division rounds once

@@ -344,7 +344,9 @@ def convert_food101n(src, food101=None):
     conversion = Conversion("food101n", "jnpl", train, None, {"images": _need_dir(os.path.join(src, "images"),
                                                                                   "the images")},
                             classes=classes, classes_from=classes_path)
-    _add_verification(conversion, meta, {entry.path[len("images/"):]: i for i, entry in enumerate(train)})
+    # an image listed again keeps its first line (_drop_repeats): its verification goes there
+    first = {entry.path[len("images/"):]: i for i, entry in reversed(list(enumerate(train)))}
+    _add_verification(conversion, meta, first)
     if food101 is not None:
         conversion.test = _food101_test(food101, label_of, classes_path)
         conversion.links["food-101-images"] = os.path.join(food101, "images")

@@ -44,13 +44,15 @@ class TrainingData:
         """The samples outside the clean subset (the noisy training set)."""
         return np.setdiff1d(np.arange(len(self.given_labels)), self.clean_indices)
 
-    def fingerprint(self):
+    def fingerprint(self, before_classes=False):
         """sha256 (hex) of everything a run's state and outputs depend on: the training inputs,
         given labels, clean subset, test split (of image files: their paths, sizes and mtimes),
         classes and their names, and the true labels (scored each epoch). --resume refuses a
-        checkpoint of other data."""
-        digest = hashlib.sha256(repr((self.num_classes, self.class_names)).encode())
-        for array in (self.x_train, self.given_labels, self.clean_indices, self.x_test, self.y_test, self.true_labels):
+        checkpoint of other data. before_classes: the fingerprint of checkpoints written before
+        2026-12-08, without the classes and true labels (--resume still takes them)."""
+        digest = hashlib.sha256(b"" if before_classes else repr((self.num_classes, self.class_names)).encode())
+        arrays = (self.x_train, self.given_labels, self.clean_indices, self.x_test, self.y_test)
+        for array in arrays if before_classes else (*arrays, self.true_labels):
             if isinstance(array, ImageFiles):
                 array = np.frombuffer(array.fingerprint(), dtype=np.uint8)
             if array is not None:
@@ -187,6 +189,12 @@ def trusted_training_samples(dataset, indices):
     if dataset.train_rows is None:
         return trusted_positions(indices, count, "clean_indices")
     given_count = count + len(dataset.y_test)
+    indices = np.asarray(indices)
+    if (indices.shape == (count,) and count > 2 and np.issubdtype(indices.dtype, np.integer)
+            and np.isin(indices, (0, 1)).all()):  # a 0/1 mask of the training part
+        raise ValueError(f"clean_indices: {count} values of 0 and 1, one per training sample: give a mask of one value "
+                         f"per sample as given ({given_count}, a test share held out of them), as bool, or the "
+                         f"positions in the data as given (the label-issues table's index)")
     rows = trusted_positions(indices, given_count, "clean_indices (positions in the data as given)")
     position = np.full(given_count, -1, dtype=np.int64)
     position[dataset.train_rows] = np.arange(count)
