@@ -668,11 +668,11 @@ def _has_splits(root):
     splits = []
     for split in present:
         folder = os.path.join(root, split)
-        if image_names(folder) and _class_folders(folder):  # a split with stray images, or a class with sub-folders
-            raise ValueError(f"folder {folder}: holds images and folders directly inside, neither a split (class "
-                             f"folders only) nor clearly a class; move the images into their class folders, or "
-                             f"rename the folder if it is a class")
         if _class_folders(folder):
+            if image_names(folder):  # a split with stray images, or a class with sub-folders
+                raise ValueError(f"folder {folder}: holds images and folders directly inside, neither a split (class "
+                                 f"folders only) nor clearly a class; move the images into their class folders, or "
+                                 f"rename the folder if it is a class")
             splits.append(split)
     if not splits or splits == list(SPLITS):
         return bool(splits)

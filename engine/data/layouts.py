@@ -201,7 +201,7 @@ def convert_clothing1m(src, clean_train=False, clean_val=False):
 def _add_trusted(conversion, trusted, flag):
     """The trusted entries as a clean subset: a key already in train.txt takes its trusted
     label there, another is appended; clean_indices.npy lists them."""
-    position = {entry.path: i for i, entry in reversed(list(enumerate(conversion.train)))}
+    position = _first_lines(entry.path for entry in conversion.train)
     if conversion.clean is None:
         conversion.clean = [False] * len(conversion.train)
     true = conversion.per_sample["train_true_labels.npy"][0]
@@ -344,9 +344,7 @@ def convert_food101n(src, food101=None):
     conversion = Conversion("food101n", "jnpl", train, None, {"images": _need_dir(os.path.join(src, "images"),
                                                                                   "the images")},
                             classes=classes, classes_from=classes_path)
-    # an image listed again keeps its first line (_drop_repeats): its verification goes there
-    first = {entry.path[len("images/"):]: i for i, entry in reversed(list(enumerate(train)))}
-    _add_verification(conversion, meta, first)
+    _add_verification(conversion, meta, _first_lines(entry.path[len("images/"):] for entry in train))
     if food101 is not None:
         conversion.test = _food101_test(food101, label_of, classes_path)
         conversion.links["food-101-images"] = os.path.join(food101, "images")
@@ -448,6 +446,15 @@ def _drop_missing(conversion, dst, skip_missing):
         dropped.append(f"{len(missing)} missing {split} images left out (--skip-missing), e.g. {missing[0].where}")
         _keep(conversion, split, present)
     conversion.notes += dropped
+
+
+def _first_lines(keys):
+    """{key: the position of its first line}: an image listed again keeps its first line
+    (_drop_repeats), so what is added to it per image (trusted, verified) goes there."""
+    first = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    return first
 
 
 def _drop_repeats(conversion):
