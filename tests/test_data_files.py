@@ -618,7 +618,7 @@ NPZ_CASES = {
     "2 channels": (lambda p: np.savez(p, x=np.zeros((10, 8, 8, 2), np.uint8), y=Y),
                    r"x: images \[N, H, W, C\] need C in \(1, 3\) \(channels last\), got shape \[10, 8, 8, 2\]$"),
     "a test class that y lacks": (lambda p: np.savez(p, x=X, y=Y, x_test=X[:2], y_test=np.array([0, 3])),
-                                  r"y_test has label 3, no class of y \(0..2\); the test set may lack a class, not "
+                                  r"y_test: label 3 is no class of y \(0..2\); the test set may lack a class, not "
                                   r"have another$"),
     "an empty file": (lambda p: p.write_bytes(b""), r"not a readable .npz archive \(No data left in file\)$"),
     "a broken zip": (broken_zip, r"not a readable .npz archive \(File is not a zip file\)$"),

@@ -174,6 +174,15 @@ def check_sample_shape(x, where):
                          f"{list(x.shape)}")
 
 
+def check_test_classes(test_labels, top, where, training, hint=""):
+    """Refuses a test label above `top`, the largest training label: a class that nothing trains
+    (e.g. 1-based test labels). where(i) names test sample i; `training` the training labels."""
+    above = np.flatnonzero(np.asarray(test_labels) > top)
+    if len(above):
+        raise ValueError(f"{where(above[0])}: label {test_labels[above[0]]} is no class of {training} (0..{top}); the "
+                         f"test set may lack a class, not have another{hint}")
+
+
 @dataclass
 class ImageDataset:
     name: str
@@ -530,9 +539,7 @@ def load_npz(data_dir, test_fraction=None):
         kind, shape = ("feature vectors", "D") if features else ("images", "[H, W, C]")
         raise ValueError(f"npz {path}: x_test {kind} are {list(parts[2].shape[1:])}, x {kind} "
                          f"{list(parts[0].shape[1:])}; both must have the same {shape}")
-    if len(parts[3]) and parts[3].max() > parts[1].max():  # a class that nothing trains, e.g. 1-based test labels
-        raise ValueError(f"npz {path}: y_test has label {parts[3].max()}, no class of y (0..{parts[1].max()}); the "
-                         f"test set may lack a class, not have another")
+    check_test_classes(parts[3], parts[1].max(), lambda i: f"npz {path}: y_test", "y")
     num_classes = int(parts[1].max()) + 1
     stats = feature_stats(parts[0]) if features else channel_stats(parts[0])
     return ImageDataset("npz", *parts, num_classes, *stats, flip=False, trusted_train=trusted, train_rows=rows)
@@ -907,11 +914,9 @@ def load_file_list(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
         if len(names) < num_classes:
             raise ValueError(f"filelist {names_path}: {len(names)} class names for labels up to {num_classes - 1}")
         num_classes = len(names)
-    elif parts[3].max() > parts[1].max():  # a class that nothing trains, e.g. 1-based test labels
-        first = int(np.argmax(parts[3] > parts[1].max()))
-        raise ValueError(f"{listed[1].name(first)}: label {parts[3][first]} is no class of train.txt's labels "
-                         f"(0..{parts[1].max()}); the test set may lack a class, not have another (classes.txt "
-                         f"names every class)")
+    else:
+        check_test_classes(parts[3], parts[1].max(), listed[1].name, "train.txt's labels",
+                           " (classes.txt names every class)")
     true = None
     if os.path.exists(true_path):
         true = load_npy(true_path, f"filelist {true_path}")

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from engine.data.datasets import (MAX_CLASSES, TRUSTED_LABELS, ImageFiles, as_features, channel_stats,
-                                  check_sample_shape, feature_stats, require_classes, require_distinct_names,
-                                  trusted_positions)
+                                  check_sample_shape, check_test_classes, feature_stats, require_classes,
+                                  require_distinct_names, trusted_positions)
 from engine.data.loaders import ImageArrayLoader, TensorLoader
 from engine.safe_loading import not_dense
 
@@ -230,10 +230,9 @@ def from_arrays(x, labels, x_test=None, y_test=None, true_labels=None, clean_ind
         y_test = as_labels(y_test, len(x_test), "y_test")
     num_classes = int(given.max()) + 1
     if y_test is not None and y_test.max() >= num_classes:
-        if class_names is None:  # e.g. 1-based test labels: a class that nothing trains
-            raise ValueError(f"y_test: label {int(y_test.max())} is no class of the training labels "
-                             f"(0..{num_classes - 1}); the test set may lack a class, not have another "
-                             f"(class_names names every class)")
+        if class_names is None:
+            check_test_classes(y_test, num_classes - 1, lambda i: "y_test", "the training labels",
+                               " (class_names names every class)")
         num_classes = int(y_test.max()) + 1
     if class_names is not None:
         # A dict would give its keys and a string its letters as the names.
