@@ -31,7 +31,9 @@ class FitResult:
     `metrics` (a DataFrame), the `summary` and `pred_probs`, the class probabilities on the
     training samples [N, C] that the label issues are scored from: the trained network's (BLDR:
     the network whose EMA copy `model` is, so predict_proba differs from them there;
-    PU-distillation where its label issues are its teachers': their mean)."""
+    PU-distillation where its label issues are its teachers': their mean). It pickles (a joblib or
+    multiprocessing worker's result) without the training loaders: a copy predicts and gives
+    the label issues, as the result does."""
 
     model: torch.nn.Module
     method: object
@@ -80,8 +82,9 @@ def fit(x, labels=None, *, method="jnpl", x_test=None, y_test=None, true_labels=
     samples whose labels you trust (L2B and PU-distillation need some of every class). epochs
     and **options: fields of the method's Config (lr=..., batch_size=..., beta=...) replacing
     its preset (the short-budget one below 20,000 samples or for at most 50 epochs, else the
-    paper's). out: a folder for the outputs and checkpoints (none by default). resume: continue
-    the run whose checkpoint is in out (killed or finished; the same arguments), as the command
+    paper's; at a short budget 20,000 images or more of at most 64 pixels a side train
+    small_cnn_dense, not the small CNN). out: a folder for the outputs and checkpoints (none by
+    default). resume: continue the run whose checkpoint is in out (killed or finished; the same arguments), as the command
     line's --resume: a checkpoint of other arguments or data is refused. overwrite: start a new run in out even
     where one that did not finish left its checkpoint (refused otherwise; not with resume). verbose: print a line
     per epoch. Returns a
@@ -113,11 +116,11 @@ def fit(x, labels=None, *, method="jnpl", x_test=None, y_test=None, true_labels=
         raise ValueError("engine.fit takes the clean subset as clean_indices (the samples whose labels you trust), "
                          "not clean_size / clean_fraction")
     options["clean_size"] = len(data.clean_indices)  # config.yaml records the subset the run used
-    method = with_model_for(as_method(method, options), data.features)
+    method = with_model_for(as_method(method, options), data.input_shape, len(data.x_train), data.num_classes)
     config = method.configure(size_class(len(data.x_train)), data.num_classes)
     run = RunConfig(method=method.name, seed=seed, device=device.type, out=out, sync_bn=sync_bn,
                     hyperparameters=config)
-    from engine.trainer import Trainer
+    from engine.trainer import Trainer, quiet
 
     # The run seeds torch's global generators from `seed`; the caller's draws go on afterwards as
     # if fit had not run (a script drawing a new subsample per fit gets a new one). Every GPU's
@@ -125,7 +128,7 @@ def fit(x, labels=None, *, method="jnpl", x_test=None, y_test=None, true_labels=
     in_use = device.type == "cuda" or torch.cuda.is_initialized()
     with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if in_use else ()):
         trainer = Trainer(method, data, seed=seed, device=device, out=out, resume=resume, overwrite=overwrite,
-                          run_config=run, sync_bn=sync_bn, log=print if verbose else lambda line: None)
+                          run_config=run, sync_bn=sync_bn, log=print if verbose else quiet)
         summary = trainer.run()
     return FitResult(method.eval_model(trainer.model), method, run, pd.DataFrame(trainer.metrics), summary,
                      trainer.issue_probs, trainer)

@@ -21,6 +21,9 @@ from engine.models import MODELS
 
 SMALL_DATA = 20_000  # training sets below this size get the methods' "small" presets,
 SHORT_BUDGET = 50    # and so does a budget of at most this many epochs (the papers train for hundreds)
+# At a short budget a data set of SMALL_DATA images or more, at most this many pixels a side,
+# gets small_cnn_dense where the presets' small_cnn would underfit it (engine.methods.with_model_for).
+DENSE_MODEL_SIDE = 64
 NOISE_KINDS = ("none", "symmetric", "asymmetric", "file", "cifar10n", "cifar100n")
 CIFAR10N_VARIANTS = ("aggre", "random1", "random2", "random3", "worst")
 # The noise kinds each noise option acts on: a flag given for another kind is refused.
@@ -44,6 +47,11 @@ def option(default, help, **metadata):
 
 def size_class(num_samples):
     return "small" if num_samples < SMALL_DATA else "paper"
+
+
+def short_budget(epochs):
+    """Whether `epochs` (an option, None where not given) asks for the "small" preset on any data."""
+    return isinstance(epochs, numbers.Real) and epochs <= SHORT_BUDGET  # another type: refused by the Config
 
 
 class Validated:
@@ -127,7 +135,9 @@ class MethodConfig(Validated):
     momentum: float = option(0.9, "SGD momentum")
     weight_decay: float = option(5e-4, "SGD weight decay")
     model: str = option("small_cnn", "network: small_cnn, small_cnn_dense, preact_resnet18, preact_resnet34 (small "
-                                     "images), resnet18, resnet50 (ImageNet-sized images) or mlp (feature vectors)",
+                                     "images), resnet18, resnet50 (ImageNet-sized images) or mlp (feature vectors; "
+                                     "their default); the short-budget presets' small_cnn becomes small_cnn_dense "
+                                     f"from {SMALL_DATA:,} images of at most {DENSE_MODEL_SIDE} pixels a side",
                         choices=tuple(MODELS))
     pretrained: str | None = option(None, "start every network from the weights in this file (.safetensors or "
                                           "a torch state dict, e.g. torchvision's ImageNet resnet18 / resnet50); "

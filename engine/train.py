@@ -259,7 +259,7 @@ def trainer_for(run, method, resume=False, overwrite=False, recorded=()):
 
     dataset = load_dataset(run.data.dataset, run.data.data_dir, image_size=run.data.image_size,
                            stream=run.data.stream, test_fraction=run.data.test_fraction)
-    method = with_model_for(method, dataset.x_train.ndim == 2)  # an npz of feature vectors
+    method = with_model_for(method, dataset.x_train.shape[1:], len(dataset.y_train), dataset.num_classes)
     config = method.configure(size_class(len(dataset.y_train)), dataset.num_classes)
     if dataset.trusted_train is not None:  # the data set's own clean subset replaces the preset's held-out one
         # a size --config's file recorded is that of its run's subset, not a request

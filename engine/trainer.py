@@ -28,6 +28,11 @@ from engine.outputs import (FolderInUse, folder_lock, label_issues_table, plot_s
 EVAL_BATCH = 512
 
 
+def quiet(line):
+    """The log of a process that does not print (every one but the first, or verbose=False)."""
+    del line
+
+
 class Trainer:
     """trainer = Trainer(method, data, seed=0, device="cpu", out=None); summary = trainer.run().
 
@@ -43,7 +48,7 @@ class Trainer:
         self.method, self.data, self.seed = method, data, seed
         self.processes, self.device = from_environment(device)
         self.out, self.resume, self.overwrite, self.run_config = out, resume, overwrite, run_config
-        self.log = log if self.processes.main else lambda line: None
+        self.log = log if self.processes.main else quiet
         self.config = method.config or method.configure(size_class(len(data.x_train)), data.num_classes)
         world = self.processes.world
         if self.config.batch_size % world:
@@ -101,6 +106,14 @@ class Trainer:
         self.train_outputs = self.issue_probs = None
         self.table = None
         self.data_fingerprint = None  # computed when a checkpoint first needs it
+
+    def __getstate__(self):
+        """A trainer pickles (engine.fit's FitResult returned from a joblib or multiprocessing
+        worker) without its loaders, which hold generators or DALI pipelines, and its log: an
+        unpickled one predicts and keeps its label issues (predict_proba makes its own loader),
+        it does not train on."""
+        loaders = ("train_loader", "clean_loader", "train_eval_loader", "test_loader")
+        return {**vars(self), **dict.fromkeys(loaders), "log": quiet}
 
     # ------------------------------------------------------------------ helpers
 

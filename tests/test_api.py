@@ -3,6 +3,7 @@ find_label_issues with cleanlab's conventions, a method defined outside the pack
 README's examples run as written."""
 import enum
 import os
+import pickle
 import re
 import sys
 
@@ -118,6 +119,9 @@ def test_fit_on_a_loaded_folder_of_jpegs(tmp_path, stream):
     assert mask.sum() >= 5 and sorted(ranked) == np.flatnonzero(mask).tolist()
     files = ImageFiles(str(tmp_path / "photos"), ["red/3.jpg", "blue/5.jpg"], 32)  # decoded where the data were
     assert result.predict(files).tolist() == [data.class_names.index("red"), data.class_names.index("blue")]
+    copy = pickle.loads(pickle.dumps(result))  # its loaders (DALI pipelines where streamed) stay behind
+    assert np.array_equal(copy.predict_proba(files), result.predict_proba(files))
+    pd.testing.assert_frame_equal(copy.label_issues(), table)
     assert result.predict_proba(ImageFiles(str(tmp_path / "photos"), [], 32)).shape == (0, 3)
     with pytest.raises(ValueError, match=r"^ImageFiles paths: expected a list of paths relative to .*photos, got one "
                                          r"path 'red/3.jpg'; give \['red/3.jpg'\]$"):
@@ -131,6 +135,18 @@ def test_fit_on_a_loaded_folder_of_jpegs(tmp_path, stream):
                              ({"labels": np.full(48, 3)}, "labels: the data set has 3 classes, found label 3")):
         with pytest.raises(ValueError, match=message):
             engine.fit(data, method="ce", epochs=1, **options)
+
+
+@pytest.mark.parametrize("method", ["ce", "l2b", "pudistill"])
+def test_a_fit_result_pickles_for_joblib_and_multiprocessing_workers(digits, method):
+    """A worker returns its FitResult pickled: the copy predicts and gives the label issues as the
+    result does (its training loaders, a generator and L2B's clean batches, stay behind)."""
+    x, noisy, _, x_test, _ = digits
+    result = engine.fit(x, noisy, method=method, epochs=2, clean_indices=np.arange(100), seed=1)
+    copy = pickle.loads(pickle.dumps(result))
+    assert np.array_equal(copy.predict_proba(x_test), result.predict_proba(x_test))
+    pd.testing.assert_frame_equal(copy.label_issues(), result.label_issues())
+    assert copy.summary == result.summary and np.array_equal(copy.pred_probs, result.pred_probs)
 
 
 def test_fit_trains_when_a_batch_would_hold_one_sample():

@@ -8,9 +8,9 @@ import pytest
 import torch
 import yaml
 
-from engine.config import (SHARED_FIELDS, SHORT_BUDGET, ConfigError, DataConfig, MethodConfig, RunConfig, size_class,
-                           with_overrides)
-from engine.methods import METHODS, method_class
+from engine.config import (DENSE_MODEL_SIDE, SHARED_FIELDS, SHORT_BUDGET, SMALL_DATA, ConfigError, DataConfig,
+                           MethodConfig, RunConfig, size_class, with_overrides)
+from engine.methods import METHODS, method_class, with_model_for
 from engine.train import build_parser, flag, main, parse_args
 
 
@@ -69,6 +69,25 @@ def test_a_short_budget_on_paper_scale_data_takes_the_small_preset(name):
     long = METHODS[name](epochs=SHORT_BUDGET + 1).configure("paper", 10)
     assert long == with_overrides(METHODS[name].Config.preset("paper", 10), {"epochs": SHORT_BUDGET + 1})
     assert METHODS[name]().configure("paper", 10) == METHODS[name].Config.preset("paper", 10)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_a_short_budget_on_many_small_images_takes_the_dense_small_cnn(name):
+    """The small CNN underfits tens of thousands of images: at a short budget they get
+    small_cnn_dense (its dense stage sized by the image side, so only up to DENSE_MODEL_SIDE)."""
+    def model(shape, samples, **options):
+        method = with_model_for(METHODS[name](**options), shape, samples, 10)
+        return method.configure(size_class(samples), 10).model
+
+    cifar = (32, 32, 3)
+    assert model(cifar, SMALL_DATA, epochs=20) == "small_cnn_dense"
+    assert model((DENSE_MODEL_SIDE, DENSE_MODEL_SIDE // 2, 1), SMALL_DATA, epochs=SHORT_BUDGET) == "small_cnn_dense"
+    assert model(cifar, SMALL_DATA - 1, epochs=20) == "small_cnn", "small data keep the small CNN"
+    assert model((DENSE_MODEL_SIDE + 1, 8, 3), SMALL_DATA, epochs=20) == "small_cnn", "its dense stage would be huge"
+    paper = METHODS[name].Config.preset("paper", 10).model
+    assert model(cifar, SMALL_DATA, epochs=SHORT_BUDGET + 1) == model(cifar, SMALL_DATA) == paper != "small_cnn_dense"
+    assert model(cifar, SMALL_DATA, epochs=20, model="small_cnn") == "small_cnn", "a model given is kept"
+    assert model((64,), SMALL_DATA, epochs=20) == "mlp"
 
 
 @pytest.mark.parametrize("name", list(METHODS))

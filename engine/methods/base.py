@@ -20,7 +20,6 @@ A method written outside this package trains the same way:
 import dataclasses
 import enum
 import math
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.config import SHORT_BUDGET, ConfigError, MethodConfig, check_fields, with_overrides
+from engine.config import ConfigError, MethodConfig, check_fields, short_budget, with_overrides
 from engine.distributed import Processes
 from engine.losses import weighted_ce
 
@@ -251,8 +250,7 @@ class Method(nn.Module):
         at most SHORT_BUDGET epochs get the "small" preset whatever the size: the paper presets
         squeezed into a short budget learn too slowly (docs/methods.md). Memorization guards left
         unset are resolved here, so the config records the values used."""
-        epochs = self.options.get("epochs")
-        if isinstance(epochs, numbers.Real) and epochs <= SHORT_BUDGET:  # another type: refused by the Config
+        if short_budget(self.options.get("epochs")):
             size = "small"
         preset, options = self.Config.preset(size, num_classes), self.options
         if "warmup_epochs" not in options and getattr(preset, "warmup_epochs", 0):
