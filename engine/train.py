@@ -327,7 +327,19 @@ def main(argv=None):
     run, method, start = parse_args(argv)
     with warnings.catch_warnings():
         warnings.showwarning = show_notes(warnings.showwarning)
-        return run_main(run, method, start)
+        try:
+            return run_main(run, method, start)
+        except KeyboardInterrupt:  # Ctrl-C: one line saying how to go on, not a traceback
+            return failed(interrupted(run.out), 130)
+
+
+def interrupted(out):
+    """The message of a run stopped by Ctrl-C: its checkpoint, where it left one, continues it."""
+    checkpoint = os.path.join(out, "checkpoint.pt")
+    if os.path.exists(checkpoint) and not os.path.exists(os.path.join(out, "summary.json")):
+        return (f"interrupted; {checkpoint} keeps the run as it was after its last finished epoch: continue it "
+                f"with the same options and --resume")
+    return "interrupted"
 
 
 def run_main(run, method, start):

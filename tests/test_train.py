@@ -175,6 +175,25 @@ def test_a_second_run_on_a_live_runs_folder_is_refused_and_a_killed_run_leaves_n
     assert summary(out)["epochs"] == 1
 
 
+def test_ctrl_c_stops_a_run_with_one_line_saying_how_to_resume_it(tmp_path):
+    out = str(tmp_path / "run")
+    common = ["--method", "ce", "--dataset", "digits", "--epochs", "200", "--out", out]
+    # SIGINT as the terminal's Ctrl-C sends it; the default handler, whatever pytest was started with
+    run = subprocess.Popen([sys.executable, "-m", "engine.train", "--device", "cpu", *common], cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert "epoch 1/200" in run.stdout.readline()
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 130 and stderr.splitlines() == [
+        f"python -m engine.train: error: interrupted; {out}/checkpoint.pt keeps the run as it was after its last "
+        f"finished epoch: continue it with the same options and --resume"]
+    assert read_checkpoint(os.path.join(out, "checkpoint.pt"))["epoch"] >= 0, "the checkpoint it names is whole"
+
+
 def test_a_new_run_in_a_finished_runs_folder_leaves_none_of_its_files(tmp_path):
     out = tmp_path / "run"
     train("--method", "ce", "--dataset", "digits", "--epochs", "1", "--out", str(out))
