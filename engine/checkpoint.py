@@ -68,9 +68,26 @@ def load_checkpoint(path, identity, device, earlier=lambda: None):
     state = read_checkpoint(path, device)
     if state["identity"] != identity and state["identity"] != earlier():
         stored = state["identity"] if isinstance(state["identity"], dict) else {}
-        differs = sorted(key for key in {*stored, *identity} if stored.get(key) != identity.get(key))
-        what = {"data_fingerprint": "the training data, labels, test split, classes or true labels"}
         raise CheckpointError(f"{RESUMING}: {path} belongs to a different run (what differs: "
-                              f"{'; '.join(what.get(key, key) for key in differs)}); resume with that run's "
+                              f"{'; '.join(differences(stored, identity))}); resume with that run's "
                               f"options or choose another output folder (--out, engine.fit's out)")
     return state
+
+
+def differences(stored, identity):
+    """What differs between a checkpoint's run identity and this run's: the data, and each option
+    with its two values (a section of the same options, as the hyperparameters, option by option)."""
+    found = []
+    for key in sorted({*stored, *identity}):
+        theirs, ours = stored.get(key), identity.get(key)
+        if theirs == ours:
+            continue
+        if key == "data_fingerprint":
+            found.append("the training data, labels, test split, classes or true labels")
+        elif isinstance(theirs, dict) and isinstance(ours, dict) and theirs.keys() == ours.keys():
+            found += differences(theirs, ours)
+        elif isinstance(theirs, dict) or isinstance(ours, dict):  # another method's options: the method differs
+            found.append(key)
+        else:
+            found.append(f"{key} {theirs!r:.60} in the checkpoint, {ours!r:.60} in this run")
+    return found

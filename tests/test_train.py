@@ -98,9 +98,13 @@ def test_resume_refuses_a_different_run_and_a_corrupt_checkpoint(tmp_path):
                    check=False)
     # another seed draws other noisy labels
     differs = ("belongs to a different run (what differs: the training data, labels, test split, classes or true "
-               "labels; seed);")
+               "labels; seed 0 in the checkpoint, 5 in this run);")
     assert result.returncode == 2 and differs in result.stderr
     assert "Traceback" not in result.stderr
+    result = train("--method", "ce", "--dataset", "digits", "--epochs", "2", "--lr", "1e-3", "--out", out, "--resume",
+                   check=False)
+    assert result.returncode == 2 and ("belongs to a different run (what differs: epochs 1 in the checkpoint, 2 in "
+                                       "this run; lr 0.1 in the checkpoint, 0.001 in this run);") in result.stderr
     assert before == {name: open(os.path.join(out, name), "rb").read() for name in OUTPUTS}, "nothing rewritten"
     with open(os.path.join(out, "checkpoint.pt"), "r+b") as f:
         f.truncate(100)
