@@ -261,10 +261,10 @@ def trainer_for(run, method, resume=False, overwrite=False, recorded=()):
                            stream=run.data.stream, test_fraction=run.data.test_fraction)
     method = with_model_for(method, dataset.x_train.shape[1:], len(dataset.y_train), dataset.num_classes)
     config = method.configure(size_class(len(dataset.y_train)), dataset.num_classes)
+    # the clean subset's sizes asked for (a size --config's file recorded is that of its run's subset, not a request)
+    asked = [name for name in ("clean_size", "clean_fraction")
+             if method.options.get(name) is not None and name not in recorded]
     if dataset.trusted_train is not None:  # the data set's own clean subset replaces the preset's held-out one
-        # a size --config's file recorded is that of its run's subset, not a request
-        asked = [name for name in ("clean_size", "clean_fraction")
-                 if method.options.get(name) is not None and name not in recorded]
         if asked:
             raise ValueError(f"--clean-size / --clean-fraction: --data-dir {run.data.data_dir} has its own clean "
                              f"subset ({TRUSTED_LABELS[dataset.name][0]}, {len(dataset.trusted_train)} samples), "
@@ -282,8 +282,10 @@ def trainer_for(run, method, resume=False, overwrite=False, recorded=()):
             reason = (f"the labels of --data-dir {run.data.data_dir} are its noisy ones ({why}), so a held-out subset "
                       f"would not have trusted labels; name the samples whose labels you trust with "
                       f"{TRUSTED_LABELS[dataset.name][1]}")
-            raise ValueError(f"--clean-size / --clean-fraction: {reason}" if len(clean) else
-                             f"--method {method.name} needs a clean subset, but {reason}")
+            # the preset's subset (no size asked for) or none: the method's need, not a flag the user gave
+            needs = method.clean_subset is not CleanSubset.NOT_NEEDED and not (asked and len(clean))
+            raise ValueError(f"--method {method.name} needs a clean subset, but {reason}" if needs else
+                             f"--clean-size / --clean-fraction: {reason}")
     if config.clean_fraction is not None or dataset.trusted_train is not None:  # recorded as the count it gave
         config = with_overrides(config, {"clean_size": len(clean)})
     method.config = config

@@ -581,6 +581,8 @@ def test_the_other_layouts_file_of_trusted_labels_is_refused_not_ignored(tmp_pat
      "--clean-size / --clean-fraction: the labels of --data-dir {data} are its noisy ones (--noise none trains on "
      "them as given), so a held-out subset would not have trusted labels; name the samples whose labels you trust "
      "with clean_paths.txt in the folder (the images' paths relative to it, one per line)"),
+    (["--method", "l2b"],  # the preset's clean subset: the method's need, not a flag the user gave
+     "--method l2b needs a clean subset, but the labels of --data-dir {data} are its noisy ones"),
     (["--method", "l2b", "--clean-size", "0"],  # what L2B's own error asks for, the folder's way
      "--method l2b needs a clean subset, but the labels of --data-dir {data} are its noisy ones (--noise none trains "
      "on them as given), so a held-out subset would not have trusted labels; name the samples whose labels you trust "
