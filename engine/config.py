@@ -260,7 +260,7 @@ class DataConfig(Validated):
         self.require("dataset", self.dataset in DATASETS, f"must be one of {', '.join(sorted(DATASETS))}")
         self.require("noise_rate", 0.0 <= self.noise_rate < 1.0, "must be in [0, 1)")
         self.require("image_size", self.image_size >= 8, "must be >= 8")
-        if self.dataset not in IMAGE_FILES and (self.image_size != FILE_IMAGE_SIZE or self.stream):
+        if self.dataset not in IMAGE_FILES and (self.image_size != FILE_IMAGE_SIZE or self.stream is not None):
             self.fail("image_size" if self.image_size != FILE_IMAGE_SIZE else "stream",
                       f"applies to image files (dataset {' or '.join(IMAGE_FILES)}), not to dataset {self.dataset}")
         if self.test_fraction is not None:

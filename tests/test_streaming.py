@@ -88,7 +88,8 @@ def test_image_size_decides_streaming(tree):
     (dict(dataset="folder", image_size=4), r"image_size must be >= 8, got 4"),
     (dict(dataset="mnist5k", image_size=64), r"image_size applies to image files \(dataset folder or filelist\), "
                                              r"not to dataset mnist5k"),
-    (dict(dataset="mnist5k", stream=True), r"stream applies to image files")])
+    (dict(dataset="mnist5k", stream=True), r"stream applies to image files"),
+    (dict(dataset="mnist5k", stream=False), r"stream applies to image files")])  # --no-stream: not ignored either
 def test_data_config_checks_image_size_and_stream(tree, options, error):
     assert DataConfig(dataset="folder", data_dir=str(tree), image_size=224, stream=False).image_size == 224
     with pytest.raises(ConfigError, match=rf"^DataConfig.{error}"):
