@@ -170,7 +170,10 @@ def assemble(spec, chosen, given, base, config_path):
     run["method"] = spec
     run["device"] = run.get("device") or default_device()
     data = dict(base.get("data") or {})
-    check_fields(DataConfig, data)
+    try:
+        check_fields(DataConfig, data)
+    except ValueError as error:  # a misspelt entry of the file's data section: name the file
+        raise ValueError(f"--config {config_path}: data: {error}") from None
     recorded = dict(base.get("hyperparameters") or {})  # the values --config's run used
     flags = {}
     for dest, value in given.items():

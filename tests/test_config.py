@@ -325,7 +325,7 @@ def test_bad_flags_name_the_flag(args, message, capsys, tmp_path):
                                                    "option"),
     (b"method: jnpl\n\xff\n", "config.yaml: not UTF-8 text (byte 0xff at offset 13)"),
     ("!!python/object/apply:os.system ['echo hacked']\n", "not valid YAML"),
-    ("method: jnpl\ndata: {bogus: 1}\n", "DataConfig has no option 'bogus'"),
+    ("method: jnpl\ndata: {bogus: 1}\n", "config.yaml: data: DataConfig has no option 'bogus'"),
     ("method: 5\n", "method must be a name or module:Class"),
     ("method: null\n", "method must be a name or module:Class, got None"),
     ("method: jnpl\nseed: abc\n", "--seed must be an integer"),
