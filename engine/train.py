@@ -335,16 +335,19 @@ def main(argv=None):
         try:
             return run_main(run, method, start)
         except KeyboardInterrupt:  # Ctrl-C: one line saying how to go on, not a traceback
-            return failed(interrupted(run.out), 130)
+            return failed(interrupted(run.out, "interrupted"), 130)
+        except BrokenPipeError:  # the reader of its piped output quit (| head): stopped, as by SIGPIPE
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error flushing it at exit
+            return failed(interrupted(run.out, "stopped: the reader of its output closed the pipe"), 1)
 
 
-def interrupted(out):
-    """The message of a run stopped by Ctrl-C: its checkpoint, where it left one, continues it."""
+def interrupted(out, what):
+    """The message of a run stopped before its end: its checkpoint, where it left one, continues it."""
     checkpoint = os.path.join(out, "checkpoint.pt")
     if os.path.exists(checkpoint) and not os.path.exists(os.path.join(out, "summary.json")):
-        return (f"interrupted; {checkpoint} keeps the run as it was after its last finished epoch: continue it "
+        return (f"{what}; {checkpoint} keeps the run as it was after its last finished epoch: continue it "
                 f"with the same options and --resume")
-    return "interrupted"
+    return what
 
 
 def run_main(run, method, start):

@@ -198,6 +198,23 @@ def test_ctrl_c_stops_a_run_with_one_line_saying_how_to_resume_it(tmp_path):
     assert read_checkpoint(os.path.join(out, "checkpoint.pt"))["epoch"] >= 0, "the checkpoint it names is whole"
 
 
+def test_a_run_whose_output_reader_quits_stops_with_one_line_saying_how_to_resume_it(tmp_path):
+    """`python -m engine.train ... | head -1`: the next line's write fails (EPIPE)."""
+    out = str(tmp_path / "run")
+    run = subprocess.Popen([sys.executable, "-m", "engine.train", "--device", "cpu", "--method", "ce", "--dataset",
+                            "digits", "--epochs", "200", "--out", out], cwd=REPO, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        assert "epoch 1/200" in run.stdout.readline()
+        run.stdout.close()
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 1 and stderr.splitlines() == [
+        f"python -m engine.train: error: stopped: the reader of its output closed the pipe; {out}/checkpoint.pt keeps "
+        f"the run as it was after its last finished epoch: continue it with the same options and --resume"]
+
+
 def test_a_new_run_in_a_finished_runs_folder_leaves_none_of_its_files(tmp_path):
     out = tmp_path / "run"
     train("--method", "ce", "--dataset", "digits", "--epochs", "1", "--out", str(out))
