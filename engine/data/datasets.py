@@ -889,7 +889,7 @@ def load_file_list(data_dir, image_size=FILE_IMAGE_SIZE, stream=False):
     file gives the noisy ones. If the folder holds train_true_labels.npy, it has the true labels
     where known (-1 elsewhere; detection is measured on those). clean_indices.npy, if there,
     lists the train.txt lines (0-based) whose labels are trusted: the clean subset.
-    classes.txt, if there, names the classes (line i: class i). engine.data.layouts writes them."""
+    classes.txt, if there, names the classes (its first line class 0). engine.data.layouts writes them."""
     root = _require_dir(data_dir, "filelist", folder=True)
     _refuse_trusted_file(root, "filelist", CLEAN_PATHS)
     parts, listed = [], []
