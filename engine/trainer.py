@@ -403,6 +403,8 @@ class Trainer:
                                  "test_acc": test_acc, "det_precision": precision, "det_recall": recall,
                                  "det_f1": f1, "seconds": time.time() - began})
             self.save_checkpoint(epoch)
+            if self.out is not None and self.processes.main:  # to follow while it trains; a stopped run keeps it
+                write_metrics(self.metrics, os.path.join(self.out, "metrics.csv"))
             self.log(f"epoch {epoch + 1}/{self.config.epochs} [{stage.name}] loss {train_loss:.4f}"
                      + (f" test_acc {test_acc:.4f}" if test_acc is not None else "")
                      + (f" det_f1 {f1:.3f}" if f1 is not None else "") + f" ({self.metrics[-1]['seconds']:.1f}s)")

@@ -195,7 +195,11 @@ def test_ctrl_c_stops_a_run_with_one_line_saying_how_to_resume_it(tmp_path):
     assert run.returncode == 130 and stderr.splitlines() == [
         f"python -m engine.train: error: interrupted; {out}/checkpoint.pt keeps the run as it was after its last "
         f"finished epoch: continue it with the same options and --resume"]
-    assert read_checkpoint(os.path.join(out, "checkpoint.pt"))["epoch"] >= 0, "the checkpoint it names is whole"
+    epoch = read_checkpoint(os.path.join(out, "checkpoint.pt"))["epoch"]
+    assert epoch >= 0, "the checkpoint it names is whole"
+    finished = list(range(1, epoch + 2))  # the last one's row unless the signal came between the two writes
+    assert pd.read_csv(os.path.join(out, "metrics.csv"))["epoch"].tolist() in (finished, finished[:-1]), \
+        "metrics.csv holds the epochs it finished"
 
 
 def test_a_run_whose_output_reader_quits_stops_with_one_line_saying_how_to_resume_it(tmp_path):
