@@ -302,7 +302,13 @@ def test_a_method_defined_outside_the_package_trains_through_the_api(digits, gce
     (lambda x, y: engine.find_label_issues(x, y, pred_probs=np.ones((len(y), 10)) / 10), "find_label_issues: "
      "cleanlab's pred_probs is not an option here"),
     (lambda x, y: engine.fit(x, y[:-1]), "labels: expected 1400 labels"),
-    (lambda x, y: engine.fit(x, y.astype(float) + 0.5), "labels must be integers"),
+    (lambda x, y: engine.fit(x, y.astype(float) + 0.5), "labels: labels must be integer class indices 0, 1, ..., "
+                                                        "got float64"),
+    (lambda x, y: engine.fit(x, y.astype(float)), "got float64 (pass labels.astype(int))"),
+    (lambda x, y: engine.fit(x, y % 2 == 0), "got bool (pass labels.astype(int))"),
+    (lambda x, y: engine.fit(x, np.array(["cat", "dog"])[y % 2]), "got <U3 (class names: map them to indices, e.g. "
+                                                                  "names, labels = np.unique(labels, return_inverse"),
+    (lambda x, y: engine.fit(x, y, true_labels=list(map(str, y))), "true_labels: labels must be integer class "),
     (lambda x, y: engine.fit(x, y, x_test=x[:5]), "x_test and y_test go together"),
     (lambda x, y: engine.fit(x, y, x_test=x[:5, :10], y_test=y[:5]), "x_test: samples of shape"),
     (lambda x, y: engine.fit(x, y, method="l2b"), "method l2b needs a clean subset"),

@@ -139,13 +139,26 @@ def as_labels(labels, count, argument, lowest=0):
     if labels.ndim != 1 or len(labels) != count:
         raise ValueError(f"{argument}: expected {count} labels (one per sample, 1-D), got shape {list(labels.shape)}")
     if count and not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{argument}: labels must be integers, got {labels.dtype}")
+        raise ValueError(f"{argument}: labels must be integer class indices 0, 1, ..., got {labels.dtype}"
+                         f"{label_hint(labels)}")
     labels = labels.astype(np.int64)
     if count and labels.min() < lowest:
         raise ValueError(f"{argument}: labels must be >= {lowest}, found {labels.min()}")
     if count and labels.max() >= MAX_CLASSES:  # the class count is the largest label + 1: it sizes the model
         raise ValueError(f"{argument}: labels must be < {MAX_CLASSES} (class indices 0, 1, ...), found {labels.max()}")
     return labels
+
+
+def label_hint(labels):
+    """How to turn labels of another kind into class indices: booleans and whole floats by a
+    cast, names (strings, objects) by one mapping for every label argument."""
+    if labels.dtype.kind == "b" or (labels.dtype.kind == "f" and np.isfinite(labels).all()
+                                    and (labels == np.round(labels)).all()):
+        return " (pass labels.astype(int))"
+    if labels.dtype.kind in "USO":
+        return (" (class names: map them to indices, e.g. names, labels = np.unique(labels, return_inverse=True), "
+                "and pass class_names=list(names); map y_test and true_labels by the same names)")
+    return ""
 
 
 def from_dataset(dataset, given, true_labels, clean_indices):
