@@ -223,7 +223,7 @@ def test_a_new_run_in_a_finished_runs_folder_leaves_none_of_its_files(tmp_path):
     out = tmp_path / "run"
     train("--method", "ce", "--dataset", "digits", "--epochs", "1", "--out", str(out))
     assert {name for name in os.listdir(out) if not name.startswith(".")} == set(OUTPUT_FILES)
-    finished = (out / "checkpoint.pt").read_bytes()
+    finished, finished_loss = (out / "checkpoint.pt").read_bytes(), pd.read_csv(out / "metrics.csv")["train_loss"]
     (out / "notes.txt").write_text("the user's own file")
     new = subprocess.Popen([sys.executable, "-m", "engine.train", "--device", "cpu", "--method", "ce", "--dataset",
                             "digits", "--epochs", "200", "--seed", "1", "--out", str(out)], cwd=REPO,
@@ -233,9 +233,11 @@ def test_a_new_run_in_a_finished_runs_folder_leaves_none_of_its_files(tmp_path):
     finally:
         new.send_signal(signal.SIGKILL)
         new.wait()
-    # killed before its results: the finished run's summary, metrics, label issues and plot are gone with it
+    # killed before its results: the finished run's summary, label issues and plot are gone with it, its
+    # metrics replaced by the new run's of the epochs it finished
     assert {name for name in os.listdir(out) if not name.startswith(".")} == {"config.yaml", "checkpoint.pt",
-                                                                             "notes.txt"}
+                                                                             "metrics.csv", "notes.txt"}
+    assert pd.read_csv(out / "metrics.csv")["train_loss"].iloc[0] != finished_loss.iloc[0], "the new run's (seed 1)"
     assert (out / "checkpoint.pt").read_bytes() != finished and config_of(out)["seed"] == 1
     digits = load_dataset("digits")
     with pytest.raises(FolderInUse, match="holds the checkpoint of a run that did not finish"):
