@@ -82,10 +82,10 @@ def fit(x, labels=None, *, method="jnpl", x_test=None, y_test=None, true_labels=
     samples whose labels you trust (L2B and PU-distillation need some of every class). epochs
     and **options: fields of the method's Config (lr=..., batch_size=..., beta=...) replacing
     its preset (the short-budget one below 20,000 samples or for at most 50 epochs, else the
-    paper's; at a short budget 20,000 images or more of at most 64 pixels a side train
+    paper's; at a short budget 20,000 training images or more of at most 64 pixels a side train
     small_cnn_dense, not the small CNN). out: a folder for the outputs and checkpoints (none by
-    default). resume: continue the run whose checkpoint is in out (killed or finished; the same arguments), as the command
-    line's --resume: a checkpoint of other arguments or data is refused. overwrite: start a new run in out even
+    default). resume: continue the run whose checkpoint is in out (killed or finished; the same
+    arguments), as the command line's --resume: a checkpoint of other arguments or data is refused. overwrite: start a new run in out even
     where one that did not finish left its checkpoint (refused otherwise; not with resume). verbose: print a line
     per epoch. Returns a
     FitResult. Under torchrun, every process calls fit with the same arguments and trains its

@@ -137,7 +137,7 @@ class MethodConfig(Validated):
     model: str = option("small_cnn", "network: small_cnn, small_cnn_dense, preact_resnet18, preact_resnet34 (small "
                                      "images), resnet18, resnet50 (ImageNet-sized images) or mlp (feature vectors; "
                                      "their default); the short-budget presets' small_cnn becomes small_cnn_dense "
-                                     f"from {SMALL_DATA:,} images of at most {DENSE_MODEL_SIDE} pixels a side",
+                                     f"from {SMALL_DATA:,} training images of at most {DENSE_MODEL_SIDE} pixels a side",
                         choices=tuple(MODELS))
     pretrained: str | None = option(None, "start every network from the weights in this file (.safetensors or "
                                           "a torch state dict, e.g. torchvision's ImageNet resnet18 / resnet50); "
