@@ -85,9 +85,9 @@ def fit(x, labels=None, *, method="jnpl", x_test=None, y_test=None, true_labels=
     paper's; at a short budget 20,000 training images or more of at most 64 pixels a side train
     small_cnn_dense, not the small CNN). out: a folder for the outputs and checkpoints (none by
     default). resume: continue the run whose checkpoint is in out (killed or finished; the same
-    arguments), as the command line's --resume: a checkpoint of other arguments or data is refused. overwrite: start a new run in out even
-    where one that did not finish left its checkpoint (refused otherwise; not with resume). verbose: print a line
-    per epoch. Returns a
+    arguments), as the command line's --resume: a checkpoint of other arguments or data is
+    refused. overwrite: start a new run in out even where one that did not finish left its
+    checkpoint (refused otherwise; not with resume). verbose: print a line per epoch. Returns a
     FitResult. Under torchrun, every process calls fit with the same arguments and trains its
     share (README "Distributed training"); sync_bn: SyncBatchNorm there (CUDA).
     """
