@@ -179,20 +179,27 @@ def test_a_second_run_on_a_live_runs_folder_is_refused_and_a_killed_run_leaves_n
     assert summary(out)["epochs"] == 1
 
 
-def test_ctrl_c_stops_a_run_with_one_line_saying_how_to_resume_it(tmp_path):
-    out = str(tmp_path / "run")
-    common = ["--method", "ce", "--dataset", "digits", "--epochs", "200", "--out", out]
-    # SIGINT as the terminal's Ctrl-C sends it; the default handler, whatever pytest was started with
-    run = subprocess.Popen([sys.executable, "-m", "engine.train", "--device", "cpu", *common], cwd=REPO,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+def stopped_after_its_first_epoch(out, stop):
+    """A 200-epoch digits run in `out`, stopped by stop(process) once it printed its first epoch:
+    (exit status, stderr). SIGINT has its default handler there, whatever pytest was started with."""
+    run = subprocess.Popen([sys.executable, "-m", "engine.train", "--device", "cpu", "--method", "ce", "--dataset",
+                            "digits", "--epochs", "200", "--out", out], cwd=REPO, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True,
                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert "epoch 1/200" in run.stdout.readline()
-        run.send_signal(signal.SIGINT)
+        stop(run)
         _, stderr = run.communicate(timeout=60)
     finally:
         run.kill()
-    assert run.returncode == 130 and stderr.splitlines() == [
+    return run.returncode, stderr
+
+
+def test_ctrl_c_stops_a_run_with_one_line_saying_how_to_resume_it(tmp_path):
+    out = str(tmp_path / "run")
+    # SIGINT as the terminal's Ctrl-C sends it
+    returncode, stderr = stopped_after_its_first_epoch(out, lambda run: run.send_signal(signal.SIGINT))
+    assert returncode == 130 and stderr.splitlines() == [
         f"python -m engine.train: error: interrupted; {out}/checkpoint.pt keeps the run as it was after its last "
         f"finished epoch: continue it with the same options and --resume"]
     epoch = read_checkpoint(os.path.join(out, "checkpoint.pt"))["epoch"]
@@ -205,16 +212,8 @@ def test_ctrl_c_stops_a_run_with_one_line_saying_how_to_resume_it(tmp_path):
 def test_a_run_whose_output_reader_quits_stops_with_one_line_saying_how_to_resume_it(tmp_path):
     """`python -m engine.train ... | head -1`: the next line's write fails (EPIPE)."""
     out = str(tmp_path / "run")
-    run = subprocess.Popen([sys.executable, "-m", "engine.train", "--device", "cpu", "--method", "ce", "--dataset",
-                            "digits", "--epochs", "200", "--out", out], cwd=REPO, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
-    try:
-        assert "epoch 1/200" in run.stdout.readline()
-        run.stdout.close()
-        _, stderr = run.communicate(timeout=60)
-    finally:
-        run.kill()
-    assert run.returncode == 1 and stderr.splitlines() == [
+    returncode, stderr = stopped_after_its_first_epoch(out, lambda run: run.stdout.close())
+    assert returncode == 1 and stderr.splitlines() == [
         f"python -m engine.train: error: stopped: the reader of its output closed the pipe; {out}/checkpoint.pt keeps "
         f"the run as it was after its last finished epoch: continue it with the same options and --resume"]
 
